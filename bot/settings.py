@@ -1,0 +1,65 @@
+"""Settings from the environment and ``.env`` (prefix ``IMAGINE_``), built once at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from generation.requests import Limits
+from generation.worker import WorkerConfig
+
+
+class Settings(BaseSettings):
+    """Every knob of imagine-bot; ``.env.example`` lists them with their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGINE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    model: str = "embedded"
+    model_revision: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    torch_threads: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=50, ge=1)
+    max_width: int = Field(default=1024, ge=64)
+    max_height: int = Field(default=1024, ge=64)
+    max_count: int = Field(default=4, ge=1, le=4)
+    variation_strength: float = Field(default=0.6, gt=0, le=1)
+    upscale_strength: float = Field(default=0.3, gt=0, le=1)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_interval: float = Field(default=1.0, gt=0)
+    discord_token: SecretStr | None = None
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            database = (self.data_dir / "imagine.db").resolve()
+            self.database_url = f"sqlite+aiosqlite:///{database}"
+        return self
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_steps=self.max_steps,
+            max_width=self.max_width,
+            max_height=self.max_height,
+            max_count=self.max_count,
+            default_count=self.max_count,
+            default_strength=self.variation_strength,
+            upscale_strength=self.upscale_strength,
+        )
+
+    def worker_config(self) -> WorkerConfig:
+        return WorkerConfig(lease_seconds=self.lease_seconds, poll_interval=self.poll_interval)

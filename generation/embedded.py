@@ -1,0 +1,162 @@
+"""The embedded default model: a small Stable Diffusion pipeline that needs no download.
+
+It is built from configs with seeded random weights, saved once in the standard diffusers
+folder layout and then loaded through ``from_pretrained`` like any hub model. Its images are
+noise until a trained model takes its place in the same slot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL_NAME = "embedded"
+EMBEDDED_VERSION = "random-v1"
+TOKENIZER_MAX_LENGTH = 77
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable character."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def write_byte_level_tokenizer(folder: Path) -> int:
+    """Write a CLIP tokenizer with a byte-level vocab and no merges; return its vocab size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {}
+    for char in _bytes_to_unicode().values():
+        vocab[char] = len(vocab)
+    for char in _bytes_to_unicode().values():
+        vocab[char + "</w>"] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    config = {
+        "model_max_length": TOKENIZER_MAX_LENGTH,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "tokenizer_class": "CLIPTokenizer",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return len(vocab)
+
+
+def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Build the embedded pipeline from configs with seeded weights and save it to ``folder``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=folder.parent))
+    try:
+        vocab_size = write_byte_level_tokenizer(staging / "tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(
+            staging / "tokenizer", model_max_length=TOKENIZER_MAX_LENGTH
+        )
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=TOKENIZER_MAX_LENGTH,
+                bos_token_id=vocab_size - 2,
+                eos_token_id=vocab_size - 1,
+                pad_token_id=vocab_size - 1,
+            )
+        )
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 64),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=16,
+            sample_size=64,
+            mid_block_add_attention=False,
+        )
+        torch.manual_seed(seed + 2)
+        unet = UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=64,
+            attention_head_dim=4,
+            norm_num_groups=16,
+        )
+        scheduler = DPMSolverMultistepScheduler(
+            num_train_timesteps=1000,
+            beta_schedule="squaredcos_cap_v2",
+            prediction_type="v_prediction",
+            steps_offset=1,
+        )
+        pipeline = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.save_pretrained(staging, safe_serialization=True)
+        (staging / "imagine-bot.json").write_text(
+            json.dumps({"embedded_version": EMBEDDED_VERSION, "default_steps": 10, "default_guidance": 3.0}),
+            encoding="utf-8",
+        )
+        try:
+            staging.rename(folder)
+        except OSError:
+            # Another process built it first: keep theirs, it is the same seeded model.
+            if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("built the embedded model in %s", folder)
+    return folder
+
+
+def ensure_embedded_model(models_dir: Path) -> Path:
+    """Return the embedded model's folder under ``models_dir``, building it on first use."""
+    folder = Path(models_dir) / f"{EMBEDDED_MODEL_NAME}-{EMBEDDED_VERSION}"
+    if not (folder / "model_index.json").exists():
+        build_embedded_pipeline(folder)
+    return folder

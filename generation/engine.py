@@ -1,0 +1,196 @@
+"""The pipeline engine: one diffusers pipeline loaded once; txt2img, img2img and upscale share it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from generation.errors import RenderCancelled
+from generation.model_info import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+# Linear map from Stable Diffusion's 4 latent channels to RGB: a preview that costs nothing.
+SD_LATENT_RGB = torch.tensor(
+    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RenderSpec:
+    """One pipeline call: a batch of images, one seed each; an init image makes it img2img."""
+
+    prompt: str
+    negative_prompt: str
+    seeds: tuple[int, ...]
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    scheduler: str
+    strength: float | None = None
+    init_image: Image.Image | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuntimeInfo:
+    """How this engine computes: recorded with every job so it can be reproduced."""
+
+    device: str
+    device_kind: str
+    dtype: str
+    torch_threads: int
+    library_versions: dict[str, str]
+
+
+class StepProgress:
+    """One finished denoising step; ``preview()`` projects the latents to a small RGB image."""
+
+    def __init__(self, step: int, total: int, latents: torch.Tensor) -> None:
+        self.step = step
+        self.total = total
+        self._latents = latents
+
+    def preview(self, index: int = 0) -> Image.Image:
+        latent = self._latents[index].detach().float().cpu()
+        if latent.shape[0] == SD_LATENT_RGB.shape[0]:
+            rgb = torch.einsum("chw,cr->rhw", latent, SD_LATENT_RGB)
+        else:
+            rgb = latent[:3]
+        array = ((rgb.clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy()
+        return Image.fromarray(array, mode="RGB")
+
+
+StepCallback = Callable[[StepProgress], None]
+
+
+class Engine(Protocol):
+    """What the worker needs from an engine; the diffusers one is the real one."""
+
+    model: ModelInfo
+    runtime: RuntimeInfo
+
+    def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]: ...
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """``auto`` picks CUDA with fp16 when a GPU is there, else CPU with fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype == "auto":
+        return device, torch.float32 if device == "cpu" else torch.float16
+    if dtype not in names:
+        raise ValueError(f"IMAGINE_DTYPE must be auto, float32, float16 or bfloat16, not {dtype!r}")
+    return device, names[dtype]
+
+
+def library_versions() -> dict[str, str]:
+    import diffusers
+    import numpy
+    import PIL
+    import transformers
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return versions
+
+
+class DiffusersEngine:
+    """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time."""
+
+    def __init__(self, model: ModelInfo, *, device: str = "auto", dtype: str = "auto",
+                 torch_threads: int = 1) -> None:
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # progress is ours to report, per job
+
+        self.model = model
+        device, torch_dtype = resolve_device(device, dtype)
+        torch.set_num_threads(torch_threads)
+        self.runtime = RuntimeInfo(
+            device=device,
+            device_kind=torch.device(device).type,
+            dtype=str(torch_dtype).removeprefix("torch."),
+            torch_threads=torch.get_num_threads(),
+            library_versions=library_versions(),
+        )
+        logger.info("loading %s (%s) on %s as %s", model.model_id, model.revision, device,
+                    self.runtime.dtype)
+        # A local folder loads as it is; a hub id loads the exact revision that was described.
+        source = model.path if model.local else model.model_id
+        revision = None if model.local else model.revision
+        with warnings.catch_warnings():
+            # Newer diffusers renamed torch_dtype to dtype; older ones know only torch_dtype.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            self.txt2img: Any = AutoPipelineForText2Image.from_pretrained(
+                source, revision=revision, torch_dtype=torch_dtype, local_files_only=model.local
+            ).to(device)
+        # from_pipe shares every module: img2img and upscale add no second copy of the weights.
+        self.img2img: Any = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+        for pipeline in (self.txt2img, self.img2img):
+            pipeline.set_progress_bar_config(disable=True)
+        self._lock = threading.Lock()
+
+    def _use_scheduler(self, pipeline: Any, name: str) -> None:
+        if type(pipeline.scheduler).__name__ != name:
+            import diffusers
+
+            pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)
+
+    def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]:
+        """Run one batched call; ``on_step`` may raise RenderCancelled to stop at the next step."""
+
+        def callback(pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(StepProgress(step + 1, pipeline.num_timesteps, tensors["latents"]))
+            return tensors
+
+        # CPU generators: the starting noise is the same on every device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds]
+        batch = len(spec.seeds)
+        arguments: dict[str, Any] = {
+            "prompt": [spec.prompt] * batch,
+            "negative_prompt": [spec.negative_prompt] * batch,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance,
+            "generator": generators,
+            "callback_on_step_end": callback,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+            "output_type": "pil",
+        }
+        with self._lock, torch.inference_mode():
+            if spec.init_image is None:
+                pipeline = self.txt2img
+                arguments.update(width=spec.width, height=spec.height)
+            else:
+                pipeline = self.img2img
+                init = spec.init_image.convert("RGB")
+                if init.size != (spec.width, spec.height):
+                    init = init.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
+                arguments.update(image=[init] * batch, strength=spec.strength)
+            self._use_scheduler(pipeline, spec.scheduler)
+            try:
+                images: list[Image.Image] = pipeline(**arguments).images
+            except RenderCancelled:
+                logger.info("render stopped at the step callback's request")
+                raise
+        return images

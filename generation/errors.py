@@ -1,0 +1,40 @@
+"""Typed errors raised where input is checked; the CLI and the bot turn them into messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+class GenerationError(Exception):
+    """Base of every error a user can be shown as it is."""
+
+
+class InvalidRequest(GenerationError):
+    """An option is out of range; names the option and what is allowed."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+class UserBanned(GenerationError):
+    def __init__(self, reason: str | None, until: dt.datetime | None) -> None:
+        end = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "with no end date"
+        super().__init__(f"you are banned from generating images {end}: {reason or 'no reason given'}")
+        self.reason = reason
+        self.until = until
+
+
+class JobNotFound(GenerationError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"there is no job {job_id}")
+        self.job_id = job_id
+
+
+class NotAllowed(GenerationError):
+    """The user may not do this to this job."""
+
+
+class RenderCancelled(Exception):
+    """Raised from the pipeline's step callback to stop a job at the next step."""

@@ -1,0 +1,121 @@
+"""Image post-processing: grids, pixel hashes, and PNGs that carry their recipe."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from storage.records import JobRecord
+
+# How AUTOMATIC1111 and the sites that read its infotext name diffusers' schedulers.
+SAMPLER_NAMES = {
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DPMSolverSinglestepScheduler": "DPM++ SDE",
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
+}
+RECIPE_CHUNK = "imagine-bot"
+
+
+def pixel_sha256(image: Image.Image) -> str:
+    """sha256 of the RGB pixels and size, so PNG metadata or compression never changes it."""
+    rgb = image.convert("RGB")
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return digest.hexdigest()
+
+
+def make_grid(images: Sequence[Image.Image]) -> Image.Image:
+    """Tile images two to a row (a 2×2 grid for four), in index order."""
+    columns = 1 if len(images) == 1 else 2
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def infotext(job: JobRecord, seed: int, model_name: str) -> str:
+    """The ``parameters`` text that AUTOMATIC1111-compatible tools read and show."""
+    lines = [job.prompt]
+    if job.negative_prompt:
+        lines.append(f"Negative prompt: {job.negative_prompt}")
+    fields = [
+        ("Steps", str(job.steps)),
+        ("Sampler", SAMPLER_NAMES.get(job.scheduler, job.scheduler)),
+        ("CFG scale", _format_number(job.guidance)),
+        ("Seed", str(seed)),
+        ("Size", f"{job.width}x{job.height}"),
+        ("Model hash", job.model_revision[:10]),
+        ("Model", model_name),
+    ]
+    if job.strength is not None:
+        fields.append(("Denoising strength", _format_number(job.strength)))
+    fields.append(("Version", "imagine-bot"))
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields))
+    return "\n".join(lines)
+
+
+def recipe_dict(job: JobRecord, image_index: int | None) -> dict[str, Any]:
+    """The full recipe and job id, as stored in each PNG's JSON chunk."""
+    return {
+        "job_id": job.id,
+        "image_index": image_index,
+        "kind": job.kind,
+        "parent_job_id": job.parent_job_id,
+        "parent_image_index": job.parent_image_index,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "image_seed": None if image_index is None else job.seed + image_index,
+        "steps": job.steps,
+        "guidance": job.guidance,
+        "width": job.width,
+        "height": job.height,
+        "count": job.count,
+        "strength": job.strength,
+        "scheduler": job.scheduler,
+        "model_id": job.model_id,
+        "model_revision": job.model_revision,
+        "dtype": job.dtype,
+        "device_kind": job.device_kind,
+        "torch_threads": job.torch_threads,
+        "library_versions": job.library_versions,
+    }
+
+
+def encode_png(image: Image.Image, job: JobRecord, image_index: int | None, model_name: str) -> bytes:
+    """PNG bytes with a ``parameters`` infotext chunk and a JSON recipe chunk."""
+    info = PngInfo()
+    seed = job.seed + (image_index or 0)
+    info.add_text("parameters", infotext(job, seed, model_name))
+    info.add_itxt(RECIPE_CHUNK, json.dumps(recipe_dict(job, image_index), sort_keys=True))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_recipe(png: bytes) -> dict[str, Any]:
+    """The JSON recipe stored in a PNG written by ``encode_png``."""
+    with Image.open(io.BytesIO(png)) as image:
+        text = image.text[RECIPE_CHUNK]  # type: ignore[attr-defined]
+    data: dict[str, Any] = json.loads(text)
+    return data

@@ -1,0 +1,100 @@
+"""What a model is, read from its config files without loading its weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from generation.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
+
+logger = logging.getLogger(__name__)
+
+# Files a model folder may carry to say how it is best run (the embedded model writes one).
+DEFAULTS_FILE = "imagine-bot.json"
+FALLBACK_STEPS = 25
+FALLBACK_GUIDANCE = 7.0
+_HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".ckpt", ".pt")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A loadable model: where it is, which exact version, and its native defaults."""
+
+    model_id: str
+    path: str
+    revision: str
+    native_width: int
+    native_height: int
+    default_steps: int
+    default_guidance: float
+    scheduler: str
+    local: bool
+
+    @property
+    def name(self) -> str:
+        """A short name for the infotext: the folder name of a local model, else the hub id."""
+        local = self.model_id.startswith((".", "/", "~"))
+        return Path(self.model_id).name if local else self.model_id
+
+
+def content_hash(folder: Path) -> str:
+    """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+        digest.update(file.relative_to(folder).as_posix().encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _resolve(model: str, models_dir: Path, revision: str | None) -> tuple[Path, str, bool]:
+    """The folder holding ``model``'s configs, its revision, and whether it is a local folder.
+
+    The revision is the commit of a hub snapshot, or a content hash of a local folder.
+    """
+    if model == EMBEDDED_MODEL_NAME:
+        folder = ensure_embedded_model(models_dir)
+        return folder, content_hash(folder), True
+    if Path(model).expanduser().is_dir():
+        folder = Path(model).expanduser().resolve()
+        return folder, content_hash(folder), True
+    from huggingface_hub import snapshot_download
+
+    # Configs only: the worker's from_pretrained fetches the weights of this same revision.
+    snapshot = Path(
+        snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.txt"])
+    )
+    return snapshot, snapshot.name, False
+
+
+def describe_model(model: str, models_dir: Path, revision: str | None = None) -> ModelInfo:
+    """Read a diffusers model's native size, scheduler and defaults from its configs."""
+    folder, resolved_revision, local = _resolve(model, models_dir, revision)
+    unet = _read_json(folder / "unet" / "config.json")
+    vae = _read_json(folder / "vae" / "config.json")
+    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    vae_factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    sample = unet.get("sample_size", 64)
+    height, width = (sample, sample) if isinstance(sample, int) else sample
+    defaults = _read_json(folder / DEFAULTS_FILE) if (folder / DEFAULTS_FILE).exists() else {}
+    return ModelInfo(
+        model_id=model,
+        path=str(folder),
+        revision=resolved_revision,
+        native_width=int(width) * vae_factor,
+        native_height=int(height) * vae_factor,
+        default_steps=int(defaults.get("default_steps", FALLBACK_STEPS)),
+        default_guidance=float(defaults.get("default_guidance", FALLBACK_GUIDANCE)),
+        scheduler=str(scheduler.get("_class_name", "unknown")),
+        local=local,
+    )

@@ -1,0 +1,57 @@
+"""From a stored job to a pipeline call, and where a job's files live."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from generation.engine import RenderSpec
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.records import JobRecord
+
+
+def image_key(job_id: int, attempt: int, index: int) -> str:
+    """Each attempt writes its own files, so a worker that lost its lease overwrites nothing."""
+    return f"images/{job_id}/{attempt}/{job_id}-{index}.png"
+
+
+def grid_key(job_id: int, attempt: int) -> str:
+    return f"images/{job_id}/{attempt}/{job_id}-grid.png"
+
+
+def attempt_prefix(job_id: int, attempt: int) -> str:
+    return f"images/{job_id}/{attempt}"
+
+
+def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
+    """The exact pipeline call a job stands for: the same batch, seeds and settings."""
+    return RenderSpec(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        seeds=tuple(job.seed + i for i in range(job.count)),
+        steps=job.steps,
+        guidance=job.guidance,
+        width=job.width,
+        height=job.height,
+        scheduler=job.scheduler,
+        strength=job.strength,
+        init_image=init_image,
+    )
+
+
+async def load_init_image(db: Database, store: ImageStore, job: JobRecord) -> Image.Image | None:
+    """The parent image a variation or upscale starts from; None for text-to-image."""
+    if job.parent_job_id is None or job.parent_image_index is None or job.strength is None:
+        return None
+    async with db.uow() as uow:
+        images = await uow.images.for_job(job.parent_job_id)
+    for image in images:
+        if image.index == job.parent_image_index:
+            with Image.open(io.BytesIO(store.get(image.path))) as loaded:
+                return loaded.convert("RGB")
+    raise LookupError(
+        f"job {job.id} starts from image {job.parent_image_index} of job {job.parent_job_id}, "
+        "which has no stored image"
+    )

@@ -1,0 +1,80 @@
+"""Make a job's images again from its stored recipe and compare them bit for bit."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from generation.engine import Engine
+from generation.errors import InvalidRequest, JobNotFound
+from generation.imaging import pixel_sha256
+from generation.rendering import load_init_image, spec_for_job
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import JobStatus
+from storage.records import JobRecord
+
+MISSING = "missing"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageComparison:
+    index: int
+    seed: int
+    expected_sha256: str
+    actual_sha256: str
+
+    @property
+    def identical(self) -> bool:
+        return self.expected_sha256 == self.actual_sha256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReproduceReport:
+    job_id: int
+    images: list[ImageComparison]
+    # Where this engine differs from the one that ran the job: reasons the bits may differ.
+    differences: list[str]
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.images) and all(image.identical for image in self.images)
+
+
+def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
+    runtime = engine.runtime
+    recorded = {
+        "model revision": (job.model_revision, engine.model.revision),
+        "device kind": (job.device_kind, runtime.device_kind),
+        "dtype": (job.dtype, runtime.dtype),
+        "torch threads": (job.torch_threads, runtime.torch_threads),
+    }
+    notes = [f"{name}: ran with {was}, now {now}" for name, (was, now) in recorded.items() if was != now]
+    for library, version in sorted(job.library_versions.items()):
+        current = runtime.library_versions.get(library)
+        if current != version:
+            notes.append(f"{library}: ran with {version}, now {current}")
+    return notes
+
+
+async def reproduce(db: Database, engine: Engine, store: ImageStore, job_id: int) -> ReproduceReport:
+    """Re-run a finished job exactly as it ran (same batch, seeds, settings) and compare pixels."""
+    async with db.uow() as uow:
+        job = await uow.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        stored = await uow.images.for_job(job_id)
+    if job.status != JobStatus.SUCCEEDED or not stored:
+        raise InvalidRequest("job", f"job {job_id} has no finished images to compare ({job.status})")
+    init_image = await load_init_image(db, store, job)
+    images = await asyncio.to_thread(engine.render, spec_for_job(job, init_image))
+    comparisons = [
+        ImageComparison(
+            record.index,
+            record.seed,
+            record.sha256,
+            pixel_sha256(images[record.index]) if record.index < len(images) else MISSING,
+        )
+        for record in stored
+    ]
+    return ReproduceReport(job_id, comparisons, _runtime_differences(engine, job))

@@ -1,0 +1,162 @@
+"""What a user asks for, and its validation into a complete recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+from generation.errors import InvalidRequest
+from generation.model_info import ModelInfo
+from storage.models import JobKind
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_LENGTH = 1000
+MAX_GUIDANCE = 30.0
+SIZE_STEP = 8
+IMAGE_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """The host's caps on what one request may ask for."""
+
+    max_steps: int = 50
+    min_size: int = 64
+    max_width: int = 1024
+    max_height: int = 1024
+    max_count: int = 4
+    default_count: int = 4
+    default_strength: float = 0.6
+    upscale_factor: int = 2
+    upscale_strength: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One request as the user gave it; ``None`` means "use the default"."""
+
+    prompt: str
+    user_id: int
+    negative_prompt: str = ""
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    width: int | None = None
+    height: int | None = None
+    count: int | None = None
+    strength: float | None = None
+    kind: JobKind = JobKind.TXT2IMG
+    parent_job_id: int | None = None
+    parent_image_index: int | None = None
+    user_name: str = ""
+    guild_id: int | None = None
+    channel_id: int | None = None
+    interaction_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recipe:
+    """A validated request with every default filled in: what the job row stores."""
+
+    kind: JobKind
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    count: int
+    strength: float | None
+    scheduler: str
+    model_id: str
+    model_revision: str
+    parent_job_id: int | None
+    parent_image_index: int | None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """One seed per image: image *i* of a grid is seeded ``seed + i``."""
+        return tuple(self.seed + i for i in range(self.count))
+
+
+def _check_int(option: str, value: int, low: int, high: int, unit: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(option, f"must be a whole number from {low} to {high}{unit}")
+    if not low <= value <= high:
+        raise InvalidRequest(option, f"must be from {low} to {high}{unit}, not {value}")
+    return value
+
+
+def _check_size(option: str, value: int, low: int, high: int) -> int:
+    _check_int(option, value, low, high, " pixels")
+    if value % SIZE_STEP:
+        lower = max(low, value - value % SIZE_STEP)
+        raise InvalidRequest(
+            option, f"must be a multiple of {SIZE_STEP} pixels, not {value} (try {lower})"
+        )
+    return value
+
+
+def _check_float(option: str, value: float, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidRequest(option, f"must be a number from {low:g} to {high:g}")
+    if not low <= value <= high:
+        raise InvalidRequest(option, f"must be from {low:g} to {high:g}, not {value:g}")
+    return float(value)
+
+
+def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Recipe:
+    """Check every option and fill the defaults; raises InvalidRequest naming the option."""
+    prompt = request.prompt.strip()
+    if not prompt:
+        raise InvalidRequest("prompt", "must not be empty")
+    if len(prompt) > MAX_PROMPT_LENGTH:
+        raise InvalidRequest(
+            "prompt", f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(prompt)}"
+        )
+    negative = request.negative_prompt.strip()
+    if len(negative) > MAX_PROMPT_LENGTH:
+        raise InvalidRequest(
+            "negative", f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(negative)}"
+        )
+    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
+    _check_int("seed", seed, 0, MAX_SEED)
+    steps = model.default_steps if request.steps is None else request.steps
+    _check_int("steps", steps, 1, limits.max_steps)
+    guidance = model.default_guidance if request.guidance is None else request.guidance
+    _check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
+    width = model.native_width if request.width is None else request.width
+    height = model.native_height if request.height is None else request.height
+    _check_size("width", width, limits.min_size, limits.max_width)
+    _check_size("height", height, limits.min_size, limits.max_height)
+    count = limits.default_count if request.count is None else request.count
+    _check_int("count", count, 1, limits.max_count)
+    strength = request.strength
+    if request.kind in IMAGE_KINDS:
+        strength = limits.default_strength if strength is None else strength
+        _check_float("strength", strength, 0.0, 1.0)
+        if int(strength * steps) < 1:
+            # img2img runs int(steps × strength) steps; zero would run no denoising at all.
+            raise InvalidRequest(
+                "strength", f"runs no step at {strength:g} × {steps} steps: use at least {1 / steps:.2f}"
+            )
+    elif strength is not None:
+        raise InvalidRequest("strength", "only applies when starting from an image")
+    return Recipe(
+        kind=request.kind,
+        prompt=prompt,
+        negative_prompt=negative,
+        seed=seed,
+        steps=steps,
+        guidance=float(guidance),
+        width=width,
+        height=height,
+        count=count,
+        strength=strength,
+        scheduler=model.scheduler,
+        model_id=model.model_id,
+        model_revision=model.revision,
+        parent_job_id=request.parent_job_id,
+        parent_image_index=request.parent_image_index,
+    )

@@ -1,0 +1,253 @@
+"""The worker loop: claim the next job, run it in a thread, record and announce the result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import dataclasses
+import io
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from PIL import Image
+
+from generation.engine import Engine, StepProgress
+from generation.errors import RenderCancelled
+from generation.events import (
+    EventBus,
+    JobCancelled,
+    JobClaimed,
+    JobFailed,
+    JobProgress,
+    JobSucceeded,
+)
+from generation.imaging import encode_png, make_grid, pixel_sha256
+from generation.rendering import (
+    attempt_prefix,
+    grid_key,
+    image_key,
+    load_init_image,
+    spec_for_job,
+)
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import JobStatus, utcnow
+from storage.records import JobRecord, Lease, NewImage
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    worker_id: str = dataclasses.field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    lease_seconds: float = 120.0
+    poll_interval: float = 1.0
+    preview_interval: float = 2.0
+    # How often a running job renews its lease and looks for a cancel request.
+    heartbeat_interval: float = 2.0
+
+
+class _RunState:
+    """Shared between the pipeline thread and the event loop while one job runs."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.lease_lost = False
+        self.last_step_at = time.monotonic()
+        self.last_preview_at = 0.0
+
+
+class Worker:
+    """Runs jobs one at a time on one engine; ``burst`` drains the queue and returns."""
+
+    def __init__(
+        self,
+        db: Database,
+        engine: Engine,
+        store: ImageStore,
+        events: EventBus,
+        config: WorkerConfig | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.db = db
+        self.engine = engine
+        self.store = store
+        self.events = events
+        self.config = config or WorkerConfig()
+        self.clock = clock
+        self._stopping = asyncio.Event()
+
+    @property
+    def worker_id(self) -> str:
+        return self.config.worker_id
+
+    def stop(self) -> None:
+        """Stop claiming; the job in hand finishes first."""
+        self._stopping.set()
+
+    async def run(self, *, burst: bool = False) -> int:
+        """Claim and run jobs until stopped (or, in burst mode, until the queue is empty)."""
+        done = 0
+        logger.info("worker %s started", self.worker_id)
+        while not self._stopping.is_set():
+            if await self.run_once():
+                done += 1
+                continue
+            if burst:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
+        logger.info("worker %s stopped after %d jobs", self.worker_id, done)
+        return done
+
+    async def claim(self) -> tuple[JobRecord, Lease] | None:
+        async with self.db.uow() as uow:
+            claimed = await uow.queue.claim(self.worker_id, self.config.lease_seconds, self.clock())
+            await uow.commit()
+        return claimed
+
+    async def run_once(self) -> bool:
+        """Claim one job and run it; False when nothing was waiting."""
+        claimed = await self.claim()
+        if claimed is None:
+            return False
+        job, lease = claimed
+        self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
+        await self.execute(job, lease)
+        return True
+
+    async def execute(self, job: JobRecord, lease: Lease) -> JobStatus | None:
+        """Run a claimed job to its end; None when the lease was lost and nothing was recorded."""
+        state = _RunState()
+        loop = asyncio.get_running_loop()
+
+        def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
+            if state.stop.is_set():
+                raise RenderCancelled
+            now = time.monotonic()
+            state.last_step_at = now
+            preview = None
+            if now - state.last_preview_at >= self.config.preview_interval:
+                state.last_preview_at = now
+                preview = _png(progress.preview())
+            event = JobProgress(job.id, progress.step, progress.total, preview)
+            loop.call_soon_threadsafe(self.events.publish, event)
+
+        heartbeat = asyncio.create_task(self._heartbeat(lease, state), name=f"heartbeat-{job.id}")
+        started = time.perf_counter()
+        try:
+            init_image = await load_init_image(self.db, self.store, job)
+            spec = spec_for_job(job, init_image)
+            images = await asyncio.to_thread(self.engine.render, spec, on_step)
+        except RenderCancelled:
+            if state.lease_lost:
+                logger.warning("job %s: lost its lease mid-run; another worker owns it", job.id)
+                return None
+            return await self._end(job, lease, JobStatus.CANCELLED, "cancelled on request")
+        except Exception as error:
+            logger.exception("job %s failed", job.id)
+            return await self._end(job, lease, JobStatus.FAILED, f"{type(error).__name__}: {error}")
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        gpu_seconds = time.perf_counter() - started
+        return await self._complete(job, lease, images, gpu_seconds)
+
+    async def _heartbeat(self, lease: Lease, state: _RunState) -> None:
+        """Renew the lease while steps keep coming; stop the render if it was lost or cancelled.
+
+        A render that stops making steps stops renewing, so its lease runs out and the job
+        goes back to the queue.
+        """
+        interval = min(self.config.lease_seconds / 3, self.config.heartbeat_interval)
+        renewed_at = time.monotonic()
+        while not state.stop.is_set():
+            await asyncio.sleep(interval)
+            if state.last_step_at <= renewed_at:
+                continue
+            async with self.db.uow() as uow:
+                renewal = await uow.queue.renew(lease, self.config.lease_seconds, self.clock())
+                await uow.commit()
+            renewed_at = time.monotonic()
+            if not renewal.held:
+                state.lease_lost = True
+                state.stop.set()
+            elif renewal.cancel_requested:
+                state.stop.set()
+
+    async def _end(self, job: JobRecord, lease: Lease, status: JobStatus, error: str) -> JobStatus | None:
+        async with self.db.uow() as uow:
+            ended = await uow.queue.finish(lease, status, self.clock(), error=error)
+            await uow.commit()
+        if not ended:
+            logger.warning("job %s: lease lost before it could be marked %s", job.id, status)
+            return None
+        event = JobCancelled(job.id) if status is JobStatus.CANCELLED else JobFailed(job.id, error)
+        self.events.publish(event)
+        return status
+
+    async def _complete(
+        self, job: JobRecord, lease: Lease, images: list[Image.Image], gpu_seconds: float
+    ) -> JobStatus | None:
+        runtime = self.engine.runtime
+        ran = dataclasses.replace(
+            job,
+            dtype=runtime.dtype,
+            device_kind=runtime.device_kind,
+            torch_threads=runtime.torch_threads,
+            library_versions=runtime.library_versions,
+        )
+        new_images = await asyncio.to_thread(self._write_files, ran, lease.attempt, images)
+        now = self.clock()
+        async with self.db.uow() as uow:
+            completed = await uow.queue.finish(
+                lease,
+                JobStatus.SUCCEEDED,
+                now,
+                dtype=ran.dtype,
+                device_kind=ran.device_kind,
+                torch_threads=ran.torch_threads,
+                library_versions=ran.library_versions,
+                gpu_seconds=gpu_seconds,
+                error=None,
+            )
+            if completed:
+                await uow.images.add_many(job.id, new_images)
+                await uow.usage.charge(
+                    job.user_id, now.date(), images=len(new_images), cost=job.cost,
+                    gpu_seconds=gpu_seconds,
+                )
+                await uow.commit()
+        if not completed:
+            # Fenced out: another worker owns the job now. Our files are ours alone; remove them.
+            logger.warning("job %s: completion refused, the lease was lost; discarding", job.id)
+            self.store.delete_tree(attempt_prefix(job.id, lease.attempt))
+            return None
+        self.events.publish(JobSucceeded(job.id))
+        logger.info("job %s done in %.2f s", job.id, gpu_seconds)
+        return JobStatus.SUCCEEDED
+
+    def _write_files(self, job: JobRecord, attempt: int, images: list[Image.Image]) -> list[NewImage]:
+        name = self.engine.model.name
+        written = []
+        for index, image in enumerate(images):
+            key = self.store.put(image_key(job.id, attempt, index), encode_png(image, job, index, name))
+            written.append(
+                NewImage(index=index, seed=job.seed + index, sha256=pixel_sha256(image),
+                         path=key, width=image.width, height=image.height)
+            )
+        self.store.put(grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name))
+        return written
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,127 @@
+"""Plain frozen records that storage hands out: no ORM rows, no sessions, no lazy loading."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, TypeVar
+
+from storage.models import TERMINAL_STATUSES, JobStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    name: str
+    banned: bool
+    ban_reason: str | None
+    banned_until: dt.datetime | None
+    weight: float
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: int
+    kind: str
+    parent_job_id: int | None
+    parent_image_index: int | None
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    interaction_id: int | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    count: int
+    strength: float | None
+    scheduler: str
+    model_id: str
+    model_revision: str
+    dtype: str | None
+    device_kind: str | None
+    torch_threads: int | None
+    library_versions: dict[str, Any]
+    cost: float
+    gpu_seconds: float | None
+    status: str
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    cancel_requested: bool
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    error: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return JobStatus(self.status) in TERMINAL_STATUSES
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: int
+    job_id: int
+    index: int
+    seed: int
+    sha256: str
+    path: str
+    width: int
+    height: int
+    flags: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewImage:
+    """An image a worker made, before it has a row."""
+
+    index: int
+    seed: int
+    sha256: str
+    path: str
+    width: int
+    height: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lease:
+    """Proof that a worker holds a job: the owner and the attempt it claimed."""
+
+    job_id: int
+    owner: str
+    attempt: int
+    expires_at: dt.datetime
+
+
+R = TypeVar("R")
+
+
+def to_record(cls: type[R], row: object) -> R:
+    """Copy a row's columns into a frozen record of type ``cls``."""
+    names = [field.name for field in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(**{name: getattr(row, name) for name in names})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UsageRecord:
+    user_id: int
+    day: dt.date
+    jobs: int
+    images: int
+    cost: float
+    gpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a lease renewal found: whether the lease is still held and whether to stop."""
+
+    held: bool
+    cancel_requested: bool

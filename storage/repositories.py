@@ -1,0 +1,183 @@
+"""Repositories: the only code that reads and writes rows; they return plain records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Guild, Image, Job, JobStatus, ModerationEvent, Usage, User, utcnow
+from storage.records import ImageRecord, JobRecord, NewImage, UsageRecord, UserRecord, to_record
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, user_id: int) -> UserRecord | None:
+        row = await self._session.get(User, user_id)
+        return to_record(UserRecord, row) if row else None
+
+    async def ensure(self, user_id: int, name: str = "") -> UserRecord:
+        """Return the user, creating the row on first sight and keeping the name fresh."""
+        row = await self._session.get(User, user_id)
+        if row is None:
+            row = User(id=user_id, name=name, banned=False, weight=1.0, created_at=utcnow())
+            self._session.add(row)
+            await self._session.flush()
+        elif name and row.name != name:
+            row.name = name
+        return to_record(UserRecord, row)
+
+    async def set_ban(
+        self, user_id: int, *, banned: bool, reason: str | None = None, until: dt.datetime | None = None
+    ) -> None:
+        await self.ensure(user_id)
+        await self._session.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(banned=banned, ban_reason=reason if banned else None, banned_until=until if banned else None)
+        )
+
+
+class GuildRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def ensure(self, guild_id: int, name: str = "") -> None:
+        row = await self._session.get(Guild, guild_id)
+        if row is None:
+            self._session.add(Guild(id=guild_id, name=name, created_at=utcnow()))
+            await self._session.flush()
+        elif name and row.name != name:
+            row.name = name
+
+
+class JobRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, **fields: Any) -> JobRecord:
+        row = Job(**fields)
+        self._session.add(row)
+        await self._session.flush()
+        return to_record(JobRecord, row)
+
+    async def get(self, job_id: int) -> JobRecord | None:
+        row = await self._session.get(Job, job_id, populate_existing=True)
+        return to_record(JobRecord, row) if row else None
+
+    async def by_interaction(self, interaction_id: int) -> JobRecord | None:
+        row = await self._session.scalar(select(Job).where(Job.interaction_id == interaction_id))
+        return to_record(JobRecord, row) if row else None
+
+    async def recent(
+        self, *, user_id: int | None = None, status: str | None = None, limit: int = 20
+    ) -> list[JobRecord]:
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if user_id is not None:
+            query = query.where(Job.user_id == user_id)
+        if status is not None:
+            query = query.where(Job.status == status)
+        rows = await self._session.scalars(query)
+        return [to_record(JobRecord, row) for row in rows]
+
+    async def update_recipe(self, job_id: int, **fields: Any) -> None:
+        """Change stored recipe fields (admin correction; also how tests tamper with a recipe)."""
+        await self._session.execute(update(Job).where(Job.id == job_id).values(**fields))
+
+    async def mark_deleted(self, job_id: int) -> None:
+        await self._session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.DELETED)
+        )
+
+
+class ImageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add_many(self, job_id: int, images: Iterable[NewImage]) -> None:
+        now = utcnow()
+        for image in images:
+            self._session.add(
+                Image(
+                    job_id=job_id,
+                    index=image.index,
+                    seed=image.seed,
+                    sha256=image.sha256,
+                    path=image.path,
+                    width=image.width,
+                    height=image.height,
+                    flags={},
+                    created_at=now,
+                )
+            )
+        await self._session.flush()
+
+    async def for_job(self, job_id: int) -> list[ImageRecord]:
+        rows = await self._session.scalars(
+            select(Image).where(Image.job_id == job_id).order_by(Image.index)
+        )
+        return [to_record(ImageRecord, row) for row in rows]
+
+    async def for_jobs(self, job_ids: Sequence[int]) -> dict[int, list[ImageRecord]]:
+        result: dict[int, list[ImageRecord]] = {job_id: [] for job_id in job_ids}
+        rows = await self._session.scalars(
+            select(Image).where(Image.job_id.in_(job_ids)).order_by(Image.job_id, Image.index)
+        )
+        for row in rows:
+            result[row.job_id].append(to_record(ImageRecord, row))
+        return result
+
+
+class UsageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def charge(
+        self, user_id: int, day: dt.date, *, images: int, cost: float, gpu_seconds: float
+    ) -> None:
+        row = await self._session.get(Usage, (user_id, day), with_for_update=True)
+        if row is None:
+            row = Usage(user_id=user_id, day=day, jobs=0, images=0, cost=0.0, gpu_seconds=0.0)
+            self._session.add(row)
+        row.jobs += 1
+        row.images += images
+        row.cost += cost
+        row.gpu_seconds += gpu_seconds
+        await self._session.flush()
+
+    async def get(self, user_id: int, day: dt.date) -> UsageRecord | None:
+        row = await self._session.get(Usage, (user_id, day))
+        return to_record(UsageRecord, row) if row else None
+
+
+class ModerationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(
+        self,
+        kind: str,
+        *,
+        actor_id: int | None,
+        target_user_id: int | None = None,
+        job_id: int | None = None,
+        reason: str = "",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        self._session.add(
+            ModerationEvent(
+                kind=kind,
+                actor_id=actor_id,
+                target_user_id=target_user_id,
+                job_id=job_id,
+                reason=reason,
+                details=details or {},
+                created_at=utcnow(),
+            )
+        )
+        await self._session.flush()

@@ -1,0 +1,61 @@
+"""A unit of work: one AsyncSession, its repositories, rolled back unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.queue import JobQueue
+from storage.repositories import (
+    GuildRepository,
+    ImageRepository,
+    JobRepository,
+    ModerationRepository,
+    UsageRepository,
+    UserRepository,
+)
+
+
+class UnitOfWork:
+    """``async with db.uow() as uow: ...; await uow.commit()``."""
+
+    session: AsyncSession
+    users: UserRepository
+    guilds: GuildRepository
+    jobs: JobRepository
+    images: ImageRepository
+    usage: UsageRepository
+    moderation: ModerationRepository
+    queue: JobQueue
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self._sessions()
+        self.users = UserRepository(self.session)
+        self.guilds = GuildRepository(self.session)
+        self.jobs = JobRepository(self.session)
+        self.images = ImageRepository(self.session)
+        self.usage = UsageRepository(self.session)
+        self.moderation = ModerationRepository(self.session)
+        self.queue = JobQueue(self.session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.session.rollback()
+        finally:
+            await self.session.close()
+
+    async def commit(self) -> None:
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        await self.session.rollback()
