@@ -61,8 +61,12 @@ def _job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "images": [
-            {"index": image.index, "seed": image.seed, "path": str(store.path(image.path)),
-             "sha256": image.sha256}
+            {
+                "index": image.index,
+                "seed": image.seed,
+                "path": str(store.path(image.path)),
+                "sha256": image.sha256,
+            }
             for image in view.images
         ],
         "grid": str(store.path(grid_key(job.id, job.attempts))) if view.images else None,
@@ -70,7 +74,9 @@ def _job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
 
 
 @click.group()
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (default: IMAGINE_LOG_LEVEL).")
+@click.option(
+    "--log-level", default=None, help="DEBUG, INFO, WARNING (default: IMAGINE_LOG_LEVEL)."
+)
 @click.pass_context
 def main(context: click.Context, log_level: str | None) -> None:
     """imagine-bot: images from prompts, fairly shared, every recipe on record."""
@@ -99,21 +105,47 @@ def _quiet_libraries() -> None:
 @click.option("--negative", default="", help="What the image should not show.")
 @click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
 @click.option("--steps", type=int, default=None, help="Denoising steps (default: the model's).")
-@click.option("--guidance", type=float, default=None, help="CFG scale 0..30 (default: the model's).")
-@click.option("--width", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's).")
-@click.option("--height", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's).")
+@click.option(
+    "--guidance", type=float, default=None, help="CFG scale 0..30 (default: the model's)."
+)
+@click.option(
+    "--width", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
+)
+@click.option(
+    "--height", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
+)
 @click.option("--count", type=int, default=None, help="Images in the grid, 1..4.")
-@click.option("--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord user id).")
+@click.option(
+    "--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord user id)."
+)
 @click.option("--no-wait", is_flag=True, help="Only queue the job; a worker makes it later.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def generate(settings: Settings, prompt: str, negative: str, seed: int | None, steps: int | None,
-             guidance: float | None, width: int | None, height: int | None, count: int | None,
-             user_id: int, no_wait: bool, as_json: bool) -> None:
+def generate(
+    settings: Settings,
+    prompt: str,
+    negative: str,
+    seed: int | None,
+    steps: int | None,
+    guidance: float | None,
+    width: int | None,
+    height: int | None,
+    count: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
     """Make images from PROMPT: queue a job, run it here, print where the images are."""
     request = GenerationRequest(
-        prompt=prompt, user_id=user_id, negative_prompt=negative, seed=seed, steps=steps,
-        guidance=guidance, width=width, height=height, count=count,
+        prompt=prompt,
+        user_id=user_id,
+        negative_prompt=negative,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        count=count,
     )
     result = _run(_generate(settings, request, wait=not no_wait, show_progress=not as_json))
     if as_json:
@@ -130,38 +162,48 @@ def generate(settings: Settings, prompt: str, negative: str, seed: int | None, s
         sys.exit(1)
 
 
-async def _generate(settings: Settings, request: GenerationRequest, *, wait: bool,
-                    show_progress: bool) -> dict[str, Any]:
-    async with open_runtime(settings, with_engine=wait) as runtime:
-        submission = await runtime.service.submit(request)
+async def _generate(
+    settings: Settings, request: GenerationRequest, *, wait: bool, show_progress: bool
+) -> dict[str, Any]:
+    async with open_runtime(settings) as runtime:
+        submission = await runtime.service.submit(request)  # bad input stops here, before torch
         job_id = submission.job.id
         if not wait:
-            return {"job_id": job_id, "seed": submission.job.seed, "status": submission.job.status,
-                    "position": submission.position}
-        assert runtime.worker is not None
+            return {
+                "job_id": job_id,
+                "seed": submission.job.seed,
+                "status": submission.job.status,
+                "position": submission.position,
+            }
         if show_progress:
             click.echo(f"job {job_id} queued, position {submission.position}", err=True)
-        worker_task = asyncio.create_task(runtime.worker.run(), name="cli-worker")
+        worker = await runtime.start_engine()
+        worker_task = asyncio.create_task(worker.run(), name="cli-worker")
         try:
-            view = await _wait_for(runtime, job_id, show_progress)
+            view = await _wait_for(runtime, job_id, worker_task, show_progress)
         finally:
-            runtime.worker.stop()
+            worker.stop()
             await worker_task
         return _job_json(runtime, view)
 
 
-async def _wait_for(runtime: Runtime, job_id: int, show_progress: bool) -> JobView:
-    """Wait until the job ends, drawing a progress bar from the worker's events."""
+async def _wait_for(
+    runtime: Runtime, job_id: int, worker_task: asyncio.Task[int], show_progress: bool
+) -> JobView:
+    """Wait until the job ends (run here or by another worker process), with a progress bar."""
     from tqdm import tqdm
 
-    bar = tqdm(total=None, desc=f"job {job_id}", unit="step", disable=not show_progress,
-               file=sys.stderr)
+    bar = tqdm(
+        total=None, desc=f"job {job_id}", unit="step", disable=not show_progress, file=sys.stderr
+    )
     with bar:
         async with runtime.events.subscribe() as events:
             while True:
                 view = await runtime.service.job(job_id)
                 if view.job.is_terminal:
                     return view
+                if worker_task.done():
+                    worker_task.result()  # the worker died: raise its error, do not wait forever
                 with contextlib.suppress(TimeoutError):
                     event: JobEvent = await asyncio.wait_for(events.get(), 0.5)
                     if isinstance(event, JobProgress) and event.job_id == job_id:
@@ -179,12 +221,12 @@ def worker(settings: Settings, burst: bool) -> None:
     async def _worker() -> int:
         import signal
 
-        async with open_runtime(settings, with_engine=True) as runtime:
-            assert runtime.worker is not None
+        async with open_runtime(settings) as runtime:
+            worker = await runtime.start_engine()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, runtime.worker.stop)
-            return await runtime.worker.run(burst=burst)
+                loop.add_signal_handler(signum, worker.stop)
+            return await worker.run(burst=burst)
 
     done = _run(_worker())
     click.echo(f"worker ran {done} jobs", err=True)
@@ -198,15 +240,21 @@ def reproduce_command(settings: Settings, job_id: int, as_json: bool) -> None:
     """Make JOB_ID's images again from its recipe; exit 0 when the bytes match, 1 when not."""
 
     async def _reproduce() -> dict[str, Any]:
-        async with open_runtime(settings, with_engine=True) as runtime:
+        async with open_runtime(settings) as runtime:
+            await runtime.start_engine()
             assert runtime.engine is not None
             report = await reproduce(runtime.db, runtime.engine, runtime.store, job_id)
         return {
             "job_id": report.job_id,
             "identical": report.identical,
             "images": [
-                {"index": image.index, "seed": image.seed, "identical": image.identical,
-                 "expected_sha256": image.expected_sha256, "actual_sha256": image.actual_sha256}
+                {
+                    "index": image.index,
+                    "seed": image.seed,
+                    "identical": image.identical,
+                    "expected_sha256": image.expected_sha256,
+                    "actual_sha256": image.actual_sha256,
+                }
                 for image in report.images
             ],
             "differences": report.differences,
@@ -232,7 +280,9 @@ def reproduce_command(settings: Settings, job_id: int, as_json: bool) -> None:
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
-def jobs(settings: Settings, user_id: int | None, status: str | None, limit: int, as_json: bool) -> None:
+def jobs(
+    settings: Settings, user_id: int | None, status: str | None, limit: int, as_json: bool
+) -> None:
     """Recent jobs with their recipe and timestamps."""
 
     async def _jobs() -> list[dict[str, Any]]:

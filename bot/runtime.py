@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from bot.settings import Settings
-from generation.engine import DiffusersEngine
 from generation.events import EventBus
 from generation.model_info import ModelInfo, describe_model
 from generation.service import GenerationService
 from generation.worker import Worker
 from storage.db import Database
 from storage.image_store import ImageStore
+
+if TYPE_CHECKING:
+    from generation.engine import DiffusersEngine
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +34,27 @@ class Runtime:
     engine: DiffusersEngine | None = None
     worker: Worker | None = None
 
+    async def start_engine(self) -> Worker:
+        """Load the pipeline (once) and build the worker that runs it."""
+        if self.worker is None:
+            from generation.engine import DiffusersEngine
+
+            self.engine = await asyncio.to_thread(
+                DiffusersEngine,
+                self.model,
+                device=self.settings.device,
+                dtype=self.settings.dtype,
+                torch_threads=self.settings.torch_threads,
+            )
+            self.worker = Worker(
+                self.db, self.engine, self.store, self.events, self.settings.worker_config()
+            )
+        return self.worker
+
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, with_engine: bool = False) -> AsyncIterator[Runtime]:
-    """Database (migrated), image store, model description, service; the engine and worker on request."""
-    import asyncio
-
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Database (migrated), image store, model description, service; the engine on request."""
     db = Database(settings.database_url)
     try:
         await db.upgrade()
@@ -47,16 +66,6 @@ async def open_runtime(settings: Settings, *, with_engine: bool = False) -> Asyn
         service = GenerationService(
             db, model, settings.limits(), max_attempts=settings.max_attempts
         )
-        runtime = Runtime(settings, db, store, events, model, service)
-        if with_engine:
-            runtime.engine = await asyncio.to_thread(
-                DiffusersEngine,
-                model,
-                device=settings.device,
-                dtype=settings.dtype,
-                torch_threads=settings.torch_threads,
-            )
-            runtime.worker = Worker(db, runtime.engine, store, events, settings.worker_config())
-        yield runtime
+        yield Runtime(settings, db, store, events, model, service)
     finally:
         await db.close()

@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
             prediction_type="v_prediction",
             steps_offset=1,
         )
-        pipeline = StableDiffusionPipeline(
+        pipeline: Any = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
@@ -138,7 +139,9 @@ def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
         )
         pipeline.save_pretrained(staging, safe_serialization=True)
         (staging / "imagine-bot.json").write_text(
-            json.dumps({"embedded_version": EMBEDDED_VERSION, "default_steps": 10, "default_guidance": 3.0}),
+            json.dumps(
+                {"embedded_version": EMBEDDED_VERSION, "default_steps": 10, "default_guidance": 3.0}
+            ),
             encoding="utf-8",
         )
         try:

@@ -1,4 +1,8 @@
-"""The pipeline engine: one diffusers pipeline loaded once; txt2img, img2img and upscale share it."""
+"""The pipeline engine: one diffusers pipeline loaded once, shared by every kind of job.
+
+The pipeline runs in a worker thread, one call at a time; progress and cancel go through its
+step callback.
+"""
 
 from __future__ import annotations
 
@@ -78,15 +82,23 @@ class Engine(Protocol):
     model: ModelInfo
     runtime: RuntimeInfo
 
-    def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]: ...
+    def render(
+        self, spec: RenderSpec, on_step: StepCallback | None = None
+    ) -> list[Image.Image]: ...
 
 
 def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
     """``auto`` picks CUDA with fp16 when a GPU is there, else CPU with fp32."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype == "auto":
         return device, torch.float32 if device == "cpu" else torch.float16
     if dtype not in names:
@@ -116,8 +128,9 @@ def library_versions() -> dict[str, str]:
 class DiffusersEngine:
     """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time."""
 
-    def __init__(self, model: ModelInfo, *, device: str = "auto", dtype: str = "auto",
-                 torch_threads: int = 1) -> None:
+    def __init__(
+        self, model: ModelInfo, *, device: str = "auto", dtype: str = "auto", torch_threads: int = 1
+    ) -> None:
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
         from diffusers.utils import logging as diffusers_logging
 
@@ -133,8 +146,13 @@ class DiffusersEngine:
             torch_threads=torch.get_num_threads(),
             library_versions=library_versions(),
         )
-        logger.info("loading %s (%s) on %s as %s", model.model_id, model.revision, device,
-                    self.runtime.dtype)
+        logger.info(
+            "loading %s (%s) on %s as %s",
+            model.model_id,
+            model.revision,
+            device,
+            self.runtime.dtype,
+        )
         # A local folder loads as it is; a hub id loads the exact revision that was described.
         source = model.path if model.local else model.model_id
         revision = None if model.local else model.revision
@@ -159,7 +177,9 @@ class DiffusersEngine:
     def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run one batched call; ``on_step`` may raise RenderCancelled to stop at the next step."""
 
-        def callback(pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        def callback(
+            pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
+        ) -> dict[str, Any]:
             if on_step is not None:
                 on_step(StepProgress(step + 1, pipeline.num_timesteps, tensors["latents"]))
             return tensors

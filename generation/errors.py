@@ -21,7 +21,9 @@ class InvalidRequest(GenerationError):
 class UserBanned(GenerationError):
     def __init__(self, reason: str | None, until: dt.datetime | None) -> None:
         end = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "with no end date"
-        super().__init__(f"you are banned from generating images {end}: {reason or 'no reason given'}")
+        super().__init__(
+            f"you are banned from generating images {end}: {reason or 'no reason given'}"
+        )
         self.reason = reason
         self.until = until
 

@@ -102,7 +102,9 @@ def recipe_dict(job: JobRecord, image_index: int | None) -> dict[str, Any]:
     }
 
 
-def encode_png(image: Image.Image, job: JobRecord, image_index: int | None, model_name: str) -> bytes:
+def encode_png(
+    image: Image.Image, job: JobRecord, image_index: int | None, model_name: str
+) -> bytes:
     """PNG bytes with a ``parameters`` infotext chunk and a JSON recipe chunk."""
     info = PngInfo()
     seed = job.seed + (image_index or 0)

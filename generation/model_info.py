@@ -44,7 +44,9 @@ class ModelInfo:
 def content_hash(folder: Path) -> str:
     """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES):
+    for file in sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES
+    ):
         digest.update(file.relative_to(folder).as_posix().encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -71,9 +73,7 @@ def _resolve(model: str, models_dir: Path, revision: str | None) -> tuple[Path, 
     from huggingface_hub import snapshot_download
 
     # Configs only: the worker's from_pretrained fetches the weights of this same revision.
-    snapshot = Path(
-        snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.txt"])
-    )
+    snapshot = Path(snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.txt"]))
     return snapshot, snapshot.name, False
 
 

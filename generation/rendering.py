@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from generation.engine import RenderSpec
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.records import JobRecord
+
+if TYPE_CHECKING:
+    from generation.engine import RenderSpec
 
 
 def image_key(job_id: int, attempt: int, index: int) -> str:
@@ -27,6 +30,8 @@ def attempt_prefix(job_id: int, attempt: int) -> str:
 
 def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
     """The exact pipeline call a job stands for: the same batch, seeds and settings."""
+    from generation.engine import RenderSpec
+
     return RenderSpec(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,

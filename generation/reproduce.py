@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import TYPE_CHECKING
 
-from generation.engine import Engine
 from generation.errors import InvalidRequest, JobNotFound
 from generation.imaging import pixel_sha256
 from generation.rendering import load_init_image, spec_for_job
@@ -13,6 +13,9 @@ from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
 from storage.records import JobRecord
+
+if TYPE_CHECKING:
+    from generation.engine import Engine
 
 MISSING = "missing"
 
@@ -49,7 +52,9 @@ def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
         "dtype": (job.dtype, runtime.dtype),
         "torch threads": (job.torch_threads, runtime.torch_threads),
     }
-    notes = [f"{name}: ran with {was}, now {now}" for name, (was, now) in recorded.items() if was != now]
+    notes = [
+        f"{name}: ran with {was}, now {now}" for name, (was, now) in recorded.items() if was != now
+    ]
     for library, version in sorted(job.library_versions.items()):
         current = runtime.library_versions.get(library)
         if current != version:
@@ -57,7 +62,9 @@ def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
     return notes
 
 
-async def reproduce(db: Database, engine: Engine, store: ImageStore, job_id: int) -> ReproduceReport:
+async def reproduce(
+    db: Database, engine: Engine, store: ImageStore, job_id: int
+) -> ReproduceReport:
     """Re-run a finished job exactly as it ran (same batch, seeds, settings) and compare pixels."""
     async with db.uow() as uow:
         job = await uow.jobs.get(job_id)
@@ -65,7 +72,9 @@ async def reproduce(db: Database, engine: Engine, store: ImageStore, job_id: int
             raise JobNotFound(job_id)
         stored = await uow.images.for_job(job_id)
     if job.status != JobStatus.SUCCEEDED or not stored:
-        raise InvalidRequest("job", f"job {job_id} has no finished images to compare ({job.status})")
+        raise InvalidRequest(
+            "job", f"job {job_id} has no finished images to compare ({job.status})"
+        )
     init_image = await load_init_image(db, store, job)
     images = await asyncio.to_thread(engine.render, spec_for_job(job, init_image))
     comparisons = [

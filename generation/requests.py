@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
 
 from generation.errors import InvalidRequest
@@ -99,7 +100,7 @@ def _check_size(option: str, value: int, low: int, high: int) -> int:
 
 
 def _check_float(option: str, value: float, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise InvalidRequest(option, f"must be a number from {low:g} to {high:g}")
     if not low <= value <= high:
         raise InvalidRequest(option, f"must be from {low:g} to {high:g}, not {value:g}")
@@ -139,7 +140,8 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
         if int(strength * steps) < 1:
             # img2img runs int(steps × strength) steps; zero would run no denoising at all.
             raise InvalidRequest(
-                "strength", f"runs no step at {strength:g} × {steps} steps: use at least {1 / steps:.2f}"
+                "strength",
+                f"runs no step at {strength:g} × {steps} steps: use at least {1 / steps:.2f}",
             )
     elif strength is not None:
         raise InvalidRequest("strength", "only applies when starting from an image")

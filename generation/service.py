@@ -96,7 +96,9 @@ class GenerationService:
         """A job made from another: upscale or vary image ``image_index``, or reroll the recipe."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
-            raise InvalidRequest("job", f"job {parent_job_id} has no images to start from ({parent.job.status})")
+            raise InvalidRequest(
+                "job", f"job {parent_job_id} has no images to start from ({parent.job.status})"
+            )
         recipe = parent.job
         width, height, count = recipe.width, recipe.height, recipe.count
         if kind is not JobKind.REROLL:
@@ -106,8 +108,11 @@ class GenerationService:
         else:
             image_index = None
         if kind is JobKind.UPSCALE:
-            width, height, count = (width * self.limits.upscale_factor,
-                                    height * self.limits.upscale_factor, 1)
+            width, height, count = (
+                width * self.limits.upscale_factor,
+                height * self.limits.upscale_factor,
+                1,
+            )
             strength = self.limits.upscale_strength if strength is None else strength
         return await self.submit(
             GenerationRequest(

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import dataclasses
+import datetime as dt
 import io
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from generation.engine import Engine, StepProgress
 from generation.errors import RenderCancelled
 from generation.events import (
     EventBus,
@@ -37,6 +37,9 @@ from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus, utcnow
 from storage.records import JobRecord, Lease, NewImage
+
+if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
+    from generation.engine import Engine, StepProgress
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ class Worker:
         store: ImageStore,
         events: EventBus,
         config: WorkerConfig | None = None,
+        *,
         clock: Clock = utcnow,
     ) -> None:
         self.db = db
@@ -182,7 +186,9 @@ class Worker:
             elif renewal.cancel_requested:
                 state.stop.set()
 
-    async def _end(self, job: JobRecord, lease: Lease, status: JobStatus, error: str) -> JobStatus | None:
+    async def _end(
+        self, job: JobRecord, lease: Lease, status: JobStatus, error: str
+    ) -> JobStatus | None:
         async with self.db.uow() as uow:
             ended = await uow.queue.finish(lease, status, self.clock(), error=error)
             await uow.commit()
@@ -221,7 +227,10 @@ class Worker:
             if completed:
                 await uow.images.add_many(job.id, new_images)
                 await uow.usage.charge(
-                    job.user_id, now.date(), images=len(new_images), cost=job.cost,
+                    job.user_id,
+                    now.date(),
+                    images=len(new_images),
+                    cost=job.cost,
                     gpu_seconds=gpu_seconds,
                 )
                 await uow.commit()
@@ -234,14 +243,24 @@ class Worker:
         logger.info("job %s done in %.2f s", job.id, gpu_seconds)
         return JobStatus.SUCCEEDED
 
-    def _write_files(self, job: JobRecord, attempt: int, images: list[Image.Image]) -> list[NewImage]:
+    def _write_files(
+        self, job: JobRecord, attempt: int, images: list[Image.Image]
+    ) -> list[NewImage]:
         name = self.engine.model.name
         written = []
         for index, image in enumerate(images):
-            key = self.store.put(image_key(job.id, attempt, index), encode_png(image, job, index, name))
+            key = self.store.put(
+                image_key(job.id, attempt, index), encode_png(image, job, index, name)
+            )
             written.append(
-                NewImage(index=index, seed=job.seed + index, sha256=pixel_sha256(image),
-                         path=key, width=image.width, height=image.height)
+                NewImage(
+                    index=index,
+                    seed=job.seed + index,
+                    sha256=pixel_sha256(image),
+                    path=key,
+                    width=image.width,
+                    height=image.height,
+                )
             )
         self.store.put(grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name))
         return written

@@ -13,7 +13,7 @@ from storage.unit_of_work import UnitOfWork
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, a busy timeout, foreign keys, and BEGIN IMMEDIATE so writers queue instead of deadlocking."""
+    """WAL, a busy timeout, foreign keys; BEGIN IMMEDIATE so writers queue, never deadlock."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

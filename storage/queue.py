@@ -12,7 +12,7 @@ from storage.models import Job, JobStatus
 from storage.records import JobRecord, Lease, Renewal, to_record
 
 
-def select_next_job() -> Select[tuple[int]]:
+def select_next_job() -> Select[Any]:
     """The claim policy: which waiting job runs next. FIFO by id for now.
 
     Every choice of the next job goes through here, so the fair-share policy replaces only
@@ -21,7 +21,7 @@ def select_next_job() -> Select[tuple[int]]:
     return select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1)
 
 
-def queued_ahead(job: JobRecord) -> Select[tuple[int]]:
+def queued_ahead(job: JobRecord) -> Select[Any]:
     """Count of waiting jobs that the policy runs before ``job``."""
     return select(func.count()).where(Job.status == JobStatus.QUEUED, Job.id < job.id)
 
@@ -67,7 +67,9 @@ class JobQueue:
             .execution_options(synchronize_session=False)
         )
 
-    async def claim(self, owner: str, lease_seconds: float, now: dt.datetime) -> tuple[JobRecord, Lease] | None:
+    async def claim(
+        self, owner: str, lease_seconds: float, now: dt.datetime
+    ) -> tuple[JobRecord, Lease] | None:
         """Take the next job for ``owner`` with a lease, or None when nothing waits."""
         await self.reap_expired(now)
         job_id = await self._session.scalar(select_next_job().with_for_update(skip_locked=True))
@@ -113,15 +115,20 @@ class JobQueue:
         cancel = result.scalar_one_or_none()
         return Renewal(held=cancel is not None, cancel_requested=bool(cancel))
 
-    async def finish(self, lease: Lease, status: JobStatus, now: dt.datetime, **fields: Any) -> bool:
+    async def finish(
+        self, lease: Lease, status: JobStatus, now: dt.datetime, **fields: Any
+    ) -> bool:
         """End a job the lease holder ran; False (and nothing written) when it lost the lease."""
         result = await self._session.execute(
             update(Job)
             .where(*self._fenced(lease))
-            .values(status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **fields)
+            .values(
+                status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **fields
+            )
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        changed: int = result.rowcount  # type: ignore[attr-defined]
+        return changed == 1
 
     async def release(self, lease: Lease) -> bool:
         """Give a claimed job back to the queue without counting the attempt (clean shutdown)."""
@@ -136,7 +143,8 @@ class JobQueue:
             )
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1  # type: ignore[attr-defined]
+        changed: int = result.rowcount  # type: ignore[attr-defined]
+        return changed == 1
 
     async def request_cancel(self, job_id: int, now: dt.datetime) -> JobRecord | None:
         """Cancel a waiting job at once; ask a running one to stop at its next step."""

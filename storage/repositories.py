@@ -33,13 +33,22 @@ class UserRepository:
         return to_record(UserRecord, row)
 
     async def set_ban(
-        self, user_id: int, *, banned: bool, reason: str | None = None, until: dt.datetime | None = None
+        self,
+        user_id: int,
+        *,
+        banned: bool,
+        reason: str | None = None,
+        until: dt.datetime | None = None,
     ) -> None:
         await self.ensure(user_id)
         await self._session.execute(
             update(User)
             .where(User.id == user_id)
-            .values(banned=banned, ban_reason=reason if banned else None, banned_until=until if banned else None)
+            .values(
+                banned=banned,
+                ban_reason=reason if banned else None,
+                banned_until=until if banned else None,
+            )
         )
 
 

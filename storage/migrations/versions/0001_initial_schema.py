@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -76,15 +75,11 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["guild_id"], ["guilds.id"], name=op.f("fk_jobs_guild_id_guilds")
-        ),
+        sa.ForeignKeyConstraint(["guild_id"], ["guilds.id"], name=op.f("fk_jobs_guild_id_guilds")),
         sa.ForeignKeyConstraint(
             ["parent_job_id"], ["jobs.id"], name=op.f("fk_jobs_parent_job_id_jobs")
         ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_jobs_user_id_users")
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_jobs_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.UniqueConstraint("interaction_id", name=op.f("uq_jobs_interaction_id")),
     )
@@ -100,9 +95,7 @@ def upgrade() -> None:
         sa.Column("images", sa.Integer(), nullable=False),
         sa.Column("cost", sa.Float(), nullable=False),
         sa.Column("gpu_seconds", sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_usage_user_id_users")
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_usage_user_id_users")),
         sa.PrimaryKeyConstraint("user_id", "day", name=op.f("pk_usage")),
     )
     op.create_table(
@@ -117,9 +110,7 @@ def upgrade() -> None:
         sa.Column("height", sa.Integer(), nullable=False),
         sa.Column("flags", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["jobs.id"], name=op.f("fk_images_job_id_jobs")
-        ),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_images_job_id_jobs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_images")),
         sa.UniqueConstraint("job_id", "index", name="uq_images_job_id_index"),
     )

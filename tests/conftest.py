@@ -1,0 +1,128 @@
+"""Shared fixtures: the embedded model and engine, and databases on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from generation.events import EventBus
+from generation.model_info import ModelInfo, describe_model
+from generation.requests import Limits
+from generation.service import GenerationService
+from storage.db import Database
+from storage.image_store import ImageStore
+
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "IMAGINE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def model(models_dir: Path) -> ModelInfo:
+    return describe_model("embedded", models_dir)
+
+
+@pytest.fixture(scope="session")
+def engine(model: ModelInfo):  # type: ignore[no-untyped-def]
+    from generation.engine import DiffusersEngine
+
+    return DiffusersEngine(model, device="cpu", dtype="float32", torch_threads=1)
+
+
+async def _postgres_admin(statement: str) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated PostgreSQL database that each test copies; fails in CI when unreachable."""
+    name = f"imagine_template_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError) as error:
+        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {error}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+
+    async def _migrate() -> None:
+        database = Database(_url(name))
+        try:
+            await database.upgrade()
+        finally:
+            await database.close()
+
+    asyncio.run(_migrate())
+    yield name
+    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _url(database: str) -> str:
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database: a SQLite file, and a copy of the PostgreSQL template."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    name = f"imagine_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield _url(name)
+    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.upgrade()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ImageStore:
+    return ImageStore(tmp_path / "store")
+
+
+@pytest.fixture
+def events() -> EventBus:
+    return EventBus()
+
+
+@pytest.fixture
+def limits() -> Limits:
+    return Limits(max_steps=50, max_width=256, max_height=256)
+
+
+@pytest.fixture
+def service(db: Database, model: ModelInfo, limits: Limits) -> GenerationService:
+    return GenerationService(db, model, limits)

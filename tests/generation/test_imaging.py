@@ -1,0 +1,96 @@
+"""PNGs carry their recipe where Stable Diffusion tools look for it."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+from PIL import Image
+
+from generation.imaging import encode_png, infotext, make_grid, pixel_sha256, read_recipe
+from storage.models import utcnow
+from storage.records import JobRecord
+
+JOB = JobRecord(
+    id=12,
+    kind="variation",
+    parent_job_id=3,
+    parent_image_index=1,
+    user_id=1,
+    guild_id=None,
+    channel_id=None,
+    interaction_id=None,
+    prompt="a red circle on a blue background",
+    negative_prompt="blurry, text",
+    seed=123,
+    steps=20,
+    guidance=7.5,
+    width=512,
+    height=768,
+    count=4,
+    strength=0.6,
+    scheduler="EulerAncestralDiscreteScheduler",
+    model_id="stabilityai/sd-turbo",
+    model_revision="b261bac6fd2cf515557d5d0707481eafa0485ec2",
+    dtype="float16",
+    device_kind="cuda",
+    torch_threads=1,
+    library_versions={"torch": "2.4.0"},
+    cost=1.0,
+    gpu_seconds=None,
+    status="succeeded",
+    attempts=1,
+    max_attempts=3,
+    lease_owner=None,
+    lease_expires_at=None,
+    cancel_requested=False,
+    created_at=utcnow(),
+    started_at=None,
+    finished_at=None,
+    error=None,
+)
+
+
+def test_infotext_follows_the_automatic1111_format() -> None:
+    assert infotext(JOB, 125, "stabilityai/sd-turbo") == (
+        "a red circle on a blue background\n"
+        "Negative prompt: blurry, text\n"
+        "Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 125, Size: 512x768, "
+        "Model hash: b261bac6fd, Model: stabilityai/sd-turbo, Denoising strength: 0.6, "
+        "Version: imagine-bot"
+    )
+
+
+def test_infotext_leaves_out_an_empty_negative_prompt() -> None:
+    text = infotext(dataclasses.replace(JOB, negative_prompt="", strength=None), 1, "m")
+    assert text.splitlines()[1].startswith("Steps: 20, Sampler: Euler a")
+    assert "Denoising strength" not in text
+
+
+def test_png_carries_parameters_and_the_full_recipe() -> None:
+    image = Image.new("RGB", (8, 8), (255, 0, 0))
+    png = encode_png(image, JOB, 2, "sd-turbo")
+    with Image.open(io.BytesIO(png)) as loaded:
+        assert loaded.text["parameters"].splitlines()[0] == JOB.prompt  # type: ignore[attr-defined]
+        assert "Seed: 125" in loaded.text["parameters"]  # type: ignore[attr-defined]
+        assert pixel_sha256(loaded) == pixel_sha256(image)
+    recipe = read_recipe(png)
+    assert (recipe["job_id"], recipe["image_index"], recipe["image_seed"]) == (12, 2, 125)
+    assert recipe["model_revision"] == JOB.model_revision and recipe["strength"] == 0.6
+
+
+def test_pixel_hash_ignores_metadata_but_not_pixels() -> None:
+    image = Image.new("RGB", (8, 8), (0, 0, 255))
+    other = image.copy()
+    other.putpixel((3, 3), (0, 0, 254))
+    assert pixel_sha256(image) != pixel_sha256(other)
+    assert pixel_sha256(Image.new("RGB", (4, 16))) != pixel_sha256(Image.new("RGB", (16, 4)))
+
+
+def test_grid_places_images_two_to_a_row_in_index_order() -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    grid = make_grid([Image.new("RGB", (4, 4), colour) for colour in colours])
+    assert grid.size == (8, 8)
+    assert [grid.getpixel(point) for point in [(0, 0), (4, 0), (0, 4), (4, 4)]] == colours
+    assert make_grid([Image.new("RGB", (4, 4))] * 3).size == (8, 8)
+    assert make_grid([Image.new("RGB", (4, 4))]).size == (4, 4)

@@ -1,0 +1,165 @@
+"""The jobs table as a queue, on a SQLite file and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import Database
+from storage.models import JobStatus, utcnow
+from storage.records import NewImage
+from tests.storage.helpers import add_job
+
+LEASE = 60.0
+
+
+async def claim(db: Database, owner: str, now: dt.datetime | None = None):  # type: ignore[no-untyped-def]
+    async with db.uow() as uow:
+        claimed = await uow.queue.claim(owner, LEASE, now or utcnow())
+        await uow.commit()
+    return claimed
+
+
+async def test_claims_in_submission_order_and_sets_a_lease(db: Database) -> None:
+    first = await add_job(db)
+    second = await add_job(db, user_id=2)
+    now = utcnow()
+    job, lease = await claim(db, "w1", now)
+    assert job.id == first.id
+    assert (job.status, job.attempts, job.lease_owner) == ("running", 1, "w1")
+    assert lease.expires_at == now + dt.timedelta(seconds=LEASE)
+    job2, _ = await claim(db, "w2")
+    assert job2.id == second.id
+    assert await claim(db, "w3") is None
+
+
+async def test_position_counts_the_jobs_ahead(db: Database) -> None:
+    jobs = [await add_job(db) for _ in range(3)]
+    async with db.uow() as uow:
+        assert [await uow.queue.position(job) for job in jobs] == [1, 2, 3]
+    await claim(db, "w1")
+    async with db.uow() as uow:
+        refreshed = [await uow.jobs.get(job.id) for job in jobs]
+        assert [await uow.queue.position(job) for job in refreshed if job] == [0, 1, 2]
+
+
+async def test_interaction_id_is_unique(db: Database) -> None:
+    await add_job(db, interaction_id=555)
+    with pytest.raises(IntegrityError):
+        await add_job(db, interaction_id=555)
+
+
+async def test_completion_is_fenced_on_the_lease_owner(db: Database) -> None:
+    await add_job(db, max_attempts=3)
+    start = utcnow()
+    job, dead_lease = await claim(db, "dead-worker", start)
+    # The lease runs out; the next claim re-queues the job and a live worker takes it.
+    later = start + dt.timedelta(seconds=LEASE + 1)
+    retaken, live_lease = await claim(db, "live-worker", later)
+    assert retaken.id == job.id
+    assert retaken.attempts == 2
+    async with db.uow() as uow:
+        assert not await uow.queue.finish(dead_lease, JobStatus.SUCCEEDED, later)
+        renewal = await uow.queue.renew(dead_lease, LEASE, later)
+        assert not renewal.held
+        assert await uow.queue.finish(live_lease, JobStatus.SUCCEEDED, later)
+        await uow.commit()
+    async with db.uow() as uow:
+        done = await uow.jobs.get(job.id)
+    assert done is not None
+    assert (done.status, done.lease_owner, done.attempts) == ("succeeded", None, 2)
+
+
+async def test_a_job_out_of_attempts_fails_with_its_reason(db: Database) -> None:
+    job = await add_job(db, max_attempts=2)
+    now = utcnow()
+    for attempt in range(2):
+        claimed = await claim(db, f"w{attempt}", now)
+        assert claimed is not None
+        now += dt.timedelta(seconds=LEASE + 1)
+    assert await claim(db, "w-last", now) is None
+    async with db.uow() as uow:
+        failed = await uow.jobs.get(job.id)
+    assert failed is not None
+    assert failed.status == "failed"
+    assert failed.error and "lease expired" in failed.error
+
+
+async def test_renewal_extends_the_lease_and_reports_cancel_requests(db: Database) -> None:
+    await add_job(db)
+    now = utcnow()
+    job, lease = await claim(db, "w1", now)
+    async with db.uow() as uow:
+        renewal = await uow.queue.renew(lease, LEASE, now + dt.timedelta(seconds=50))
+        await uow.commit()
+    assert renewal.held and not renewal.cancel_requested
+    # Renewed at +50 s, so the job is still held at +100 s: nobody else can take it.
+    assert await claim(db, "w2", now + dt.timedelta(seconds=100)) is None
+    async with db.uow() as uow:
+        await uow.queue.request_cancel(job.id, now)
+        renewal = await uow.queue.renew(lease, LEASE, now)
+        await uow.commit()
+    assert renewal.held and renewal.cancel_requested
+
+
+async def test_cancel_of_a_waiting_job_takes_effect_at_once(db: Database) -> None:
+    job = await add_job(db)
+    async with db.uow() as uow:
+        cancelled = await uow.queue.request_cancel(job.id, utcnow())
+        await uow.commit()
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert await claim(db, "w1") is None
+
+
+async def test_release_returns_a_job_without_spending_an_attempt(db: Database) -> None:
+    job = await add_job(db)
+    _, lease = await claim(db, "w1")
+    async with db.uow() as uow:
+        assert await uow.queue.release(lease)
+        await uow.commit()
+    again, _ = await claim(db, "w2")
+    assert again.id == job.id and again.attempts == 1
+
+
+async def test_concurrent_claims_never_take_one_job_twice(db: Database) -> None:
+    for user in range(6):
+        await add_job(db, user_id=user + 1)
+    results = await asyncio.gather(*(claim(db, f"w{i}") for i in range(8)))
+    claimed = [job.id for job, _ in filter(None, results)]
+    assert len(claimed) == 6
+    assert len(set(claimed)) == 6
+
+
+async def test_images_and_usage_round_trip(db: Database) -> None:
+    job = await add_job(db)
+    today = utcnow().date()
+    async with db.uow() as uow:
+        await uow.images.add_many(job.id, [NewImage(0, 7, "ab" * 32, "images/x.png", 64, 64)])
+        await uow.usage.charge(job.user_id, today, images=4, cost=2.5, gpu_seconds=1.0)
+        await uow.usage.charge(job.user_id, today, images=1, cost=0.5, gpu_seconds=0.5)
+        await uow.commit()
+    async with db.uow() as uow:
+        images = await uow.images.for_job(job.id)
+        usage = await uow.usage.get(job.user_id, today)
+    assert [(image.index, image.seed, image.path) for image in images] == [(0, 7, "images/x.png")]
+    assert usage is not None
+    assert (usage.jobs, usage.images, usage.cost, usage.gpu_seconds) == (2, 5, 3.0, 1.5)
+
+
+async def test_uncommitted_work_is_rolled_back(db: Database) -> None:
+    async with db.uow() as uow:
+        await uow.users.ensure(42, "ghost")
+    async with db.uow() as uow:
+        assert await uow.users.get(42) is None
+
+
+async def test_timestamps_come_back_in_utc(db: Database) -> None:
+    job = await add_job(db)
+    async with db.uow() as uow:
+        stored = await uow.jobs.get(job.id)
+    assert stored is not None
+    assert stored.created_at.tzinfo == dt.UTC
+    assert abs((stored.created_at - job.created_at).total_seconds()) < 1e-3

@@ -1,0 +1,149 @@
+"""The ``imagine-bot`` command line, run as a user runs it: a real process, a real data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from generation.imaging import pixel_sha256
+from generation.model_info import ModelInfo
+
+
+def imagine(
+    data_dir: Path, *args: str, model: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "IMAGINE_DATA_DIR": str(data_dir),
+        "IMAGINE_TORCH_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "IMAGINE_LOG_LEVEL": "WARNING",
+    }
+    env.pop("IMAGINE_DATABASE_URL", None)
+    if model:
+        env["IMAGINE_MODEL"] = model
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_generate_then_reproduce_on_the_embedded_defaults(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = ok_json(
+        imagine(data, "generate", "a red circle on a blue background", "--seed", "7", "--json")
+    )
+    assert out["status"] == "succeeded" and out["seed"] == 7
+    assert [(image["index"], image["seed"]) for image in out["images"]] == [
+        (0, 7),
+        (1, 8),
+        (2, 9),
+        (3, 10),
+    ]
+    for image in out["images"]:
+        with Image.open(image["path"]) as png:
+            assert pixel_sha256(png) == image["sha256"]
+            assert Path(image["path"]).is_relative_to(data.resolve())
+    with Image.open(out["grid"]) as grid:
+        assert grid.size == (128, 128)
+    assert (
+        data / "imagine.db"
+    ).exists()  # the default database is a SQLite file in the data folder
+
+    again = ok_json(imagine(data, "reproduce", str(out["job_id"]), "--json"))
+    assert again["identical"] is True and again["job_id"] == out["job_id"]
+
+    listed = ok_json(imagine(data, "jobs", "--json"))
+    assert [row["job_id"] for row in listed] == [out["job_id"]]
+    assert listed[0]["started_at"] >= listed[0]["created_at"]
+    assert listed[0]["finished_at"] >= listed[0]["started_at"]
+
+
+def test_a_tampered_recipe_makes_reproduce_exit_1(tmp_path: Path, model: ModelInfo) -> None:
+    data = tmp_path / "data"
+    out = ok_json(
+        imagine(
+            data,
+            "generate",
+            "a blue square",
+            "--seed",
+            "3",
+            "--count",
+            "2",
+            "--steps",
+            "4",
+            "--json",
+            model=model.path,
+        )
+    )
+    with sqlite3.connect(data / "imagine.db") as connection:
+        connection.execute("UPDATE jobs SET seed = seed + 1 WHERE id = ?", (out["job_id"],))
+    result = imagine(data, "reproduce", str(out["job_id"]), "--json", model=model.path)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["identical"] is False
+    assert [image["identical"] for image in report["images"]] == [False, False]
+
+
+def test_no_wait_queues_and_a_burst_worker_drains(tmp_path: Path, model: ModelInfo) -> None:
+    data = tmp_path / "data"
+    queued = [
+        ok_json(
+            imagine(
+                data,
+                "generate",
+                prompt,
+                "--no-wait",
+                "--json",
+                "--steps",
+                "3",
+                "--user",
+                str(user),
+                model=model.path,
+            )
+        )
+        for user, prompt in [(1, "a red circle"), (2, "a green square")]
+    ]
+    assert [(job["status"], job["position"]) for job in queued] == [("queued", 1), ("queued", 2)]
+    worker = imagine(data, "worker", "--burst", model=model.path)
+    assert worker.returncode == 0, worker.stderr
+    assert "worker ran 2 jobs" in worker.stderr
+    done = ok_json(imagine(data, "jobs", "--status", "succeeded", "--json", model=model.path))
+    assert sorted(job["job_id"] for job in done) == sorted(job["job_id"] for job in queued)
+    mine = ok_json(imagine(data, "jobs", "--user", "2", "--json", model=model.path))
+    assert [job["prompt"] for job in mine] == ["a green square"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--steps", "0", "steps: must be from 1 to 50, not 0"),
+        ("--width", "100", "width: must be a multiple of 8 pixels, not 100"),
+        ("--guidance", "31", "guidance: must be from 0 to 30, not 31"),
+    ],
+)
+def test_bad_input_names_the_option_and_stores_nothing(
+    tmp_path: Path, model: ModelInfo, option: str, value: str, message: str
+) -> None:
+    data = tmp_path / "data"
+    result = imagine(data, "generate", "a red circle", option, value, model=model.path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert ok_json(imagine(data, "jobs", "--json", model=model.path)) == []

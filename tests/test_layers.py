@@ -1,0 +1,41 @@
+"""Layers run one way: bot → generation → storage; Discord stops at bot/, torch before storage/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {
+    "generation": {"discord", "bot"},
+    "storage": {"discord", "bot", "generation", "torch", "diffusers", "transformers"},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.add(node.module.split(".")[0])
+    return modules
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_never_imports_a_layer_above_it(package: str) -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {module}"
+        for path in (ROOT / package).rglob("*.py")
+        for module in imported_modules(path) & FORBIDDEN[package]
+    }
+    assert not offenders, sorted(offenders)
+
+
+def test_the_rule_sees_imports_inside_functions(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("def f():\n    import torch\n    from discord.ext import commands\n")
+    assert imported_modules(sample) == {"torch", "discord"}
