@@ -56,6 +56,7 @@ class Runtime:
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Database (migrated), image store, model description, service; the engine on request."""
     db = Database(settings.database_url)
+    runtime: Runtime | None = None
     try:
         await db.upgrade()
         model = await asyncio.to_thread(
@@ -66,6 +67,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         service = GenerationService(
             db, model, settings.limits(), max_attempts=settings.max_attempts
         )
-        yield Runtime(settings, db, store, events, model, service)
+        runtime = Runtime(settings, db, store, events, model, service)
+        yield runtime
     finally:
+        if runtime is not None and runtime.engine is not None:
+            runtime.engine.close()
         await db.close()

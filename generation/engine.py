@@ -6,12 +6,14 @@ step callback.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import platform
 import threading
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import torch
@@ -82,7 +84,7 @@ class Engine(Protocol):
     model: ModelInfo
     runtime: RuntimeInfo
 
-    def render(
+    async def render_async(
         self, spec: RenderSpec, on_step: StepCallback | None = None
     ) -> list[Image.Image]: ...
 
@@ -167,6 +169,18 @@ class DiffusersEngine:
         for pipeline in (self.txt2img, self.img2img):
             pipeline.set_progress_bar_config(disable=True)
         self._lock = threading.Lock()
+        # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+
+    async def render_async(
+        self, spec: RenderSpec, on_step: StepCallback | None = None
+    ) -> list[Image.Image]:
+        """``render`` in the engine's pipeline thread, never on the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self.render, spec, on_step)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
 
     def _use_scheduler(self, pipeline: Any, name: str) -> None:
         if type(pipeline.scheduler).__name__ != name:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import TYPE_CHECKING
 
@@ -76,7 +75,7 @@ async def reproduce(
             "job", f"job {job_id} has no finished images to compare ({job.status})"
         )
     init_image = await load_init_image(db, store, job)
-    images = await asyncio.to_thread(engine.render, spec_for_job(job, init_image))
+    images = await engine.render_async(spec_for_job(job, init_image))
     comparisons = [
         ImageComparison(
             record.index,

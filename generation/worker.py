@@ -54,6 +54,16 @@ class WorkerConfig:
     preview_interval: float = 2.0
     # How often a running job renews its lease and looks for a cancel request.
     heartbeat_interval: float = 2.0
+    # Write a finished job's files and completion while the next job renders. None: only on a
+    # GPU. On the CPU the two fight over the same cores and the GIL: benchmarks/overhead.py
+    # measured the overlap slower there.
+    overlap_completion: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rendered:
+    images: list[Image.Image]
+    gpu_seconds: float
 
 
 class _RunState:
@@ -88,6 +98,12 @@ class Worker:
         self._stopping = asyncio.Event()
 
     @property
+    def _overlap(self) -> bool:
+        if self.config.overlap_completion is None:
+            return self.engine.runtime.device_kind != "cpu"
+        return self.config.overlap_completion
+
+    @property
     def worker_id(self) -> str:
         return self.config.worker_id
 
@@ -96,17 +112,43 @@ class Worker:
         self._stopping.set()
 
     async def run(self, *, burst: bool = False) -> int:
-        """Claim and run jobs until stopped (or, in burst mode, until the queue is empty)."""
+        """Claim and run jobs until stopped (or, in burst mode, until the queue is empty).
+
+        A finished job's PNGs and completion are written while the next job renders, so the
+        device never waits on disk or database; at most one completion is in flight.
+        """
         done = 0
+        finishing: asyncio.Task[JobStatus | None] | None = None
         logger.info("worker %s started", self.worker_id)
-        while not self._stopping.is_set():
-            if await self.run_once():
+        try:
+            while not self._stopping.is_set():
+                claimed = await self.claim()
+                if claimed is None:
+                    if finishing is not None:
+                        await finishing
+                        finishing = None
+                    if burst:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
+                    continue
+                job, lease = claimed
+                self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
+                outcome = await self._render(job, lease)
+                if finishing is not None:
+                    await finishing
+                    finishing = None
+                if isinstance(outcome, _Rendered):
+                    finishing = asyncio.create_task(
+                        self._complete(job, lease, outcome), name=f"complete-{job.id}"
+                    )
+                    if not self._overlap:
+                        await finishing
+                        finishing = None
                 done += 1
-                continue
-            if burst:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
+        finally:
+            if finishing is not None:
+                await finishing
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
 
@@ -128,6 +170,13 @@ class Worker:
 
     async def execute(self, job: JobRecord, lease: Lease) -> JobStatus | None:
         """Run a claimed job to its end; None when the lease was lost and nothing was recorded."""
+        outcome = await self._render(job, lease)
+        if isinstance(outcome, _Rendered):
+            return await self._complete(job, lease, outcome)
+        return outcome
+
+    async def _render(self, job: JobRecord, lease: Lease) -> _Rendered | JobStatus | None:
+        """Run the pipeline; a cancel or failure is recorded here, a success is left to complete."""
         state = _RunState()
         loop = asyncio.get_running_loop()
 
@@ -148,7 +197,7 @@ class Worker:
         try:
             init_image = await load_init_image(self.db, self.store, job)
             spec = spec_for_job(job, init_image)
-            images = await asyncio.to_thread(self.engine.render, spec, on_step)
+            images = await self.engine.render_async(spec, on_step)
         except RenderCancelled:
             if state.lease_lost:
                 logger.warning("job %s: lost its lease mid-run; another worker owns it", job.id)
@@ -161,8 +210,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        gpu_seconds = time.perf_counter() - started
-        return await self._complete(job, lease, images, gpu_seconds)
+        return _Rendered(images, time.perf_counter() - started)
 
     async def _heartbeat(self, lease: Lease, state: _RunState) -> None:
         """Renew the lease while steps keep coming; stop the render if it was lost or cancelled.
@@ -200,8 +248,9 @@ class Worker:
         return status
 
     async def _complete(
-        self, job: JobRecord, lease: Lease, images: list[Image.Image], gpu_seconds: float
+        self, job: JobRecord, lease: Lease, rendered: _Rendered
     ) -> JobStatus | None:
+        images, gpu_seconds = rendered.images, rendered.gpu_seconds
         runtime = self.engine.runtime
         ran = dataclasses.replace(
             job,

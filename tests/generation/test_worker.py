@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 from PIL import Image
 
@@ -24,7 +25,7 @@ def make_worker(
     store: ImageStore,
     events: EventBus,
     name: str,
-    **config: float,
+    **config: Any,
 ) -> Worker:
     return Worker(db, engine, store, events, WorkerConfig(worker_id=name, **config))
 
@@ -190,7 +191,7 @@ class _BrokenEngine:
         self.model = engine.model
         self.runtime = engine.runtime
 
-    def render(self, spec: RenderSpec, on_step: object = None) -> list[Image.Image]:
+    async def render_async(self, spec: RenderSpec, on_step: object = None) -> list[Image.Image]:
         raise RuntimeError("CUDA out of memory")
 
 
@@ -230,3 +231,22 @@ async def test_variation_and_upscale_start_from_the_chosen_image(
     assert (var.job.strength, len(var.images)) == (0.6, 4)
     rer = await service.job(reroll.job.id)
     assert (rer.job.kind, rer.job.strength, rer.job.seed) == ("reroll", None, 13)
+
+
+async def test_overlapped_completion_records_every_job_once_and_in_full(
+    db: Database,
+    service: GenerationService,
+    engine: DiffusersEngine,
+    store: ImageStore,
+    events: EventBus,
+) -> None:
+    job_ids = [await submit(service, seed=seed, count=2) for seed in (1, 2, 3)]
+    worker = make_worker(db, engine, store, events, "w1", overlap_completion=True)
+    async with events.subscribe() as queue:
+        assert await worker.run(burst=True) == 3
+        seen = [queue.get_nowait() for _ in range(queue.qsize())]
+    for job_id in job_ids:
+        view = await service.job(job_id)
+        assert view.job.status == "succeeded"
+        assert [image.index for image in view.images] == [0, 1]
+    assert sorted(e.job_id for e in seen if isinstance(e, JobSucceeded)) == job_ids
