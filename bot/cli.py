@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import click
+from pydantic import ValidationError
 
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
@@ -80,7 +81,13 @@ def _job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
 @click.pass_context
 def main(context: click.Context, log_level: str | None) -> None:
     """imagine-bot: images from prompts, fairly shared, every recipe on record."""
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"IMAGINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
+        )
+        raise click.ClickException(f"bad setting: {problems}") from error
     logging.basicConfig(
         level=(log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -14,7 +14,9 @@ from generation.worker import WorkerConfig
 class Settings(BaseSettings):
     """Every knob of imagine-bot; ``.env.example`` lists them with their defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGINE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGINE_", env_file=".env", env_ignore_empty=True, extra="ignore"
+    )
 
     data_dir: Path = Path("./data")
     database_url: str = ""
