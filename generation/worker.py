@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from generation.errors import RenderCancelled
 from generation.events import (
@@ -122,15 +123,22 @@ class Worker:
         logger.info("worker %s started", self.worker_id)
         try:
             while not self._stopping.is_set():
-                claimed = await self.claim()
+                try:
+                    claimed = await self.claim()
+                except (SQLAlchemyError, OSError):
+                    if burst:
+                        raise
+                    # The database went away for a moment: the queue is still there, wait and retry.
+                    logger.exception("worker %s could not claim; retrying", self.worker_id)
+                    await self._pause()
+                    continue
                 if claimed is None:
                     if finishing is not None:
                         await finishing
                         finishing = None
                     if burst:
                         break
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
+                    await self._pause()
                     continue
                 job, lease = claimed
                 self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
@@ -151,6 +159,11 @@ class Worker:
                 await finishing
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
+
+    async def _pause(self) -> None:
+        """Wait one poll interval, or less if asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
 
     async def claim(self) -> tuple[JobRecord, Lease] | None:
         async with self.db.uow() as uow:

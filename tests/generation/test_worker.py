@@ -6,7 +6,9 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from PIL import Image
+from sqlalchemy.exc import SQLAlchemyError
 
 from generation.engine import DiffusersEngine, RenderSpec
 from generation.events import EventBus, JobCancelled, JobClaimed, JobProgress, JobSucceeded
@@ -250,3 +252,20 @@ async def test_overlapped_completion_records_every_job_once_and_in_full(
         assert view.job.status == "succeeded"
         assert [image.index for image in view.images] == [0, 1]
     assert sorted(e.job_id for e in seen if isinstance(e, JobSucceeded)) == job_ids
+
+
+async def test_a_worker_rides_out_an_unreachable_database(
+    engine: DiffusersEngine, store: ImageStore, events: EventBus
+) -> None:
+    unreachable = Database("postgresql+asyncpg://postgres@127.0.0.1:9/imagine")
+    worker = Worker(unreachable, engine, store, events, WorkerConfig(poll_interval=0.05))
+    try:
+        with pytest.raises((SQLAlchemyError, OSError)):
+            await worker.run(burst=True)  # burst mode reports the failure
+        task = asyncio.create_task(worker.run())  # a long-running worker keeps retrying
+        await asyncio.sleep(0.3)
+        assert not task.done()
+        worker.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+    finally:
+        await unreachable.close()
