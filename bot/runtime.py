@@ -45,6 +45,7 @@ class Runtime:
                 device=self.settings.device,
                 dtype=self.settings.dtype,
                 torch_threads=self.settings.torch_threads,
+                upscaler=self.service.upscaler,
             )
             self.worker = Worker(
                 self.db, self.engine, self.store, self.events, self.settings.worker_config()
@@ -64,8 +65,13 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         store = ImageStore(settings.images_dir)
         events = EventBus()
+        upscaler = None
+        if settings.upscaler:
+            upscaler = await asyncio.to_thread(
+                describe_model, settings.upscaler, settings.models_dir
+            )
         service = GenerationService(
-            db, model, settings.limits(), max_attempts=settings.max_attempts
+            db, model, settings.limits(), max_attempts=settings.max_attempts, upscaler=upscaler
         )
         runtime = Runtime(settings, db, store, events, model, service)
         yield runtime

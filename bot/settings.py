@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     database_url: str = ""
     model: str = "embedded"
     model_revision: str | None = None
+    upscaler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     torch_threads: int = Field(default=1, ge=1)

@@ -44,6 +44,8 @@ class RenderSpec:
     scheduler: str
     strength: float | None = None
     init_image: Image.Image | None = None
+    # Which loaded model runs it: None is the base model; an upscale may name the upscaler.
+    model_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,6 +85,9 @@ class Engine(Protocol):
 
     model: ModelInfo
     runtime: RuntimeInfo
+
+    @property
+    def models(self) -> dict[str, ModelInfo]: ...
 
     async def render_async(
         self, spec: RenderSpec, on_step: StepCallback | None = None
@@ -128,49 +133,79 @@ def library_versions() -> dict[str, str]:
 
 
 class DiffusersEngine:
-    """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time."""
+    """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time.
+
+    A host may configure a diffusion upscaler too (its own weights); without one, upscales
+    are a Lanczos resize followed by a low-strength img2img pass with the base weights.
+    """
 
     def __init__(
-        self, model: ModelInfo, *, device: str = "auto", dtype: str = "auto", torch_threads: int = 1
+        self,
+        model: ModelInfo,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        torch_threads: int = 1,
+        upscaler: ModelInfo | None = None,
     ) -> None:
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+        from diffusers import (
+            AutoPipelineForImage2Image,
+            AutoPipelineForText2Image,
+            DiffusionPipeline,
+        )
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # progress is ours to report, per job
 
         self.model = model
-        device, torch_dtype = resolve_device(device, dtype)
+        self.upscaler_model = upscaler
+        device, self._torch_dtype = resolve_device(device, dtype)
         torch.set_num_threads(torch_threads)
         self.runtime = RuntimeInfo(
             device=device,
             device_kind=torch.device(device).type,
-            dtype=str(torch_dtype).removeprefix("torch."),
+            dtype=str(self._torch_dtype).removeprefix("torch."),
             torch_threads=torch.get_num_threads(),
             library_versions=library_versions(),
         )
+        self.txt2img: Any = self._load(AutoPipelineForText2Image, model)
+        # from_pipe shares every module: img2img and upscale add no second copy of the weights.
+        self.img2img: Any = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+        self.upscaler: Any = self._load(DiffusionPipeline, upscaler) if upscaler else None
+        for pipeline in (self.txt2img, self.img2img, self.upscaler):
+            if pipeline is not None:
+                pipeline.set_progress_bar_config(disable=True)
+        self._lock = threading.Lock()
+        # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+
+    def _load(self, pipeline_class: Any, model: ModelInfo) -> Any:
+        """``from_pretrained`` of a local folder as it is, or of the hub revision described."""
         logger.info(
             "loading %s (%s) on %s as %s",
             model.model_id,
             model.revision,
-            device,
+            self.runtime.device,
             self.runtime.dtype,
         )
-        # A local folder loads as it is; a hub id loads the exact revision that was described.
         source = model.path if model.local else model.model_id
         revision = None if model.local else model.revision
         with warnings.catch_warnings():
             # Newer diffusers renamed torch_dtype to dtype; older ones know only torch_dtype.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            self.txt2img: Any = AutoPipelineForText2Image.from_pretrained(
-                source, revision=revision, torch_dtype=torch_dtype, local_files_only=model.local
-            ).to(device)
-        # from_pipe shares every module: img2img and upscale add no second copy of the weights.
-        self.img2img: Any = AutoPipelineForImage2Image.from_pipe(self.txt2img)
-        for pipeline in (self.txt2img, self.img2img):
-            pipeline.set_progress_bar_config(disable=True)
-        self._lock = threading.Lock()
-        # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+            pipeline = pipeline_class.from_pretrained(
+                source,
+                revision=revision,
+                torch_dtype=self._torch_dtype,
+                local_files_only=model.local,
+            )
+        return pipeline.to(self.runtime.device)
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """The models this engine can run, by model id."""
+        loaded = [self.model, self.upscaler_model]
+        return {model.model_id: model for model in loaded if model is not None}
 
     async def render_async(
         self, spec: RenderSpec, on_step: StepCallback | None = None
@@ -182,15 +217,35 @@ class DiffusersEngine:
     def close(self) -> None:
         self._thread.shutdown(wait=True)
 
-    def _use_scheduler(self, pipeline: Any, name: str) -> None:
-        if type(pipeline.scheduler).__name__ != name:
-            import diffusers
-
-            pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)
-
     def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run one batched call; ``on_step`` may raise RenderCancelled to stop at the next step."""
+        model_id = spec.model_id or self.model.model_id
+        if model_id not in self.models:
+            raise ValueError(
+                f"the job needs model {model_id!r}; this worker has {', '.join(self.models)}"
+            )
+        with self._lock, torch.inference_mode():
+            try:
+                if self.upscaler_model is not None and model_id == self.upscaler_model.model_id:
+                    return self._run_upscaler(spec, on_step)
+                return self._run_base(spec, on_step)
+            except RenderCancelled:
+                logger.info("render stopped at the step callback's request")
+                raise
 
+    def _common_arguments(self, spec: RenderSpec) -> dict[str, Any]:
+        batch = len(spec.seeds)
+        return {
+            "prompt": [spec.prompt] * batch,
+            "negative_prompt": [spec.negative_prompt] * batch,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance,
+            # CPU generators: the starting noise is the same on every device.
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
+            "output_type": "pil",
+        }
+
+    def _run_base(self, spec: RenderSpec, on_step: StepCallback | None) -> list[Image.Image]:
         def callback(
             pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
         ) -> dict[str, Any]:
@@ -198,33 +253,51 @@ class DiffusersEngine:
                 on_step(StepProgress(step + 1, pipeline.num_timesteps, tensors["latents"]))
             return tensors
 
-        # CPU generators: the starting noise is the same on every device.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds]
-        batch = len(spec.seeds)
-        arguments: dict[str, Any] = {
-            "prompt": [spec.prompt] * batch,
-            "negative_prompt": [spec.negative_prompt] * batch,
-            "num_inference_steps": spec.steps,
-            "guidance_scale": spec.guidance,
-            "generator": generators,
-            "callback_on_step_end": callback,
-            "callback_on_step_end_tensor_inputs": ["latents"],
-            "output_type": "pil",
-        }
-        with self._lock, torch.inference_mode():
-            if spec.init_image is None:
-                pipeline = self.txt2img
-                arguments.update(width=spec.width, height=spec.height)
-            else:
-                pipeline = self.img2img
-                init = spec.init_image.convert("RGB")
-                if init.size != (spec.width, spec.height):
-                    init = init.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
-                arguments.update(image=[init] * batch, strength=spec.strength)
-            self._use_scheduler(pipeline, spec.scheduler)
-            try:
-                images: list[Image.Image] = pipeline(**arguments).images
-            except RenderCancelled:
-                logger.info("render stopped at the step callback's request")
-                raise
+        arguments = self._common_arguments(spec)
+        arguments.update(
+            callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]
+        )
+        if spec.init_image is None:
+            pipeline = self.txt2img
+            arguments.update(width=spec.width, height=spec.height)
+        else:
+            pipeline = self.img2img
+            init = _resized(spec.init_image, spec.width, spec.height)
+            arguments.update(image=[init] * len(spec.seeds), strength=spec.strength)
+        _use_scheduler(pipeline, spec.scheduler)
+        images: list[Image.Image] = pipeline(**arguments).images
         return images
+
+    def _run_upscaler(self, spec: RenderSpec, on_step: StepCallback | None) -> list[Image.Image]:
+        """The configured diffusion upscaler at its own factor, resized to the asked size."""
+        if spec.init_image is None:
+            raise ValueError("an upscale needs the image it starts from")
+
+        def callback(step: int, _timestep: Any, latents: torch.Tensor) -> None:
+            if on_step is not None:
+                on_step(StepProgress(step + 1, spec.steps, latents))
+
+        arguments = self._common_arguments(spec)
+        arguments.update(
+            image=[spec.init_image.convert("RGB")] * len(spec.seeds),
+            callback=callback,
+            callback_steps=1,
+        )
+        _use_scheduler(self.upscaler, spec.scheduler)
+        images = self.upscaler(**arguments).images
+        return [_resized(image, spec.width, spec.height) for image in images]
+
+
+def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
+    image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def _use_scheduler(pipeline: Any, name: str) -> None:
+    """Run with the scheduler the job recorded (the model's own unless it says otherwise)."""
+    if type(pipeline.scheduler).__name__ != name:
+        import diffusers
+
+        pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)

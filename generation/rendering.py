@@ -43,6 +43,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         scheduler=job.scheduler,
         strength=job.strength,
         init_image=init_image,
+        model_id=job.model_id,
     )
 
 

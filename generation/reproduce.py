@@ -45,8 +45,9 @@ class ReproduceReport:
 
 def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
     runtime = engine.runtime
+    model = engine.models.get(job.model_id)
     recorded = {
-        "model revision": (job.model_revision, engine.model.revision),
+        "model revision": (job.model_revision, model.revision if model else "not loaded"),
         "device kind": (job.device_kind, runtime.device_kind),
         "dtype": (job.dtype, runtime.dtype),
         "torch threads": (job.torch_threads, runtime.torch_threads),

@@ -43,17 +43,20 @@ class GenerationService:
         limits: Limits,
         *,
         max_attempts: int = 3,
+        upscaler: ModelInfo | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.db = db
         self.model = model
+        self.upscaler = upscaler
         self.limits = limits
         self.max_attempts = max_attempts
         self.clock = clock
 
     async def submit(self, request: GenerationRequest) -> Submission:
         """Validate, check the user may generate, and queue the job; nothing is stored on error."""
-        recipe = validate(request, self.limits, self.model)
+        model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
+        recipe = validate(request, self.limits, model)
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
@@ -107,21 +110,22 @@ class GenerationService:
                 raise InvalidRequest("image", f"must be one of {', '.join(map(str, indices))}")
         else:
             image_index = None
+        steps: int | None = recipe.steps
+        guidance: float | None = recipe.guidance
         if kind is JobKind.UPSCALE:
-            width, height, count = (
-                width * self.limits.upscale_factor,
-                height * self.limits.upscale_factor,
-                1,
-            )
+            factor = self.limits.upscale_factor
+            width, height, count = width * factor, height * factor, 1
             strength = self.limits.upscale_strength if strength is None else strength
+            if self.upscaler is not None:  # its own defaults, not the base model's
+                steps = guidance = None
         return await self.submit(
             GenerationRequest(
                 prompt=recipe.prompt,
                 negative_prompt=recipe.negative_prompt,
                 user_id=user_id,
                 seed=seed,
-                steps=recipe.steps,
-                guidance=recipe.guidance,
+                steps=steps,
+                guidance=guidance,
                 width=width,
                 height=height,
                 count=count,

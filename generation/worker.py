@@ -308,7 +308,8 @@ class Worker:
     def _write_files(
         self, job: JobRecord, attempt: int, images: list[Image.Image]
     ) -> list[NewImage]:
-        name = self.engine.model.name
+        model = self.engine.models.get(job.model_id)
+        name = model.name if model else job.model_id
         written = []
         for index, image in enumerate(images):
             key = self.store.put(
