@@ -115,8 +115,8 @@ class Worker:
     async def run(self, *, burst: bool = False) -> int:
         """Claim and run jobs until stopped (or, in burst mode, until the queue is empty).
 
-        A finished job's PNGs and completion are written while the next job renders, so the
-        device never waits on disk or database; at most one completion is in flight.
+        On a GPU a finished job's PNGs and completion are written while the next job renders,
+        so the device never waits on disk or database; at most one completion is in flight.
         """
         done = 0
         finishing: asyncio.Task[JobStatus | None] | None = None

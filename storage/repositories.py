@@ -7,10 +7,19 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Guild, Image, Job, JobStatus, ModerationEvent, Usage, User, utcnow
+from storage.models import Base, Guild, Image, Job, JobStatus, ModerationEvent, Usage, User, utcnow
 from storage.records import ImageRecord, JobRecord, NewImage, UsageRecord, UserRecord, to_record
+
+
+async def _insert_if_missing(session: AsyncSession, model: type[Base], **values: Any) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: two first requests from one user never collide."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    await session.execute(insert(model).values(**values).on_conflict_do_nothing())
 
 
 class UserRepository:
@@ -23,12 +32,18 @@ class UserRepository:
 
     async def ensure(self, user_id: int, name: str = "") -> UserRecord:
         """Return the user, creating the row on first sight and keeping the name fresh."""
-        row = await self._session.get(User, user_id)
-        if row is None:
-            row = User(id=user_id, name=name, banned=False, weight=1.0, created_at=utcnow())
-            self._session.add(row)
-            await self._session.flush()
-        elif name and row.name != name:
+        await _insert_if_missing(
+            self._session,
+            User,
+            id=user_id,
+            name=name,
+            banned=False,
+            weight=1.0,
+            created_at=utcnow(),
+        )
+        row = await self._session.get(User, user_id, populate_existing=True)
+        assert row is not None
+        if name and row.name != name:
             row.name = name
         return to_record(UserRecord, row)
 
@@ -57,12 +72,11 @@ class GuildRepository:
         self._session = session
 
     async def ensure(self, guild_id: int, name: str = "") -> None:
-        row = await self._session.get(Guild, guild_id)
-        if row is None:
-            self._session.add(Guild(id=guild_id, name=name, created_at=utcnow()))
-            await self._session.flush()
-        elif name and row.name != name:
-            row.name = name
+        await _insert_if_missing(self._session, Guild, id=guild_id, name=name, created_at=utcnow())
+        if name:
+            await self._session.execute(
+                update(Guild).where(Guild.id == guild_id, Guild.name != name).values(name=name)
+            )
 
 
 class JobRepository:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import pytest
@@ -92,3 +93,13 @@ async def test_derive_refuses_a_job_without_images(service: GenerationService) -
     job = (await service.submit(GenerationRequest("a red circle", user_id=1))).job
     with pytest.raises(InvalidRequest, match="no images to start from"):
         await service.derive(JobKind.UPSCALE, job.id, 0, user_id=1)
+
+
+async def test_a_new_users_simultaneous_first_requests_both_queue(
+    service: GenerationService, db: Database
+) -> None:
+    submissions = await asyncio.gather(
+        *(service.submit(GenerationRequest(f"prompt {i}", user_id=5, guild_id=6)) for i in range(4))
+    )
+    assert len({submission.job.id for submission in submissions}) == 4
+    assert await count_rows(db, User) == 1
