@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
@@ -20,9 +20,11 @@ from generation.events import JobEvent, JobProgress
 from generation.rendering import grid_key
 from generation.reproduce import reproduce
 from generation.requests import GenerationRequest
-from generation.service import JobView
+from generation.service import GenerationService, JobView, Submission
+from storage.models import JobKind
 
 T = TypeVar("T")
+Submit = Callable[[GenerationService], Awaitable[Submission]]
 CLI_USER_ID = 0  # the host at the terminal, unless --user says otherwise
 
 
@@ -74,6 +76,21 @@ def _job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
     }
 
 
+_WAIT_OPTIONS = [
+    click.option(
+        "--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord id)."
+    ),
+    click.option("--no-wait", is_flag=True, help="Only queue the job; a worker makes it later."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+]
+
+
+def _wait_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_WAIT_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.group()
 @click.option(
     "--log-level", default=None, help="DEBUG, INFO, WARNING (default: IMAGINE_LOG_LEVEL)."
@@ -122,11 +139,7 @@ def _quiet_libraries() -> None:
     "--height", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
 )
 @click.option("--count", type=int, default=None, help="Images in the grid, 1..4.")
-@click.option(
-    "--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord user id)."
-)
-@click.option("--no-wait", is_flag=True, help="Only queue the job; a worker makes it later.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_wait_options
 @click.pass_obj
 def generate(
     settings: Settings,
@@ -154,7 +167,11 @@ def generate(
         height=height,
         count=count,
     )
-    result = _run(_generate(settings, request, wait=not no_wait, show_progress=not as_json))
+    _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
+
+
+def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_json: bool) -> None:
+    result = _run(_generate(settings, submit, wait=not no_wait, show_progress=not as_json))
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -170,10 +187,10 @@ def generate(
 
 
 async def _generate(
-    settings: Settings, request: GenerationRequest, *, wait: bool, show_progress: bool
+    settings: Settings, submit: Submit, *, wait: bool, show_progress: bool
 ) -> dict[str, Any]:
     async with open_runtime(settings) as runtime:
-        submission = await runtime.service.submit(request)  # bad input stops here, before torch
+        submission = await submit(runtime.service)  # bad input stops here, before torch
         job_id = submission.job.id
         if not wait:
             return {
@@ -217,6 +234,91 @@ async def _wait_for(
                         bar.total = event.total
                         bar.n = event.step
                         bar.refresh()
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@_wait_options
+@click.pass_obj
+def upscale(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    seed: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Make image INDEX (0-3) of JOB_ID twice as large (U1-U4)."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(JobKind.UPSCALE, job_id, index, user_id, seed=seed),
+        no_wait,
+        as_json,
+    )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@click.option("--strength", type=float, default=None, help="How far to depart, 0..1.")
+@_wait_options
+@click.pass_obj
+def vary(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    seed: int | None,
+    strength: float | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Make a grid of variations of image INDEX (0-3) of JOB_ID (V1-V4)."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(
+            JobKind.VARIATION, job_id, index, user_id, seed=seed, strength=strength
+        ),
+        no_wait,
+        as_json,
+    )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@_wait_options
+@click.pass_obj
+def reroll(
+    settings: Settings, job_id: int, seed: int | None, user_id: int, no_wait: bool, as_json: bool
+) -> None:
+    """Run JOB_ID's recipe again with a new seed."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(JobKind.REROLL, job_id, None, user_id, seed=seed),
+        no_wait,
+        as_json,
+    )
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--user", "user_id", type=int, default=CLI_USER_ID, help="Who asks.")
+@click.option("--admin", is_flag=True, help="Cancel someone else's job.")
+@click.pass_obj
+def cancel(settings: Settings, job_id: int, user_id: int, admin: bool) -> None:
+    """Cancel a waiting job, or stop a running one at its next step."""
+
+    async def _cancel() -> str:
+        async with open_runtime(settings) as runtime:
+            job = await runtime.service.cancel(job_id, user_id, is_admin=admin)
+        return "cancelled" if job.status == "cancelled" else "asked to stop at its next step"
+
+    click.echo(f"job {job_id}: {_run(_cancel())}")
 
 
 @main.command()

@@ -38,5 +38,9 @@ class NotAllowed(GenerationError):
     """The user may not do this to this job."""
 
 
+class JobStateError(GenerationError):
+    """The job is not in a state that allows this (already ended, has no images yet)."""
+
+
 class RenderCancelled(Exception):
     """Raised from the pipeline's step callback to stop a job at the next step."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from generation.errors import InvalidRequest, JobNotFound
+from generation.errors import JobNotFound, JobStateError
 from generation.imaging import pixel_sha256
 from generation.rendering import load_init_image, spec_for_job
 from storage.db import Database
@@ -72,9 +72,7 @@ async def reproduce(
             raise JobNotFound(job_id)
         stored = await uow.images.for_job(job_id)
     if job.status != JobStatus.SUCCEEDED or not stored:
-        raise InvalidRequest(
-            "job", f"job {job_id} has no finished images to compare ({job.status})"
-        )
+        raise JobStateError(f"job {job_id} has no finished images to compare ({job.status})")
     init_image = await load_init_image(db, store, job)
     images = await engine.render_async(spec_for_job(job, init_image))
     comparisons = [

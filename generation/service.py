@@ -6,7 +6,13 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
-from generation.errors import InvalidRequest, JobNotFound, NotAllowed, UserBanned
+from generation.errors import (
+    InvalidRequest,
+    JobNotFound,
+    JobStateError,
+    NotAllowed,
+    UserBanned,
+)
 from generation.model_info import ModelInfo
 from generation.requests import GenerationRequest, Limits, Recipe, validate
 from storage.db import Database
@@ -99,8 +105,8 @@ class GenerationService:
         """A job made from another: upscale or vary image ``image_index``, or reroll the recipe."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
-            raise InvalidRequest(
-                "job", f"job {parent_job_id} has no images to start from ({parent.job.status})"
+            raise JobStateError(
+                f"job {parent_job_id} has no images to start from yet ({parent.job.status})"
             )
         recipe = parent.job
         width, height, count = recipe.width, recipe.height, recipe.count
@@ -118,6 +124,13 @@ class GenerationService:
             strength = self.limits.upscale_strength if strength is None else strength
             if self.upscaler is not None:  # its own defaults, not the base model's
                 steps = guidance = None
+        elif kind is JobKind.VARIATION:
+            strength = self.limits.default_strength if strength is None else strength
+        if steps is not None and strength is not None:
+            # img2img runs int(steps × strength) steps: a few-step parent (a turbo model) at a
+            # low strength would run none, so take enough steps for at least one.
+            while int(steps * strength) < 1 and steps < self.limits.max_steps:
+                steps += 1
         return await self.submit(
             GenerationRequest(
                 prompt=recipe.prompt,
@@ -146,7 +159,7 @@ class GenerationService:
             if job.user_id != user_id and not is_admin:
                 raise NotAllowed(f"job {job_id} is not yours to cancel")
             if job.is_terminal:
-                raise InvalidRequest("job", f"job {job_id} has already ended ({job.status})")
+                raise JobStateError(f"job {job_id} has already ended ({job.status})")
             updated = await uow.queue.request_cancel(job_id, self.clock())
             await uow.commit()
         assert updated is not None

@@ -147,3 +147,57 @@ def test_bad_input_names_the_option_and_stores_nothing(
     assert result.returncode != 0
     assert message in result.stderr
     assert ok_json(imagine(data, "jobs", "--json", model=model.path)) == []
+
+
+def test_upscale_vary_reroll_and_cancel_from_the_command_line(
+    tmp_path: Path, model: ModelInfo
+) -> None:
+    data = tmp_path / "data"
+    parent = ok_json(
+        imagine(
+            data,
+            "generate",
+            "a yellow triangle",
+            "--seed",
+            "4",
+            "--count",
+            "2",
+            "--steps",
+            "3",
+            "--json",
+            model=model.path,
+        )
+    )
+    up = ok_json(imagine(data, "upscale", str(parent["job_id"]), "1", "--json", model=model.path))
+    assert (up["kind"], up["parent_job_id"], up["parent_image_index"]) == (
+        "upscale",
+        parent["job_id"],
+        1,
+    )
+    with Image.open(up["images"][0]["path"]) as png:
+        assert png.size == (128, 128)
+    varied = ok_json(
+        imagine(
+            data,
+            "vary",
+            str(parent["job_id"]),
+            "0",
+            "--strength",
+            "0.7",
+            "--json",
+            model=model.path,
+        )
+    )
+    assert (varied["kind"], varied["strength"], len(varied["images"])) == ("variation", 0.7, 2)
+
+    queued = ok_json(
+        imagine(data, "reroll", str(parent["job_id"]), "--no-wait", "--json", model=model.path)
+    )
+    refused = imagine(data, "cancel", str(queued["job_id"]), "--user", "99", model=model.path)
+    assert refused.returncode == 1
+    assert f"job {queued['job_id']} is not yours to cancel" in refused.stderr
+    cancelled = imagine(data, "cancel", str(queued["job_id"]), model=model.path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+    bad_index = imagine(data, "upscale", str(parent["job_id"]), "5", model=model.path)
+    assert "image: must be one of 0, 1" in bad_index.stderr

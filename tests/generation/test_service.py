@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from generation.errors import InvalidRequest, JobNotFound, NotAllowed, UserBanned
+from generation.errors import InvalidRequest, JobNotFound, JobStateError, NotAllowed, UserBanned
 from generation.requests import GenerationRequest
 from generation.service import GenerationService
 from storage.db import Database
@@ -83,7 +83,7 @@ async def test_only_the_owner_or_an_admin_may_cancel(service: GenerationService)
         await service.cancel(job.id, user_id=2)
     cancelled = await service.cancel(job.id, user_id=2, is_admin=True)
     assert cancelled.status == "cancelled"
-    with pytest.raises(InvalidRequest, match="already ended"):
+    with pytest.raises(JobStateError, match=r"job .* has already ended"):
         await service.cancel(job.id, user_id=1)
     with pytest.raises(JobNotFound):
         await service.cancel(999, user_id=1)
@@ -91,7 +91,7 @@ async def test_only_the_owner_or_an_admin_may_cancel(service: GenerationService)
 
 async def test_derive_refuses_a_job_without_images(service: GenerationService) -> None:
     job = (await service.submit(GenerationRequest("a red circle", user_id=1))).job
-    with pytest.raises(InvalidRequest, match="no images to start from"):
+    with pytest.raises(JobStateError, match="no images to start from"):
         await service.derive(JobKind.UPSCALE, job.id, 0, user_id=1)
 
 
