@@ -42,5 +42,9 @@ class JobStateError(GenerationError):
     """The job is not in a state that allows this (already ended, has no images yet)."""
 
 
+class ModelUnavailable(GenerationError):
+    """The configured model cannot be found or is not a diffusers pipeline."""
+
+
 class RenderCancelled(Exception):
     """Raised from the pipeline's step callback to stop a job at the next step."""

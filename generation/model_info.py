@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from generation.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +19,7 @@ logger = logging.getLogger(__name__)
 DEFAULTS_FILE = "imagine-bot.json"
 FALLBACK_STEPS = 25
 FALLBACK_GUIDANCE = 7.0
+HASH_CACHE = ".content-hashes.json"
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".ckpt", ".pt")
 
 
@@ -41,17 +44,38 @@ class ModelInfo:
         return Path(self.model_id).name if local else self.model_id
 
 
-def content_hash(folder: Path) -> str:
-    """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits."""
+def content_hash(folder: Path, cache_file: Path | None = None) -> str:
+    """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits.
+
+    Hashing gigabytes of weights takes seconds, so the result is kept in ``cache_file`` and
+    reused while every file keeps its size and modification time.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    stats = {
+        file.relative_to(folder).as_posix(): [file.stat().st_size, file.stat().st_mtime_ns]
+        for file in files
+    }
+    cache: dict[str, Any] = {}
+    if cache_file is not None and cache_file.exists():
+        with contextlib.suppress(ValueError, OSError):
+            cache = _read_json(cache_file)
+    key = str(folder.resolve())
+    cached = cache.get(key)
+    if cached and cached.get("files") == stats:
+        return str(cached["hash"])
     digest = hashlib.sha256()
-    for file in sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES
-    ):
+    for file in files:
         digest.update(file.relative_to(folder).as_posix().encode())
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()[:12]
+    result = digest.hexdigest()[:12]
+    if cache_file is not None:
+        cache[key] = {"files": stats, "hash": result}
+        with contextlib.suppress(OSError):
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            cache_file.write_text(json.dumps(cache), encoding="utf-8")
+    return result
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -64,25 +88,44 @@ def _resolve(model: str, models_dir: Path, revision: str | None) -> tuple[Path, 
 
     The revision is the commit of a hub snapshot, or a content hash of a local folder.
     """
+    cache = models_dir / HASH_CACHE
     if model == EMBEDDED_MODEL_NAME:
         folder = ensure_embedded_model(models_dir)
-        return folder, content_hash(folder), True
+        return folder, content_hash(folder, cache), True
     if Path(model).expanduser().is_dir():
         folder = Path(model).expanduser().resolve()
-        return folder, content_hash(folder), True
+        return folder, content_hash(folder, cache), True
     from huggingface_hub import snapshot_download
 
-    # Configs only: the worker's from_pretrained fetches the weights of this same revision.
-    snapshot = Path(snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.txt"]))
-    return snapshot, snapshot.name, False
+    try:
+        # Configs only: the worker's from_pretrained fetches the weights of this same revision.
+        snapshot = snapshot_download(model, revision=revision, allow_patterns=["*.json", "*.txt"])
+    except Exception as error:  # the hub client raises many kinds; all mean the same here
+        raise ModelUnavailable(
+            f"model {model!r} is not a local folder and could not be had from the Hugging Face "
+            f"hub ({type(error).__name__}: {error}); check IMAGINE_MODEL, the network, or "
+            "HF_HUB_OFFLINE with a model already in the cache"
+        ) from error
+    return Path(snapshot), Path(snapshot).name, False
 
 
 def describe_model(model: str, models_dir: Path, revision: str | None = None) -> ModelInfo:
     """Read a diffusers model's native size, scheduler and defaults from its configs."""
     folder, resolved_revision, local = _resolve(model, models_dir, revision)
-    unet = _read_json(folder / "unet" / "config.json")
+    # UNet pipelines (SD 1.x/2.x, SDXL) keep their size in unet/, transformer ones (SD3) there.
+    denoiser = folder / "unet" / "config.json"
+    if not denoiser.exists():
+        denoiser = folder / "transformer" / "config.json"
+    needed = [folder / "model_index.json", denoiser, folder / "vae" / "config.json"]
+    missing = [path.relative_to(folder).as_posix() for path in needed if not path.exists()]
+    if missing:
+        raise ModelUnavailable(
+            f"model {model!r} is not a diffusers pipeline: {folder} has no {', '.join(missing)}"
+        )
+    unet = _read_json(denoiser)
     vae = _read_json(folder / "vae" / "config.json")
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
+    scheduler_config = folder / "scheduler" / "scheduler_config.json"
+    scheduler = _read_json(scheduler_config) if scheduler_config.exists() else {}
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     sample = unet.get("sample_size", 64)
     height, width = (sample, sample) if isinstance(sample, int) else sample

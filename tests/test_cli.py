@@ -201,3 +201,10 @@ def test_upscale_vary_reroll_and_cancel_from_the_command_line(
     assert "cancelled" in cancelled.stdout
     bad_index = imagine(data, "upscale", str(parent["job_id"]), "5", model=model.path)
     assert "image: must be one of 0, 1" in bad_index.stderr
+
+
+def test_a_missing_model_is_named_instead_of_a_traceback(tmp_path: Path) -> None:
+    result = imagine(tmp_path / "data", "generate", "a red circle", model="nobody/no-such-model")
+    assert result.returncode == 1
+    assert "Error: model 'nobody/no-such-model' is not a local folder" in result.stderr
+    assert "Traceback" not in result.stderr
