@@ -6,6 +6,8 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 
+from sqlalchemy.exc import IntegrityError
+
 from generation.errors import (
     InvalidRequest,
     JobNotFound,
@@ -63,6 +65,19 @@ class GenerationService:
         """Validate, check the user may generate, and queue the job; nothing is stored on error."""
         model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
         recipe = validate(request, self.limits, model)
+        try:
+            return await self._insert(request, recipe)
+        except IntegrityError:
+            # The same interaction raced itself; the unique index let one through: that one.
+            if request.interaction_id is None:
+                raise
+            async with self.db.uow() as uow:
+                existing = await uow.jobs.by_interaction(request.interaction_id)
+                if existing is None:
+                    raise
+                return Submission(existing, await uow.queue.position(existing))
+
+    async def _insert(self, request: GenerationRequest, recipe: Recipe) -> Submission:
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
                 existing = await uow.jobs.by_interaction(request.interaction_id)

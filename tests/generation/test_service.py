@@ -103,3 +103,12 @@ async def test_a_new_users_simultaneous_first_requests_both_queue(
     )
     assert len({submission.job.id for submission in submissions}) == 4
     assert await count_rows(db, User) == 1
+
+
+async def test_a_retried_interaction_racing_itself_still_makes_one_job(
+    service: GenerationService, db: Database
+) -> None:
+    request = GenerationRequest("a red circle", user_id=1, interaction_id=88)
+    submissions = await asyncio.gather(*(service.submit(request) for _ in range(4)))
+    assert len({submission.job.id for submission in submissions}) == 1
+    assert await count_rows(db, Job) == 1
