@@ -63,7 +63,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         model = await asyncio.to_thread(
             describe_model, settings.model, settings.models_dir, settings.model_revision
         )
-        store = ImageStore(settings.images_dir)
+        store = ImageStore(settings.data_dir)
         events = EventBus()
         upscaler = None
         if settings.upscaler:

@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=1.0, gt=0)
     discord_token: SecretStr | None = None
-    log_level: str = "INFO"
+    log_level: str = "WARNING"
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
@@ -48,10 +48,6 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.data_dir
 
     def limits(self) -> Limits:
         return Limits(

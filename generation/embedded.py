@@ -62,6 +62,15 @@ def write_byte_level_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+def _drop_loading_options(config_file: Path) -> None:
+    """transformers saves how the tokenizer was loaded (HF_HUB_OFFLINE shows up as
+    ``local_files_only``); drop it, so the same seed builds the same bytes everywhere."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    for key in ("local_files_only", "is_local", "name_or_path", "_name_or_path"):
+        config.pop(key, None)
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
     """Build the embedded pipeline from configs with seeded weights and save it to ``folder``."""
     import torch
@@ -138,6 +147,7 @@ def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
             requires_safety_checker=False,
         )
         pipeline.save_pretrained(staging, safe_serialization=True)
+        _drop_loading_options(staging / "tokenizer" / "tokenizer_config.json")
         (staging / "imagine-bot.json").write_text(
             json.dumps(
                 {"embedded_version": EMBEDDED_VERSION, "default_steps": 10, "default_guidance": 3.0}

@@ -53,3 +53,14 @@ def test_a_folder_that_is_not_a_pipeline_is_refused_by_name(tmp_path: Path) -> N
 def test_an_unreachable_hub_model_is_refused_with_what_to_check(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="could not be had from the Hugging Face hub"):
         describe_model("nobody/no-such-model-here", tmp_path / "models")
+
+
+def test_the_embedded_model_builds_to_the_same_bytes_every_time(
+    model: ModelInfo, tmp_path: Path
+) -> None:
+    from generation.embedded import build_embedded_pipeline
+
+    again = build_embedded_pipeline(tmp_path / "again")
+    assert content_hash(again) == model.revision
+    config = json.loads((again / "tokenizer" / "tokenizer_config.json").read_text())
+    assert "local_files_only" not in config
