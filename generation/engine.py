@@ -46,6 +46,8 @@ class RenderSpec:
     init_image: Image.Image | None = None
     # Which loaded model runs it: None is the base model; an upscale may name the upscaler.
     model_id: str | None = None
+    # CPU threads to run with (they change the bits); None: the engine's own setting.
+    torch_threads: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,7 +226,9 @@ class DiffusersEngine:
             raise ValueError(
                 f"the job needs model {model_id!r}; this worker has {', '.join(self.models)}"
             )
+        threads = spec.torch_threads or self.runtime.torch_threads
         with self._lock, torch.inference_mode():
+            torch.set_num_threads(threads)
             try:
                 if self.upscaler_model is not None and model_id == self.upscaler_model.model_id:
                     return self._run_upscaler(spec, on_step)
@@ -232,6 +236,8 @@ class DiffusersEngine:
             except RenderCancelled:
                 logger.info("render stopped at the step callback's request")
                 raise
+            finally:
+                torch.set_num_threads(self.runtime.torch_threads)
 
     def _common_arguments(self, spec: RenderSpec) -> dict[str, Any]:
         batch = len(spec.seeds)

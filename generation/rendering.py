@@ -44,6 +44,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         strength=job.strength,
         init_image=init_image,
         model_id=job.model_id,
+        torch_threads=job.torch_threads,
     )
 
 

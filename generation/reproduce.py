@@ -50,7 +50,6 @@ def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
         "model revision": (job.model_revision, model.revision if model else "not loaded"),
         "device kind": (job.device_kind, runtime.device_kind),
         "dtype": (job.dtype, runtime.dtype),
-        "torch threads": (job.torch_threads, runtime.torch_threads),
     }
     notes = [
         f"{name}: ran with {was}, now {now}" for name, (was, now) in recorded.items() if was != now

@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from generation.engine import DiffusersEngine, RenderSpec, StepProgress
@@ -105,3 +106,14 @@ def test_runtime_is_recorded(engine: DiffusersEngine) -> None:
     runtime = engine.runtime
     assert (runtime.device_kind, runtime.dtype, runtime.torch_threads) == ("cpu", "float32", 1)
     assert {"torch", "diffusers", "transformers", "python"} <= set(runtime.library_versions)
+
+
+def test_a_render_runs_with_the_thread_count_it_asks_for(engine: DiffusersEngine) -> None:
+    # Thread count changes the bits on the CPU, so reproduce runs a job with the recorded one.
+    seen: list[int] = []
+    engine.render(
+        _with(SPEC, seeds=(1,), steps=2, torch_threads=2),
+        lambda _: seen.append(torch.get_num_threads()),
+    )
+    assert seen == [2, 2]
+    assert torch.get_num_threads() == engine.runtime.torch_threads == 1

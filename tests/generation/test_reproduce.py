@@ -71,5 +71,5 @@ async def test_reproduce_names_what_differs_from_the_run_it_repeats(
         )
         await uow.commit()
     report = await reproduce(db, engine, store, job_id)
-    assert "torch threads: ran with 2, now 1" in report.differences
+    assert not any(note.startswith("torch threads") for note in report.differences)
     assert any(note.startswith("torch: ran with 2.4.0") for note in report.differences)
