@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,21 +19,22 @@ from generation.model_info import ModelInfo
 
 
 def imagine(
-    data_dir: Path, *args: str, model: str | None = None
+    data_dir: Path, *args: str, model: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {
+    environment = {
         **os.environ,
         "IMAGINE_DATA_DIR": str(data_dir),
         "IMAGINE_TORCH_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "IMAGINE_LOG_LEVEL": "WARNING",
+        **(env or {}),
     }
-    env.pop("IMAGINE_DATABASE_URL", None)
+    environment.pop("IMAGINE_DATABASE_URL", None)
     if model:
-        env["IMAGINE_MODEL"] = model
+        environment["IMAGINE_MODEL"] = model
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=240,
@@ -208,3 +210,36 @@ def test_a_missing_model_is_named_instead_of_a_traceback(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "Error: model 'nobody/no-such-model' is not a local folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_hub_model_loads_by_id_from_the_hub_cache_at_its_commit(
+    tmp_path: Path, model: ModelInfo
+) -> None:
+    # The hub's own cache layout, filled from the embedded model: the real hub-id loading path
+    # (snapshot_download for the configs, from_pretrained of the id at that commit), offline.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--example--tiny-sd"
+    shutil.copytree(model.path, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = ok_json(
+        imagine(
+            tmp_path / "data",
+            "generate",
+            "a red circle",
+            "--seed",
+            "1",
+            "--count",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            model="example/tiny-sd",
+            env=env,
+        )
+    )
+    assert (out["model_id"], out["model_revision"]) == ("example/tiny-sd", commit)
+    with Image.open(out["images"][0]["path"]) as png:
+        assert "Model: example/tiny-sd" in png.text["parameters"]
+        assert f"Model hash: {commit[:10]}" in png.text["parameters"]
