@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +245,56 @@ def test_a_hub_model_loads_by_id_from_the_hub_cache_at_its_commit(
     with Image.open(out["images"][0]["path"]) as png:
         assert "Model: example/tiny-sd" in png.text["parameters"]
         assert f"Model hash: {commit[:10]}" in png.text["parameters"]
+
+
+def test_sigterm_lets_the_worker_finish_its_job_then_exit(tmp_path: Path, model: ModelInfo) -> None:
+    data = tmp_path / "data"
+    queued = ok_json(
+        imagine(
+            data,
+            "generate",
+            "a red circle",
+            "--no-wait",
+            "--json",
+            "--steps",
+            "30",
+            "--width",
+            "128",
+            "--height",
+            "128",
+            model=model.path,
+        )
+    )
+    environment = {
+        **os.environ,
+        "IMAGINE_DATA_DIR": str(data),
+        "IMAGINE_MODEL": model.path,
+        "HF_HUB_OFFLINE": "1",
+        "IMAGINE_LOG_LEVEL": "WARNING",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot", "worker"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while status(data, queued["job_id"]) != "running":
+            assert time.monotonic() < deadline, "the worker never started the job"
+            assert worker.poll() is None, worker.communicate()
+            time.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = worker.communicate(timeout=120)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, stderr
+    assert "worker ran 1 jobs" in stderr
+    assert status(data, queued["job_id"]) == "succeeded"
+
+
+def status(data: Path, job_id: int) -> str | None:
+    with sqlite3.connect(data / "imagine.db") as connection:
+        row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row[0] if row else None
