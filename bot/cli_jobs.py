@@ -1,0 +1,216 @@
+"""Commands that make images: generate, upscale, vary, reroll, and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from typing import Any
+
+import click
+
+from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_options
+from bot.runtime import Runtime, open_runtime
+from bot.settings import Settings
+from generation.events import JobEvent, JobProgress
+from generation.requests import GenerationRequest
+from generation.service import JobView
+from storage.models import JobKind
+
+
+@click.command()
+@click.argument("prompt")
+@click.option("--negative", default="", help="What the image should not show.")
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the model's).")
+@click.option(
+    "--guidance", type=float, default=None, help="CFG scale 0..30 (default: the model's)."
+)
+@click.option(
+    "--width", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
+)
+@click.option(
+    "--height", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
+)
+@click.option("--count", type=int, default=None, help="Images in the grid, 1..4.")
+@wait_options
+@click.pass_obj
+def generate(
+    settings: Settings,
+    prompt: str,
+    negative: str,
+    seed: int | None,
+    steps: int | None,
+    guidance: float | None,
+    width: int | None,
+    height: int | None,
+    count: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Make images from PROMPT: queue a job, run it here, print where the images are."""
+    request = GenerationRequest(
+        prompt=prompt,
+        user_id=user_id,
+        negative_prompt=negative,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        width=width,
+        height=height,
+        count=count,
+    )
+    _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
+
+
+def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_json: bool) -> None:
+    result = run_async(_generate(settings, submit, wait=not no_wait, show_progress=not as_json))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"job {result['job_id']}: {result['status']} (seed {result['seed']})")
+    for image in result.get("images", []):
+        click.echo(f"  image {image['index']}  seed {image['seed']}  {image['path']}")
+    if result.get("grid"):
+        click.echo(f"  grid     {result['grid']}")
+    if result.get("error"):
+        click.echo(f"  error: {result['error']}")
+    if result["status"] not in ("queued", "succeeded"):
+        sys.exit(1)
+
+
+async def _generate(
+    settings: Settings, submit: Submit, *, wait: bool, show_progress: bool
+) -> dict[str, Any]:
+    async with open_runtime(settings) as runtime:
+        submission = await submit(runtime.service)  # bad input stops here, before torch
+        job_id = submission.job.id
+        if not wait:
+            return {
+                "job_id": job_id,
+                "seed": submission.job.seed,
+                "status": submission.job.status,
+                "position": submission.position,
+            }
+        if show_progress:
+            click.echo(f"job {job_id} queued, position {submission.position}", err=True)
+        worker = await runtime.start_engine()
+        worker_task = asyncio.create_task(worker.run(), name="cli-worker")
+        try:
+            view = await _wait_for(runtime, job_id, worker_task, show_progress)
+        finally:
+            worker.stop()
+            await worker_task
+        return job_json(runtime, view)
+
+
+async def _wait_for(
+    runtime: Runtime, job_id: int, worker_task: asyncio.Task[int], show_progress: bool
+) -> JobView:
+    """Wait until the job ends (run here or by another worker process), with a progress bar."""
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=None, desc=f"job {job_id}", unit="step", disable=not show_progress, file=sys.stderr
+    )
+    with bar:
+        async with runtime.events.subscribe() as events:
+            while True:
+                view = await runtime.service.job(job_id)
+                if view.job.is_terminal:
+                    return view
+                if worker_task.done():
+                    worker_task.result()  # the worker died: raise its error, do not wait forever
+                with contextlib.suppress(TimeoutError):
+                    event: JobEvent = await asyncio.wait_for(events.get(), 0.5)
+                    if isinstance(event, JobProgress) and event.job_id == job_id:
+                        bar.total = event.total
+                        bar.n = event.step
+                        bar.refresh()
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@wait_options
+@click.pass_obj
+def upscale(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    seed: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Make image INDEX (0-3) of JOB_ID twice as large (U1-U4)."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(JobKind.UPSCALE, job_id, index, user_id, seed=seed),
+        no_wait,
+        as_json,
+    )
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@click.option("--strength", type=float, default=None, help="How far to depart, 0..1.")
+@wait_options
+@click.pass_obj
+def vary(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    seed: int | None,
+    strength: float | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Make a grid of variations of image INDEX (0-3) of JOB_ID (V1-V4)."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(
+            JobKind.VARIATION, job_id, index, user_id, seed=seed, strength=strength
+        ),
+        no_wait,
+        as_json,
+    )
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@wait_options
+@click.pass_obj
+def reroll(
+    settings: Settings, job_id: int, seed: int | None, user_id: int, no_wait: bool, as_json: bool
+) -> None:
+    """Run JOB_ID's recipe again with a new seed."""
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(JobKind.REROLL, job_id, None, user_id, seed=seed),
+        no_wait,
+        as_json,
+    )
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.option("--user", "user_id", type=int, default=CLI_USER_ID, help="Who asks.")
+@click.option("--admin", is_flag=True, help="Cancel someone else's job.")
+@click.pass_obj
+def cancel(settings: Settings, job_id: int, user_id: int, admin: bool) -> None:
+    """Cancel a waiting job, or stop a running one at its next step."""
+
+    async def _cancel() -> str:
+        async with open_runtime(settings) as runtime:
+            job = await runtime.service.cancel(job_id, user_id, is_admin=admin)
+        return "cancelled" if job.status == "cancelled" else "asked to stop at its next step"
+
+    click.echo(f"job {job_id}: {run_async(_cancel())}")

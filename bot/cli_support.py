@@ -1,0 +1,83 @@
+"""What the command line's commands share: running coroutines, job JSON, common options."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from bot.runtime import Runtime
+from generation.errors import GenerationError
+from generation.rendering import grid_key
+from generation.service import GenerationService, JobView, Submission
+
+T = TypeVar("T")
+Submit = Callable[[GenerationService], Awaitable[Submission]]
+CLI_USER_ID = 0  # the host at the terminal, unless --user says otherwise
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a user-facing error becomes a one-line ``Error: ...``."""
+    try:
+        return asyncio.run(coroutine)
+    except GenerationError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
+    """A job, its recipe, timestamps and image files, as the ``--json`` options print it."""
+    job = view.job
+    store = runtime.store
+    return {
+        "job_id": job.id,
+        "kind": job.kind,
+        "user_id": job.user_id,
+        "status": job.status,
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt,
+        "seed": job.seed,
+        "steps": job.steps,
+        "guidance": job.guidance,
+        "width": job.width,
+        "height": job.height,
+        "count": job.count,
+        "strength": job.strength,
+        "scheduler": job.scheduler,
+        "model_id": job.model_id,
+        "model_revision": job.model_revision,
+        "parent_job_id": job.parent_job_id,
+        "parent_image_index": job.parent_image_index,
+        "cost": job.cost,
+        "attempts": job.attempts,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "images": [
+            {
+                "index": image.index,
+                "seed": image.seed,
+                "path": str(store.path(image.path)),
+                "sha256": image.sha256,
+            }
+            for image in view.images
+        ],
+        "grid": str(store.path(grid_key(job.id, job.attempts))) if view.images else None,
+    }
+
+
+WAIT_OPTIONS = [
+    click.option(
+        "--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord id)."
+    ),
+    click.option("--no-wait", is_flag=True, help="Only queue the job; a worker makes it later."),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+]
+
+
+def wait_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(WAIT_OPTIONS):
+        command = option(command)
+    return command
