@@ -1,0 +1,98 @@
+"""How well a model obeys prompts in the embedded world, scored by its detector.
+
+Generates one image for each of N captions of held-out colour/shape/background combinations
+(never seen in training), reads each image back with ``generation.embedded.detector``, and
+prints the fraction right per attribute and with every asked attribute right.
+
+    python benchmarks/adherence.py --n 48
+    python benchmarks/adherence.py --model /path/to/model --steps 20 --guidance 3 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from generation.embedded.detector import ATTRIBUTES, detect, score
+from generation.embedded.world import caption, random_scene
+from generation.engine import DiffusersEngine, RenderSpec
+from generation.model_info import describe_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("IMAGINE_MODEL", "embedded"))
+    parser.add_argument("--n", type=int, default=48, help="captions to generate and score")
+    parser.add_argument("--seen", action="store_true", help="score training triples instead")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    model = describe_model(args.model, Path(tempfile.mkdtemp(prefix="adherence-")) / "models")
+    engine = DiffusersEngine(model, device="auto", dtype="auto", torch_threads=args.threads)
+    steps = args.steps or model.default_steps
+    guidance = model.default_guidance if args.guidance is None else args.guidance
+    rng = random.Random(args.seed)
+    scenes = [random_scene(rng, held_out=not args.seen) for _ in range(args.n)]
+    captions = [caption(scene, rng) for scene in scenes]
+
+    right: Counter[str] = Counter()
+    asked: Counter[str] = Counter()
+    all_right = 0
+    started = time.perf_counter()
+    for index, (scene, text) in enumerate(zip(scenes, captions, strict=True)):
+        spec = RenderSpec(
+            text,
+            "",
+            (args.seed + index,),
+            steps,
+            guidance,
+            model.native_width,
+            model.native_height,
+            model.scheduler,
+        )
+        verdict = score(scene, detect(engine.render(spec)[0]))
+        for attribute, correct in verdict.items():
+            asked[attribute] += 1
+            right[attribute] += correct
+        all_right += all(verdict.values())
+    seconds = time.perf_counter() - started
+
+    result = {
+        "model": model.model_id,
+        "revision": model.revision,
+        "held_out": not args.seen,
+        "n": args.n,
+        "steps": steps,
+        "guidance": guidance,
+        "scheduler": model.scheduler,
+        "seconds_per_image": seconds / args.n,
+        "accuracy": {name: right[name] / asked[name] for name in ATTRIBUTES if asked[name]},
+        "all_correct": all_right / args.n,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{model.model_id} ({model.revision}), {args.n} "
+        f"{'held-out' if not args.seen else 'seen'} captions, {steps} steps, guidance "
+        f"{guidance:g}, {result['seconds_per_image'] * 1000:.0f} ms per image"
+    )
+    for name, fraction in result["accuracy"].items():
+        print(f"  {name:<11} {fraction:6.1%}  ({right[name]}/{asked[name]})")
+    print(f"  {'all right':<11} {result['all_correct']:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
