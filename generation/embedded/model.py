@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from generation.embedded.tokenizer import write_world_tokenizer
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "embedded"
@@ -21,45 +23,9 @@ EMBEDDED_VERSION = "random-v1"
 TOKENIZER_MAX_LENGTH = 77
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable character."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    chars = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
 def write_byte_level_tokenizer(folder: Path) -> int:
     """Write a CLIP tokenizer with a byte-level vocab and no merges; return its vocab size."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    for char in _bytes_to_unicode().values():
-        vocab[char] = len(vocab)
-    for char in _bytes_to_unicode().values():
-        vocab[char + "</w>"] = len(vocab)
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    config = {
-        "model_max_length": TOKENIZER_MAX_LENGTH,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "tokenizer_class": "CLIPTokenizer",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return len(vocab)
+    return write_world_tokenizer(folder, words=(), max_length=TOKENIZER_MAX_LENGTH)
 
 
 def _drop_loading_options(config_file: Path) -> None:
