@@ -37,89 +37,95 @@ def _drop_loading_options(config_file: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
-    """Build the embedded pipeline from configs with seeded weights and save it to ``folder``."""
+def make_components(tokenizer_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
+    """The embedded pipeline's parts, built from configs with seeded weights."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=max_length)
+    vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+    torch.manual_seed(seed + 2)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=64,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        steps_offset=1,
+    )
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "unet": unet,
+        "scheduler": scheduler,
+    }
+
+
+def save_pipeline(components: dict[str, Any], folder: Path, defaults: dict[str, Any]) -> None:
+    """Save the parts as a StableDiffusionPipeline folder, with imagine-bot's defaults file."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline: Any = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    _drop_loading_options(folder / "tokenizer" / "tokenizer_config.json")
+    (folder / "imagine-bot.json").write_text(json.dumps(defaults), encoding="utf-8")
+
+
+def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
+    """Build the embedded pipeline from configs with seeded weights and save it to ``folder``."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".embedded-", dir=folder.parent))
     try:
-        vocab_size = write_byte_level_tokenizer(staging / "tokenizer")
-        tokenizer = CLIPTokenizer.from_pretrained(
-            staging / "tokenizer", model_max_length=TOKENIZER_MAX_LENGTH
-        )
-        torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                intermediate_size=256,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=TOKENIZER_MAX_LENGTH,
-                bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1,
-                pad_token_id=vocab_size - 1,
-            )
-        )
-        torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            sample_size=64,
-            mid_block_add_attention=False,
-        )
-        torch.manual_seed(seed + 2)
-        unet = UNet2DConditionModel(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=64,
-            attention_head_dim=4,
-            norm_num_groups=16,
-        )
-        scheduler = DPMSolverMultistepScheduler(
-            num_train_timesteps=1000,
-            beta_schedule="squaredcos_cap_v2",
-            prediction_type="v_prediction",
-            steps_offset=1,
-        )
-        pipeline: Any = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipeline.save_pretrained(staging, safe_serialization=True)
-        _drop_loading_options(staging / "tokenizer" / "tokenizer_config.json")
-        (staging / "imagine-bot.json").write_text(
-            json.dumps(
-                {"embedded_version": EMBEDDED_VERSION, "default_steps": 10, "default_guidance": 3.0}
-            ),
-            encoding="utf-8",
-        )
+        write_byte_level_tokenizer(staging / "tokenizer")
+        components = make_components(staging / "tokenizer", seed, TOKENIZER_MAX_LENGTH)
+        defaults = {
+            "embedded_version": EMBEDDED_VERSION,
+            "default_steps": 10,
+            "default_guidance": 3.0,
+        }
+        save_pipeline(components, staging, defaults)
         try:
             staging.rename(folder)
         except OSError:
