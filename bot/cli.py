@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -160,6 +161,37 @@ def upgrade(settings: Settings) -> None:
 
     run_async(_upgrade())
     click.echo("database is up to date", err=True)
+
+
+@main.group()
+def embedded() -> None:
+    """The embedded model: train it on drawn scenes."""
+
+
+@embedded.command()
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Model folder to write."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--images", type=int, default=16000, show_default=True, help="Drawn scenes.")
+@click.option("--batch", type=int, default=32, show_default=True)
+@click.option("--vae-steps", type=int, default=3000, show_default=True)
+@click.option("--unet-steps", type=int, default=7000, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+def train(
+    out: Path, seed: int, images: int, batch: int, vae_steps: int, unet_steps: int, threads: int
+) -> None:
+    """Train the embedded model; resumes from OUT's checkpoint if one is there."""
+    import torch
+
+    from generation.embedded.train import TrainConfig, Trainer
+
+    torch.set_num_threads(threads)
+    config = TrainConfig(
+        out=out, seed=seed, images=images, batch=batch, vae_steps=vae_steps, unet_steps=unet_steps
+    )
+    Trainer(config).run()
+    click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")
 
 
 for command in (generate, upscale, vary, reroll, cancel):
