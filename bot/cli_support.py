@@ -10,6 +10,7 @@ import click
 
 from bot.runtime import Runtime
 from generation.errors import GenerationError
+from generation.imaging import recipe_dict
 from generation.rendering import grid_key
 from generation.service import GenerationService, JobView, Submission
 
@@ -31,24 +32,9 @@ def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
     job = view.job
     store = runtime.store
     return {
-        "job_id": job.id,
-        "kind": job.kind,
+        **recipe_dict(job),
         "user_id": job.user_id,
         "status": job.status,
-        "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt,
-        "seed": job.seed,
-        "steps": job.steps,
-        "guidance": job.guidance,
-        "width": job.width,
-        "height": job.height,
-        "count": job.count,
-        "strength": job.strength,
-        "scheduler": job.scheduler,
-        "model_id": job.model_id,
-        "model_revision": job.model_revision,
-        "parent_job_id": job.parent_job_id,
-        "parent_image_index": job.parent_image_index,
         "cost": job.cost,
         "attempts": job.attempts,
         "error": job.error,

@@ -74,18 +74,16 @@ def infotext(job: JobRecord, seed: int, model_name: str) -> str:
     return "\n".join(lines)
 
 
-def recipe_dict(job: JobRecord, image_index: int | None) -> dict[str, Any]:
-    """The full recipe and job id, as stored in each PNG's JSON chunk."""
+def recipe_dict(job: JobRecord) -> dict[str, Any]:
+    """A job's full recipe and id: the PNG's JSON chunk and the CLI's ``--json`` build on it."""
     return {
         "job_id": job.id,
-        "image_index": image_index,
         "kind": job.kind,
         "parent_job_id": job.parent_job_id,
         "parent_image_index": job.parent_image_index,
         "prompt": job.prompt,
         "negative_prompt": job.negative_prompt,
         "seed": job.seed,
-        "image_seed": None if image_index is None else job.seed + image_index,
         "steps": job.steps,
         "guidance": job.guidance,
         "width": job.width,
@@ -109,7 +107,12 @@ def encode_png(
     info = PngInfo()
     seed = job.seed + (image_index or 0)
     info.add_text("parameters", infotext(job, seed, model_name))
-    info.add_itxt(RECIPE_CHUNK, json.dumps(recipe_dict(job, image_index), sort_keys=True))
+    recipe = {
+        **recipe_dict(job),
+        "image_index": image_index,
+        "image_seed": None if image_index is None else seed,
+    }
+    info.add_itxt(RECIPE_CHUNK, json.dumps(recipe, sort_keys=True))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
