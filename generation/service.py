@@ -37,10 +37,10 @@ class JobView:
     images: list[ImageRecord]
 
 
-def job_cost(recipe: Recipe, model_factor: float = 1.0) -> float:
-    """Cost in megapixel-steps: width × height × steps actually run × images × model factor."""
+def job_cost(recipe: Recipe) -> float:
+    """Cost in megapixel-steps: width × height × steps actually run × images."""
     steps = recipe.steps if recipe.strength is None else max(1, int(recipe.steps * recipe.strength))
-    return recipe.width * recipe.height * steps * recipe.count * model_factor / 1_000_000
+    return recipe.width * recipe.height * steps * recipe.count / 1_000_000
 
 
 class GenerationService:
@@ -185,10 +185,6 @@ class GenerationService:
             job = await self._get(uow, job_id)
             images = await uow.images.for_job(job_id)
         return JobView(job, images)
-
-    async def position(self, job: JobRecord) -> int:
-        async with self.db.uow() as uow:
-            return await uow.queue.position(job)
 
     async def recent(
         self, *, user_id: int | None = None, status: str | None = None, limit: int = 20

@@ -39,12 +39,6 @@ class JobQueue:
         ahead = await self._session.scalar(queued_ahead(job))
         return int(ahead or 0) + 1
 
-    async def queued_count(self) -> int:
-        count = await self._session.scalar(
-            select(func.count()).where(Job.status == JobStatus.QUEUED)
-        )
-        return int(count or 0)
-
     async def reap_expired(self, now: dt.datetime) -> None:
         """Re-queue running jobs whose lease expired; fail those out of attempts."""
         expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Base, Guild, Image, Job, JobStatus, ModerationEvent, Usage, User, utcnow
+from storage.models import Base, Guild, Image, Job, Usage, User, utcnow
 from storage.records import ImageRecord, JobRecord, NewImage, UsageRecord, UserRecord, to_record
 
 
@@ -112,11 +112,6 @@ class JobRepository:
         """Change stored recipe fields (admin correction; also how tests tamper with a recipe)."""
         await self._session.execute(update(Job).where(Job.id == job_id).values(**fields))
 
-    async def mark_deleted(self, job_id: int) -> None:
-        await self._session.execute(
-            update(Job).where(Job.id == job_id).values(status=JobStatus.DELETED)
-        )
-
 
 class ImageRepository:
     def __init__(self, session: AsyncSession) -> None:
@@ -176,31 +171,3 @@ class UsageRepository:
     async def get(self, user_id: int, day: dt.date) -> UsageRecord | None:
         row = await self._session.get(Usage, (user_id, day))
         return to_record(UsageRecord, row) if row else None
-
-
-class ModerationRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def add(
-        self,
-        kind: str,
-        *,
-        actor_id: int | None,
-        target_user_id: int | None = None,
-        job_id: int | None = None,
-        reason: str = "",
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._session.add(
-            ModerationEvent(
-                kind=kind,
-                actor_id=actor_id,
-                target_user_id=target_user_id,
-                job_id=job_id,
-                reason=reason,
-                details=details or {},
-                created_at=utcnow(),
-            )
-        )
-        await self._session.flush()

@@ -11,7 +11,6 @@ from storage.repositories import (
     GuildRepository,
     ImageRepository,
     JobRepository,
-    ModerationRepository,
     UsageRepository,
     UserRepository,
 )
@@ -26,7 +25,6 @@ class UnitOfWork:
     jobs: JobRepository
     images: ImageRepository
     usage: UsageRepository
-    moderation: ModerationRepository
     queue: JobQueue
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -39,7 +37,6 @@ class UnitOfWork:
         self.jobs = JobRepository(self.session)
         self.images = ImageRepository(self.session)
         self.usage = UsageRepository(self.session)
-        self.moderation = ModerationRepository(self.session)
         self.queue = JobQueue(self.session)
         return self
 
