@@ -177,9 +177,17 @@ def embedded() -> None:
 @click.option("--batch", type=int, default=32, show_default=True)
 @click.option("--vae-steps", type=int, default=3000, show_default=True)
 @click.option("--unet-steps", type=int, default=7000, show_default=True)
+@click.option("--decoder-steps", type=int, default=1000, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 def train(
-    out: Path, seed: int, images: int, batch: int, vae_steps: int, unet_steps: int, threads: int
+    out: Path,
+    seed: int,
+    images: int,
+    batch: int,
+    vae_steps: int,
+    unet_steps: int,
+    decoder_steps: int,
+    threads: int,
 ) -> None:
     """Train the embedded model; resumes from OUT's checkpoint if one is there."""
     import torch
@@ -188,7 +196,13 @@ def train(
 
     torch.set_num_threads(threads)
     config = TrainConfig(
-        out=out, seed=seed, images=images, batch=batch, vae_steps=vae_steps, unet_steps=unet_steps
+        out=out,
+        seed=seed,
+        images=images,
+        batch=batch,
+        vae_steps=vae_steps,
+        unet_steps=unet_steps,
+        decoder_steps=decoder_steps,
     )
     Trainer(config).run()
     click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")

@@ -37,13 +37,20 @@ def _drop_loading_options(config_file: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def load_tokenizer(tokenizer_dir: Path, max_length: int) -> Any:
+    """The CLIP tokenizer written to ``tokenizer_dir``, as a pipeline loads it."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=max_length)
+
+
 def make_components(tokenizer_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
     """The embedded pipeline's parts, built from configs with seeded weights."""
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=max_length)
+    tokenizer = load_tokenizer(tokenizer_dir, max_length)
     vocab_size = len(tokenizer)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(

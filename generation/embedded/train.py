@@ -1,4 +1,5 @@
-"""Train the embedded model on drawn scenes: a small VAE first, then text encoder and UNet.
+"""Train the embedded model on drawn scenes: a small VAE first, then text encoder and UNet,
+then the VAE's decoder alone on the latents the UNet learned (sharper edges, same latents).
 
 Every batch, noise draw and caption dropout comes from a generator seeded by (seed, phase,
 step), so a run is repeatable and a resumed run continues exactly where it stopped.
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generation.embedded.model import make_components, save_pipeline
+from generation.embedded.model import load_tokenizer, make_components, save_pipeline
 from generation.embedded.tokenizer import MAX_LENGTH, write_world_tokenizer
 from generation.embedded.world import caption, draw, random_scene
 
@@ -37,7 +38,9 @@ class TrainConfig:
     batch: int = 32
     vae_steps: int = 3000
     unet_steps: int = 7000
+    decoder_steps: int = 1000
     vae_lr: float = 1e-3
+    decoder_lr: float = 3e-4
     unet_lr: float = 1e-3
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
@@ -93,10 +96,16 @@ class Trainer:
         self.vae_optimizer = torch.optim.AdamW(self.parts["vae"].parameters(), lr=config.vae_lr)
         denoiser = [*self.parts["unet"].parameters(), *self.parts["text_encoder"].parameters()]
         self.unet_optimizer = torch.optim.AdamW(denoiser, lr=config.unet_lr, weight_decay=0.01)
+        vae = self.parts["vae"]
+        self.decoder_parameters = [
+            *vae.decoder.parameters(),
+            *vae.post_quant_conv.parameters(),
+        ]
+        self.decoder_optimizer = torch.optim.AdamW(self.decoder_parameters, lr=config.decoder_lr)
         self.ema = {
             name: copy.deepcopy(self.parts[name].state_dict()) for name in ("unet", "text_encoder")
         }
-        self.phase = 0  # 0: VAE, 1: UNet and text encoder, 2: done
+        self.phase = 0  # 0: VAE, 1: UNet and text encoder, 2: decoder, 3: done
         self.step = 0
         self.latents: torch.Tensor | None = None
 
@@ -115,6 +124,7 @@ class Trainer:
             },
             "vae_optimizer": self.vae_optimizer.state_dict(),
             "unet_optimizer": self.unet_optimizer.state_dict(),
+            "decoder_optimizer": self.decoder_optimizer.state_dict(),
             "ema": self.ema,
             "scaling_factor": self.parts["vae"].config.scaling_factor,
         }
@@ -130,6 +140,7 @@ class Trainer:
             self.parts[name].load_state_dict(weights)
         self.vae_optimizer.load_state_dict(state["vae_optimizer"])
         self.unet_optimizer.load_state_dict(state["unet_optimizer"])
+        self.decoder_optimizer.load_state_dict(state["decoder_optimizer"])
         self.ema = state["ema"]
         self.parts["vae"].register_to_config(scaling_factor=state["scaling_factor"])
         self.phase, self.step = state["phase"], state["step"]
@@ -146,14 +157,18 @@ class Trainer:
         phases = [
             (0, self.config.vae_steps, self._vae_step),
             (1, self.config.unet_steps, self._unet_step),
+            (2, self.config.decoder_steps, self._decoder_step),
         ]
         for phase, total, train_step in phases:
             if self.phase > phase:
                 continue
-            if phase == 1:
+            if phase >= 1 and self.latents is None:
                 self._prepare_latents()
             bar = tqdm(
-                total=total, initial=self.step, desc=("VAE", "UNet")[phase], disable=not progress
+                total=total,
+                initial=self.step,
+                desc=("VAE", "UNet", "decoder")[phase],
+                disable=not progress,
             )
             with bar:
                 while self.step < total:
@@ -243,6 +258,23 @@ class Trainer:
         self._update_ema()
         return float(loss.item())
 
+    def _decoder_step(self, step: int, total: int) -> float:
+        """Fine-tune the decoder on the fixed latents (the encoder and so the latents stay)."""
+        assert self.latents is not None
+        vae = self.parts["vae"]
+        for group in self.decoder_optimizer.param_groups:
+            group["lr"] = _lr(step, total, self.config.decoder_lr)
+        indices, _ = self._batch(2, step)
+        pixels = _unit(self.images[indices])
+        latents = self.latents[indices] / vae.config.scaling_factor
+        reconstruction = vae.decode(latents).sample
+        loss = F.mse_loss(reconstruction, pixels) + 0.5 * F.l1_loss(reconstruction, pixels)
+        self.decoder_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.decoder_parameters, 1.0)
+        self.decoder_optimizer.step()
+        return float(loss.item())
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.config.ema_decay
@@ -258,6 +290,9 @@ class Trainer:
         """Save the EMA weights as a StableDiffusionPipeline folder at ``out``."""
         for name in ("unet", "text_encoder"):
             self.parts[name].load_state_dict(self.ema[name])
+        # A fast tokenizer saves the padding and truncation of its last call: save a fresh one,
+        # so the folder's bytes do not depend on whether this process tokenized anything.
+        self.parts["tokenizer"] = load_tokenizer(self.work / "tokenizer", MAX_LENGTH)
         defaults: dict[str, Any] = {
             "embedded_version": VERSION,
             "default_steps": 20,

@@ -8,7 +8,14 @@ from generation.embedded.train import TrainConfig, Trainer
 from generation.engine import DiffusersEngine, RenderSpec
 from generation.model_info import content_hash, describe_model
 
-TINY = {"images": 48, "batch": 8, "vae_steps": 4, "unet_steps": 6, "checkpoint_every": 2}
+TINY = {
+    "images": 48,
+    "batch": 8,
+    "vae_steps": 4,
+    "unet_steps": 6,
+    "decoder_steps": 3,
+    "checkpoint_every": 2,
+}
 
 
 def test_a_tiny_run_saves_a_pipeline_that_loads_and_renders(tmp_path: Path) -> None:
@@ -33,8 +40,9 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path: Pa
     straight = tmp_path / "straight"
     assert Trainer(TrainConfig(out=straight, **TINY)).run(progress=False)
     resumed = tmp_path / "resumed"
-    # Stopped twice: once inside the VAE phase, once inside the UNet phase.
+    # Stopped inside the VAE phase, inside the UNet phase and inside the decoder phase.
     assert not Trainer(TrainConfig(out=resumed, **TINY)).run(stop_after=3, progress=False)
+    assert not Trainer(TrainConfig(out=resumed, **TINY)).run(stop_after=4, progress=False)
     assert not Trainer(TrainConfig(out=resumed, **TINY)).run(stop_after=4, progress=False)
     assert Trainer(TrainConfig(out=resumed, **TINY)).run(progress=False)
     assert content_hash(resumed) == content_hash(straight)
