@@ -9,6 +9,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from storage.queue import Policy
 from storage.unit_of_work import UnitOfWork
 
 
@@ -34,9 +35,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """One engine and its session factory; hands out units of work."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, policy: Policy = Policy.FAIR) -> None:
         parsed = make_url(url)
         self.url = url
+        self.policy = policy
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -47,7 +49,7 @@ class Database:
 
     def uow(self) -> UnitOfWork:
         """A new unit of work: one session, rolled back unless committed."""
-        return UnitOfWork(self.sessions)
+        return UnitOfWork(self.sessions, self.policy)
 
     async def upgrade(self) -> None:
         """Run the Alembic migrations up to head."""

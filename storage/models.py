@@ -95,7 +95,15 @@ class User(Base):
     banned: Mapped[bool] = mapped_column(Boolean, default=False)
     ban_reason: Mapped[str | None] = mapped_column(Text)
     banned_until: Mapped[dt.datetime | None]
-    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    # Fair share: an admin's weight override (None: from the user's roles), and the user's
+    # virtual time: the service received so far, in cost units divided by weight.
+    weight: Mapped[float | None] = mapped_column(Float)
+    virtual_time: Mapped[float] = mapped_column(Float, default=0.0)
+    # Per-user quota overrides by quota name (see generation.quotas.Quotas); absent: default.
+    quota_overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The reroll token bucket: tokens left when last touched.
+    bucket_tokens: Mapped[float | None] = mapped_column(Float)
+    bucket_updated_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -109,7 +117,10 @@ class Guild(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_status_id", "status", "id"),)
+    __table_args__ = (
+        Index("ix_jobs_status_id", "status", "id"),
+        Index("ix_jobs_guild_id_created_at", "guild_id", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -136,8 +147,11 @@ class Job(Base):
     device_kind: Mapped[str | None] = mapped_column(String(16))
     torch_threads: Mapped[int | None]
     library_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Queue state.
+    # Queue state. Cost and weight are fixed at submit; virtual_start is the user's virtual
+    # time when the job was first claimed (set once, so a retried job is charged once).
     cost: Mapped[float]
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    virtual_start: Mapped[float | None] = mapped_column(Float)
     gpu_seconds: Mapped[float | None]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)

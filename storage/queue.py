@@ -1,43 +1,152 @@
-"""The jobs table is the queue: claim with a lease, renew it, complete fenced on its owner."""
+"""The jobs table is the queue: claim with a lease, renew it, complete fenced on its owner.
+
+The claim's order is weighted fair queuing with one flow per user (start-time fair queuing):
+each user has a virtual time, the service received so far in cost units divided by weight.
+A claim takes the waiting job whose user has the lowest virtual time (oldest job first within
+a user) and adds the job's ``cost / weight`` to that user's virtual time; a user who comes
+back after being idle is lifted to the others' level (``lift``), so idle time is never saved
+up into a burst. Cost and weight are fixed on the job at submit.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import enum
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Job, JobStatus
+from storage.models import Job, JobStatus, User
 from storage.records import JobRecord, Lease, Renewal, to_record
 
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
-def select_next_job() -> Select[Any]:
-    """The claim policy: which waiting job runs next. FIFO by id for now.
 
-    Every choice of the next job goes through here, so the fair-share policy replaces only
-    this function (and ``queued_ahead``).
+class Policy(enum.StrEnum):
+    FAIR = "fair"  # weighted fair queuing per user
+    FIFO = "fifo"  # first come, first served (for comparison)
+
+
+def select_next_job(policy: Policy) -> Select[Any]:
+    """The claim policy: which waiting job runs next."""
+    waiting = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    if policy is Policy.FIFO:
+        return waiting.order_by(Job.id).limit(1)
+    return waiting.join(User, User.id == Job.user_id).order_by(User.virtual_time, Job.id).limit(1)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Waiting:
+    """A waiting job in the order the claim will take it, with what runs before it."""
+
+    job_id: int
+    user_id: int
+    position: int  # 1: next
+    cost_ahead: float  # the cost of the waiting jobs before it
+
+
+def fair_order(rows: list[tuple[int, int, float, float, float]], policy: Policy) -> list[Waiting]:
+    """Order waiting jobs ``(id, user_id, cost, weight, user's virtual time)`` as claims will.
+
+    Under fair share each job's start tag is its user's virtual time plus the cost/weight of
+    that user's older waiting jobs; claims take the lowest tag, ties by job id. Exact while
+    nothing new arrives (an arrival can only move in ahead of jobs with a later tag).
     """
-    return select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.id).limit(1)
-
-
-def queued_ahead(job: JobRecord) -> Select[Any]:
-    """Count of waiting jobs that the policy runs before ``job``."""
-    return select(func.count()).where(Job.status == JobStatus.QUEUED, Job.id < job.id)
+    rows = sorted(rows)
+    if policy is Policy.FIFO:
+        keyed = [((0.0, row[0]), row) for row in rows]
+    else:
+        clock: dict[int, float] = {}
+        keyed = []
+        for row in rows:
+            job_id, user_id, cost, weight, virtual_time = row
+            tag = clock.get(user_id, virtual_time)
+            clock[user_id] = tag + cost / weight
+            keyed.append(((tag, job_id), row))
+    keyed.sort(key=lambda item: item[0])
+    order = []
+    ahead = 0.0
+    for position, (_, (job_id, user_id, cost, _weight, _vt)) in enumerate(keyed, start=1):
+        order.append(Waiting(job_id, user_id, position, ahead))
+        ahead += cost
+    return order
 
 
 class JobQueue:
     """Queue transitions on one session; the caller's unit of work commits them."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, policy: Policy = Policy.FAIR) -> None:
         self._session = session
+        self.policy = policy
+
+    async def waiting(self) -> list[Waiting]:
+        """Every waiting job, in the order the claim will take them."""
+        result = await self._session.execute(
+            select(Job.id, Job.user_id, Job.cost, Job.weight, User.virtual_time)
+            .join(User, User.id == Job.user_id)
+            .where(Job.status == JobStatus.QUEUED)
+        )
+        rows = [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in result]
+        return fair_order(rows, self.policy)
 
     async def position(self, job: JobRecord) -> int:
         """1 for the next job to run, 0 once it is no longer waiting."""
         if job.status != JobStatus.QUEUED:
             return 0
-        ahead = await self._session.scalar(queued_ahead(job))
-        return int(ahead or 0) + 1
+        for waiting in await self.waiting():
+            if waiting.job_id == job.id:
+                return waiting.position
+        return 0
+
+    async def running(self) -> list[JobRecord]:
+        rows = await self._session.scalars(select(Job).where(Job.status == JobStatus.RUNNING))
+        return [to_record(JobRecord, row) for row in rows]
+
+    async def seconds_per_cost(self, recent: int = 20) -> float | None:
+        """Measured seconds per cost unit over the last ``recent`` completed jobs."""
+        latest = (
+            select(Job.gpu_seconds, Job.cost)
+            .where(Job.status == JobStatus.SUCCEEDED, Job.gpu_seconds.is_not(None), Job.cost > 0)
+            .order_by(Job.finished_at.desc(), Job.id.desc())
+            .limit(recent)
+            .subquery()
+        )
+        row = (
+            await self._session.execute(
+                select(func.sum(latest.c.gpu_seconds), func.sum(latest.c.cost))
+            )
+        ).one()
+        seconds, cost = row
+        return float(seconds) / float(cost) if seconds is not None and cost else None
+
+    async def lift(self, user_id: int) -> None:
+        """A user who was idle joins at the level of those waiting (or of the last claim), so
+        the time they were away counts for nothing. Call before queuing their first job."""
+        floor = await self._session.scalar(
+            select(func.min(User.virtual_time)).where(
+                User.id.in_(select(Job.user_id).where(Job.status == JobStatus.QUEUED)),
+                User.id != user_id,
+            )
+        )
+        if floor is None:
+            floor = await self._session.scalar(select(func.max(Job.virtual_start)))
+        if floor is None:
+            return
+        await self._session.execute(
+            update(User)
+            .where(User.id == user_id, User.virtual_time < floor)
+            .values(virtual_time=floor)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def active_count(self, user_id: int) -> int:
+        """The user's jobs that are waiting or running."""
+        count = await self._session.scalar(
+            select(func.count()).where(Job.user_id == user_id, Job.status.in_(ACTIVE_STATUSES))
+        )
+        return int(count or 0)
 
     async def reap_expired(self, now: dt.datetime) -> None:
         """Re-queue running jobs whose lease expired; fail those out of attempts."""
@@ -66,7 +175,12 @@ class JobQueue:
     ) -> tuple[JobRecord, Lease] | None:
         """Take the next job for ``owner`` with a lease, or None when nothing waits."""
         await self.reap_expired(now)
-        job_id = await self._session.scalar(select_next_job().with_for_update(skip_locked=True))
+        # Skipping locked users as well as locked jobs: a second worker claiming at the same
+        # moment takes the next user's job, not the same user's next one.
+        locked = (Job,) if self.policy is Policy.FIFO else (Job, User)
+        job_id = await self._session.scalar(
+            select_next_job(self.policy).with_for_update(skip_locked=True, of=locked)
+        )
         if job_id is None:
             return None
         expires = now + dt.timedelta(seconds=lease_seconds)
@@ -86,6 +200,19 @@ class JobQueue:
         row = result.scalar_one_or_none()
         if row is None:
             return None
+        if row.virtual_start is None:
+            # First claim: charge the user's virtual time (a retry is not charged again).
+            share = row.cost / row.weight
+            charged = await self._session.scalar(
+                update(User)
+                .where(User.id == row.user_id)
+                .values(virtual_time=User.virtual_time + share)
+                .returning(User.virtual_time)
+                .execution_options(synchronize_session=False)
+            )
+            assert charged is not None
+            row.virtual_start = charged - share
+            await self._session.flush()
         job = to_record(JobRecord, row)
         return job, Lease(job_id=job.id, owner=owner, attempt=job.attempts, expires_at=expires)
 
@@ -110,19 +237,40 @@ class JobQueue:
         return Renewal(held=cancel is not None, cancel_requested=bool(cancel))
 
     async def finish(
-        self, lease: Lease, status: JobStatus, now: dt.datetime, **fields: Any
+        self,
+        lease: Lease,
+        status: JobStatus,
+        now: dt.datetime,
+        *,
+        unrun: float = 0.0,
+        **fields: Any,
     ) -> bool:
-        """End a job the lease holder ran; False (and nothing written) when it lost the lease."""
+        """End a job the lease holder ran; False (and nothing written) when it lost the lease.
+
+        ``unrun`` is the fraction of the job that did not run (a cancel mid-way): that part of
+        its cost goes back to the user's virtual time.
+        """
         result = await self._session.execute(
             update(Job)
             .where(*self._fenced(lease))
             .values(
                 status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **fields
             )
+            .returning(Job.user_id, Job.cost, Job.weight)
             .execution_options(synchronize_session=False)
         )
-        changed: int = result.rowcount  # type: ignore[attr-defined]
-        return changed == 1
+        ended = result.one_or_none()
+        if ended is None:
+            return False
+        if unrun > 0:
+            user_id, cost, weight = ended
+            await self._session.execute(
+                update(User)
+                .where(User.id == user_id)
+                .values(virtual_time=User.virtual_time - cost / weight * min(unrun, 1.0))
+                .execution_options(synchronize_session=False)
+            )
+        return True
 
     async def release(self, lease: Lease) -> bool:
         """Give a claimed job back to the queue without counting the attempt (clean shutdown)."""

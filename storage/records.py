@@ -16,7 +16,11 @@ class UserRecord:
     banned: bool
     ban_reason: str | None
     banned_until: dt.datetime | None
-    weight: float
+    weight: float | None
+    virtual_time: float
+    quota_overrides: dict[str, Any]
+    bucket_tokens: float | None
+    bucket_updated_at: dt.datetime | None
     created_at: dt.datetime
 
 
@@ -47,6 +51,8 @@ class JobRecord:
     torch_threads: int | None
     library_versions: dict[str, Any]
     cost: float
+    weight: float
+    virtual_start: float | None
     gpu_seconds: float | None
     status: str
     attempts: int

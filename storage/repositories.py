@@ -6,12 +6,12 @@ import datetime as dt
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Base, Guild, Image, Job, Usage, User, utcnow
+from storage.models import Base, Guild, Image, Job, JobStatus, Usage, User, utcnow
 from storage.records import ImageRecord, JobRecord, NewImage, UsageRecord, UserRecord, to_record
 
 
@@ -38,13 +38,41 @@ class UserRepository:
             id=user_id,
             name=name,
             banned=False,
-            weight=1.0,
+            virtual_time=0.0,
+            quota_overrides={},
             created_at=utcnow(),
         )
         row = await self._session.get(User, user_id, populate_existing=True)
         assert row is not None
         if name and row.name != name:
             row.name = name
+        return to_record(UserRecord, row)
+
+    async def lock(self, user_id: int) -> UserRecord:
+        """The user's row, locked until commit (PostgreSQL): one admission at a time per user."""
+        row = await self._session.get(User, user_id, with_for_update=True, populate_existing=True)
+        assert row is not None, "ensure the user first"
+        return to_record(UserRecord, row)
+
+    async def set_bucket(self, user_id: int, tokens: float, at: dt.datetime) -> None:
+        await self._session.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(bucket_tokens=tokens, bucket_updated_at=at)
+        )
+
+    async def set_limits(
+        self, user_id: int, *, weight: float | None, overrides: dict[str, Any]
+    ) -> UserRecord:
+        """An admin's per-user weight (None: from roles) and quota overrides (replacing all)."""
+        await self.ensure(user_id)
+        await self._session.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(weight=weight, quota_overrides=dict(overrides))
+        )
+        row = await self._session.get(User, user_id, populate_existing=True)
+        assert row is not None
         return to_record(UserRecord, row)
 
     async def set_ban(
@@ -108,9 +136,34 @@ class JobRepository:
         rows = await self._session.scalars(query)
         return [to_record(JobRecord, row) for row in rows]
 
+    async def active_count(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
+        """Jobs waiting or running, of one user or one guild."""
+        query = select(func.count()).where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        query = _owned(query, user_id, guild_id)
+        return int(await self._session.scalar(query) or 0)
+
+    async def images_since(
+        self, since: dt.datetime, *, user_id: int | None = None, guild_id: int | None = None
+    ) -> int:
+        """Images asked for since ``since`` by one user or guild, except jobs that made none."""
+        query = select(func.coalesce(func.sum(Job.count), 0)).where(
+            Job.created_at >= since,
+            Job.status.not_in((JobStatus.FAILED, JobStatus.CANCELLED)),
+        )
+        query = _owned(query, user_id, guild_id)
+        return int(await self._session.scalar(query) or 0)
+
     async def update_recipe(self, job_id: int, **fields: Any) -> None:
         """Change stored recipe fields (admin correction; also how tests tamper with a recipe)."""
         await self._session.execute(update(Job).where(Job.id == job_id).values(**fields))
+
+
+def _owned(query: Any, user_id: int | None, guild_id: int | None) -> Any:
+    if user_id is not None:
+        query = query.where(Job.user_id == user_id)
+    if guild_id is not None:
+        query = query.where(Job.guild_id == guild_id)
+    return query
 
 
 class ImageRepository:

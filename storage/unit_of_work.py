@@ -6,7 +6,7 @@ from types import TracebackType
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.queue import JobQueue
+from storage.queue import JobQueue, Policy
 from storage.repositories import (
     GuildRepository,
     ImageRepository,
@@ -27,8 +27,11 @@ class UnitOfWork:
     usage: UsageRepository
     queue: JobQueue
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], policy: Policy = Policy.FAIR
+    ) -> None:
         self._sessions = sessions
+        self._policy = policy
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessions()
@@ -37,7 +40,7 @@ class UnitOfWork:
         self.jobs = JobRepository(self.session)
         self.images = ImageRepository(self.session)
         self.usage = UsageRepository(self.session)
-        self.queue = JobQueue(self.session)
+        self.queue = JobQueue(self.session, self._policy)
         return self
 
     async def __aexit__(

@@ -163,3 +163,62 @@ async def test_timestamps_come_back_in_utc(db: Database) -> None:
     assert stored is not None
     assert stored.created_at.tzinfo == dt.UTC
     assert abs((stored.created_at - job.created_at).total_seconds()) < 1e-3
+
+
+async def test_two_workers_claiming_at_once_follow_the_fair_order(db: Database) -> None:
+    for user, jobs in ((1, 6), (2, 2), (3, 2)):
+        for _ in range(jobs):
+            await add_job(db, user_id=user)
+    order: list[int] = []
+
+    async def work(owner: str) -> None:
+        while claimed := await claim(db, owner):
+            job, lease = claimed
+            order.append(job.user_id)
+            async with db.uow() as uow:
+                assert await uow.queue.finish(lease, JobStatus.SUCCEEDED, utcnow())
+                await uow.commit()
+
+    await asyncio.gather(work("w1"), work("w2"))
+    async with db.uow() as uow:
+        jobs = await uow.jobs.recent(limit=20)
+    assert sorted(order) == [1] * 6 + [2] * 2 + [3] * 2  # every job once
+    assert all(job.status == "succeeded" and job.attempts == 1 for job in jobs)
+    # Equal costs: while several users wait, nobody gets two jobs ahead of another.
+    for end in range(1, len(order) + 1):
+        counts = [min(order[:end].count(user), total) for user, total in ((1, 6), (2, 2), (3, 2))]
+        waiting = [c for c, total in zip(counts, (6, 2, 2), strict=True) if c < total]
+        if len(waiting) > 1:
+            assert max(waiting) - min(waiting) <= 2, order
+    # User 1's extra jobs run last, once the others are served.
+    assert order[-4:] == [1, 1, 1, 1], order
+
+
+async def test_a_claim_charges_virtual_time_once_and_a_cancel_refunds_what_did_not_run(
+    db: Database,
+) -> None:
+    await add_job(db, user_id=1, cost=2.0, weight=4.0)
+    job, lease = await claim(db, "w1")
+    assert job.virtual_start == 0.0
+    async with db.uow() as uow:
+        assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]
+        assert await uow.queue.release(lease)  # a clean shutdown gives it back
+        await uow.commit()
+    job, lease = await claim(db, "w2")  # claimed again: not charged twice
+    async with db.uow() as uow:
+        assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]
+        assert await uow.queue.finish(lease, JobStatus.CANCELLED, utcnow(), unrun=0.75)
+        await uow.commit()
+        assert (await uow.users.get(1)).virtual_time == pytest.approx(0.125)  # type: ignore[union-attr]
+
+
+async def test_a_returning_user_is_lifted_to_the_waiting_users_level(db: Database) -> None:
+    for _ in range(3):
+        await add_job(db, user_id=1, cost=1.0)
+    await claim(db, "w1")
+    await claim(db, "w1")  # user 1 has had 2.0 of service
+    async with db.uow() as uow:
+        await uow.users.ensure(2)
+        await uow.queue.lift(2)
+        await uow.commit()
+        assert (await uow.users.get(2)).virtual_time == 2.0  # type: ignore[union-attr]
