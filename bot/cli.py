@@ -13,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from bot.cli_jobs import cancel, generate, reroll, upscale, vary
+from bot.cli_queue import queue_command, quota
 from bot.cli_support import job_json, run_async
 from bot.runtime import open_runtime
 from bot.settings import Settings
@@ -208,5 +209,5 @@ def train(
     click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")
 
 
-for command in (generate, upscale, vary, reroll, cancel):
+for command in (generate, upscale, vary, reroll, cancel, queue_command, quota):
     main.add_command(command)

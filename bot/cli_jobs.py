@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_options
+from bot.cli_support import (
+    CLI_USER_ID,
+    Submit,
+    describe_place,
+    job_json,
+    place_text,
+    run_async,
+    wait_options,
+)
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from generation.events import JobEvent, JobProgress
@@ -70,7 +78,10 @@ def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_jso
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"job {result['job_id']}: {result['status']} (seed {result['seed']})")
+    line = f"job {result['job_id']}: {result['status']} (seed {result['seed']})"
+    if result["status"] == "queued":
+        line += f", {place_text(result['position'], result['eta_seconds'])}"
+    click.echo(line)
     for image in result.get("images", []):
         click.echo(f"  image {image['index']}  seed {image['seed']}  {image['path']}")
     if result.get("grid"):
@@ -93,9 +104,10 @@ async def _generate(
                 "seed": submission.job.seed,
                 "status": submission.job.status,
                 "position": submission.position,
+                "eta_seconds": submission.eta_seconds,
             }
         if show_progress:
-            click.echo(f"job {job_id} queued, position {submission.position}", err=True)
+            click.echo(f"job {job_id} queued: {describe_place(submission)}", err=True)
         worker = await runtime.start_engine()
         worker_task = asyncio.create_task(worker.run(), name="cli-worker")
         try:

@@ -56,7 +56,7 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Database (migrated), image store, model description, service; the engine on request."""
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, policy=settings.queue_policy)
     runtime: Runtime | None = None
     try:
         await db.upgrade()
@@ -71,7 +71,14 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 describe_model, settings.upscaler, settings.models_dir
             )
         service = GenerationService(
-            db, model, settings.limits(), max_attempts=settings.max_attempts, upscaler=upscaler
+            db,
+            model,
+            settings.limits(),
+            max_attempts=settings.max_attempts,
+            upscaler=upscaler,
+            quotas=settings.quotas(),
+            role_weights=settings.role_weights,
+            cost_factors=settings.model_cost_factors,
         )
         runtime = Runtime(settings, db, store, events, model, service)
         yield runtime

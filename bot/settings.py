@@ -7,8 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from generation.quotas import Quotas
 from generation.requests import Limits
 from generation.worker import WorkerConfig
+from storage.queue import Policy
+
+DEFAULT_QUOTAS = Quotas()
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,15 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=120.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=1.0, gt=0)
+    queue_policy: Policy = Policy.FAIR
+    role_weights: dict[int, float] = Field(default_factory=dict)
+    model_cost_factors: dict[str, float] = Field(default_factory=dict)
+    queued_per_user: int = Field(default=DEFAULT_QUOTAS.queued_per_user, ge=1)
+    queued_per_guild: int = Field(default=DEFAULT_QUOTAS.queued_per_guild, ge=1)
+    images_per_user_day: int = Field(default=DEFAULT_QUOTAS.images_per_user_day, ge=1)
+    images_per_guild_day: int = Field(default=DEFAULT_QUOTAS.images_per_guild_day, ge=1)
+    bucket_size: int = Field(default=DEFAULT_QUOTAS.bucket_size, ge=1)
+    bucket_refill_seconds: float = Field(default=DEFAULT_QUOTAS.bucket_refill_seconds, gt=0)
     discord_token: SecretStr | None = None
     log_level: str = "WARNING"
 
@@ -58,6 +71,16 @@ class Settings(BaseSettings):
             default_count=self.max_count,
             default_strength=self.variation_strength,
             upscale_strength=self.upscale_strength,
+        )
+
+    def quotas(self) -> Quotas:
+        return Quotas(
+            queued_per_user=self.queued_per_user,
+            queued_per_guild=self.queued_per_guild,
+            images_per_user_day=self.images_per_user_day,
+            images_per_guild_day=self.images_per_guild_day,
+            bucket_size=self.bucket_size,
+            bucket_refill_seconds=self.bucket_refill_seconds,
         )
 
     def worker_config(self) -> WorkerConfig:

@@ -50,6 +50,7 @@ class GenerationRequest:
     parent_job_id: int | None = None
     parent_image_index: int | None = None
     user_name: str = ""
+    role_ids: tuple[int, ...] = ()  # the member's Discord roles, for their fair-share weight
     guild_id: int | None = None
     channel_id: int | None = None
     interaction_id: int | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy.exc import IntegrityError
 
@@ -16,19 +16,23 @@ from generation.errors import (
     UserBanned,
 )
 from generation.model_info import ModelInfo
+from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.requests import GenerationRequest, Limits, Recipe, validate
 from storage.db import Database
 from storage.models import JobKind, JobStatus, utcnow
-from storage.records import ImageRecord, JobRecord
+from storage.queue import Waiting
+from storage.records import ImageRecord, JobRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submission:
-    """A job as queued, and its place in line (1 = next)."""
+    """A job as queued, its place in line (1 = next; 0 once it runs) and when it should be
+    done, in seconds from now (None until a job has been measured)."""
 
     job: JobRecord
     position: int
+    eta_seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,10 +41,16 @@ class JobView:
     images: list[ImageRecord]
 
 
-def job_cost(recipe: Recipe) -> float:
-    """Cost in megapixel-steps: width × height × steps actually run × images."""
-    steps = recipe.steps if recipe.strength is None else max(1, int(recipe.steps * recipe.strength))
-    return recipe.width * recipe.height * steps * recipe.count / 1_000_000
+def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) -> float:
+    """Cost in megapixel-steps: width × height × steps run × images × the model's factor.
+
+    img2img runs ``steps × strength`` steps; ``all_steps`` is for pipelines that run every
+    step whatever the strength (a diffusion upscaler).
+    """
+    steps = recipe.steps
+    if recipe.strength is not None and not all_steps:
+        steps = max(1, int(recipe.steps * recipe.strength))
+    return recipe.width * recipe.height * steps * recipe.count * factor / 1_000_000
 
 
 class GenerationService:
@@ -53,6 +63,9 @@ class GenerationService:
         max_attempts: int = 3,
         upscaler: ModelInfo | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        quotas: Quotas | None = None,
+        role_weights: Mapping[int, float] | None = None,
+        cost_factors: Mapping[str, float] | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -60,6 +73,15 @@ class GenerationService:
         self.limits = limits
         self.max_attempts = max_attempts
         self.clock = clock
+        self.quotas = quotas or Quotas()
+        self.role_weights = dict(role_weights or {})
+        self.cost_factors = dict(cost_factors or {})
+
+    def weight(self, user: UserRecord, role_ids: tuple[int, ...]) -> float:
+        """The user's fair-share weight: an admin's override, else their best role's, else 1."""
+        if user.weight is not None:
+            return user.weight
+        return max((self.role_weights[r] for r in role_ids if r in self.role_weights), default=1.0)
 
     async def submit(self, request: GenerationRequest) -> Submission:
         """Validate, check the user may generate, and queue the job; nothing is stored on error."""
@@ -75,36 +97,130 @@ class GenerationService:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
                 if existing is None:
                     raise
-                return Submission(existing, await uow.queue.position(existing))
+                return await self._submission(uow, existing)
 
     async def _insert(self, request: GenerationRequest, recipe: Recipe) -> Submission:
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
                 if existing is not None:  # a retried interaction: the same job, never a second
-                    return Submission(existing, await uow.queue.position(existing))
-            user = await uow.users.ensure(request.user_id, request.user_name)
-            if user.banned and (user.banned_until is None or user.banned_until > self.clock()):
+                    return await self._submission(uow, existing)
+            now = self.clock()
+            await uow.users.ensure(request.user_id, request.user_name)
+            user = await uow.users.lock(request.user_id)
+            if user.banned and (user.banned_until is None or user.banned_until > now):
                 raise UserBanned(user.ban_reason, user.banned_until)
+            await admit(
+                uow,
+                self.quotas,
+                user,
+                guild_id=request.guild_id,
+                images=recipe.count,
+                kind=recipe.kind,
+                now=now,
+            )
             if request.guild_id is not None:
                 await uow.guilds.ensure(request.guild_id)
+            if await uow.jobs.active_count(user_id=user.id) == 0:
+                await uow.queue.lift(user.id)
+            upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.jobs.add(
                 **dataclasses.asdict(recipe),
                 user_id=request.user_id,
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
                 interaction_id=request.interaction_id,
-                cost=job_cost(recipe),
+                cost=job_cost(
+                    recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler
+                ),
+                weight=self.weight(user, request.role_ids),
                 status=JobStatus.QUEUED,
                 attempts=0,
                 max_attempts=self.max_attempts,
                 cancel_requested=False,
                 library_versions={},
-                created_at=self.clock(),
+                created_at=now,
             )
-            position = await uow.queue.position(job)
+            submission = await self._submission(uow, job)
             await uow.commit()
-        return Submission(job, position)
+        return submission
+
+    async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
+        """The job with its place in the fair order and its estimated time to done."""
+        for waiting in await uow.queue.waiting():
+            if waiting.job_id == job.id:
+                eta = await self._eta_function(uow)
+                return Submission(job, waiting.position, eta(job, waiting))
+        return Submission(job, 0, None)
+
+    async def _eta_function(self, uow: UnitOfWork) -> Callable[[JobRecord, Waiting], float | None]:
+        """Seconds until a waiting job is done: the running jobs' rest and the waiting cost
+        ahead of it, shared among the busy workers, then its own run, at the measured seconds
+        per cost unit (None until a job has been measured)."""
+        per_cost = await uow.queue.seconds_per_cost()
+        now = self.clock()
+        running = await uow.queue.running()
+        rest = sum(
+            max(0.0, r.cost * (per_cost or 0) - (now - (r.started_at or now)).total_seconds())
+            for r in running
+        )
+        workers = max(1, len(running))
+
+        def eta(job: JobRecord, waiting: Waiting) -> float | None:
+            if per_cost is None:
+                return None
+            return (rest + waiting.cost_ahead * per_cost) / workers + job.cost * per_cost
+
+        return eta
+
+    async def waiting(self, user_id: int | None = None) -> list[Submission]:
+        """Waiting jobs (of one user, or all) in the order they will run, with their ETAs."""
+        async with self.db.uow() as uow:
+            order = await uow.queue.waiting()
+            eta = await self._eta_function(uow)
+            result = []
+            for waiting in order:
+                if user_id is not None and waiting.user_id != user_id:
+                    continue
+                job = await self._get(uow, waiting.job_id)
+                result.append(Submission(job, waiting.position, eta(job, waiting)))
+        return result
+
+    async def status(self, job_id: int) -> Submission:
+        """A job now, with its place in line and ETA while it waits."""
+        async with self.db.uow() as uow:
+            return await self._submission(uow, await self._get(uow, job_id))
+
+    async def usage(self, user_id: int) -> Usage:
+        """The user's limits (with overrides) and where they stand against them."""
+        async with self.db.uow() as uow:
+            user = await uow.users.ensure(user_id)
+            return await usage(uow, self.quotas, user, self.clock())
+
+    async def set_limits(
+        self,
+        user_id: int,
+        *,
+        weight: float | None = None,
+        clear_weight: bool = False,
+        overrides: Mapping[str, object] | None = None,
+        clear: tuple[str, ...] = (),
+    ) -> UserRecord:
+        """Set (or clear) a user's weight override and per-user quota overrides."""
+        if weight is not None and not weight > 0:
+            raise InvalidRequest("weight", f"must be above 0, not {weight:g}")
+        checked = {name: check_override(name, value) for name, value in (overrides or {}).items()}
+        for name in clear:
+            check_override(name, 1)
+        async with self.db.uow() as uow:
+            user = await uow.users.ensure(user_id)
+            merged = {**user.quota_overrides, **checked}
+            for name in clear:
+                merged.pop(name, None)
+            new_weight = None if clear_weight else (user.weight if weight is None else weight)
+            updated = await uow.users.set_limits(user_id, weight=new_weight, overrides=merged)
+            await uow.commit()
+        return updated
 
     async def derive(
         self,

@@ -75,6 +75,7 @@ class _RunState:
         self.lease_lost = False
         self.last_step_at = time.monotonic()
         self.last_preview_at = 0.0
+        self.done = 0.0  # fraction of the denoising steps finished
 
 
 class Worker:
@@ -198,6 +199,7 @@ class Worker:
                 raise RenderCancelled
             now = time.monotonic()
             state.last_step_at = now
+            state.done = progress.step / max(1, progress.total)
             preview = None
             if now - state.last_preview_at >= self.config.preview_interval:
                 state.last_preview_at = now
@@ -215,10 +217,13 @@ class Worker:
             if state.lease_lost:
                 logger.warning("job %s: lost its lease mid-run; another worker owns it", job.id)
                 return None
-            return await self._end(job, lease, JobStatus.CANCELLED, "cancelled on request")
+            return await self._end(
+                job, lease, JobStatus.CANCELLED, "cancelled on request", 1 - state.done
+            )
         except Exception as error:
             logger.exception("job %s failed", job.id)
-            return await self._end(job, lease, JobStatus.FAILED, f"{type(error).__name__}: {error}")
+            reason = f"{type(error).__name__}: {error}"
+            return await self._end(job, lease, JobStatus.FAILED, reason, 1.0)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -248,10 +253,11 @@ class Worker:
                 state.stop.set()
 
     async def _end(
-        self, job: JobRecord, lease: Lease, status: JobStatus, error: str
+        self, job: JobRecord, lease: Lease, status: JobStatus, error: str, unrun: float
     ) -> JobStatus | None:
+        """Record a cancel or failure; the ``unrun`` part of its cost goes back to the user."""
         async with self.db.uow() as uow:
-            ended = await uow.queue.finish(lease, status, self.clock(), error=error)
+            ended = await uow.queue.finish(lease, status, self.clock(), unrun=unrun, error=error)
             await uow.commit()
         if not ended:
             logger.warning("job %s: lease lost before it could be marked %s", job.id, status)

@@ -106,33 +106,66 @@ def test_a_tampered_recipe_makes_reproduce_exit_1(tmp_path: Path, model: ModelIn
     assert [image["identical"] for image in report["images"]] == [False, False]
 
 
-def test_no_wait_queues_and_a_burst_worker_drains(tmp_path: Path, model: ModelInfo) -> None:
+def test_a_light_users_job_runs_second_behind_a_heavy_backlog(
+    tmp_path: Path, model: ModelInfo
+) -> None:
     data = tmp_path / "data"
-    queued = [
-        ok_json(
+
+    def queue(user: int, prompt: str) -> Any:
+        return ok_json(
             imagine(
                 data,
-                "generate",
-                prompt,
-                "--no-wait",
-                "--json",
-                "--steps",
-                "3",
-                "--user",
-                str(user),
+                *("generate", prompt, "--no-wait", "--json", "--steps", "2", "--count", "1"),
+                *("--user", str(user)),
                 model=model.path,
             )
         )
-        for user, prompt in [(1, "a red circle"), (2, "a green square")]
-    ]
-    assert [(job["status"], job["position"]) for job in queued] == [("queued", 1), ("queued", 2)]
+
+    heavy = [queue(1, f"a red circle {n}") for n in range(4)]
+    light = queue(2, "a green square")
+    assert [job["position"] for job in heavy] == [1, 2, 3, 4]
+    # User 2 joins at user 1's level: behind the job user 1 asked for first, not all four.
+    assert (light["status"], light["position"]) == ("queued", 2)
+    listed = ok_json(imagine(data, "queue", "--json", model=model.path))
+    assert [row["user_id"] for row in listed] == [1, 2, 1, 1, 1]
     worker = imagine(data, "worker", "--burst", model=model.path)
     assert worker.returncode == 0, worker.stderr
-    assert "worker ran 2 jobs" in worker.stderr
+    assert "worker ran 5 jobs" in worker.stderr
     done = ok_json(imagine(data, "jobs", "--status", "succeeded", "--json", model=model.path))
-    assert sorted(job["job_id"] for job in done) == sorted(job["job_id"] for job in queued)
+    by_start = sorted(done, key=lambda job: job["started_at"])
+    assert [job["user_id"] for job in by_start] == [1, 2, 1, 1, 1]
     mine = ok_json(imagine(data, "jobs", "--user", "2", "--json", model=model.path))
     assert [job["prompt"] for job in mine] == ["a green square"]
+
+
+def test_quota_set_and_show_and_a_refusal_that_names_the_limit(
+    tmp_path: Path, model: ModelInfo
+) -> None:
+    data = tmp_path / "data"
+    changed = imagine(
+        data,
+        "quota",
+        "set",
+        "5",
+        "--limit",
+        "queued_per_user=1",
+        "--weight",
+        "2",
+        model=model.path,
+    )
+    assert changed.returncode == 0, changed.stderr
+    shown = ok_json(imagine(data, "quota", "show", "--user", "5", "--json", model=model.path))
+    assert shown["limits"]["queued_per_user"] == 1 and shown["weight"] == 2.0
+    first = imagine(data, "generate", "a cat", "--no-wait", "--user", "5", model=model.path)
+    assert first.returncode == 0, first.stderr
+    assert "queued (seed" in first.stdout and "1st in line" in first.stdout
+    second = imagine(data, "generate", "a cat", "--no-wait", "--user", "5", model=model.path)
+    assert second.returncode == 1
+    assert "Error: you already have 1 job waiting or running, the most allowed (1)" in (
+        second.stderr
+    )
+    bad = imagine(data, "quota", "set", "5", "--limit", "speed=3", model=model.path)
+    assert bad.returncode == 1 and "speed: is not a per-user quota" in bad.stderr
 
 
 @pytest.mark.parametrize(

@@ -186,6 +186,10 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
     assert last_step < 40
     async with db.uow() as uow:
         assert await uow.usage.get(1, utcnow().date()) is None  # not charged
+        user = await uow.users.get(1)
+    # Fair share charged the whole job at the claim and gave back the steps that never ran.
+    assert user is not None
+    assert 0 < user.virtual_time <= view.job.cost * (last_step + 1) / 40
 
 
 class _BrokenEngine:

@@ -1,0 +1,174 @@
+"""Quotas: admission limits checked when a job is submitted, separate from the claim's order.
+
+Each limit refuses at once with a message that names it and says when it frees up, and the
+refusal stores nothing (the check runs inside the submit transaction, which rolls back).
+Hosts set the defaults; an admin may override the per-user ones for one user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from generation.errors import GenerationError, InvalidRequest
+from storage.models import JobKind
+from storage.records import UserRecord
+from storage.unit_of_work import UnitOfWork
+
+# Jobs a user starts by pressing a button under a result: what the token bucket limits.
+BUTTON_KINDS = frozenset({JobKind.REROLL, JobKind.VARIATION, JobKind.UPSCALE})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quotas:
+    """The host's limits. The ``USER_QUOTAS`` among them can be overridden per user."""
+
+    queued_per_user: int = 16  # jobs waiting or running
+    queued_per_guild: int = 100
+    images_per_user_day: int = 400  # images asked for per UTC day
+    images_per_guild_day: int = 4000
+    bucket_size: int = 6  # button presses (🔄, V, U) in a burst ...
+    bucket_refill_seconds: float = 10.0  # ... and one more every this many seconds
+
+    def for_user(self, user: UserRecord) -> Quotas:
+        """These limits with the user's overrides applied."""
+        overrides = {k: v for k, v in user.quota_overrides.items() if k in USER_QUOTAS}
+        return dataclasses.replace(self, **overrides)
+
+
+USER_QUOTAS = (
+    "queued_per_user",
+    "images_per_user_day",
+    "bucket_size",
+    "bucket_refill_seconds",
+)
+
+
+class QuotaExceeded(GenerationError):
+    """A limit was hit; ``quota`` names it and ``resets_at`` says when it frees up (or None
+    when that depends on a job finishing)."""
+
+    def __init__(self, quota: str, message: str, resets_at: dt.datetime | None) -> None:
+        super().__init__(message)
+        self.quota = quota
+        self.resets_at = resets_at
+
+
+def check_override(name: str, value: object) -> int | float:
+    """Validate one per-user override; raises InvalidRequest naming it."""
+    if name not in USER_QUOTAS:
+        raise InvalidRequest(name, f"is not a per-user quota; use one of {', '.join(USER_QUOTAS)}")
+    kind = float if name == "bucket_refill_seconds" else int
+    try:
+        number: int | float = kind(str(value).strip())
+    except ValueError:
+        whole = "whole " if kind is int else ""
+        raise InvalidRequest(name, f"must be a {whole}number, not {value!r}") from None
+    if number < 0 or (name == "bucket_refill_seconds" and number <= 0):
+        raise InvalidRequest(name, f"must be positive, not {value}")
+    return number
+
+
+def next_midnight(now: dt.datetime) -> dt.datetime:
+    return dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
+
+
+def _in(delta: dt.timedelta) -> str:
+    seconds = max(1, int(delta.total_seconds() + 0.999))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    """Where one user stands against their limits now."""
+
+    limits: Quotas
+    queued: int
+    images_today: int
+    bucket_tokens: float
+    day_resets_at: dt.datetime
+
+
+def _bucket(user: UserRecord, limits: Quotas, now: dt.datetime) -> float:
+    if user.bucket_tokens is None or user.bucket_updated_at is None:
+        return float(limits.bucket_size)
+    refilled = (now - user.bucket_updated_at).total_seconds() / limits.bucket_refill_seconds
+    return min(float(limits.bucket_size), user.bucket_tokens + max(0.0, refilled))
+
+
+async def usage(uow: UnitOfWork, quotas: Quotas, user: UserRecord, now: dt.datetime) -> Usage:
+    limits = quotas.for_user(user)
+    midnight = dt.datetime.combine(now.date(), dt.time(), tzinfo=dt.UTC)
+    return Usage(
+        limits=limits,
+        queued=await uow.jobs.active_count(user_id=user.id),
+        images_today=await uow.jobs.images_since(midnight, user_id=user.id),
+        bucket_tokens=_bucket(user, limits, now),
+        day_resets_at=next_midnight(now),
+    )
+
+
+async def admit(
+    uow: UnitOfWork,
+    quotas: Quotas,
+    user: UserRecord,
+    *,
+    guild_id: int | None,
+    images: int,
+    kind: JobKind,
+    now: dt.datetime,
+) -> None:
+    """Refuse the job if any limit is hit; otherwise take a bucket token for a button job."""
+    mine = await usage(uow, quotas, user, now)
+    limits = mine.limits
+    tomorrow = mine.day_resets_at
+    if mine.queued >= limits.queued_per_user:
+        raise QuotaExceeded(
+            "queued_per_user",
+            f"you already have {_jobs(mine.queued)} waiting or running, the most allowed "
+            f"({limits.queued_per_user}); send this again when one of them is done",
+            None,
+        )
+    if mine.images_today + images > limits.images_per_user_day:
+        raise QuotaExceeded(
+            "images_per_user_day",
+            f"this would make {mine.images_today + images} images today, over your daily "
+            f"limit of {limits.images_per_user_day}; it resets at 00:00 UTC "
+            f"(in {_in(tomorrow - now)})",
+            tomorrow,
+        )
+    if guild_id is not None:
+        midnight = tomorrow - dt.timedelta(days=1)
+        waiting = await uow.jobs.active_count(guild_id=guild_id)
+        if waiting >= limits.queued_per_guild:
+            raise QuotaExceeded(
+                "queued_per_guild",
+                f"this server already has {_jobs(waiting)} waiting or running, the most allowed "
+                f"({limits.queued_per_guild}); try again when some are done",
+                None,
+            )
+        made = await uow.jobs.images_since(midnight, guild_id=guild_id)
+        if made + images > limits.images_per_guild_day:
+            raise QuotaExceeded(
+                "images_per_guild_day",
+                f"this server has used its {limits.images_per_guild_day} images for today; "
+                f"it resets at 00:00 UTC (in {_in(tomorrow - now)})",
+                tomorrow,
+            )
+    if kind in BUTTON_KINDS:
+        tokens = mine.bucket_tokens
+        if tokens < 1:
+            wait = dt.timedelta(seconds=(1 - tokens) * limits.bucket_refill_seconds)
+            raise QuotaExceeded(
+                "bucket",
+                f"too many button presses in a row; the next one works in {_in(wait)}",
+                now + wait,
+            )
+        await uow.users.set_bucket(user.id, tokens - 1, now)
