@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import tempfile
-import time
-from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from generation.embedded.detector import ATTRIBUTES, detect, score
-from generation.embedded.world import caption, random_scene
-from generation.engine import DiffusersEngine, RenderSpec
+from generation.embedded.adherence import measure, prompts
+from generation.engine import DiffusersEngine
 from generation.model_info import describe_model
 
 
@@ -36,39 +32,16 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="default: the model's")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--failures", action="store_true", help="list what went wrong")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     model = describe_model(args.model, Path(tempfile.mkdtemp(prefix="adherence-")) / "models")
     engine = DiffusersEngine(model, device="auto", dtype="auto", torch_threads=args.threads)
+    cases = prompts(args.n, args.seed, held_out=not args.seen)
+    found = measure(engine, model, cases, steps=args.steps, guidance=args.guidance, seed=args.seed)
     steps = args.steps or model.default_steps
     guidance = model.default_guidance if args.guidance is None else args.guidance
-    rng = random.Random(args.seed)
-    scenes = [random_scene(rng, held_out=not args.seen) for _ in range(args.n)]
-    captions = [caption(scene, rng) for scene in scenes]
-
-    right: Counter[str] = Counter()
-    asked: Counter[str] = Counter()
-    all_right = 0
-    started = time.perf_counter()
-    for index, (scene, text) in enumerate(zip(scenes, captions, strict=True)):
-        spec = RenderSpec(
-            text,
-            "",
-            (args.seed + index,),
-            steps,
-            guidance,
-            model.native_width,
-            model.native_height,
-            model.scheduler,
-        )
-        verdict = score(scene, detect(engine.render(spec)[0]))
-        for attribute, correct in verdict.items():
-            asked[attribute] += 1
-            right[attribute] += correct
-        all_right += all(verdict.values())
-    seconds = time.perf_counter() - started
-
     result = {
         "model": model.model_id,
         "revision": model.revision,
@@ -77,9 +50,9 @@ def main() -> None:
         "steps": steps,
         "guidance": guidance,
         "scheduler": model.scheduler,
-        "seconds_per_image": seconds / args.n,
-        "accuracy": {name: right[name] / asked[name] for name in ATTRIBUTES if asked[name]},
-        "all_correct": all_right / args.n,
+        "seconds_per_image": found.seconds_per_image,
+        "accuracy": found.accuracy,
+        "all_correct": found.all_correct,
     }
     if args.json:
         print(json.dumps(result))
@@ -87,11 +60,15 @@ def main() -> None:
     print(
         f"{model.model_id} ({model.revision}), {args.n} "
         f"{'held-out' if not args.seen else 'seen'} captions, {steps} steps, guidance "
-        f"{guidance:g}, {result['seconds_per_image'] * 1000:.0f} ms per image"
+        f"{guidance:g}, {found.seconds_per_image * 1000:.0f} ms per image"
     )
-    for name, fraction in result["accuracy"].items():
-        print(f"  {name:<11} {fraction:6.1%}  ({right[name]}/{asked[name]})")
-    print(f"  {'all right':<11} {result['all_correct']:6.1%}")
+    for name, fraction in found.accuracy.items():
+        right = round(fraction * found.asked[name])
+        print(f"  {name:<11} {fraction:6.1%}  ({right}/{found.asked[name]})")
+    print(f"  {'all right':<11} {found.all_correct:6.1%}")
+    if args.failures:
+        for failure in found.failures:
+            print(f"  wrong: {failure}")
 
 
 if __name__ == "__main__":

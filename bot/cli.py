@@ -176,9 +176,15 @@ def embedded() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--images", type=int, default=16000, show_default=True, help="Drawn scenes.")
 @click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--vae-steps", type=int, default=3000, show_default=True)
-@click.option("--unet-steps", type=int, default=7000, show_default=True)
-@click.option("--decoder-steps", type=int, default=1000, show_default=True)
+@click.option("--vae-steps", type=int, default=1000, show_default=True)
+@click.option("--unet-steps", type=int, default=6500, show_default=True)
+@click.option("--decoder-steps", type=int, default=800, show_default=True)
+@click.option(
+    "--vae-attention/--no-vae-attention",
+    default=True,
+    show_default=True,
+    help="Self-attention in the VAE's middle block.",
+)
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
 def train(
     out: Path,
@@ -188,6 +194,7 @@ def train(
     vae_steps: int,
     unet_steps: int,
     decoder_steps: int,
+    vae_attention: bool,
     threads: int,
 ) -> None:
     """Train the embedded model; resumes from OUT's checkpoint if one is there."""
@@ -204,6 +211,7 @@ def train(
         vae_steps=vae_steps,
         unet_steps=unet_steps,
         decoder_steps=decoder_steps,
+        vae_attention=vae_attention,
     )
     Trainer(config).run()
     click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")

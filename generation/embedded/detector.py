@@ -1,6 +1,7 @@
 """A detector for the embedded world: reads colour, background, shape, size and position back.
 
-Background from the border, foreground colour from the pixels far from it, shape from which
+Background from the border, foreground colour from the pixels far from it (the largest
+connected patch of them: a stray speck at an edge is not part of the shape), shape from which
 corners of the foreground's bounding box are filled (a square fills all four, an upright
 triangle the two at the bottom, a circle none) with the fill ratio as a tie-breaker, size
 and position from the bounding box.
@@ -44,7 +45,7 @@ def detect(image: Image.Image) -> Detection:
     background_rgb = np.median(border, axis=0)
     background = nearest_colour(background_rgb)
     distance = np.linalg.norm(pixels - background_rgb, axis=2)
-    mask = distance > FOREGROUND_DISTANCE
+    mask = _largest_component(distance > FOREGROUND_DISTANCE)
     if mask.sum() < 6:
         return Detection(background, None, None, None, None)
     core = distance >= CORE_DISTANCE * distance[mask].max()
@@ -60,6 +61,29 @@ def detect(image: Image.Image) -> Detection:
         # The box's centre, not the centroid: a triangle's centroid sits low in its box.
         position=_position((left + right) / 2, (top + bottom) / 2),
     )
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected patch of ``mask``."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    height, width = mask.shape
+    best, best_size, label = 0, 0, 0
+    for start in zip(*np.nonzero(mask), strict=True):
+        if labels[start]:
+            continue
+        label += 1
+        labels[start] = label
+        stack, size = [start], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = label, size
+    return labels == best if best else mask
 
 
 def _shape(box: np.ndarray) -> str:

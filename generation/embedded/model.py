@@ -1,8 +1,9 @@
-"""The embedded default model: a small Stable Diffusion pipeline that needs no download.
+"""The embedded models: small Stable Diffusion pipelines that need no download.
 
-It is built from configs with seeded random weights, saved once in the standard diffusers
-folder layout and then loaded through ``from_pretrained`` like any hub model. Its images are
-noise until a trained model takes its place in the same slot.
+``embedded`` is the trained model shipped inside this package (``weights/``, made by
+``imagine-bot embedded train``); ``embedded-random`` is the same architecture with seeded
+random weights, built on first use, for fast tests. Both are standard diffusers folders
+loaded through ``from_pretrained`` like any hub model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from generation.embedded.tokenizer import write_world_tokenizer
 logger = logging.getLogger(__name__)
 
 EMBEDDED_MODEL_NAME = "embedded"
+RANDOM_MODEL_NAME = "embedded-random"
 EMBEDDED_VERSION = "random-v1"
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 TOKENIZER_MAX_LENGTH = 77
 
 
@@ -44,8 +47,15 @@ def load_tokenizer(tokenizer_dir: Path, max_length: int) -> Any:
     return CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=max_length)
 
 
-def make_components(tokenizer_dir: Path, seed: int, max_length: int) -> dict[str, Any]:
-    """The embedded pipeline's parts, built from configs with seeded weights."""
+def make_components(
+    tokenizer_dir: Path, seed: int, max_length: int, *, vae_attention: bool = False
+) -> dict[str, Any]:
+    """The embedded pipeline's parts, built from configs with seeded weights.
+
+    ``vae_attention`` adds self-attention to the VAE's middle block: a path for image-wide
+    information, without which a decoder learns to pass it through one loud latent pixel
+    (and draws a blob there).
+    """
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -77,7 +87,7 @@ def make_components(tokenizer_dir: Path, seed: int, max_length: int) -> dict[str
         latent_channels=4,
         norm_num_groups=16,
         sample_size=64,
-        mid_block_add_attention=False,
+        mid_block_add_attention=vae_attention,
     )
     torch.manual_seed(seed + 2)
     unet = UNet2DConditionModel(
@@ -146,8 +156,13 @@ def build_embedded_pipeline(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def ensure_embedded_model(models_dir: Path) -> Path:
-    """Return the embedded model's folder under ``models_dir``, building it on first use."""
+def embedded_model_folder(name: str, models_dir: Path) -> Path:
+    """The folder of embedded model ``name``: the shipped weights, or the random model
+    under ``models_dir`` (built on first use)."""
+    if name == EMBEDDED_MODEL_NAME:
+        return SHIPPED_WEIGHTS
+    if name != RANDOM_MODEL_NAME:
+        raise ValueError(f"no embedded model is called {name!r}")
     folder = Path(models_dir) / f"{EMBEDDED_MODEL_NAME}-{EMBEDDED_VERSION}"
     if not (folder / "model_index.json").exists():
         build_embedded_pipeline(folder)

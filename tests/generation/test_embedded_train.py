@@ -24,7 +24,7 @@ def test_a_tiny_run_saves_a_pipeline_that_loads_and_renders(tmp_path: Path) -> N
     model = describe_model(str(out), tmp_path / "models")
     assert (model.native_width, model.default_steps, model.scheduler) == (
         64,
-        20,
+        10,
         "DPMSolverMultistepScheduler",
     )
     engine = DiffusersEngine(model, device="cpu", dtype="float32", torch_threads=1)

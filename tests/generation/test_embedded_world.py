@@ -78,3 +78,17 @@ def test_captions_name_what_the_scene_fixes_in_several_phrasings() -> None:
     for seed in range(40):
         text = caption(Scene("orange", "circle", "orange"), random.Random(seed))
         assert " a orange" not in f" {text}", text
+
+
+def test_a_stray_speck_at_an_edge_does_not_change_the_shape() -> None:
+    rng = random.Random(3)
+    image = draw(Scene("red", "circle", "blue"), rng)
+    image.putpixel((0, 62), PALETTE["yellow"])  # a decoder's speck in a corner
+    image.putpixel((1, 20), PALETTE["white"])
+    found = detect(image)
+    assert (found.colour, found.shape, found.size, found.position) == (
+        "red",
+        "circle",
+        "medium",
+        "centre",
+    )
