@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from generation.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_model
+from generation.embedded import EMBEDDED_MODEL_NAME, RANDOM_MODEL_NAME, embedded_model_folder
 from generation.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class ModelInfo:
     default_guidance: float
     scheduler: str
     local: bool
+    # The model draws its native size only (its imagine-bot.json says "fixed_size": true):
+    # other sizes come from upscaling, never from text-to-image at that size.
+    fixed_size: bool = False
 
     @property
     def name(self) -> str:
@@ -89,8 +92,8 @@ def _resolve(model: str, models_dir: Path, revision: str | None) -> tuple[Path, 
     The revision is the commit of a hub snapshot, or a content hash of a local folder.
     """
     cache = models_dir / HASH_CACHE
-    if model == EMBEDDED_MODEL_NAME:
-        folder = ensure_embedded_model(models_dir)
+    if model in (EMBEDDED_MODEL_NAME, RANDOM_MODEL_NAME):
+        folder = embedded_model_folder(model, models_dir)
         return folder, content_hash(folder, cache), True
     if Path(model).expanduser().is_dir():
         folder = Path(model).expanduser().resolve()
@@ -140,4 +143,5 @@ def describe_model(model: str, models_dir: Path, revision: str | None = None) ->
         default_guidance=float(defaults.get("default_guidance", FALLBACK_GUIDANCE)),
         scheduler=str(scheduler.get("_class_name", "unknown")),
         local=local,
+        fixed_size=bool(defaults.get("fixed_size", False)),
     )

@@ -132,6 +132,14 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
     height = model.native_height if request.height is None else request.height
     _check_size("width", width, limits.min_size, limits.max_width)
     _check_size("height", height, limits.min_size, limits.max_height)
+    native = (model.native_width, model.native_height)
+    if model.fixed_size and request.kind not in IMAGE_KINDS and (width, height) != native:
+        option = "width" if width != native[0] else "height"
+        raise InvalidRequest(
+            option,
+            f"{model.name} draws {native[0]}×{native[1]} only, not {width}×{height}: leave "
+            "the size out, then upscale an image (U1–U4) for a larger one",
+        )
     count = limits.default_count if request.count is None else request.count
     _check_int("count", count, 1, limits.max_count)
     strength = request.strength

@@ -33,7 +33,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model(models_dir: Path) -> ModelInfo:
-    return describe_model("embedded", models_dir)
+    """The random-weight embedded model: fast, for tests that need a pipeline, not a picture."""
+    return describe_model("embedded-random", models_dir)
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,19 @@ def engine(model: ModelInfo):  # type: ignore[no-untyped-def]
     from generation.engine import DiffusersEngine
 
     return DiffusersEngine(model, device="cpu", dtype="float32", torch_threads=1)
+
+
+@pytest.fixture(scope="session")
+def trained_model(models_dir: Path) -> ModelInfo:
+    """The trained embedded model shipped in the package: for tests that look at pictures."""
+    return describe_model("embedded", models_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_engine(trained_model: ModelInfo):  # type: ignore[no-untyped-def]
+    from generation.engine import DiffusersEngine
+
+    return DiffusersEngine(trained_model, device="cpu", dtype="float32", torch_threads=1)
 
 
 async def _postgres_admin(statement: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from generation.embedded.detector import detect
 from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
 
@@ -65,6 +66,9 @@ def test_generate_then_reproduce_on_the_embedded_defaults(tmp_path: Path) -> Non
         with Image.open(image["path"]) as png:
             assert pixel_sha256(png) == image["sha256"]
             assert Path(image["path"]).is_relative_to(data.resolve())
+            # The README's first command draws what it says, with the trained embedded model.
+            found = detect(png.convert("RGB"))
+            assert (found.colour, found.shape, found.background) == ("red", "circle", "blue")
     with Image.open(out["grid"]) as grid:
         assert grid.size == (128, 128)
     assert (

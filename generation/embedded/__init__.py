@@ -1,17 +1,21 @@
-"""The embedded default model: its world of simple scenes, its builder, and its detector."""
+"""The embedded models (trained and random), their world of simple scenes, and its detector."""
 
 from generation.embedded.model import (
     EMBEDDED_MODEL_NAME,
     EMBEDDED_VERSION,
+    RANDOM_MODEL_NAME,
+    SHIPPED_WEIGHTS,
     build_embedded_pipeline,
-    ensure_embedded_model,
+    embedded_model_folder,
     write_byte_level_tokenizer,
 )
 
 __all__ = [
     "EMBEDDED_MODEL_NAME",
     "EMBEDDED_VERSION",
+    "RANDOM_MODEL_NAME",
+    "SHIPPED_WEIGHTS",
     "build_embedded_pipeline",
-    "ensure_embedded_model",
+    "embedded_model_folder",
     "write_byte_level_tokenizer",
 ]

@@ -99,3 +99,14 @@ def test_prompt_is_trimmed_and_edges_of_ranges_are_accepted() -> None:
         40,
         0.0,
     )
+
+
+def test_a_fixed_size_model_refuses_other_sizes_for_text_to_image_only() -> None:
+    fixed = dataclasses.replace(MODEL, fixed_size=True)
+    with pytest.raises(InvalidRequest, match=r"width: embedded draws 64×64 only, not 128×64"):
+        validate(GenerationRequest("a red circle", user_id=1, width=128), LIMITS, fixed)
+    assert validate(GenerationRequest("a red circle", user_id=1), LIMITS, fixed).width == 64
+    upscale = GenerationRequest(
+        "a red circle", user_id=1, width=128, height=128, kind=JobKind.UPSCALE, strength=0.3
+    )
+    assert validate(upscale, LIMITS, fixed).width == 128  # upscales are img2img at 2×

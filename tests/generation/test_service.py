@@ -32,7 +32,7 @@ async def test_submit_queues_a_complete_recipe_with_its_position(
     assert (first.position, second.position) == (1, 2)
     job = first.job
     assert (job.status, job.seed, job.width, job.height, job.count) == ("queued", 7, 64, 64, 4)
-    assert job.model_id == "embedded" and len(job.model_revision) == 12
+    assert job.model_id == "embedded-random" and len(job.model_revision) == 12
     assert job.cost == pytest.approx(64 * 64 * 10 * 4 / 1e6)
     async with db.uow() as uow:
         user = await uow.users.get(1)
