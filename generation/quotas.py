@@ -124,8 +124,9 @@ async def admit(
     images: int,
     kind: JobKind,
     now: dt.datetime,
-) -> None:
-    """Refuse the job if any limit is hit; otherwise take a bucket token for a button job."""
+) -> Usage:
+    """Refuse the job if any limit is hit; otherwise take a bucket token for a button job.
+    Returns where the user stood before this job."""
     mine = await usage(uow, quotas, user, now)
     limits = mine.limits
     tomorrow = mine.day_resets_at
@@ -172,3 +173,4 @@ async def admit(
                 now + wait,
             )
         await uow.users.set_bucket(user.id, tokens - 1, now)
+    return mine

@@ -110,7 +110,7 @@ class GenerationService:
             user = await uow.users.lock(request.user_id)
             if user.banned and (user.banned_until is None or user.banned_until > now):
                 raise UserBanned(user.ban_reason, user.banned_until)
-            await admit(
+            before = await admit(
                 uow,
                 self.quotas,
                 user,
@@ -121,7 +121,7 @@ class GenerationService:
             )
             if request.guild_id is not None:
                 await uow.guilds.ensure(request.guild_id)
-            if await uow.jobs.active_count(user_id=user.id) == 0:
+            if before.queued == 0:  # back from idle: no banked credit
                 await uow.queue.lift(user.id)
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.jobs.add(

@@ -21,8 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Job, JobStatus, User
 from storage.records import JobRecord, Lease, Renewal, to_record
 
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
-
 
 class Policy(enum.StrEnum):
     FAIR = "fair"  # weighted fair queuing per user
@@ -140,13 +138,6 @@ class JobQueue:
             .values(virtual_time=floor)
             .execution_options(synchronize_session=False)
         )
-
-    async def active_count(self, user_id: int) -> int:
-        """The user's jobs that are waiting or running."""
-        count = await self._session.scalar(
-            select(func.count()).where(Job.user_id == user_id, Job.status.in_(ACTIVE_STATUSES))
-        )
-        return int(count or 0)
 
     async def reap_expired(self, now: dt.datetime) -> None:
         """Re-queue running jobs whose lease expired; fail those out of attempts."""
