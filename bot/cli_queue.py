@@ -65,9 +65,7 @@ def show(settings: Settings, user_id: int, as_json: bool) -> None:
     async def _show() -> dict[str, Any]:
         async with open_runtime(settings) as runtime:
             usage = await runtime.service.usage(user_id)
-            async with runtime.db.uow() as uow:
-                user = await uow.users.get(user_id)
-        assert user is not None
+        user = usage.user
         return {
             "user_id": user_id,
             "limits": dataclasses.asdict(usage.limits),

@@ -89,6 +89,7 @@ def _in(delta: dt.timedelta) -> str:
 class Usage:
     """Where one user stands against their limits now."""
 
+    user: UserRecord  # with their weight and quota overrides
     limits: Quotas
     queued: int
     images_today: int
@@ -107,6 +108,7 @@ async def usage(uow: UnitOfWork, quotas: Quotas, user: UserRecord, now: dt.datet
     limits = quotas.for_user(user)
     midnight = dt.datetime.combine(now.date(), dt.time(), tzinfo=dt.UTC)
     return Usage(
+        user=user,
         limits=limits,
         queued=await uow.jobs.active_count(user_id=user.id),
         images_today=await uow.jobs.images_since(midnight, user_id=user.id),

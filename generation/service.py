@@ -176,15 +176,10 @@ class GenerationService:
     async def waiting(self, user_id: int | None = None) -> list[Submission]:
         """Waiting jobs (of one user, or all) in the order they will run, with their ETAs."""
         async with self.db.uow() as uow:
-            order = await uow.queue.waiting()
+            order = [w for w in await uow.queue.waiting() if user_id in (None, w.user_id)]
             eta = await self._eta_function(uow)
-            result = []
-            for waiting in order:
-                if user_id is not None and waiting.user_id != user_id:
-                    continue
-                job = await self._get(uow, waiting.job_id)
-                result.append(Submission(job, waiting.position, eta(job, waiting)))
-        return result
+            jobs = await uow.jobs.get_many([waiting.job_id for waiting in order])
+        return [Submission(jobs[w.job_id], w.position, eta(jobs[w.job_id], w)) for w in order]
 
     async def status(self, job_id: int) -> Submission:
         """A job now, with its place in line and ETA while it waits."""

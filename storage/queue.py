@@ -89,15 +89,6 @@ class JobQueue:
         rows = [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in result]
         return fair_order(rows, self.policy)
 
-    async def position(self, job: JobRecord) -> int:
-        """1 for the next job to run, 0 once it is no longer waiting."""
-        if job.status != JobStatus.QUEUED:
-            return 0
-        for waiting in await self.waiting():
-            if waiting.job_id == job.id:
-                return waiting.position
-        return 0
-
     async def running(self) -> list[JobRecord]:
         rows = await self._session.scalars(select(Job).where(Job.status == JobStatus.RUNNING))
         return [to_record(JobRecord, row) for row in rows]

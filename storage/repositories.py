@@ -121,6 +121,10 @@ class JobRepository:
         row = await self._session.get(Job, job_id, populate_existing=True)
         return to_record(JobRecord, row) if row else None
 
+    async def get_many(self, job_ids: Sequence[int]) -> dict[int, JobRecord]:
+        rows = await self._session.scalars(select(Job).where(Job.id.in_(job_ids)))
+        return {row.id: to_record(JobRecord, row) for row in rows}
+
     async def by_interaction(self, interaction_id: int) -> JobRecord | None:
         row = await self._session.scalar(select(Job).where(Job.interaction_id == interaction_id))
         return to_record(JobRecord, row) if row else None
