@@ -73,6 +73,21 @@ def worker(settings: Settings, burst: bool) -> None:
     click.echo(f"worker ran {done} jobs", err=True)
 
 
+@main.command()
+@click.option("--no-worker", is_flag=True, help="The bot alone; workers run elsewhere.")
+@click.pass_obj
+def run(settings: Settings, no_worker: bool) -> None:
+    """Run the Discord bot, with a worker in the same process unless --no-worker."""
+    if settings.discord_token is None:
+        raise click.ClickException(
+            "IMAGINE_DISCORD_TOKEN is not set: put the bot token of your Discord application "
+            "in the environment or in .env (see the README's Discord section)"
+        )
+    from bot.service_runner import run_bot
+
+    run_async(run_bot(settings, with_worker=not no_worker))
+
+
 @main.command(name="reproduce")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

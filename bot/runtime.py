@@ -79,6 +79,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             quotas=settings.quotas(),
             role_weights=settings.role_weights,
             cost_factors=settings.model_cost_factors,
+            store=store,
         )
         runtime = Runtime(settings, db, store, events, model, service)
         yield runtime

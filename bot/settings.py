@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     bucket_size: int = Field(default=DEFAULT_QUOTAS.bucket_size, ge=1)
     bucket_refill_seconds: float = Field(default=DEFAULT_QUOTAS.bucket_refill_seconds, gt=0)
     discord_token: SecretStr | None = None
+    # A Discord-compatible REST proxy and gateway (large bots run one; the tests run a local one).
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
+    # Guilds whose command list is synced at start (at once); empty: global commands.
+    guild_ids: list[int] = Field(default_factory=list)
+    admin_user_ids: list[int] = Field(default_factory=list)
+    admin_role_ids: list[int] = Field(default_factory=list)
+    # Attached start images: the largest file and the most pixels accepted.
+    max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=1)
+    # Edit a message with progress at most this often (Discord rate-limits edits).
+    progress_interval: float = Field(default=2.0, ge=0)
+    # On SIGTERM the job in hand gets this long to finish before it goes back to the queue.
+    stop_grace_seconds: float = Field(default=20.0, ge=0, le=25)
     log_level: str = "WARNING"
 
     @model_validator(mode="after")

@@ -90,6 +90,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "height": job.height,
         "count": job.count,
         "strength": job.strength,
+        "init_image_sha256": job.init_image_sha256,
         "scheduler": job.scheduler,
         "model_id": job.model_id,
         "model_revision": job.model_revision,

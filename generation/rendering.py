@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -49,7 +49,15 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
 
 
 async def load_init_image(db: Database, store: ImageStore, job: JobRecord) -> Image.Image | None:
-    """The parent image a variation or upscale starts from; None for text-to-image."""
+    """The image a variation, upscale or img2img job starts from; None for text-to-image.
+
+    An uploaded start image is cropped to the job's aspect ratio and scaled to its size.
+    """
+    if job.init_image_path is not None:
+        with Image.open(io.BytesIO(store.get(job.init_image_path))) as loaded:
+            return ImageOps.fit(
+                loaded.convert("RGB"), (job.width, job.height), Image.Resampling.LANCZOS
+            )
     if job.parent_job_id is None or job.parent_image_index is None or job.strength is None:
         return None
     async with db.uow() as uow:

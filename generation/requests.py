@@ -14,7 +14,7 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_LENGTH = 1000
 MAX_GUIDANCE = 30.0
 SIZE_STEP = 8
-IMAGE_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE})
+IMAGE_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE, JobKind.IMG2IMG})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,6 +49,7 @@ class GenerationRequest:
     kind: JobKind = JobKind.TXT2IMG
     parent_job_id: int | None = None
     parent_image_index: int | None = None
+    init_image: bytes | None = None  # PNG of the image to start from (img2img)
     user_name: str = ""
     role_ids: tuple[int, ...] = ()  # the member's Discord roles, for their fair-share weight
     guild_id: int | None = None
@@ -154,6 +155,8 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
             )
     elif strength is not None:
         raise InvalidRequest("strength", "only applies when starting from an image")
+    if (request.kind is JobKind.IMG2IMG) != (request.init_image is not None):
+        raise InvalidRequest("image", "is needed to start from an image, and only then")
     return Recipe(
         kind=request.kind,
         prompt=prompt,

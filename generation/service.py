@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
+import io
 from collections.abc import Callable, Mapping
 
+from PIL import Image
 from sqlalchemy.exc import IntegrityError
 
 from generation.errors import (
@@ -15,10 +18,13 @@ from generation.errors import (
     NotAllowed,
     UserBanned,
 )
+from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
+from generation.outbox import DeliveryTarget
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.requests import GenerationRequest, Limits, Recipe, validate
 from storage.db import Database
+from storage.image_store import ImageStore
 from storage.models import JobKind, JobStatus, utcnow
 from storage.queue import Waiting
 from storage.records import ImageRecord, JobRecord, UserRecord
@@ -66,6 +72,7 @@ class GenerationService:
         quotas: Quotas | None = None,
         role_weights: Mapping[int, float] | None = None,
         cost_factors: Mapping[str, float] | None = None,
+        store: ImageStore | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -76,6 +83,7 @@ class GenerationService:
         self.quotas = quotas or Quotas()
         self.role_weights = dict(role_weights or {})
         self.cost_factors = dict(cost_factors or {})
+        self.store = store
 
     def weight(self, user: UserRecord, role_ids: tuple[int, ...]) -> float:
         """The user's fair-share weight: an admin's override, else their best role's, else 1."""
@@ -83,12 +91,21 @@ class GenerationService:
             return user.weight
         return max((self.role_weights[r] for r in role_ids if r in self.role_weights), default=1.0)
 
-    async def submit(self, request: GenerationRequest) -> Submission:
-        """Validate, check the user may generate, and queue the job; nothing is stored on error."""
+    async def submit(
+        self, request: GenerationRequest, delivery: DeliveryTarget | None = None
+    ) -> Submission:
+        """Validate, check the user may generate, and queue the job; nothing is stored on error.
+
+        ``delivery`` (where the result goes) is committed with the job, so whoever delivers
+        results finds it after a restart.
+        """
         model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
         recipe = validate(request, self.limits, model)
+        start: dict[str, str | None] = {"init_image_path": None, "init_image_sha256": None}
+        if request.init_image is not None:
+            start = await asyncio.to_thread(self._store_start_image, request.init_image)
         try:
-            return await self._insert(request, recipe)
+            return await self._insert(request, recipe, delivery, start)
         except IntegrityError:
             # The same interaction raced itself; the unique index let one through: that one.
             if request.interaction_id is None:
@@ -99,7 +116,22 @@ class GenerationService:
                     raise
                 return await self._submission(uow, existing)
 
-    async def _insert(self, request: GenerationRequest, recipe: Recipe) -> Submission:
+    def _store_start_image(self, data: bytes) -> dict[str, str | None]:
+        """Keep an uploaded start image under its pixels' hash; the job names it by both."""
+        if self.store is None:
+            raise InvalidRequest("image", "cannot be used: this host keeps no image store")
+        with Image.open(io.BytesIO(data)) as image:
+            sha256 = pixel_sha256(image)
+        key = self.store.put(f"uploads/{sha256[:2]}/{sha256}.png", data)
+        return {"init_image_path": key, "init_image_sha256": sha256}
+
+    async def _insert(
+        self,
+        request: GenerationRequest,
+        recipe: Recipe,
+        delivery: DeliveryTarget | None,
+        start: dict[str, str | None],
+    ) -> Submission:
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
@@ -126,6 +158,7 @@ class GenerationService:
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.jobs.add(
                 **dataclasses.asdict(recipe),
+                **start,
                 user_id=request.user_id,
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
@@ -141,6 +174,8 @@ class GenerationService:
                 library_versions={},
                 created_at=now,
             )
+            if delivery is not None:
+                await uow.deliveries.add(job_id=job.id, **dataclasses.asdict(delivery))
             submission = await self._submission(uow, job)
             await uow.commit()
         return submission
@@ -227,6 +262,9 @@ class GenerationService:
         seed: int | None = None,
         strength: float | None = None,
         interaction_id: int | None = None,
+        user_name: str = "",
+        role_ids: tuple[int, ...] = (),
+        delivery: DeliveryTarget | None = None,
     ) -> Submission:
         """A job made from another: upscale or vary image ``image_index``, or reroll the recipe."""
         parent = await self.job(parent_job_id)
@@ -252,6 +290,10 @@ class GenerationService:
                 steps = guidance = None
         elif kind is JobKind.VARIATION:
             strength = self.limits.default_strength if strength is None else strength
+        init_image = None
+        if kind is JobKind.REROLL and recipe.init_image_path is not None and self.store:
+            kind, strength = JobKind.IMG2IMG, recipe.strength
+            init_image = self.store.get(recipe.init_image_path)
         if steps is not None and strength is not None:
             # img2img runs int(steps × strength) steps: a few-step parent (a turbo model) at a
             # low strength would run none, so take enough steps for at least one.
@@ -272,10 +314,14 @@ class GenerationService:
                 kind=kind,
                 parent_job_id=parent_job_id,
                 parent_image_index=image_index,
+                init_image=init_image,
                 guild_id=recipe.guild_id,
                 channel_id=recipe.channel_id,
                 interaction_id=interaction_id,
-            )
+                user_name=user_name,
+                role_ids=role_ids,
+            ),
+            delivery,
         )
 
     async def cancel(self, job_id: int, user_id: int, *, is_admin: bool = False) -> JobRecord:
@@ -290,6 +336,26 @@ class GenerationService:
             await uow.commit()
         assert updated is not None
         return updated
+
+    async def delete(self, job_id: int, user_id: int, *, is_admin: bool = False) -> JobRecord:
+        """Mark an ended job deleted; its record and recipe stay for review."""
+        async with self.db.uow() as uow:
+            job = await self._get(uow, job_id)
+            if job.user_id != user_id and not is_admin:
+                raise NotAllowed(f"job {job_id} is not yours to delete")
+            if not job.is_terminal:
+                raise JobStateError(f"job {job_id} has not ended ({job.status}): cancel it first")
+            await uow.jobs.mark_deleted(job_id)
+            await uow.commit()
+            return await self._get(uow, job_id)
+
+    async def lineage(self, job_id: int) -> tuple[JobRecord | None, list[JobRecord]]:
+        """A job's parent (None for an original) and its children, oldest first."""
+        async with self.db.uow() as uow:
+            job = await self._get(uow, job_id)
+            parent = await uow.jobs.get(job.parent_job_id) if job.parent_job_id else None
+            children = await uow.jobs.children(job_id)
+        return parent, children
 
     async def job(self, job_id: int) -> JobView:
         async with self.db.uow() as uow:

@@ -213,6 +213,12 @@ class Worker:
             init_image = await load_init_image(self.db, self.store, job)
             spec = spec_for_job(job, init_image)
             images = await self.engine.render_async(spec, on_step)
+        except asyncio.CancelledError:
+            # Shutting down mid-job: the pipeline thread stops at its next step, and the job
+            # goes back to the queue at once instead of waiting out its lease.
+            state.stop.set()
+            await asyncio.shield(self._release(job, lease))
+            raise
         except RenderCancelled:
             if state.lease_lost:
                 logger.warning("job %s: lost its lease mid-run; another worker owns it", job.id)
@@ -251,6 +257,17 @@ class Worker:
                 state.stop.set()
             elif renewal.cancel_requested:
                 state.stop.set()
+
+    async def _release(self, job: JobRecord, lease: Lease) -> None:
+        try:
+            async with self.db.uow() as uow:
+                released = await uow.queue.release(lease)
+                await uow.commit()
+        except (SQLAlchemyError, OSError):
+            logger.exception("job %s: could not release it; it returns after its lease", job.id)
+            return
+        if released:
+            logger.info("job %s: released back to the queue", job.id)
 
     async def _end(
         self, job: JobRecord, lease: Lease, status: JobStatus, error: str, unrun: float

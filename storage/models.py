@@ -55,6 +55,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 class JobKind(enum.StrEnum):
     TXT2IMG = "txt2img"
+    IMG2IMG = "img2img"  # from an image the user gave
     VARIATION = "variation"
     UPSCALE = "upscale"
     REROLL = "reroll"
@@ -140,6 +141,10 @@ class Job(Base):
     height: Mapped[int]
     count: Mapped[int]
     strength: Mapped[float | None]
+    # An image the user gave to start from (img2img): its key in the image store and the
+    # sha256 of its pixels, so the recipe names exactly what it started from.
+    init_image_path: Mapped[str | None] = mapped_column(Text)
+    init_image_sha256: Mapped[str | None] = mapped_column(String(64))
     scheduler: Mapped[str] = mapped_column(String(64))
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
@@ -190,6 +195,29 @@ class Usage(Base):
     images: Mapped[int] = mapped_column(default=0)
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Delivery(Base):
+    """Where a job's result goes, and whether it got there: the outbox of the Discord bot.
+
+    Written with the job, so a bot started again on the same data can still answer the
+    interaction (its token is valid for 15 minutes from ``interaction_at``) or, after that,
+    post to the channel; ``delivered_at`` is set once, so a result is delivered once.
+    """
+
+    __tablename__ = "deliveries"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    application_id: Mapped[int] = mapped_column(BigInteger)
+    interaction_token: Mapped[str] = mapped_column(Text)
+    interaction_at: Mapped[dt.datetime]
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The interaction's own response message (the progress message), once known.
+    original_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The message a derived job's result replies to: its parent's result.
+    reply_to_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    result_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    delivered_at: Mapped[dt.datetime | None]
 
 
 class ModerationEvent(Base):

@@ -43,6 +43,8 @@ class JobRecord:
     height: int
     count: int
     strength: float | None
+    init_image_path: str | None
+    init_image_sha256: str | None
     scheduler: str
     model_id: str
     model_revision: str
@@ -82,6 +84,19 @@ class ImageRecord:
     height: int
     flags: dict[str, Any]
     created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    job_id: int
+    application_id: int
+    interaction_token: str
+    interaction_at: dt.datetime
+    channel_id: int | None
+    original_message_id: int | None
+    reply_to_message_id: int | None
+    result_message_id: int | None
+    delivered_at: dt.datetime | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,8 +11,27 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Base, Guild, Image, Job, JobStatus, Usage, User, utcnow
-from storage.records import ImageRecord, JobRecord, NewImage, UsageRecord, UserRecord, to_record
+from storage.models import (
+    TERMINAL_STATUSES,
+    Base,
+    Delivery,
+    Guild,
+    Image,
+    Job,
+    JobStatus,
+    Usage,
+    User,
+    utcnow,
+)
+from storage.records import (
+    DeliveryRecord,
+    ImageRecord,
+    JobRecord,
+    NewImage,
+    UsageRecord,
+    UserRecord,
+    to_record,
+)
 
 
 async def _insert_if_missing(session: AsyncSession, model: type[Base], **values: Any) -> None:
@@ -157,6 +176,17 @@ class JobRepository:
         query = _owned(query, user_id, guild_id)
         return int(await self._session.scalar(query) or 0)
 
+    async def mark_deleted(self, job_id: int) -> None:
+        await self._session.execute(
+            update(Job).where(Job.id == job_id).values(status=JobStatus.DELETED)
+        )
+
+    async def children(self, job_id: int) -> list[JobRecord]:
+        rows = await self._session.scalars(
+            select(Job).where(Job.parent_job_id == job_id).order_by(Job.id)
+        )
+        return [to_record(JobRecord, row) for row in rows]
+
     async def update_recipe(self, job_id: int, **fields: Any) -> None:
         """Change stored recipe fields (admin correction; also how tests tamper with a recipe)."""
         await self._session.execute(update(Job).where(Job.id == job_id).values(**fields))
@@ -228,3 +258,55 @@ class UsageRepository:
     async def get(self, user_id: int, day: dt.date) -> UsageRecord | None:
         row = await self._session.get(Usage, (user_id, day))
         return to_record(UsageRecord, row) if row else None
+
+
+class DeliveryRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, **fields: Any) -> DeliveryRecord:
+        row = Delivery(**fields)
+        self._session.add(row)
+        await self._session.flush()
+        return to_record(DeliveryRecord, row)
+
+    async def get(self, job_id: int) -> DeliveryRecord | None:
+        row = await self._session.get(Delivery, job_id, populate_existing=True)
+        return to_record(DeliveryRecord, row) if row else None
+
+    async def by_message(self, message_id: int) -> DeliveryRecord | None:
+        """The delivery whose result (or progress) message this is."""
+        row = await self._session.scalar(
+            select(Delivery).where(
+                (Delivery.result_message_id == message_id)
+                | (Delivery.original_message_id == message_id)
+            )
+        )
+        return to_record(DeliveryRecord, row) if row else None
+
+    async def set_original(self, job_id: int, message_id: int) -> None:
+        await self._session.execute(
+            update(Delivery).where(Delivery.job_id == job_id).values(original_message_id=message_id)
+        )
+
+    async def mark_delivered(self, job_id: int, message_id: int | None, at: dt.datetime) -> bool:
+        """Record the delivery once; False if it was already recorded."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.delivered_at.is_(None))
+            .values(delivered_at=at, result_message_id=message_id)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def undelivered(self) -> list[DeliveryRecord]:
+        """Deliveries of jobs that have ended but whose result has not gone out."""
+        rows = await self._session.scalars(
+            select(Delivery)
+            .join(Job, Job.id == Delivery.job_id)
+            .where(
+                Delivery.delivered_at.is_(None),
+                Job.status.in_(TERMINAL_STATUSES - {JobStatus.DELETED}),
+            )
+            .order_by(Delivery.job_id)
+        )
+        return [to_record(DeliveryRecord, row) for row in rows]

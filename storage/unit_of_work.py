@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.queue import JobQueue, Policy
 from storage.repositories import (
+    DeliveryRepository,
     GuildRepository,
     ImageRepository,
     JobRepository,
@@ -25,6 +26,7 @@ class UnitOfWork:
     jobs: JobRepository
     images: ImageRepository
     usage: UsageRepository
+    deliveries: DeliveryRepository
     queue: JobQueue
 
     def __init__(
@@ -40,6 +42,7 @@ class UnitOfWork:
         self.jobs = JobRepository(self.session)
         self.images = ImageRepository(self.session)
         self.usage = UsageRepository(self.session)
+        self.deliveries = DeliveryRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

@@ -1,0 +1,113 @@
+"""Buttons under results: their ``custom_id`` holds only ids, so they work after a restart."""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from storage.models import JobKind, JobStatus
+from storage.records import JobRecord
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+REROLL_EMOJI = "🔄"
+
+
+class Action(enum.StrEnum):
+    UPSCALE = "u"
+    VARY = "v"
+    REROLL = "r"
+    VARY_SUBTLE = "vs"
+    VARY_STRONG = "vx"
+    CANCEL = "c"
+
+
+# How far a variation may move from its image: "Vary (subtle)" and "Vary (strong)".
+SUBTLE_STRENGTH = 0.35
+STRONG_STRENGTH = 0.75
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:(?P<action>[a-z]+):(?P<job>\d+)(?::(?P<index>\d+))?",
+):
+    """One button acting on one job (and one of its images)."""
+
+    def __init__(self, action: Action, job_id: int, index: int | None = None) -> None:
+        custom_id = f"imagine:{action.value}:{job_id}" + ("" if index is None else f":{index}")
+        super().__init__(
+            discord.ui.Button(
+                label=_label(action, index),
+                emoji=REROLL_EMOJI if action is Action.REROLL else None,
+                style=discord.ButtonStyle.danger
+                if action is Action.CANCEL
+                else discord.ButtonStyle.secondary,
+                custom_id=custom_id,
+            )
+        )
+        self.action = action
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> JobButton:
+        index = match["index"]
+        return cls(
+            Action(match["action"]), int(match["job"]), None if index is None else int(index)
+        )
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        await interaction.client.handlers.button(interaction, self.action, self.job_id, self.index)
+
+
+def _label(action: Action, index: int | None) -> str | None:
+    number = "" if index is None else str(index + 1)
+    return {
+        Action.UPSCALE: f"U{number}",
+        Action.VARY: f"V{number}",
+        Action.REROLL: None,
+        Action.VARY_SUBTLE: "Vary (subtle)",
+        Action.VARY_STRONG: "Vary (strong)",
+        Action.CANCEL: "Cancel",
+    }[action]
+
+
+def result_view(job: JobRecord, indices: list[int]) -> discord.ui.View | None:
+    """U1–U4, V1–V4 and 🔄 under a grid; Vary (subtle/strong) and Upscale 2× under an upscale."""
+    if job.status != JobStatus.SUCCEEDED:
+        return None
+    view = discord.ui.View(timeout=None)
+    if job.kind == JobKind.UPSCALE:
+        view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0))
+        view.add_item(JobButton(Action.VARY_STRONG, job.id, 0))
+        upscale = JobButton(Action.UPSCALE, job.id, 0)
+        upscale.item.label = "Upscale 2×"
+        view.add_item(upscale)
+        return view
+    for index in indices:
+        view.add_item(JobButton(Action.UPSCALE, job.id, index)).children[-1].row = 0
+    for index in indices:
+        view.add_item(JobButton(Action.VARY, job.id, index)).children[-1].row = 1
+    view.add_item(JobButton(Action.REROLL, job.id)).children[-1].row = 0
+    return view
+
+
+def cancel_view(job_ids: list[int]) -> discord.ui.View | None:
+    if not job_ids:
+        return None
+    view = discord.ui.View(timeout=None)
+    for job_id in job_ids[:25]:
+        button = JobButton(Action.CANCEL, job_id)
+        button.item.label = f"Cancel {job_id}"
+        view.add_item(button)
+    return view

@@ -1,0 +1,92 @@
+"""The Discord client: commands, buttons, reactions and deliveries around one runtime."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.buttons import JobButton
+from bot.commands import ImagineCog
+from bot.delivery import Deliveries
+from bot.runtime import Runtime
+from generation.outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+
+def intents() -> discord.Intents:
+    """Guilds (channels, roles) and reactions; message content is never needed."""
+    wanted = discord.Intents.none()
+    wanted.guilds = True
+    wanted.guild_reactions = True
+    return wanted
+
+
+def point_at(api_base: str | None, gateway_url: str | None) -> None:
+    """Send REST calls and the gateway connection to a Discord-compatible proxy."""
+    if api_base:
+        discord.http.Route.BASE = api_base.rstrip("/")
+    if gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+
+
+class ImagineBot(commands.Bot):
+    def __init__(self, runtime: Runtime, *, guild_ready_timeout: float = 2.0) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents(),
+            help_command=None,
+            guild_ready_timeout=guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self.runtime = runtime
+        self.outbox = Outbox(runtime.db)
+        self.deliveries = Deliveries(
+            self,
+            runtime.service,
+            self.outbox,
+            runtime.store,
+            runtime.events,
+            progress_interval=runtime.settings.progress_interval,
+        )
+        self.handlers: ImagineCog
+
+    async def setup_hook(self) -> None:
+        self.handlers = ImagineCog(self)
+        await self.add_cog(self.handlers)
+        self.add_dynamic_items(JobButton)
+        self.tree.on_error = self._command_error  # type: ignore[method-assign]
+        guild_ids = self.runtime.settings.guild_ids
+        if guild_ids:
+            for guild_id in guild_ids:
+                guild = discord.Object(guild_id)
+                self.tree.copy_global_to(guild=guild)
+                await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        await self.deliveries.start()
+
+    async def close(self) -> None:
+        await self.deliveries.close()
+        await super().close()
+
+    async def _command_error(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        error: discord.app_commands.AppCommandError,
+    ) -> None:
+        """A command that broke: an apology to the user, the traceback to the log."""
+        logger.error("command %s failed", interaction.command, exc_info=error)
+        text = "Sorry, that failed on our side; the host's log has the details."
+        if isinstance(error, discord.app_commands.TransformerError):
+            text = f"**{error.value!r}** is not a valid value: {error}"
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            logger.warning("could not tell the user about the failure")

@@ -1,0 +1,342 @@
+"""Slash commands, buttons and reactions: parse, build a request, call the service, answer."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import texts
+from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action, cancel_view
+from bot.uploads import read_start_image
+from generation.errors import GenerationError, InvalidRequest
+from generation.outbox import DeliveryTarget
+from generation.reproduce import reproduce
+from generation.requests import GenerationRequest
+from generation.service import Submission
+from storage.models import JobKind, JobStatus, utcnow
+
+if TYPE_CHECKING:
+    from bot.client import ImagineBot
+
+logger = logging.getLogger(__name__)
+
+ASPECTS = {
+    "1:1": (1, 1),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+}
+ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+FE0F
+CROSS = "\u274c"
+
+
+def size_for(aspect: str, native: tuple[int, int]) -> tuple[int, int]:
+    """A width and height with the model's native area in the given aspect ratio."""
+    if aspect not in ASPECTS:
+        raise InvalidRequest("aspect", f"must be one of {', '.join(ASPECTS)}, not {aspect!r}")
+    across, down = ASPECTS[aspect]
+    area = native[0] * native[1]
+    width = math.sqrt(area * across / down)
+    return round(width / 8) * 8, round(area / width / 8) * 8
+
+
+def delivery_target(
+    interaction: discord.Interaction[Any], reply_to: int | None = None
+) -> DeliveryTarget:
+    return DeliveryTarget(
+        application_id=interaction.application_id,
+        interaction_token=interaction.token,
+        interaction_at=utcnow(),  # when it reached us: its token answers 15 minutes from then
+        channel_id=interaction.channel_id,
+        reply_to_message_id=reply_to,
+    )
+
+
+async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
+    """Tell only the user; a public "thinking" response cannot turn ephemeral, so it goes."""
+    if not interaction.response.is_done():
+        await interaction.response.send_message(text, ephemeral=True)
+        return
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        logger.debug("could not delete the response to %s", interaction.id)
+    await interaction.followup.send(text, ephemeral=True)
+
+
+def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
+    return tuple(role.id for role in getattr(user, "roles", ()))
+
+
+class ImagineCog(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+        self.service = bot.runtime.service
+
+    def is_admin(self, user: discord.abc.User) -> bool:
+        settings = self.bot.runtime.settings
+        if user.id in settings.admin_user_ids:
+            return True
+        if any(role in settings.admin_role_ids for role in _role_ids(user)):
+            return True
+        permissions = getattr(user, "guild_permissions", None)
+        return bool(permissions and permissions.administrator)
+
+    # -- /imagine ----------------------------------------------------------------------------
+
+    @app_commands.command(name="imagine", description="Make images from a prompt.")
+    @app_commands.describe(
+        prompt="What to draw.",
+        negative="What to keep out of the picture.",
+        seed="A number that fixes the randomness (the same seed makes the same image).",
+        steps="Denoising steps: more is slower and often finer.",
+        guidance="How strictly to follow the prompt.",
+        aspect="Width to height.",
+        count="How many images (1–4).",
+        image="An image to start from.",
+        strength="How far to move from the start image (0–1).",
+    )
+    @app_commands.choices(aspect=[app_commands.Choice(name=name, value=name) for name in ASPECTS])
+    async def imagine(  # noqa: PLR0917 - discord.py passes each option as an argument
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        prompt: str,
+        negative: str | None = None,
+        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        aspect: str | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+    ) -> None:
+        # The declared ranges and choices are hints for the client; everything is checked here.
+        model = self.service.model
+        width = height = None
+        try:
+            if aspect is not None:
+                width, height = size_for(aspect, (model.native_width, model.native_height))
+            init_image = None
+            if image is not None:
+                settings = self.bot.runtime.settings
+                init_image = await read_start_image(
+                    image, settings.max_upload_bytes, settings.max_upload_pixels
+                )
+            request = GenerationRequest(
+                prompt=prompt,
+                user_id=interaction.user.id,
+                user_name=interaction.user.name,
+                role_ids=_role_ids(interaction.user),
+                negative_prompt=negative or "",
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                width=width,
+                height=height,
+                count=count,
+                strength=strength,
+                kind=JobKind.IMG2IMG if init_image is not None else JobKind.TXT2IMG,
+                init_image=init_image,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                interaction_id=interaction.id,
+            )
+            await self._submit(interaction, lambda target: self.service.submit(request, target))
+        except InvalidRequest as error:
+            option = (
+                "aspect"
+                if aspect is not None and error.option in {"width", "height"}
+                else (error.option)
+            )
+            await refuse(interaction, f"**{option}** {error.message}. Nothing was queued.")
+
+    async def _submit(self, interaction: discord.Interaction[ImagineBot], submit: Any) -> None:
+        """Queue the job with where its result goes, then answer; refusals go to the user only."""
+        deliveries = self.bot.deliveries
+        deliveries.expect(interaction.id)
+        try:
+            submission: Submission = await submit(
+                delivery_target(interaction, reply_to=getattr(interaction.message, "id", None))
+            )
+        except InvalidRequest:
+            deliveries.answered(interaction.id)
+            raise
+        except GenerationError as error:
+            deliveries.answered(interaction.id)
+            await refuse(interaction, f"{error} Nothing was queued.")
+            return
+        try:
+            # Committed above: from here on a restart still finishes and delivers the job.
+            if not interaction.response.is_done():
+                response = await interaction.response.defer(thinking=True)
+                if response is not None and response.message_id is not None:
+                    await self.bot.outbox.set_original(submission.job.id, response.message_id)
+        finally:
+            deliveries.answered(interaction.id)
+        await deliveries.show_queued(submission.job.id, texts.queued(submission))
+
+    # -- buttons -----------------------------------------------------------------------------
+
+    async def button(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        action: Action,
+        job_id: int,
+        index: int | None,
+    ) -> None:
+        """U/V/🔄 and friends: a new job from the stored one, answered with a new message."""
+        if action is Action.CANCEL:
+            await self._cancel(interaction, job_id)
+            return
+        kind, strength = {
+            Action.UPSCALE: (JobKind.UPSCALE, None),
+            Action.VARY: (JobKind.VARIATION, None),
+            Action.VARY_SUBTLE: (JobKind.VARIATION, SUBTLE_STRENGTH),
+            Action.VARY_STRONG: (JobKind.VARIATION, STRONG_STRENGTH),
+            Action.REROLL: (JobKind.REROLL, None),
+        }[action]
+
+        def derive(target: DeliveryTarget) -> Any:
+            return self.service.derive(
+                kind,
+                job_id,
+                index,
+                interaction.user.id,
+                strength=strength,
+                interaction_id=interaction.id,
+                user_name=interaction.user.name,
+                role_ids=_role_ids(interaction.user),
+                delivery=target,
+            )
+
+        try:
+            await self._submit(interaction, derive)
+        except InvalidRequest as error:
+            await refuse(interaction, f"**{error.option}** {error.message}. Nothing was queued.")
+
+    async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
+        try:
+            await self.service.cancel(
+                job_id, interaction.user.id, is_admin=self.is_admin(interaction.user)
+            )
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        await interaction.response.send_message(f"Job {job_id}: cancelled.", ephemeral=True)
+
+    # -- reactions ---------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        if self.bot.user is not None and payload.user_id == self.bot.user.id:
+            return
+        emoji = (payload.emoji.name or "").replace("\ufe0f", "")
+        if emoji not in {ENVELOPE, CROSS}:
+            return
+        delivery = await self.bot.outbox.by_message(payload.message_id)
+        if delivery is None:
+            return
+        try:
+            if emoji == ENVELOPE:
+                await self._send_recipe(payload.user_id, delivery.job_id)
+            else:
+                await self._delete(payload, delivery.job_id)
+        except (GenerationError, discord.HTTPException) as error:
+            logger.info("reaction %s on job %s: %s", emoji, delivery.job_id, error)
+
+    async def _send_recipe(self, user_id: int, job_id: int) -> None:
+        view = await self.service.job(job_id)
+        if view.job.status == JobStatus.DELETED:
+            return
+        channel = await self.bot.create_dm(discord.Object(user_id))
+        await channel.send(texts.recipe(view))
+
+    async def _delete(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
+        member = payload.member
+        is_admin = member is not None and self.is_admin(member)
+        job = (await self.service.job(job_id)).job
+        if job.user_id != payload.user_id and not is_admin:
+            return  # someone else's ❌ does nothing
+        await self.service.delete(job_id, payload.user_id, is_admin=is_admin)
+        message = self.bot.get_partial_messageable(payload.channel_id).get_partial_message(
+            payload.message_id
+        )
+        await message.delete()
+
+    # -- /queue /quota /job /reproduce -------------------------------------------------------
+
+    @app_commands.command(name="queue", description="Your waiting and running jobs.")
+    async def queue(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        user_id = interaction.user.id
+        waiting = await self.service.waiting(user_id)
+        running = [v.job for v in await self.service.recent(user_id=user_id, status="running")]
+        lines = [f"job {job.id}: running — {job.prompt[:80]}" for job in running]
+        lines += [
+            f"job {s.job.id}: {texts.describe_place(s)} — {s.job.prompt[:80]}" for s in waiting
+        ]
+        view = cancel_view([job.id for job in running] + [s.job.id for s in waiting])
+        await interaction.response.send_message(
+            "\n".join(lines) or "You have nothing waiting or running.",
+            view=view or discord.utils.MISSING,
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="quota", description="Your usage, limits and when they reset.")
+    async def quota(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        usage = await self.service.usage(interaction.user.id)
+        limits = usage.limits
+        text = "\n".join(
+            [
+                f"waiting or running: {usage.queued} of {limits.queued_per_user}",
+                f"images today: {usage.images_today} of {limits.images_per_user_day} "
+                f"(resets {texts.when(usage.day_resets_at)})",
+                f"buttons: {usage.bucket_tokens:.0f} of {limits.bucket_size} presses left, "
+                f"one back every {limits.bucket_refill_seconds:g} s",
+            ]
+        )
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @app_commands.command(name="job", description="A job's recipe and lineage.")
+    async def job(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
+        try:
+            view = await self.service.job(id)
+            parent, children = await self.service.lineage(id)
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        text = texts.recipe(view)
+        family = texts.lineage(view.job, parent, children)
+        await interaction.response.send_message(
+            text + ("\n" + family if family else ""), ephemeral=True
+        )
+
+    @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
+    async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
+        runtime = self.bot.runtime
+        if runtime.engine is None:
+            await refuse(
+                interaction,
+                "This bot runs without a worker; run `imagine-bot reproduce "
+                f"{id}` on a worker host.",
+            )
+            return
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        try:
+            report = await reproduce(runtime.db, runtime.engine, runtime.store, id)
+        except GenerationError as error:
+            await interaction.edit_original_response(content=str(error))
+            return
+        same = sum(image.identical for image in report.images)
+        verdict = "identical" if report.identical else "different"
+        text = f"Job {id}: {verdict} ({same} of {len(report.images)} images match bit for bit)"
+        if report.differences:
+            text += "\n" + "\n".join(report.differences)
+        await interaction.edit_original_response(content=text)

@@ -1,0 +1,101 @@
+"""The bot against the local Discord: the real discord.py client, in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import yarl
+
+from bot.client import ImagineBot, point_at
+from bot.runtime import Runtime, open_runtime
+from bot.settings import Settings
+from generation.model_info import ModelInfo
+from generation.worker import Worker
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.server import TOKEN
+
+
+@pytest.fixture
+async def local_discord() -> AsyncIterator[LocalDiscord]:
+    """The local Discord; a test that made the bot call a route it lacks fails here."""
+    old_base = discord.http.Route.BASE
+    old_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with LocalDiscord() as server:
+        yield server
+    discord.http.Route.BASE = old_base
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = old_gateway
+    assert server.unknown == [], f"the bot called routes the local Discord lacks: {server.unknown}"
+
+
+def bot_settings(server: LocalDiscord, data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "model": "embedded",
+        "discord_token": TOKEN,
+        "discord_api_base": server.api_base,
+        "discord_gateway_url": server.gateway_url,
+        "guild_ids": [server.guild_id],
+        "admin_role_ids": [server.admin_role],
+        "progress_interval": 0.2,
+        "poll_interval": 0.1,
+        "lease_seconds": 30.0,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@dataclasses.dataclass
+class RunningBot:
+    bot: ImagineBot
+    runtime: Runtime
+    worker: Worker | None
+
+
+@contextlib.asynccontextmanager
+async def running_bot(settings: Settings, engine: Any | None = None) -> AsyncIterator[RunningBot]:
+    """The bot connected to the local Discord, with a worker on ``engine`` if one is given."""
+    point_at(settings.discord_api_base, settings.discord_gateway_url)
+    async with open_runtime(settings) as runtime:
+        worker = None
+        if engine is not None:
+            runtime.engine = engine
+            worker = Worker(
+                runtime.db, engine, runtime.store, runtime.events, settings.worker_config()
+            )
+        bot = ImagineBot(runtime, guild_ready_timeout=0.05)
+        tasks = [asyncio.create_task(bot.start(TOKEN))]
+        if worker is not None:
+            tasks.append(asyncio.create_task(worker.run()))
+        try:
+            await asyncio.wait_for(bot.wait_until_ready(), 30)
+            yield RunningBot(bot, runtime, worker)
+        finally:
+            if worker is not None:
+                worker.stop()
+                await asyncio.wait_for(tasks[1], 60)
+            await bot.close()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            runtime.engine = None  # the session's engine outlives this bot
+
+
+@pytest.fixture
+def settings(local_discord: LocalDiscord, tmp_path: Path) -> Settings:
+    return bot_settings(local_discord, tmp_path / "data")
+
+
+@pytest.fixture
+async def bot(
+    settings: Settings, trained_engine: Any, trained_model: ModelInfo
+) -> AsyncIterator[RunningBot]:
+    async with running_bot(settings, trained_engine) as running:
+        yield running
+
+
+__all__ = ["RunningBot", "bot_settings", "running_bot", "yarl"]

@@ -1,0 +1,89 @@
+"""Bad options and bad attachments: an ephemeral answer naming the option, nothing queued."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.bot.conftest import RunningBot
+from tests.bot.test_imagine import png_of
+from tests.fakediscord.actions import LocalDiscord
+
+
+def png(size: tuple[int, int], colour: str = "red") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"steps": -5}, "steps"),
+        ({"steps": 500}, "steps"),
+        ({"guidance": 99.0}, "guidance"),
+        ({"count": 9}, "count"),
+        ({"seed": -1}, "seed"),
+        ({"aspect": "5:1"}, "aspect"),
+        ({"aspect": "16:9"}, "aspect"),  # the embedded model draws 64×64 only
+        ({"strength": 0.5}, "strength"),
+        ({"prompt": "   "}, "prompt"),
+    ],
+)
+async def test_bad_options_are_refused_naming_the_option(
+    local_discord: LocalDiscord, bot: RunningBot, options: dict[str, Any], named: str
+) -> None:
+    server = local_discord
+    asked = await server.invoke("imagine", server.alice, **{"prompt": "a red circle", **options})
+    answer = await server.wait_for(lambda: server.ephemeral_answer(asked), what="the refusal")
+    assert answer.startswith(f"**{named}**"), answer
+    assert "Nothing was queued" in answer
+    assert await bot.runtime.service.recent() == []
+
+
+@pytest.mark.parametrize(
+    ("upload", "says"),
+    [
+        (("notes.txt", b"hello", "text/plain"), "PNG, JPEG or WebP"),
+        (("big.png", png((64, 64)) + b"\0" * (600 * 1024), "image/png"), "at most 512 KiB"),
+        (("huge.png", png((300, 300)), "image/png"), "at most 65,536 pixels"),
+        (("broken.png", b"\x89PNG\r\n\x1a\n" + b"junk" * 10, "image/png"), "can be read"),
+    ],
+)
+async def test_bad_attachments_are_refused_before_anything_is_queued(
+    local_discord: LocalDiscord,
+    bot: RunningBot,
+    upload: tuple[str, bytes, str],
+    says: str,
+) -> None:
+    server = local_discord
+    bot.runtime.settings.max_upload_bytes = 512 * 1024
+    bot.runtime.settings.max_upload_pixels = 256 * 256
+    attachment = server.upload(*upload)
+    asked = await server.invoke("imagine", server.alice, prompt="a red circle", image=attachment)
+    answer = await server.wait_for(lambda: server.ephemeral_answer(asked), what="the refusal")
+    assert answer.startswith("**image**"), answer
+    assert says in answer
+    assert await bot.runtime.service.recent() == []
+
+
+async def test_an_attached_image_is_the_start_of_an_img2img_job(
+    local_discord: LocalDiscord, bot: RunningBot
+) -> None:
+    server = local_discord
+    attachment = server.upload("start.png", png((96, 64), "yellow"))
+    asked = await server.invoke(
+        "imagine", server.alice, prompt="a yellow square", image=attachment, strength=0.5, seed=3
+    )
+    result = await server.wait_for_result(asked)
+    recipe = json.loads(png_of(server, result).text["imagine-bot"])
+    assert recipe["kind"] == "img2img"
+    assert recipe["strength"] == 0.5
+    assert recipe["init_image_sha256"]
+    job = (await bot.runtime.service.job(recipe["job_id"])).job
+    assert job.init_image_path is not None
+    assert bot.runtime.store.exists(job.init_image_path)

@@ -1,0 +1,177 @@
+"""What a member does in the local Discord: run a slash command, click a button, react."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tests.fakediscord.payloads import FakeUser, snowflake, text_channel
+from tests.fakediscord.server import EPHEMERAL, LOADING, FakeDiscord, Interaction
+
+T = TypeVar("T")
+
+OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
+ATTACHMENT = 11
+
+
+class LocalDiscord(FakeDiscord):
+    """The local Discord with helpers that read like a user."""
+
+    def _interaction(self, kind: int, user: FakeUser, data: dict[str, Any]) -> Interaction:
+        interaction = Interaction(
+            id=snowflake(),
+            token=secrets.token_urlsafe(24),
+            type=kind,
+            user=user,
+            channel_id=self.channel_id,
+            created=time.monotonic(),
+        )
+        self.interactions[interaction.token] = interaction
+        return interaction
+
+    def _payload(self, interaction: Interaction, data: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": str(interaction.id),
+            "application_id": str(self.application_id),
+            "type": interaction.type,
+            "token": interaction.token,
+            "version": 1,
+            "guild_id": str(self.guild_id),
+            "channel_id": str(self.channel_id),
+            "channel": text_channel(self.channel_id, self.guild_id, "imagine"),
+            "member": interaction.user.interaction_member(),
+            "data": data,
+            "locale": "en-US",
+            "guild_locale": "en-US",
+            "app_permissions": str((1 << 53) - 1),
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "context": 0,
+            "attachment_size_limit": 25 * 1024 * 1024,
+        }
+
+    async def invoke(self, command: str, user: FakeUser, **options: Any) -> Interaction:
+        """Run ``/command`` as ``user``; an option given as an upload() dict is an attachment."""
+        registered = self.commands.get(command)
+        if registered is None:
+            raise AssertionError(f"/{command} was never registered; known: {sorted(self.commands)}")
+        declared = {o["name"]: o for o in registered.get("options", [])}
+        values = []
+        resolved: dict[str, Any] = {}
+        for name, value in options.items():
+            if isinstance(value, dict) and "filename" in value:
+                resolved.setdefault("attachments", {})[value["id"]] = value
+                values.append({"name": name, "type": ATTACHMENT, "value": value["id"]})
+                continue
+            kind = declared[name]["type"] if name in declared else OPTION_TYPES[type(value)]
+            values.append({"name": name, "type": kind, "value": value})
+        data = {
+            "id": registered["id"],
+            "name": command,
+            "type": 1,
+            "options": values,
+            "guild_id": str(self.guild_id),
+        }
+        if resolved:
+            data["resolved"] = resolved
+        interaction = self._interaction(2, user, data)
+        await self.dispatch("INTERACTION_CREATE", self._payload(interaction, data))
+        return interaction
+
+    async def click(self, message_id: int, label: str, user: FakeUser) -> Interaction:
+        """Press the button labelled ``label`` (or with that emoji) on a message."""
+        stored = self.messages[message_id]
+        for row in stored["components"]:
+            for component in row.get("components", []):
+                emoji = (component.get("emoji") or {}).get("name")
+                if label in (component.get("label"), emoji):
+                    data = {"custom_id": component["custom_id"], "component_type": 2}
+                    interaction = self._interaction(3, user, data)
+                    interaction.message_id = message_id
+                    payload = self._payload(interaction, data)
+                    payload["message"] = stored
+                    await self.dispatch("INTERACTION_CREATE", payload)
+                    return interaction
+        raise AssertionError(f"no button {label!r} on message {message_id}")
+
+    async def react(self, message_id: int, emoji: str, user: FakeUser) -> None:
+        stored = self.messages.get(message_id)
+        await self.dispatch(
+            "MESSAGE_REACTION_ADD",
+            {
+                "user_id": str(user.id),
+                "channel_id": str(self.channel_id),
+                "message_id": str(message_id),
+                "guild_id": str(self.guild_id),
+                "member": user.member(),
+                "emoji": {"id": None, "name": emoji},
+                "message_author_id": stored["author"]["id"] if stored else None,
+                "burst": False,
+                "burst_colors": [],
+                "type": 0,
+            },
+        )
+
+    # -- reading what happened -------------------------------------------------------------
+
+    async def wait_for(
+        self, check: Callable[[], T | None], seconds: float = 60.0, what: str = "a condition"
+    ) -> T:
+        """Wait until ``check()`` returns something truthy, and return it."""
+        deadline = time.monotonic() + seconds
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {seconds:g} s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    def original(self, interaction: Interaction) -> dict[str, Any] | None:
+        """The interaction's response message as it stands now."""
+        if interaction.original_id is None:
+            return None
+        return self.messages.get(interaction.original_id)
+
+    async def wait_for_result(
+        self, interaction: Interaction, seconds: float = 60.0
+    ) -> dict[str, Any]:
+        """The interaction's response once it carries buttons (the finished grid)."""
+
+        def check() -> dict[str, Any] | None:
+            stored = self.original(interaction)
+            if stored and stored["components"] and stored["attachments"]:
+                return stored
+            return None
+
+        return await self.wait_for(check, seconds, "the result on the interaction's response")
+
+    def ephemeral_answer(self, interaction: Interaction) -> str | None:
+        """The text of an ephemeral answer to the interaction, if it got one."""
+        stored = self.original(interaction)
+        if stored and stored["flags"] & EPHEMERAL and not stored["flags"] & LOADING:
+            return str(stored["content"])
+        for message in self.messages.values():
+            meta = message.get("interaction_metadata") or {}
+            if meta.get("id") == str(interaction.id) and message["flags"] & EPHEMERAL:
+                return str(message["content"])
+        return None
+
+    def dms(self, user: FakeUser) -> list[dict[str, Any]]:
+        channels = {cid for cid, uid in self.dm_channels.items() if uid == user.id}
+        return [m for m in self.messages.values() if int(m["channel_id"]) in channels]
+
+    def channel_messages(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages.values() if int(m["channel_id"]) == self.channel_id]
+
+    @staticmethod
+    def buttons(stored: dict[str, Any]) -> list[str]:
+        """Each button's label, or its emoji when it has no label."""
+        return [
+            component.get("label") or (component.get("emoji") or {}).get("name", "")
+            for row in stored["components"]
+            for component in row.get("components", [])
+        ]

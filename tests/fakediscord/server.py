@@ -1,0 +1,660 @@
+"""A local Discord: the gateway and the REST routes imagine-bot calls, on 127.0.0.1.
+
+The real discord.py client connects to it. It keeps messages as Discord would, records
+every request, can inject 429s, 5xx, dropped gateway connections and expired interaction
+tokens, and answers any route it does not implement with a 404 that it records, so a test
+fails at teardown instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from tests.fakediscord.payloads import (
+    ADMINISTRATOR,
+    FakeUser,
+    dm_channel,
+    message,
+    role,
+    snowflake,
+    text_channel,
+    timestamp,
+)
+
+TOKEN = "fake-bot-token"
+EPHEMERAL = 1 << 6
+LOADING = 1 << 7
+TOKEN_LIFETIME = 15 * 60
+
+Handler = Callable[[web.Request, "Call", re.Match[str]], Awaitable[web.Response]]
+
+
+def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
+    # discord.py wants exactly "application/json": aiohttp's json_response adds a charset.
+    return web.Response(
+        body=json.dumps(data).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **headers},
+    )
+
+
+def api_error(status: int, code: int, text: str) -> web.Response:
+    return json_response({"message": text, "code": code}, status)
+
+
+@dataclasses.dataclass
+class Call:
+    """One REST request as the fake received it."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    json: Any
+    files: list[tuple[str, bytes]]
+    status: int = 0
+
+
+@dataclasses.dataclass
+class Injection:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    times: int
+    retry_after: float
+
+
+@dataclasses.dataclass
+class Interaction:
+    id: int
+    token: str
+    type: int
+    user: FakeUser
+    channel_id: int
+    created: float
+    message_id: int | None = None  # the message a component sits on
+    callback_type: int | None = None
+    original_id: int | None = None
+    expired: bool = False
+    refused: bool = False  # the token answers 401 although it has not expired
+
+    def alive(self) -> bool:
+        return not self.expired and time.monotonic() - self.created < TOKEN_LIFETIME
+
+
+class FakeDiscord:
+    """``async with FakeDiscord() as discord: ...``; ``discord.base`` is its URL."""
+
+    def __init__(self) -> None:
+        self.application_id = snowflake()
+        self.bot = FakeUser(snowflake(), "imagine-bot", bot=True)
+        self.guild_id = snowflake()
+        self.admin_role = snowflake()
+        self.channel_id = snowflake()
+        self.alice = FakeUser(snowflake(), "alice")
+        self.bob = FakeUser(snowflake(), "bob")
+        self.admin = FakeUser(snowflake(), "moderator", roles=(self.admin_role,))
+        self.owner = FakeUser(snowflake(), "owner", permissions=ADMINISTRATOR)
+        self.users = {u.id: u for u in (self.bot, self.alice, self.bob, self.admin, self.owner)}
+        self.messages: dict[int, dict[str, Any]] = {}
+        self.deleted: list[int] = []
+        self.edits: list[tuple[int, dict[str, Any]]] = []
+        self.calls: list[Call] = []
+        self.unknown: list[str] = []
+        self.callbacks: list[tuple[int, int, dict[str, Any]]] = []  # interaction id, type, body
+        self.interactions: dict[str, Interaction] = {}
+        self.commands: dict[str, dict[str, Any]] = {}
+        self.files: dict[int, tuple[str, bytes]] = {}
+        self.dm_channels: dict[int, int] = {}  # channel id -> user id
+        self.nonces: dict[tuple[int, str], int] = {}
+        self.injections: list[Injection] = []
+        self.identifies = 0
+        self.resumes = 0
+        self.frames: list[dict[str, Any]] = []
+        self._session_id = ""
+        self._sequence = 0
+        self._dispatched: list[dict[str, Any]] = []
+        self._socket: web.WebSocketResponse | None = None
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.base = ""
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._route_table()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.base = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.base}/api/v10"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"{self.base.replace('http', 'ws', 1)}/gateway"
+
+    # -- injection -------------------------------------------------------------------------
+
+    def inject(
+        self, method: str, path: str, status: int = 429, *, times: int = 1, retry_after: float = 0.2
+    ) -> None:
+        """Answer the next ``times`` requests matching ``path`` (a regex) with ``status``."""
+        self.injections.append(Injection(method, re.compile(path), status, times, retry_after))
+
+    def expire(self, interaction: Interaction, *, refused: bool = False) -> None:
+        """Make an interaction's token dead: expired (15 minutes passed) or refused (401)."""
+        interaction.expired = not refused
+        interaction.refused = refused
+
+    async def drop_gateway(self) -> None:
+        """Close the gateway connection with 4000, as Discord does; the client resumes."""
+        if self._socket is not None:
+            await self._socket.close(code=4000, message=b"dropped by the test")
+
+    # -- gateway ---------------------------------------------------------------------------
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        await socket.send_json({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        async for frame in socket:
+            if frame.type is not WSMsgType.TEXT:
+                continue
+            data = json.loads(frame.data)
+            self.frames.append(data)
+            op = data["op"]
+            if op == 1:
+                await socket.send_json({"op": 11, "d": None, "s": None, "t": None})
+            elif op == 2:
+                if data["d"]["token"] != TOKEN:
+                    await socket.close(code=4004, message=b"Authentication failed.")
+                    break
+                self.identifies += 1
+                self._socket = socket
+                self._session_id = secrets.token_hex(8)
+                self._sequence = 0
+                self._dispatched.clear()
+                await self.dispatch("READY", self._ready())
+                await self.dispatch("GUILD_CREATE", self._guild())
+            elif op == 6:
+                if data["d"]["session_id"] != self._session_id:
+                    await socket.send_json({"op": 9, "d": False, "s": None, "t": None})
+                    continue
+                self.resumes += 1
+                self._socket = socket
+                seen = data["d"]["seq"] or 0
+                for missed in [d for d in self._dispatched if d["s"] > seen]:
+                    await socket.send_json(missed)
+                await self.dispatch("RESUMED", {})
+        if self._socket is socket:
+            self._socket = None
+        return socket
+
+    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
+        """Send a dispatch; one sent while disconnected is replayed on RESUME."""
+        self._sequence += 1
+        payload = {"op": 0, "t": event, "s": self._sequence, "d": data}
+        self._dispatched.append(payload)
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.send_json(payload)
+
+    def _ready(self) -> dict[str, Any]:
+        return {
+            "v": 10,
+            "user": self.bot.payload(),
+            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "session_id": self._session_id,
+            "resume_gateway_url": self.gateway_url,
+            "application": {"id": str(self.application_id), "flags": 0},
+            "private_channels": [],
+            "relationships": [],
+        }
+
+    def _guild(self) -> dict[str, Any]:
+        members = [user.member() for user in self.users.values()]
+        return {
+            "id": str(self.guild_id),
+            "name": "the test server",
+            "owner_id": str(self.owner.id),
+            "roles": [
+                role(self.guild_id, "@everyone", 0, 0),
+                role(self.admin_role, "moderators", 0, 1),
+            ],
+            "channels": [text_channel(self.channel_id, self.guild_id, "imagine")],
+            "members": members,
+            "member_count": len(members),
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "threads": [],
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "voice_states": [],
+            "presences": [],
+            "large": False,
+            "unavailable": False,
+            "verification_level": 0,
+            "mfa_level": 0,
+            "premium_tier": 0,
+            "joined_at": timestamp(),
+        }
+
+    # -- REST plumbing ---------------------------------------------------------------------
+
+    def _route(self, method: str, pattern: str, handler: Handler) -> None:
+        self._routes.append((method, re.compile(f"^/api/v10{pattern}$"), handler))
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        if request.path.startswith("/cdn/"):
+            return self._cdn(request)
+        call = await self._read(request)
+        self.calls.append(call)
+        for injection in self.injections:
+            if (
+                injection.times > 0
+                and injection.method == request.method
+                and injection.pattern.search(request.path)
+            ):
+                injection.times -= 1
+                call.status = injection.status
+                return self._injected(injection)
+        for method, pattern, handler in self._routes:
+            match = pattern.match(request.path)
+            if match and method == request.method:
+                response = await handler(request, call, match)
+                call.status = response.status
+                async with self._changed:
+                    self._changed.notify_all()
+                return response
+        self.unknown.append(f"{request.method} {request.path}")
+        call.status = 404
+        return api_error(404, 0, f"the local Discord does not implement {request.path}")
+
+    @staticmethod
+    def _injected(injection: Injection) -> web.Response:
+        if injection.status == 429:
+            return json_response(
+                {
+                    "message": "You are being rate limited.",
+                    "retry_after": injection.retry_after,
+                    "global": False,
+                },
+                429,
+                Via="1.1 google",
+            )
+        return api_error(injection.status, 0, "injected failure")
+
+    @staticmethod
+    async def _read(request: web.Request) -> Call:
+        body: Any = None
+        files: list[tuple[str, bytes]] = []
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "payload_json":  # type: ignore[union-attr]
+                    body = json.loads(await part.text())  # type: ignore[union-attr]
+                else:
+                    data = await part.read()  # type: ignore[union-attr]
+                    files.append((part.filename or "", bytes(data)))  # type: ignore[union-attr]
+        elif request.can_read_body:
+            raw = await request.read()
+            body = json.loads(raw) if raw else None
+        return Call(request.method, request.path, dict(request.query), body, files)
+
+    def _cdn(self, request: web.Request) -> web.Response:
+        attachment_id = int(request.path.split("/")[2])
+        if attachment_id not in self.files:
+            return web.Response(status=404)
+        name, data = self.files[attachment_id]
+        kind = "image/png" if name.endswith(".png") else "application/octet-stream"
+        return web.Response(body=data, content_type=kind)
+
+    def upload(self, name: str, data: bytes, content_type: str = "image/png") -> dict[str, Any]:
+        """A file as a user's attachment: its payload, with bytes served by the CDN route."""
+        attachment_id = snowflake()
+        self.files[attachment_id] = (name, data)
+        url = f"{self.base}/cdn/{attachment_id}/{name}"
+        return {
+            "id": str(attachment_id),
+            "filename": name,
+            "size": len(data),
+            "url": url,
+            "proxy_url": url,
+            "content_type": content_type,
+        }
+
+    def _attachments(self, call: Call, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        listed = (call.json or {}).get("attachments")
+        if listed is None:
+            new = [{"id": index, "filename": name} for index, (name, _) in enumerate(call.files)]
+            listed = [*kept, *new]
+        result = []
+        existing = {a["id"]: a for a in kept}
+        for entry in listed:
+            if str(entry["id"]) in existing:
+                result.append(existing[str(entry["id"])])
+                continue
+            name, data = call.files[int(entry["id"])]
+            result.append(self.upload(entry.get("filename") or name, data))
+        return result
+
+    # -- the routes ------------------------------------------------------------------------
+
+    def _route_table(self) -> None:
+        snow = r"(?P<{}>\d+)"
+        self._route("GET", "/users/@me", self._me)
+        self._route("GET", "/oauth2/applications/@me", self._application)
+        self._route("GET", "/users/" + snow.format("user"), self._user)
+        self._route("PUT", r"/applications/\d+/commands", self._sync)
+        self._route("PUT", r"/applications/\d+/guilds/\d+/commands", self._sync)
+        self._route("POST", r"/interactions/(?P<id>\d+)/(?P<token>[^/]+)/callback", self._callback)
+        webhook = r"/webhooks/\d+/(?P<token>[^/]+)"
+        message_ref = r"/messages/(?P<message>@original|\d+)"
+        self._route("GET", webhook + message_ref, self._webhook_get)
+        self._route("PATCH", webhook + message_ref, self._webhook_edit)
+        self._route("DELETE", webhook + message_ref, self._webhook_delete)
+        self._route("POST", webhook, self._followup)
+        channel = "/channels/" + snow.format("channel")
+        self._route("GET", channel, self._channel)
+        self._route("POST", channel + "/messages", self._send)
+        self._route("GET", channel + "/messages/" + snow.format("message"), self._get_message)
+        self._route("PATCH", channel + "/messages/" + snow.format("message"), self._edit_message)
+        self._route("DELETE", channel + "/messages/" + snow.format("message"), self._delete)
+        self._route("POST", "/users/@me/channels", self._open_dm)
+
+    async def _me(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        if request.headers.get("Authorization") != f"Bot {TOKEN}":
+            return api_error(401, 0, "401: Unauthorized")
+        return json_response(self.bot.payload())
+
+    async def _application(self, *_: Any) -> web.Response:
+        return json_response(
+            {
+                "id": str(self.application_id),
+                "name": "imagine-bot",
+                "description": "",
+                "icon": None,
+                "bot_public": True,
+                "bot_require_code_grant": False,
+                "owner": self.owner.payload(),
+                "verify_key": "0" * 64,
+                "flags": 0,
+            }
+        )
+
+    async def _user(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        user = self.users.get(int(match["user"]))
+        if user is None:
+            return api_error(404, 10013, "Unknown User")
+        return json_response(user.payload())
+
+    async def _sync(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        result = []
+        for command in call.json:
+            stored = {
+                **command,
+                "id": str(snowflake()),
+                "application_id": str(self.application_id),
+                "version": "1",
+            }
+            self.commands[command["name"]] = stored
+            result.append(stored)
+        return json_response(result)
+
+    def _new_message(
+        self,
+        channel_id: int,
+        call: Call,
+        *,
+        author: FakeUser | None = None,
+        webhook: bool = False,
+        interaction: Interaction | None = None,
+    ) -> dict[str, Any]:
+        body = call.json or {}
+        reference = body.get("message_reference")
+        if reference is not None:  # Discord gives ids back as strings
+            reference = {
+                "message_id": str(reference["message_id"]),
+                "channel_id": str(reference.get("channel_id") or channel_id),
+            }
+        if interaction is not None and interaction.message_id is not None:
+            # Discord shows an answer to a button as a reply to the message it sits on.
+            reference = {"message_id": str(interaction.message_id)}
+        data = message(
+            message_id=snowflake(),
+            channel_id=channel_id,
+            guild_id=None if channel_id in self.dm_channels else self.guild_id,
+            author=(author or self.bot).payload(),
+            body=body,
+            attachments=self._attachments(call, []),
+            webhook_id=self.application_id if webhook else None,
+            reference=reference,
+            interaction=(
+                {
+                    "id": str(interaction.id),
+                    "type": interaction.type,
+                    "user": interaction.user.payload(),
+                }
+                if interaction
+                else None
+            ),
+        )
+        self.messages[int(data["id"])] = data
+        return data
+
+    def _edit(self, message_id: int, call: Call) -> dict[str, Any]:
+        stored = self.messages[message_id]
+        body = call.json or {}
+        for key in ("content", "embeds", "components"):
+            if key in body:
+                stored[key] = (
+                    body[key] if body[key] is not None else ([] if key != "content" else "")
+                )
+        if "attachments" in body or call.files:
+            stored["attachments"] = self._attachments(call, stored["attachments"])
+        stored["flags"] = stored["flags"] & ~LOADING
+        stored["edited_timestamp"] = timestamp()
+        self.edits.append((message_id, json.loads(json.dumps(stored))))
+        return stored
+
+    async def _callback(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        interaction = self.interactions.get(match["token"])
+        if interaction is None or interaction.id != int(match["id"]) or not interaction.alive():
+            return api_error(404, 10062, "Unknown interaction")
+        if interaction.callback_type is not None:
+            return api_error(400, 40060, "Interaction has already been acknowledged.")
+        kind = call.json["type"]
+        body = call.json.get("data") or {}
+        interaction.callback_type = kind
+        self.callbacks.append((interaction.id, kind, body))
+        resource: dict[str, Any] | None = None
+        if kind in (4, 5):
+            sub = Call(call.method, call.path, call.query, body, call.files)
+            created = self._new_message(
+                interaction.channel_id, sub, webhook=True, interaction=interaction
+            )
+            if kind == 5:
+                created["flags"] |= LOADING
+            interaction.original_id = int(created["id"])
+            resource = {"type": kind, "message": created}
+        elif kind in (6, 7):
+            interaction.original_id = interaction.message_id
+            if kind == 7 and interaction.message_id is not None:
+                sub = Call(call.method, call.path, call.query, body, call.files)
+                resource = {"type": kind, "message": self._edit(interaction.message_id, sub)}
+        answer: dict[str, Any] = {
+            "interaction": {
+                "id": str(interaction.id),
+                "type": interaction.type,
+                "response_message_id": str(interaction.original_id)
+                if interaction.original_id
+                else None,
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": bool(int(body.get("flags") or 0) & EPHEMERAL),
+            }
+        }
+        if resource is not None:
+            answer["resource"] = resource
+        return json_response(answer)
+
+    def _webhook_interaction(
+        self, match: re.Match[str]
+    ) -> tuple[Interaction | None, web.Response | None]:
+        interaction = self.interactions.get(match["token"])
+        if interaction is None:
+            return None, api_error(404, 10015, "Unknown Webhook")
+        if interaction.refused or not interaction.alive():
+            return None, api_error(401, 50027, "Invalid Webhook Token")
+        return interaction, None
+
+    def _webhook_message(
+        self, interaction: Interaction, match: re.Match[str]
+    ) -> tuple[int | None, web.Response | None]:
+        reference = match["message"]
+        message_id = interaction.original_id if reference == "@original" else int(reference)
+        if message_id is None or message_id not in self.messages:
+            return None, api_error(404, 10008, "Unknown Message")
+        return message_id, None
+
+    async def _webhook_get(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        interaction, error = self._webhook_interaction(match)
+        if error is not None:
+            return error
+        assert interaction is not None
+        message_id, error = self._webhook_message(interaction, match)
+        return error or json_response(self.messages[message_id])  # type: ignore[index]
+
+    async def _webhook_edit(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        interaction, error = self._webhook_interaction(match)
+        if error is not None:
+            return error
+        assert interaction is not None
+        message_id, error = self._webhook_message(interaction, match)
+        if error is not None:
+            return error
+        assert message_id is not None
+        return json_response(self._edit(message_id, call))
+
+    async def _webhook_delete(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        interaction, error = self._webhook_interaction(match)
+        if error is not None:
+            return error
+        assert interaction is not None
+        message_id, error = self._webhook_message(interaction, match)
+        if error is not None:
+            return error
+        assert message_id is not None
+        self._remove(message_id)
+        return web.Response(status=204)
+
+    async def _followup(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        interaction, error = self._webhook_interaction(match)
+        if error is not None:
+            return error
+        assert interaction is not None
+        created = self._new_message(interaction.channel_id, call, webhook=True)
+        return json_response(created)
+
+    async def _channel(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        channel_id = int(match["channel"])
+        if channel_id == self.channel_id:
+            return json_response(text_channel(channel_id, self.guild_id, "imagine"))
+        if channel_id in self.dm_channels:
+            user = self.users[self.dm_channels[channel_id]]
+            return json_response(dm_channel(channel_id, user.payload()))
+        return api_error(404, 10003, "Unknown Channel")
+
+    async def _send(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        channel_id = int(match["channel"])
+        if channel_id != self.channel_id and channel_id not in self.dm_channels:
+            return api_error(404, 10003, "Unknown Channel")
+        body = call.json or {}
+        nonce = body.get("nonce")
+        if nonce and body.get("enforce_nonce") and (channel_id, nonce) in self.nonces:
+            # Discord answers a repeated nonce with the message it already made.
+            return json_response(self.messages[self.nonces[channel_id, nonce]])
+        reference = body.get("message_reference")
+        if (
+            reference
+            and reference.get("fail_if_not_exists", True)
+            and int(reference["message_id"]) not in self.messages
+        ):
+            return api_error(400, 50035, "Invalid Form Body: unknown message_reference")
+        created = self._new_message(channel_id, call)
+        if nonce:
+            self.nonces[channel_id, nonce] = int(created["id"])
+        return json_response(created)
+
+    async def _get_message(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        message_id = int(match["message"])
+        if message_id not in self.messages:
+            return api_error(404, 10008, "Unknown Message")
+        return json_response(self.messages[message_id])
+
+    async def _edit_message(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        message_id = int(match["message"])
+        if message_id not in self.messages:
+            return api_error(404, 10008, "Unknown Message")
+        return json_response(self._edit(message_id, call))
+
+    async def _delete(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        message_id = int(match["message"])
+        if message_id not in self.messages:
+            return api_error(404, 10008, "Unknown Message")
+        self._remove(message_id)
+        return web.Response(status=204)
+
+    def _remove(self, message_id: int) -> None:
+        self.messages.pop(message_id)
+        self.deleted.append(message_id)
+
+    async def _open_dm(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        user = self.users[int(call.json["recipient_id"])]
+        for channel_id, user_id in self.dm_channels.items():
+            if user_id == user.id:
+                return json_response(dm_channel(channel_id, user.payload()))
+        channel_id = snowflake()
+        self.dm_channels[channel_id] = user.id
+        return json_response(dm_channel(channel_id, user.payload()))
