@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -12,7 +15,7 @@ from discord.ext import commands
 
 from bot import texts
 from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action, cancel_view
-from bot.uploads import read_start_image
+from bot.uploads import check_attachment, read_start_image
 from generation.errors import GenerationError, InvalidRequest
 from generation.outbox import DeliveryTarget
 from generation.reproduce import reproduce
@@ -72,6 +75,15 @@ async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
     await interaction.followup.send(text, ephemeral=True)
 
 
+def _invalid(error: GenerationError, aspect: str | None) -> str:
+    """The refusal for a bad option, naming the option the user typed."""
+    assert isinstance(error, InvalidRequest)
+    option = error.option
+    if aspect is not None and option in {"width", "height"}:
+        option = "aspect"
+    return f"**{option}** {error.message}. Nothing was queued."
+
+
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()))
 
@@ -118,18 +130,16 @@ class ImagineCog(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
-        # The declared ranges and choices are hints for the client; everything is checked here.
+        # The declared ranges and choices are hints for the client; everything is checked here,
+        # before answering, so bad input gets a plain ephemeral reply.
         model = self.service.model
+        settings = self.bot.runtime.settings
         width = height = None
         try:
             if aspect is not None:
                 width, height = size_for(aspect, (model.native_width, model.native_height))
-            init_image = None
             if image is not None:
-                settings = self.bot.runtime.settings
-                init_image = await read_start_image(
-                    image, settings.max_upload_bytes, settings.max_upload_pixels
-                )
+                check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
             request = GenerationRequest(
                 prompt=prompt,
                 user_id=interaction.user.id,
@@ -143,45 +153,74 @@ class ImagineCog(commands.Cog):
                 height=height,
                 count=count,
                 strength=strength,
-                kind=JobKind.IMG2IMG if init_image is not None else JobKind.TXT2IMG,
-                init_image=init_image,
+                kind=JobKind.IMG2IMG if image is not None else JobKind.TXT2IMG,
+                init_image=b"" if image is not None else None,  # downloaded once answered
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
                 interaction_id=interaction.id,
             )
-            await self._submit(interaction, lambda target: self.service.submit(request, target))
+            self.service.check(request)
         except InvalidRequest as error:
-            option = (
-                "aspect"
-                if aspect is not None and error.option in {"width", "height"}
-                else (error.option)
-            )
-            await refuse(interaction, f"**{option}** {error.message}. Nothing was queued.")
+            await refuse(interaction, _invalid(error, aspect))
+            return
 
-    async def _submit(self, interaction: discord.Interaction[ImagineBot], submit: Any) -> None:
-        """Queue the job with where its result goes, then answer; refusals go to the user only."""
+        async def submit(target: DeliveryTarget) -> Submission:
+            queued = request
+            if image is not None:
+                data = await read_start_image(
+                    image, settings.max_upload_bytes, settings.max_upload_pixels
+                )
+                queued = dataclasses.replace(request, init_image=data)
+            return await self.service.submit(queued, target)
+
+        await self._submit(interaction, submit, aspect)
+
+    async def _submit(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        submit: Callable[[DeliveryTarget], Awaitable[Submission]],
+        aspect: str | None = None,
+    ) -> None:
+        """Answer at once ("thinking…") while the job commits with where its result goes; a
+        refusal then replaces the answer with one only the user sees."""
         deliveries = self.bot.deliveries
         deliveries.expect(interaction.id)
+        acknowledging = asyncio.create_task(self._acknowledge(interaction))
         try:
-            submission: Submission = await submit(
+            submission = await submit(
                 delivery_target(interaction, reply_to=getattr(interaction.message, "id", None))
             )
-        except InvalidRequest:
+        except GenerationError as error:
+            await acknowledging
+            deliveries.answered(interaction.id)
+            text = (
+                _invalid(error, aspect)
+                if isinstance(error, InvalidRequest)
+                else f"{error} Nothing was queued."
+            )
+            await refuse(interaction, text)
+            return
+        except BaseException:
             deliveries.answered(interaction.id)
             raise
-        except GenerationError as error:
-            deliveries.answered(interaction.id)
-            await refuse(interaction, f"{error} Nothing was queued.")
-            return
         try:
-            # Committed above: from here on a restart still finishes and delivers the job.
-            if not interaction.response.is_done():
-                response = await interaction.response.defer(thinking=True)
-                if response is not None and response.message_id is not None:
-                    await self.bot.outbox.set_original(submission.job.id, response.message_id)
+            message_id = await acknowledging
+            if message_id is not None:
+                await self.bot.outbox.set_original(submission.job.id, message_id)
         finally:
             deliveries.answered(interaction.id)
         await deliveries.show_queued(submission.job.id, texts.queued(submission))
+
+    @staticmethod
+    async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | None:
+        """Defer with "thinking…"; the response message's id, if Discord said it."""
+        try:
+            response = await interaction.response.defer(thinking=True)
+        except discord.HTTPException as error:
+            # The job (if any) is committed all the same; its result goes to the channel.
+            logger.warning("could not answer interaction %s: %s", interaction.id, error)
+            return None
+        return None if response is None else response.message_id
 
     # -- buttons -----------------------------------------------------------------------------
 
@@ -204,7 +243,7 @@ class ImagineCog(commands.Cog):
             Action.REROLL: (JobKind.REROLL, None),
         }[action]
 
-        def derive(target: DeliveryTarget) -> Any:
+        def derive(target: DeliveryTarget) -> Awaitable[Submission]:
             return self.service.derive(
                 kind,
                 job_id,
@@ -217,10 +256,7 @@ class ImagineCog(commands.Cog):
                 delivery=target,
             )
 
-        try:
-            await self._submit(interaction, derive)
-        except InvalidRequest as error:
-            await refuse(interaction, f"**{error.option}** {error.message}. Nothing was queued.")
+        await self._submit(interaction, derive)
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
         try:

@@ -11,10 +11,8 @@ from generation.errors import InvalidRequest
 from generation.uploads import ACCEPTED_TYPES, check_start_image
 
 
-async def read_start_image(
-    attachment: discord.Attachment, max_bytes: int, max_pixels: int
-) -> bytes:
-    """The attachment as PNG bytes of its RGB pixels; InvalidRequest("image", ...) otherwise."""
+def check_attachment(attachment: discord.Attachment, max_bytes: int, max_pixels: int) -> None:
+    """What Discord says about the file (type, bytes, pixels), checked before downloading it."""
     kind = (attachment.content_type or "").split(";")[0].strip()
     if kind not in ACCEPTED_TYPES:
         raise InvalidRequest("image", f"must be a PNG, JPEG or WebP image, not {kind or 'unknown'}")
@@ -27,6 +25,13 @@ async def read_start_image(
             "image",
             f"must have at most {max_pixels:,} pixels, not {attachment.width}×{attachment.height}",
         )
+
+
+async def read_start_image(
+    attachment: discord.Attachment, max_bytes: int, max_pixels: int
+) -> bytes:
+    """The attachment as PNG bytes of its RGB pixels; InvalidRequest("image", ...) otherwise."""
+    check_attachment(attachment, max_bytes, max_pixels)
     try:
         data = await asyncio.wait_for(attachment.read(), 30)
     except (discord.HTTPException, TimeoutError) as error:

@@ -91,6 +91,11 @@ class GenerationService:
             return user.weight
         return max((self.role_weights[r] for r in role_ids if r in self.role_weights), default=1.0)
 
+    def check(self, request: GenerationRequest) -> Recipe:
+        """Validate a request without touching storage: bad options fail here, at once."""
+        model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
+        return validate(request, self.limits, model)
+
     async def submit(
         self, request: GenerationRequest, delivery: DeliveryTarget | None = None
     ) -> Submission:
@@ -99,8 +104,7 @@ class GenerationService:
         ``delivery`` (where the result goes) is committed with the job, so whoever delivers
         results finds it after a restart.
         """
-        model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
-        recipe = validate(request, self.limits, model)
+        recipe = self.check(request)
         start: dict[str, str | None] = {"init_image_path": None, "init_image_sha256": None}
         if request.init_image is not None:
             start = await asyncio.to_thread(self._store_start_image, request.init_image)

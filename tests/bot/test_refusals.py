@@ -12,6 +12,7 @@ from PIL import Image
 from tests.bot.conftest import RunningBot
 from tests.bot.test_imagine import png_of
 from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.server import EPHEMERAL
 
 
 def png(size: tuple[int, int], colour: str = "red") -> bytes:
@@ -69,6 +70,8 @@ async def test_bad_attachments_are_refused_before_anything_is_queued(
     assert answer.startswith("**image**"), answer
     assert says in answer
     assert await bot.runtime.service.recent() == []
+    public = [m for m in server.channel_messages() if not m["flags"] & EPHEMERAL]
+    assert public == [], "the public 'thinking…' answer was replaced by the ephemeral one"
 
 
 async def test_an_attached_image_is_the_start_of_an_img2img_job(

@@ -85,6 +85,7 @@ class Interaction:
     original_id: int | None = None
     expired: bool = False
     refused: bool = False  # the token answers 401 although it has not expired
+    answered: float | None = None  # time.monotonic() when the callback arrived
 
     def alive(self) -> bool:
         return not self.expired and time.monotonic() - self.created < TOKEN_LIFETIME
@@ -492,6 +493,7 @@ class FakeDiscord:
         kind = call.json["type"]
         body = call.json.get("data") or {}
         interaction.callback_type = kind
+        interaction.answered = time.monotonic()
         self.callbacks.append((interaction.id, kind, body))
         resource: dict[str, Any] | None = None
         if kind in (4, 5):
@@ -586,7 +588,9 @@ class FakeDiscord:
         if error is not None:
             return error
         assert interaction is not None
-        created = self._new_message(interaction.channel_id, call, webhook=True)
+        created = self._new_message(
+            interaction.channel_id, call, webhook=True, interaction=interaction
+        )
         return json_response(created)
 
     async def _channel(
