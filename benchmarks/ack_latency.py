@@ -50,7 +50,7 @@ async def measure(requests: int, rounds: int) -> dict[str, float]:
                     )
                 )
                 await server.wait_for(
-                    lambda: all(i.answered for i in asked), 60, "every acknowledgement"
+                    lambda a=asked: all(i.answered for i in a), 60, "every acknowledgement"
                 )
                 latencies += [1000 * (i.answered - i.created) for i in asked]  # type: ignore[operator]
                 server.edits.clear()
