@@ -15,12 +15,15 @@ import asyncio
 import json
 import signal
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-from tests.bot.test_process import start_bot
-from tests.fakediscord.actions import LocalDiscord
-from tests.fakediscord.payloads import FakeUser, snowflake
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' local Discord
+
+from tests.bot.test_process import start_bot  # noqa: E402
+from tests.fakediscord.actions import LocalDiscord  # noqa: E402
+from tests.fakediscord.payloads import FakeUser, snowflake  # noqa: E402
 
 
 def _percentile(values: list[float], fraction: float) -> float:
