@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' local Discord
 
-from tests.bot.test_process import start_bot  # noqa: E402
-from tests.fakediscord.actions import LocalDiscord  # noqa: E402
-from tests.fakediscord.payloads import FakeUser, snowflake  # noqa: E402
+from tests.bot.test_process import start_bot
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.payloads import FakeUser, snowflake
 
 
 def _percentile(values: list[float], fraction: float) -> float:
