@@ -53,11 +53,12 @@ async def test_a_result_whose_token_died_is_posted_as_a_reply_to_the_request(
     assert delivery is not None and delivery.result_message_id == int(message["id"])
 
 
-async def test_429s_and_a_dropped_gateway_mid_job_still_deliver_exactly_once(
+async def test_429s_a_502_and_a_dropped_gateway_mid_job_still_deliver_exactly_once(
     local_discord: LocalDiscord, bot: RunningBot
 ) -> None:
     server = local_discord
     server.inject("PATCH", r"^/api/v10/webhooks/.*/messages/", 429, times=4, retry_after=0.3)
+    server.inject("PATCH", r"^/api/v10/webhooks/.*/messages/", 502, times=1)
     first = await server.invoke("imagine", server.alice, prompt="a blue circle", steps=30)
     await _deferred(server, first)
     await server.drop_gateway()
@@ -68,6 +69,7 @@ async def test_429s_and_a_dropped_gateway_mid_job_still_deliver_exactly_once(
     await server.wait_for(lambda: server.resumes, what="the resume")
     assert server.identifies == 1, "the session was resumed, not identified again"
     assert sum(call.status == 429 for call in server.calls) == 4
+    assert sum(call.status == 502 for call in server.calls) == 1
     for result in results:
         job_id = json.loads(png_of(server, result).text["imagine-bot"])["job_id"]
         assert results_for(server, job_id) == [result]
