@@ -191,8 +191,9 @@ class Deliveries:
                 else discord.utils.MISSING
             )
             async with self._locks[event.job_id]:
-                if (await self.outbox.get(event.job_id)) is None or job.is_terminal:
-                    return
+                current = await self.outbox.get(event.job_id)
+                if current is None or current.delivered_at is not None:
+                    return  # the result got there first: never paint progress over it
                 await self._webhook(delivery).edit_message(
                     delivery.original_message_id or "@original",  # type: ignore[arg-type]
                     content=texts.progress(job, event.step, event.total),

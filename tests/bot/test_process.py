@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from tests.bot.conftest import bot_settings
 from tests.bot.test_delivery import results_for
 from tests.bot.test_imagine import png_of
 from tests.fakediscord.actions import LocalDiscord
-from tests.fakediscord.server import TOKEN
+from tests.fakediscord.server import TOKEN, Interaction
 
 
 async def start_bot(
@@ -49,6 +50,18 @@ async def start_bot(
     return process
 
 
+async def result_after_restart(
+    server: LocalDiscord, data_dir: Path, asked: Interaction
+) -> dict[str, Any]:
+    """Start the bot again on the same data; the request's result once it arrives."""
+    process = await start_bot(server, data_dir)
+    try:
+        return await server.wait_for_result(asked, seconds=120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 40)
+
+
 def _log(data_dir: Path) -> str:
     return (data_dir.parent / "bot.log").read_text()
 
@@ -67,12 +80,7 @@ async def test_sigkill_mid_generation_then_restart_delivers_the_result_once(
     await process.wait()
     assert not server.original(asked)["components"], "killed before the result was sent"
 
-    process = await start_bot(server, data)
-    try:
-        result = await server.wait_for_result(asked, seconds=120)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 40)
+    result = await result_after_restart(server, data, asked)
     job_id = json.loads(png_of(server, result).text["imagine-bot"])["job_id"]
     assert results_for(server, job_id) == [result]
     async with open_runtime(bot_settings(server, data)) as runtime:
@@ -109,10 +117,5 @@ async def test_sigterm_stops_within_30_seconds_and_loses_nothing(
         return
     assert (job.status, job.attempts) == ("queued", 0), log
     assert "released back to the queue" in log
-    process = await start_bot(server, data)
-    try:
-        result = await server.wait_for_result(asked, seconds=120)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 40)
+    result = await result_after_restart(server, data, asked)
     assert results_for(server, job.id) == [result]

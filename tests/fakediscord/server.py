@@ -51,6 +51,14 @@ def api_error(status: int, code: int, text: str) -> web.Response:
     return json_response({"message": text, "code": code}, status)
 
 
+class ApiError(Exception):
+    """Raised by a route handler: answered as Discord's JSON error."""
+
+    def __init__(self, status: int, code: int, text: str) -> None:
+        super().__init__(text)
+        self.response = api_error(status, code, text)
+
+
 @dataclasses.dataclass
 class Call:
     """One REST request as the fake received it."""
@@ -286,7 +294,10 @@ class FakeDiscord:
         for method, pattern, handler in self._routes:
             match = pattern.match(request.path)
             if match and method == request.method:
-                response = await handler(request, call, match)
+                try:
+                    response = await handler(request, call, match)
+                except ApiError as error:
+                    response = error.response
                 call.status = response.status
                 async with self._changed:
                     self._changed.notify_all()
@@ -525,69 +536,42 @@ class FakeDiscord:
             answer["resource"] = resource
         return json_response(answer)
 
-    def _webhook_interaction(
-        self, match: re.Match[str]
-    ) -> tuple[Interaction | None, web.Response | None]:
+    def _webhook_interaction(self, match: re.Match[str]) -> Interaction:
         interaction = self.interactions.get(match["token"])
         if interaction is None:
-            return None, api_error(404, 10015, "Unknown Webhook")
+            raise ApiError(404, 10015, "Unknown Webhook")
         if interaction.refused or not interaction.alive():
-            return None, api_error(401, 50027, "Invalid Webhook Token")
-        return interaction, None
+            raise ApiError(401, 50027, "Invalid Webhook Token")
+        return interaction
 
-    def _webhook_message(
-        self, interaction: Interaction, match: re.Match[str]
-    ) -> tuple[int | None, web.Response | None]:
+    def _webhook_message(self, match: re.Match[str]) -> int:
+        interaction = self._webhook_interaction(match)
         reference = match["message"]
         message_id = interaction.original_id if reference == "@original" else int(reference)
         if message_id is None or message_id not in self.messages:
-            return None, api_error(404, 10008, "Unknown Message")
-        return message_id, None
+            raise ApiError(404, 10008, "Unknown Message")
+        return message_id
 
     async def _webhook_get(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        interaction, error = self._webhook_interaction(match)
-        if error is not None:
-            return error
-        assert interaction is not None
-        message_id, error = self._webhook_message(interaction, match)
-        return error or json_response(self.messages[message_id])  # type: ignore[index]
+        return json_response(self.messages[self._webhook_message(match)])
 
     async def _webhook_edit(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        interaction, error = self._webhook_interaction(match)
-        if error is not None:
-            return error
-        assert interaction is not None
-        message_id, error = self._webhook_message(interaction, match)
-        if error is not None:
-            return error
-        assert message_id is not None
-        return json_response(self._edit(message_id, call))
+        return json_response(self._edit(self._webhook_message(match), call))
 
     async def _webhook_delete(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        interaction, error = self._webhook_interaction(match)
-        if error is not None:
-            return error
-        assert interaction is not None
-        message_id, error = self._webhook_message(interaction, match)
-        if error is not None:
-            return error
-        assert message_id is not None
-        self._remove(message_id)
+        self._remove(self._webhook_message(match))
         return web.Response(status=204)
 
     async def _followup(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        interaction, error = self._webhook_interaction(match)
-        if error is not None:
-            return error
-        assert interaction is not None
+        interaction = self._webhook_interaction(match)
         created = self._new_message(
             interaction.channel_id, call, webhook=True, interaction=interaction
         )
