@@ -12,6 +12,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from bot.cli_admin import admin
 from bot.cli_jobs import cancel, generate, reroll, upscale, vary
 from bot.cli_queue import queue_command, quota
 from bot.cli_support import job_json, run_async
@@ -232,5 +233,5 @@ def train(
     click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")
 
 
-for command in (generate, upscale, vary, reroll, cancel, queue_command, quota):
+for command in (generate, upscale, vary, reroll, cancel, queue_command, quota, admin):
     main.add_command(command)

@@ -8,6 +8,7 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot.admin import AdminButton, AdminCog
 from bot.buttons import JobButton
 from bot.commands import ImagineCog
 from bot.delivery import Deliveries
@@ -51,13 +52,32 @@ class ImagineBot(commands.Bot):
             runtime.store,
             runtime.events,
             progress_interval=runtime.settings.progress_interval,
+            safety=runtime.settings.safety(),
+            moderation_channel_id=runtime.settings.moderation_channel_id,
         )
         self.handlers: ImagineCog
+        self.admin: AdminCog
+
+    def is_admin(
+        self, user: discord.abc.User, permissions: discord.Permissions | None = None
+    ) -> bool:
+        """A moderator: listed by id or role in the settings, or a server Administrator."""
+        settings = self.runtime.settings
+        if user.id in settings.admin_user_ids:
+            return True
+        roles = {role.id for role in getattr(user, "roles", ())}
+        if roles & set(settings.admin_role_ids):
+            return True
+        if permissions is None:
+            permissions = getattr(user, "guild_permissions", None)
+        return bool(permissions and permissions.administrator)
 
     async def setup_hook(self) -> None:
         self.handlers = ImagineCog(self)
         await self.add_cog(self.handlers)
-        self.add_dynamic_items(JobButton)
+        self.admin = AdminCog(self)
+        await self.add_cog(self.admin)
+        self.add_dynamic_items(JobButton, AdminButton)
         self.tree.on_error = self._command_error  # type: ignore[method-assign]
         guild_ids = self.runtime.settings.guild_ids
         if guild_ids:

@@ -75,6 +75,10 @@ async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
     await interaction.followup.send(text, ephemeral=True)
 
 
+async def _nothing() -> None:
+    return None
+
+
 def _invalid(error: GenerationError, aspect: str | None) -> str:
     """The refusal for a bad option, naming the option the user typed."""
     assert isinstance(error, InvalidRequest)
@@ -92,15 +96,6 @@ class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.service = bot.runtime.service
-
-    def is_admin(self, user: discord.abc.User) -> bool:
-        settings = self.bot.runtime.settings
-        if user.id in settings.admin_user_ids:
-            return True
-        if any(role in settings.admin_role_ids for role in _role_ids(user)):
-            return True
-        permissions = getattr(user, "guild_permissions", None)
-        return bool(permissions and permissions.administrator)
 
     # -- /imagine ----------------------------------------------------------------------------
 
@@ -173,19 +168,27 @@ class ImagineCog(commands.Cog):
                 queued = dataclasses.replace(request, init_image=data)
             return await self.service.submit(queued, target)
 
-        await self._submit(interaction, submit, aspect)
+        # A blocked prompt is refused (and its strike recorded) before any public answer.
+        blocked = self.service.prompt_filter.check(
+            request.prompt, request.negative_prompt, request.guild_id
+        )
+        await self._submit(interaction, submit, aspect, acknowledge=blocked is None)
 
     async def _submit(
         self,
         interaction: discord.Interaction[ImagineBot],
         submit: Callable[[DeliveryTarget], Awaitable[Submission]],
         aspect: str | None = None,
+        *,
+        acknowledge: bool = True,
     ) -> None:
         """Answer at once ("thinking…") while the job commits with where its result goes; a
         refusal then replaces the answer with one only the user sees."""
         deliveries = self.bot.deliveries
         deliveries.expect(interaction.id)
-        acknowledging = asyncio.create_task(self._acknowledge(interaction))
+        acknowledging = asyncio.create_task(
+            self._acknowledge(interaction) if acknowledge else _nothing()
+        )
         try:
             submission = await submit(
                 delivery_target(interaction, reply_to=getattr(interaction.message, "id", None))
@@ -205,6 +208,8 @@ class ImagineCog(commands.Cog):
             raise
         try:
             message_id = await acknowledging
+            if not interaction.response.is_done():
+                message_id = await self._acknowledge(interaction)
             if message_id is not None:
                 await self.bot.outbox.set_original(submission.job.id, message_id)
         finally:
@@ -261,7 +266,9 @@ class ImagineCog(commands.Cog):
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
         try:
             await self.service.cancel(
-                job_id, interaction.user.id, is_admin=self.is_admin(interaction.user)
+                job_id,
+                interaction.user.id,
+                is_admin=self.bot.is_admin(interaction.user, interaction.permissions),
             )
         except GenerationError as error:
             await refuse(interaction, str(error))
@@ -297,11 +304,13 @@ class ImagineCog(commands.Cog):
 
     async def _delete(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         member = payload.member
-        is_admin = member is not None and self.is_admin(member)
+        is_admin = member is not None and self.bot.is_admin(member)
         job = (await self.service.job(job_id)).job
         if job.user_id != payload.user_id and not is_admin:
             return  # someone else's ❌ does nothing
-        await self.service.delete(job_id, payload.user_id, is_admin=is_admin)
+        await self.bot.runtime.moderation.delete_job(
+            payload.user_id, job_id, is_admin=is_admin, reason="❌ reaction"
+        )
         message = self.bot.get_partial_messageable(payload.channel_id).get_partial_message(
             payload.message_id
         )

@@ -25,9 +25,10 @@ from generation.events import (
 )
 from generation.outbox import Outbox, token_valid
 from generation.rendering import grid_key
+from generation.safety import SafetyPolicy
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
-from storage.models import JobStatus, utcnow
+from storage.models import JobStatus, Review, utcnow
 from storage.records import DeliveryRecord
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 # Answers meaning "this interaction token or its message is gone": post to the channel instead.
 GONE = frozenset({10008, 10015, 10062, 50027})
 MAX_FAILURES = 5
+UNSETTLED = frozenset({Review.PENDING, Review.DELETED})
 
 
 def _gone(error: discord.HTTPException) -> bool:
@@ -57,7 +59,11 @@ class Deliveries:
         *,
         progress_interval: float = 2.0,
         sweep_interval: float = 5.0,
+        safety: SafetyPolicy | None = None,
+        moderation_channel_id: int | None = None,
     ) -> None:
+        self.safety = safety or SafetyPolicy()
+        self.moderation_channel_id = moderation_channel_id
         self.bot = bot
         self.service = service
         self.outbox = outbox
@@ -237,6 +243,8 @@ class Deliveries:
             if message_id is None:
                 message_id = await self._post(delivery, view)
             await self.outbox.mark_delivered(job_id, message_id)
+            if self._action(view) == "withhold":
+                await self._tell_moderators(view)
         self._locks.pop(job_id, None)
         self._last_progress.pop(job_id, None)
         self._silent.discard(job_id)
@@ -247,7 +255,7 @@ class Deliveries:
         try:
             message = await self._webhook(delivery).edit_message(
                 delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                content=texts.result(view.job),
+                content=self._text(view),
                 attachments=self._files(view),
                 view=self._view(view),
             )
@@ -273,7 +281,7 @@ class Deliveries:
             else None
         )
         message = await channel.send(
-            content=texts.result(job, mention=f"<@{job.user_id}>"),
+            content=self._text(view, mention=f"<@{job.user_id}>"),
             files=self._files(view),
             view=self._view(view) or discord.utils.MISSING,
             reference=reference or discord.utils.MISSING,
@@ -289,16 +297,42 @@ class Deliveries:
             delivery.application_id, delivery.interaction_token, client=self.bot
         )
 
+    def _action(self, view: JobView) -> str | None:
+        """The guild's safety action when an image of the job is flagged and not approved."""
+        if any(image.review in UNSETTLED for image in view.images):
+            return self.safety.for_guild(view.job.guild_id)
+        return None
+
+    def _text(self, view: JobView, mention: str | None = None) -> str:
+        return texts.result(view.job, mention) + texts.safety_note(self._action(view))
+
     def _files(self, view: JobView) -> list[discord.File]:
         job = view.job
-        if job.status != JobStatus.SUCCEEDED or not view.images:
+        action = self._action(view)
+        if job.status != JobStatus.SUCCEEDED or not view.images or action == "withhold":
             return []
         if len(view.images) == 1:
             data = self.store.get(view.images[0].path)
         else:
             data = self.store.get(grid_key(job.id, job.attempts))
-        return [discord.File(io.BytesIO(data), filename=f"imagine-{job.id}.png")]
+        prefix = "SPOILER_" if action == "spoiler" else ""
+        return [discord.File(io.BytesIO(data), filename=f"{prefix}imagine-{job.id}.png")]
 
-    @staticmethod
-    def _view(view: JobView) -> discord.ui.View | None:
+    def _view(self, view: JobView) -> discord.ui.View | None:
+        if self._action(view) == "withhold":
+            return None
         return result_view(view.job, [image.index for image in view.images])
+
+    async def _tell_moderators(self, view: JobView) -> None:
+        if self.moderation_channel_id is None:
+            return
+        job = view.job
+        scores = [image.flags.get("safety") for image in view.images if image.review]
+        channel = self.bot.get_partial_messageable(self.moderation_channel_id)
+        try:
+            await channel.send(
+                f"Job {job.id} by <@{job.user_id}> was withheld: the safety check flagged "
+                f"{len(scores)} image(s) {scores}. Review it with `/admin flagged`."
+            )
+        except discord.HTTPException as error:
+            logger.warning("could not tell the moderators about job %s: %s", job.id, error)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from bot.settings import Settings
 from generation.events import EventBus
 from generation.model_info import ModelInfo, describe_model
+from generation.moderation import Moderation
+from generation.safety import load_checker
 from generation.service import GenerationService
 from generation.worker import Worker
 from storage.db import Database
@@ -31,6 +33,7 @@ class Runtime:
     events: EventBus
     model: ModelInfo
     service: GenerationService
+    moderation: Moderation
     engine: DiffusersEngine | None = None
     worker: Worker | None = None
 
@@ -47,8 +50,15 @@ class Runtime:
                 torch_threads=self.settings.torch_threads,
                 upscaler=self.service.upscaler,
             )
+            checker = await asyncio.to_thread(load_checker, self.settings.safety_checker)
             self.worker = Worker(
-                self.db, self.engine, self.store, self.events, self.settings.worker_config()
+                self.db,
+                self.engine,
+                self.store,
+                self.events,
+                self.settings.worker_config(),
+                checker=checker,
+                safety=self.settings.safety(),
             )
         return self.worker
 
@@ -80,8 +90,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             role_weights=settings.role_weights,
             cost_factors=settings.model_cost_factors,
             store=store,
+            prompt_filter=settings.prompt_filter(),
+            strikes=settings.strike_policy(),
         )
-        runtime = Runtime(settings, db, store, events, model, service)
+        runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime
     finally:
         if runtime is not None and runtime.engine is not None:

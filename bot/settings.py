@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from generation.prompt_filter import PromptFilter, read_blocklist
 from generation.quotas import Quotas
 from generation.requests import Limits
+from generation.safety import SafetyPolicy
+from generation.strikes import StrikePolicy
 from generation.worker import WorkerConfig
 from storage.queue import Policy
 
@@ -63,6 +67,23 @@ class Settings(BaseSettings):
     progress_interval: float = Field(default=2.0, ge=0)
     # On SIGTERM the job in hand gets this long to finish before it goes back to the queue.
     stop_grace_seconds: float = Field(default=20.0, ge=0, le=25)
+    # The prompt filter: comma-separated terms, a file of one per line (``re:`` for a regex;
+    # ``*term*`` also inside words), and each guild's own as JSON {"guild id": ["term"]}.
+    blocked_terms: str = ""
+    blocklist_file: Path | None = None
+    guild_blocked_terms: dict[int, list[str]] = Field(default_factory=dict)
+    # This many blocked prompts within the window ban the user for strike_ban_hours.
+    strikes_to_ban: int = Field(default=3, ge=1)
+    strike_window_hours: float = Field(default=24.0, gt=0)
+    strike_ban_hours: float = Field(default=24.0, gt=0)
+    # The image safety check: auto (nudenet when installed), nudenet, off, or module:Class.
+    safety_checker: str = "auto"
+    # What a flagged image gets: spoiler, withhold or off; per guild as JSON {"id": "withhold"}.
+    safety_policy: str = "spoiler"
+    guild_safety_policies: dict[int, str] = Field(default_factory=dict)
+    safety_threshold: float = Field(default=0.5, gt=0, le=1)
+    # Where the bot tells moderators about withheld images (a channel id); empty: nowhere.
+    moderation_channel_id: int | None = None
     log_level: str = "WARNING"
 
     @model_validator(mode="after")
@@ -95,6 +116,24 @@ class Settings(BaseSettings):
             images_per_guild_day=self.images_per_guild_day,
             bucket_size=self.bucket_size,
             bucket_refill_seconds=self.bucket_refill_seconds,
+        )
+
+    def prompt_filter(self) -> PromptFilter:
+        terms = [term for term in self.blocked_terms.split(",") if term.strip()]
+        if self.blocklist_file is not None:
+            terms += read_blocklist(self.blocklist_file)
+        return PromptFilter(terms, self.guild_blocked_terms)
+
+    def strike_policy(self) -> StrikePolicy:
+        return StrikePolicy(
+            strikes_to_ban=self.strikes_to_ban,
+            window=dt.timedelta(hours=self.strike_window_hours),
+            ban_for=dt.timedelta(hours=self.strike_ban_hours),
+        )
+
+    def safety(self) -> SafetyPolicy:
+        return SafetyPolicy(
+            self.safety_policy, self.guild_safety_policies, threshold=self.safety_threshold
         )
 
     def worker_config(self) -> WorkerConfig:

@@ -55,6 +55,17 @@ def result(job: JobRecord, mention: str | None = None) -> str:
     )
 
 
+def safety_note(action: str | None) -> str:
+    if action == "spoiler":
+        return "\n⚠ The safety check flagged this image, so it is behind a spoiler."
+    if action == "withhold":
+        return (
+            "\n⚠ The safety check flagged this image, so it is held back for the moderators "
+            "to review."
+        )
+    return ""
+
+
 def recipe(view: JobView) -> str:
     """Everything needed to make a job's images again."""
     job = view.job

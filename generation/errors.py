@@ -48,3 +48,34 @@ class ModelUnavailable(GenerationError):
 
 class RenderCancelled(Exception):
     """Raised from the pipeline's step callback to stop a job at the next step."""
+
+
+class PromptBlocked(GenerationError):
+    """The prompt filter refused the prompt; says nothing of which term, and where the user
+    stands: a strike, or the automatic ban it led to."""
+
+    def __init__(
+        self,
+        option: str,
+        strikes: int,
+        strikes_to_ban: int,
+        banned_until: dt.datetime | None = None,
+    ) -> None:
+        where = "negative prompt" if option == "negative" else "prompt"
+        if banned_until is not None:
+            standing = (
+                f"That was strike {strikes} of {strikes_to_ban}: you are banned from "
+                f"generating images until {banned_until:%Y-%m-%d %H:%M} UTC."
+            )
+        else:
+            standing = (
+                f"Strike {strikes} of {strikes_to_ban}; at {strikes_to_ban} you are banned "
+                "for a while."
+            )
+        super().__init__(
+            f"Your {where} contains something this server does not allow, so nothing was "
+            f"made. {standing}"
+        )
+        self.option = option
+        self.strikes = strikes
+        self.banned_until = banned_until

@@ -21,11 +21,13 @@ from generation.errors import (
 from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
+from generation.prompt_filter import PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.requests import GenerationRequest, Limits, Recipe, validate
+from generation.strikes import StrikePolicy, strike
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import JobKind, JobStatus, utcnow
+from storage.models import EventKind, JobKind, JobStatus, utcnow
 from storage.queue import Waiting
 from storage.records import ImageRecord, JobRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
@@ -73,6 +75,8 @@ class GenerationService:
         role_weights: Mapping[int, float] | None = None,
         cost_factors: Mapping[str, float] | None = None,
         store: ImageStore | None = None,
+        prompt_filter: PromptFilter | None = None,
+        strikes: StrikePolicy | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -84,6 +88,8 @@ class GenerationService:
         self.role_weights = dict(role_weights or {})
         self.cost_factors = dict(cost_factors or {})
         self.store = store
+        self.prompt_filter = prompt_filter or PromptFilter()
+        self.strikes = strikes or StrikePolicy()
 
     def weight(self, user: UserRecord, role_ids: tuple[int, ...]) -> float:
         """The user's fair-share weight: an admin's override, else their best role's, else 1."""
@@ -146,6 +152,22 @@ class GenerationService:
             user = await uow.users.lock(request.user_id)
             if user.banned and (user.banned_until is None or user.banned_until > now):
                 raise UserBanned(user.ban_reason, user.banned_until)
+            blocked = self.prompt_filter.check(
+                request.prompt, request.negative_prompt, request.guild_id
+            )
+            if blocked is not None:
+                refusal = await strike(
+                    uow,
+                    self.strikes,
+                    user_id=user.id,
+                    guild_id=request.guild_id,
+                    blocked=blocked,
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt,
+                    now=now,
+                )
+                await uow.commit()  # the strike stays on record; the job is never made
+                raise refusal
             before = await admit(
                 uow,
                 self.quotas,
@@ -239,8 +261,11 @@ class GenerationService:
         clear_weight: bool = False,
         overrides: Mapping[str, object] | None = None,
         clear: tuple[str, ...] = (),
+        actor_id: int | None = None,
+        guild_id: int | None = None,
     ) -> UserRecord:
-        """Set (or clear) a user's weight override and per-user quota overrides."""
+        """Set (or clear) a user's weight override and per-user quota overrides; a moderation
+        event records who did it (``actor_id`` None: the host, from the command line)."""
         if weight is not None and not weight > 0:
             raise InvalidRequest("weight", f"must be above 0, not {weight:g}")
         checked = {name: check_override(name, value) for name, value in (overrides or {}).items()}
@@ -253,6 +278,14 @@ class GenerationService:
                 merged.pop(name, None)
             new_weight = None if clear_weight else (user.weight if weight is None else weight)
             updated = await uow.users.set_limits(user_id, weight=new_weight, overrides=merged)
+            await uow.events.add(
+                kind=EventKind.QUOTA,
+                actor_id=actor_id,
+                guild_id=guild_id,
+                target_user_id=user_id,
+                details={"weight": new_weight, "overrides": merged},
+                created_at=self.clock(),
+            )
             await uow.commit()
         return updated
 
@@ -340,18 +373,6 @@ class GenerationService:
             await uow.commit()
         assert updated is not None
         return updated
-
-    async def delete(self, job_id: int, user_id: int, *, is_admin: bool = False) -> JobRecord:
-        """Mark an ended job deleted; its record and recipe stay for review."""
-        async with self.db.uow() as uow:
-            job = await self._get(uow, job_id)
-            if job.user_id != user_id and not is_admin:
-                raise NotAllowed(f"job {job_id} is not yours to delete")
-            if not job.is_terminal:
-                raise JobStateError(f"job {job_id} has not ended ({job.status}): cancel it first")
-            await uow.jobs.mark_deleted(job_id)
-            await uow.commit()
-            return await self._get(uow, job_id)
 
     async def lineage(self, job_id: int) -> tuple[JobRecord | None, list[JobRecord]]:
         """A job's parent (None for an original) and its children, oldest first."""

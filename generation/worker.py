@@ -34,9 +34,10 @@ from generation.rendering import (
     load_init_image,
     spec_for_job,
 )
+from generation.safety import SafetyChecker, SafetyPolicy
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import JobStatus, utcnow
+from storage.models import EventKind, JobStatus, utcnow
 from storage.records import JobRecord, Lease, NewImage
 
 if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
@@ -90,8 +91,12 @@ class Worker:
         config: WorkerConfig | None = None,
         *,
         clock: Clock = utcnow,
+        checker: SafetyChecker | None = None,
+        safety: SafetyPolicy | None = None,
     ) -> None:
         self.db = db
+        self.checker = checker
+        self.safety = safety or SafetyPolicy()
         self.engine = engine
         self.store = store
         self.events = events
@@ -104,6 +109,10 @@ class Worker:
         if self.config.overlap_completion is None:
             return self.engine.runtime.device_kind != "cpu"
         return self.config.overlap_completion
+
+    @property
+    def _checker_name(self) -> str:
+        return self.checker.name if self.checker else "none"
 
     @property
     def worker_id(self) -> str:
@@ -311,6 +320,18 @@ class Worker:
             )
             if completed:
                 await uow.images.add_many(job.id, new_images)
+                for image in new_images:
+                    if image.flagged:
+                        await uow.events.add(
+                            kind=EventKind.IMAGE_FLAGGED,
+                            actor_id=None,
+                            guild_id=job.guild_id,
+                            target_user_id=job.user_id,
+                            job_id=job.id,
+                            reason=f"flagged by the safety check ({self._checker_name})",
+                            details={"index": image.index, "scores": image.scores},
+                            created_at=now,
+                        )
                 await uow.usage.charge(
                     job.user_id,
                     now.date(),
@@ -333,8 +354,10 @@ class Worker:
     ) -> list[NewImage]:
         model = self.engine.models.get(job.model_id)
         name = model.name if model else job.model_id
+        check = self.checker is not None and self.safety.for_guild(job.guild_id) != "off"
         written = []
         for index, image in enumerate(images):
+            scores = self.checker.scores(image) if check and self.checker else {}
             key = self.store.put(
                 image_key(job.id, attempt, index), encode_png(image, job, index, name)
             )
@@ -346,6 +369,8 @@ class Worker:
                     path=key,
                     width=image.width,
                     height=image.height,
+                    scores=scores,
+                    flagged=self.safety.flagged(scores),
                 )
             )
         self.store.put(grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name))

@@ -183,7 +183,27 @@ class Image(Base):
     width: Mapped[int]
     height: Mapped[int]
     flags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Safety review of a flagged image: pending, approved or deleted; None when not flagged.
+    review: Mapped[str | None] = mapped_column(String(16), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Review(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DELETED = "deleted"
+
+
+class EventKind(enum.StrEnum):
+    """What a moderation event records."""
+
+    PROMPT_BLOCKED = "prompt_blocked"
+    IMAGE_FLAGGED = "image_flagged"
+    IMAGE_APPROVED = "image_approved"
+    BAN = "ban"
+    UNBAN = "unban"
+    QUOTA = "quota"
+    DELETE = "delete"
 
 
 class Usage(Base):
@@ -225,9 +245,11 @@ class ModerationEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
+    # Who did it: a moderator's Discord id; None for the bot itself (a filter, an automatic ban).
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
+    guild_id: Mapped[int | None] = mapped_column(BigInteger)
     target_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

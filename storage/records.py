@@ -83,6 +83,20 @@ class ImageRecord:
     width: int
     height: int
     flags: dict[str, Any]
+    review: str | None
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModerationEventRecord:
+    id: int
+    kind: str
+    actor_id: int | None
+    guild_id: int | None
+    target_user_id: int | None
+    job_id: int | None
+    reason: str
+    details: dict[str, Any]
     created_at: dt.datetime
 
 
@@ -109,6 +123,9 @@ class NewImage:
     path: str
     width: int
     height: int
+    # The safety check's scores by label; flagged ones go to review.
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    flagged: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

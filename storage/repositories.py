@@ -19,6 +19,8 @@ from storage.models import (
     Image,
     Job,
     JobStatus,
+    ModerationEvent,
+    Review,
     Usage,
     User,
     utcnow,
@@ -27,6 +29,7 @@ from storage.records import (
     DeliveryRecord,
     ImageRecord,
     JobRecord,
+    ModerationEventRecord,
     NewImage,
     UsageRecord,
     UserRecord,
@@ -149,13 +152,26 @@ class JobRepository:
         return to_record(JobRecord, row) if row else None
 
     async def recent(
-        self, *, user_id: int | None = None, status: str | None = None, limit: int = 20
+        self,
+        *,
+        user_id: int | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
+        guild_id: int | None = None,
+        since: dt.datetime | None = None,
+        flagged: bool = False,
     ) -> list[JobRecord]:
-        query = select(Job).order_by(Job.id.desc()).limit(limit)
-        if user_id is not None:
-            query = query.where(Job.user_id == user_id)
+        """Newest first, filtered; ``flagged``: only jobs with an image the safety check
+        flagged."""
+        query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+        query = _owned(query, user_id, guild_id)
         if status is not None:
             query = query.where(Job.status == status)
+        if since is not None:
+            query = query.where(Job.created_at >= since)
+        if flagged:
+            query = query.where(Job.id.in_(select(Image.job_id).where(Image.review.is_not(None))))
         rows = await self._session.scalars(query)
         return [to_record(JobRecord, row) for row in rows]
 
@@ -216,7 +232,8 @@ class ImageRepository:
                     path=image.path,
                     width=image.width,
                     height=image.height,
-                    flags={},
+                    flags={"safety": image.scores} if image.scores else {},
+                    review=Review.PENDING if image.flagged else None,
                     created_at=now,
                 )
             )
@@ -225,6 +242,27 @@ class ImageRepository:
     async def for_job(self, job_id: int) -> list[ImageRecord]:
         rows = await self._session.scalars(
             select(Image).where(Image.job_id == job_id).order_by(Image.index)
+        )
+        return [to_record(ImageRecord, row) for row in rows]
+
+    async def get(self, image_id: int) -> ImageRecord | None:
+        row = await self._session.get(Image, image_id, populate_existing=True)
+        return to_record(ImageRecord, row) if row else None
+
+    async def set_review(self, image_id: int, review: Review) -> None:
+        await self._session.execute(update(Image).where(Image.id == image_id).values(review=review))
+
+    async def set_job_review(self, job_id: int, review: Review) -> None:
+        """Settle every flagged image of a job (a deleted job takes its flags with it)."""
+        await self._session.execute(
+            update(Image)
+            .where(Image.job_id == job_id, Image.review.is_not(None))
+            .values(review=review)
+        )
+
+    async def pending_review(self, limit: int = 25) -> list[ImageRecord]:
+        rows = await self._session.scalars(
+            select(Image).where(Image.review == Review.PENDING).order_by(Image.id).limit(limit)
         )
         return [to_record(ImageRecord, row) for row in rows]
 
@@ -310,3 +348,44 @@ class DeliveryRepository:
             .order_by(Delivery.job_id)
         )
         return [to_record(DeliveryRecord, row) for row in rows]
+
+
+class ModerationEventRepository:
+    """Moderation events are only ever added: nothing edits or deletes them."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, **fields: Any) -> ModerationEventRecord:
+        fields.setdefault("details", {})
+        fields.setdefault("reason", "")
+        fields.setdefault("created_at", utcnow())
+        row = ModerationEvent(**fields)
+        self._session.add(row)
+        await self._session.flush()
+        return to_record(ModerationEventRecord, row)
+
+    async def count(self, kind: str, target_user_id: int, since: dt.datetime) -> int:
+        query = select(func.count()).where(
+            ModerationEvent.kind == kind,
+            ModerationEvent.target_user_id == target_user_id,
+            ModerationEvent.created_at >= since,
+        )
+        return int(await self._session.scalar(query) or 0)
+
+    async def for_job(self, job_id: int) -> list[ModerationEventRecord]:
+        rows = await self._session.scalars(
+            select(ModerationEvent)
+            .where(ModerationEvent.job_id == job_id)
+            .order_by(ModerationEvent.id)
+        )
+        return [to_record(ModerationEventRecord, row) for row in rows]
+
+    async def recent(
+        self, *, target_user_id: int | None = None, limit: int = 50
+    ) -> list[ModerationEventRecord]:
+        query = select(ModerationEvent).order_by(ModerationEvent.id.desc()).limit(limit)
+        if target_user_id is not None:
+            query = query.where(ModerationEvent.target_user_id == target_user_id)
+        rows = await self._session.scalars(query)
+        return [to_record(ModerationEventRecord, row) for row in rows]

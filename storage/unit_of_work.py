@@ -12,6 +12,7 @@ from storage.repositories import (
     GuildRepository,
     ImageRepository,
     JobRepository,
+    ModerationEventRepository,
     UsageRepository,
     UserRepository,
 )
@@ -27,6 +28,7 @@ class UnitOfWork:
     images: ImageRepository
     usage: UsageRepository
     deliveries: DeliveryRepository
+    events: ModerationEventRepository
     queue: JobQueue
 
     def __init__(
@@ -43,6 +45,7 @@ class UnitOfWork:
         self.images = ImageRepository(self.session)
         self.usage = UsageRepository(self.session)
         self.deliveries = DeliveryRepository(self.session)
+        self.events = ModerationEventRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

@@ -172,6 +172,34 @@ def test_quota_set_and_show_and_a_refusal_that_names_the_limit(
     assert bad.returncode == 1 and "speed: is not a per-user quota" in bad.stderr
 
 
+def test_admin_ban_unban_logs_job_and_the_prompt_filter_from_the_command_line(
+    tmp_path: Path, model: ModelInfo
+) -> None:
+    data = tmp_path / "data"
+    env = {"IMAGINE_BLOCKED_TERMS": "gore"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return imagine(data, *args, model=model.path, env=env)
+
+    banned = run("admin", "ban", "7", "--reason", "spam", "--duration", "2h", "--actor", "1")
+    assert banned.returncode == 0 and "user 7 is banned until" in banned.stdout
+    refused = run("generate", "a cat", "--no-wait", "--user", "7")
+    assert refused.returncode == 1 and "banned" in refused.stderr and "spam" in refused.stderr
+    assert run("admin", "unban", "7").returncode == 0
+    queued = ok_json(run("generate", "a cat", "--no-wait", "--user", "7", "--json"))
+    blocked = run("generate", "so much g0re", "--no-wait", "--user", "7")
+    assert blocked.returncode == 1 and "Strike 1 of 3" in blocked.stderr
+    assert "gore" not in blocked.stderr.lower()
+
+    logs = ok_json(run("admin", "logs", "--user", "7", "--json"))
+    assert [row["job_id"] for row in logs] == [queued["job_id"]]
+    assert run("admin", "quota", "set", "7", "--limit", "queued_per_user=3").returncode == 0
+    report = json.loads(run("admin", "job", str(queued["job_id"])).stdout)
+    assert report["prompt"] == "a cat" and report["events"] == []
+    bad = run("admin", "ban", "7", "--duration", "soon")
+    assert bad.returncode == 1 and "duration: must be a number and a unit" in bad.stderr
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [

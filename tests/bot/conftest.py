@@ -46,6 +46,7 @@ def bot_settings(server: LocalDiscord, data_dir: Path, **overrides: Any) -> Sett
         "progress_interval": 0.2,
         "poll_interval": 0.1,
         "lease_seconds": 30.0,
+        "safety_checker": "off",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -59,7 +60,9 @@ class RunningBot:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(settings: Settings, engine: Any | None = None) -> AsyncIterator[RunningBot]:
+async def running_bot(
+    settings: Settings, engine: Any | None = None, checker: Any | None = None
+) -> AsyncIterator[RunningBot]:
     """The bot connected to the local Discord, with a worker on ``engine`` if one is given."""
     point_at(settings.discord_api_base, settings.discord_gateway_url)
     async with open_runtime(settings) as runtime:
@@ -67,7 +70,13 @@ async def running_bot(settings: Settings, engine: Any | None = None) -> AsyncIte
         if engine is not None:
             runtime.engine = engine
             worker = Worker(
-                runtime.db, engine, runtime.store, runtime.events, settings.worker_config()
+                runtime.db,
+                engine,
+                runtime.store,
+                runtime.events,
+                settings.worker_config(),
+                checker=checker,
+                safety=settings.safety(),
             )
         bot = ImagineBot(runtime, guild_ready_timeout=0.05)
         tasks = [asyncio.create_task(bot.start(TOKEN))]

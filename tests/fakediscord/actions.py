@@ -14,7 +14,13 @@ from tests.fakediscord.server import EPHEMERAL, LOADING, FakeDiscord, Interactio
 T = TypeVar("T")
 
 OPTION_TYPES = {str: 3, int: 4, bool: 5, float: 10}
+USER = 6
 ATTACHMENT = 11
+
+
+def _text(message: dict[str, Any]) -> str:
+    titles = [embed.get("title") or "" for embed in message.get("embeds") or []]
+    return "\n".join([str(message["content"]), *titles]).strip()
 
 
 class LocalDiscord(FakeDiscord):
@@ -53,24 +59,42 @@ class LocalDiscord(FakeDiscord):
             "attachment_size_limit": 25 * 1024 * 1024,
         }
 
-    async def invoke(self, command: str, user: FakeUser, **options: Any) -> Interaction:
-        """Run ``/command`` as ``user``; an option given as an upload() dict is an attachment."""
-        registered = self.commands.get(command)
+    async def invoke(self, command: str, user: FakeUser, /, **options: Any) -> Interaction:
+        """Run ``/command`` (or ``/group sub``) as ``user``; an option given as an upload()
+        dict is an attachment, a FakeUser a member."""
+        top, _, subcommand = command.partition(" ")
+        registered = self.commands.get(top)
         if registered is None:
-            raise AssertionError(f"/{command} was never registered; known: {sorted(self.commands)}")
-        declared = {o["name"]: o for o in registered.get("options", [])}
+            raise AssertionError(f"/{top} was never registered; known: {sorted(self.commands)}")
+        declared_options = registered.get("options", [])
+        if subcommand:
+            declared_options = next(
+                o for o in declared_options if o["name"] == subcommand and o["type"] == 1
+            ).get("options", [])
+        declared = {o["name"]: o for o in declared_options}
         values = []
         resolved: dict[str, Any] = {}
         for name, value in options.items():
+            if isinstance(value, FakeUser):
+                resolved.setdefault("users", {})[str(value.id)] = value.payload()
+                member = {k: v for k, v in value.member().items() if k != "user"}
+                resolved.setdefault("members", {})[str(value.id)] = {
+                    **member,
+                    "permissions": str(value.permissions),
+                }
+                values.append({"name": name, "type": USER, "value": str(value.id)})
+                continue
             if isinstance(value, dict) and "filename" in value:
                 resolved.setdefault("attachments", {})[value["id"]] = value
                 values.append({"name": name, "type": ATTACHMENT, "value": value["id"]})
                 continue
             kind = declared[name]["type"] if name in declared else OPTION_TYPES[type(value)]
             values.append({"name": name, "type": kind, "value": value})
+        if subcommand:
+            values = [{"name": subcommand, "type": 1, "options": values}]
         data = {
             "id": registered["id"],
-            "name": command,
+            "name": top,
             "type": 1,
             "options": values,
             "guild_id": str(self.guild_id),
@@ -95,7 +119,9 @@ class LocalDiscord(FakeDiscord):
                     payload["message"] = stored
                     await self.dispatch("INTERACTION_CREATE", payload)
                     return interaction
-        raise AssertionError(f"no button {label!r} on message {message_id}")
+        raise AssertionError(
+            f"no button {label!r} on message {message_id}; it has {self.buttons(stored)}"
+        )
 
     async def react(self, message_id: int, emoji: str, user: FakeUser) -> None:
         stored = self.messages.get(message_id)
@@ -150,14 +176,15 @@ class LocalDiscord(FakeDiscord):
         return await self.wait_for(check, seconds, "the result on the interaction's response")
 
     def ephemeral_answer(self, interaction: Interaction) -> str | None:
-        """The text of an ephemeral answer to the interaction, if it got one."""
+        """The text of an ephemeral answer to the interaction (its embeds' titles after the
+        content), if it got one."""
         stored = self.original(interaction)
         if stored and stored["flags"] & EPHEMERAL and not stored["flags"] & LOADING:
-            return str(stored["content"])
+            return _text(stored)
         for message in self.messages.values():
             meta = message.get("interaction_metadata") or {}
             if meta.get("id") == str(interaction.id) and message["flags"] & EPHEMERAL:
-                return str(message["content"])
+                return _text(message)
         return None
 
     def dms(self, user: FakeUser) -> list[dict[str, Any]]:

@@ -455,7 +455,11 @@ class FakeDiscord:
             }
         if interaction is not None and interaction.message_id is not None:
             # Discord shows an answer to a button as a reply to the message it sits on.
-            reference = {"message_id": str(interaction.message_id)}
+            reference = {
+                "message_id": str(interaction.message_id),
+                "channel_id": str(channel_id),
+                "guild_id": str(self.guild_id),
+            }
         data = message(
             message_id=snowflake(),
             channel_id=channel_id,

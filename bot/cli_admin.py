@@ -1,0 +1,182 @@
+"""Moderation for hosts: ``imagine-bot admin logs|job|ban|unban|quota|delete|flagged``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from bot.cli_queue import quota
+from bot.cli_support import job_json, run_async
+from bot.runtime import open_runtime
+from bot.settings import Settings
+from generation.errors import GenerationError
+from generation.moderation import parse_duration
+from storage.models import utcnow
+
+ACTOR = click.option(
+    "--actor", type=int, default=None, help="Your Discord id, for the record (default: the host)."
+)
+
+
+@click.group()
+def admin() -> None:
+    """Moderation: what was asked for, bans, quotas, deletions; every action is recorded."""
+
+
+def _run(coroutine: Any) -> Any:
+    try:
+        return run_async(coroutine)
+    except GenerationError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@admin.command()
+@click.option("--user", "user_id", type=int, default=None)
+@click.option("--since", default=None, help="Only this recent: 30m, 12h, 7d, 2w.")
+@click.option("--flagged", is_flag=True, help="Only jobs with a flagged image.")
+@click.option("--guild", "guild_id", type=int, default=None)
+@click.option("--page", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def logs(
+    settings: Settings,
+    user_id: int | None,
+    since: str | None,
+    flagged: bool,
+    guild_id: int | None,
+    page: int,
+    as_json: bool,
+) -> None:
+    """Recent jobs, newest first: time, user, status, flags, prompt."""
+
+    async def _logs() -> list[dict[str, Any]]:
+        async with open_runtime(settings) as runtime:
+            result = await runtime.moderation.logs(
+                user_id=user_id,
+                since=utcnow() - parse_duration(since) if since else None,
+                flagged=flagged,
+                guild_id=guild_id,
+                page=max(0, page - 1),
+                per_page=20,
+            )
+        return [
+            {
+                "job_id": v.job.id,
+                "created_at": v.job.created_at.isoformat(),
+                "user_id": v.job.user_id,
+                "guild_id": v.job.guild_id,
+                "status": v.job.status,
+                "flagged": sum(image.review is not None for image in v.images),
+                "prompt": v.job.prompt,
+            }
+            for v in result.jobs
+        ]
+
+    rows = _run(_logs())
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        flag = f"  flagged {row['flagged']}" if row["flagged"] else ""
+        click.echo(
+            f"{row['job_id']:>6}  {row['created_at'][:19]}  user {row['user_id']:<20}  "
+            f"{row['status']:<9}{flag}  {row['prompt'][:60]!r}"
+        )
+    if not rows:
+        click.echo("no jobs match")
+
+
+@admin.command()
+@click.argument("job_id", type=int)
+@click.pass_obj
+def job(settings: Settings, job_id: int) -> None:
+    """A job's recipe, lineage, moderation events and images, as JSON."""
+
+    async def _job() -> dict[str, Any]:
+        async with open_runtime(settings) as runtime:
+            report = await runtime.moderation.report(job_id)
+            return {
+                **job_json(runtime, report.view),
+                "parent_job_id": report.view.job.parent_job_id,
+                "children": [child.id for child in report.children],
+                "events": [
+                    {
+                        "kind": e.kind,
+                        "actor_id": e.actor_id,
+                        "reason": e.reason,
+                        "details": e.details,
+                        "at": e.created_at.isoformat(),
+                    }
+                    for e in report.events
+                ],
+                "flags": {
+                    image.index: {"review": image.review, "scores": image.flags.get("safety")}
+                    for image in report.view.images
+                    if image.review is not None
+                },
+            }
+
+    click.echo(json.dumps(_run(_job()), indent=2))
+
+
+@admin.command()
+@click.argument("user_id", type=int)
+@click.option("--reason", default="")
+@click.option("--duration", default=None, help="30m, 12h, 7d, 2w; default: until unbanned.")
+@ACTOR
+@click.pass_obj
+def ban(
+    settings: Settings, user_id: int, reason: str, duration: str | None, actor: int | None
+) -> None:
+    """Stop USER_ID from generating."""
+
+    async def _ban() -> str:
+        length = parse_duration(duration) if duration else None
+        async with open_runtime(settings) as runtime:
+            user = await runtime.moderation.ban(actor, user_id, reason=reason, duration=length)
+        end = (
+            f"until {user.banned_until:%Y-%m-%d %H:%M} UTC"
+            if user.banned_until
+            else "until unbanned"
+        )
+        return f"user {user_id} is banned {end}"
+
+    click.echo(_run(_ban()))
+
+
+@admin.command()
+@click.argument("user_id", type=int)
+@click.option("--reason", default="")
+@ACTOR
+@click.pass_obj
+def unban(settings: Settings, user_id: int, reason: str, actor: int | None) -> None:
+    """Let USER_ID generate again."""
+
+    async def _unban() -> None:
+        async with open_runtime(settings) as runtime:
+            await runtime.moderation.unban(actor, user_id, reason=reason)
+
+    _run(_unban())
+    click.echo(f"user {user_id} may generate again")
+
+
+@admin.command()
+@click.argument("job_id", type=int)
+@click.option("--reason", default="")
+@ACTOR
+@click.pass_obj
+def delete(settings: Settings, job_id: int, reason: str, actor: int | None) -> None:
+    """Mark JOB_ID deleted and remove its image files; the record stays. The message in
+    Discord goes with `/admin delete` (this command has no connection to Discord)."""
+
+    async def _delete() -> None:
+        async with open_runtime(settings) as runtime:
+            await runtime.moderation.delete_job(actor, job_id, is_admin=True, reason=reason)
+
+    _run(_delete())
+    click.echo(f"job {job_id} deleted; its record stays")
+
+
+admin.add_command(quota)

@@ -1,0 +1,233 @@
+"""Moderation: strikes and bans, deletions, the review of flagged images, and the record.
+
+Every action here writes a moderation event (who, to whom, why, when) in the same
+transaction as the change; nothing edits or deletes events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from generation.errors import (
+    InvalidRequest,
+    JobNotFound,
+    JobStateError,
+    NotAllowed,
+)
+from generation.service import JobView
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import EventKind, Review, utcnow
+from storage.records import ImageRecord, JobRecord, ModerationEventRecord, UserRecord
+from storage.unit_of_work import UnitOfWork
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30m``, ``12h``, ``7d`` or ``2w``; InvalidRequest("duration", ...) otherwise."""
+    units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    text = text.strip().lower()
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        raise InvalidRequest(
+            "duration", f"must be a number and a unit, such as 30m, 12h, 7d or 2w, not {text!r}"
+        )
+    return dt.timedelta(**{units[unit]: int(number)})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogPage:
+    jobs: list[JobView]
+    page: int
+    has_next: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobReport:
+    view: JobView
+    parent: JobRecord | None
+    children: list[JobRecord]
+    events: list[ModerationEventRecord]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Flagged:
+    image: ImageRecord
+    job: JobRecord
+
+
+class Moderation:
+    """What moderators do, from Discord or the command line; each action leaves an event."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: ImageStore,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.clock = clock
+
+    async def _event(self, uow: UnitOfWork, kind: EventKind, **fields: Any) -> None:
+        await uow.events.add(kind=kind, created_at=self.clock(), **fields)
+
+    async def ban(
+        self,
+        actor_id: int | None,
+        user_id: int,
+        *,
+        reason: str = "",
+        duration: dt.timedelta | None = None,
+        guild_id: int | None = None,
+    ) -> UserRecord:
+        """Ban a user from generating, for ``duration`` or until unbanned."""
+        until = self.clock() + duration if duration is not None else None
+        async with self.db.uow() as uow:
+            await uow.users.set_ban(
+                user_id, banned=True, reason=reason or "no reason given", until=until
+            )
+            await self._event(
+                uow,
+                EventKind.BAN,
+                actor_id=actor_id,
+                guild_id=guild_id,
+                target_user_id=user_id,
+                reason=reason,
+                details={"until": until.isoformat() if until else None},
+            )
+            user = await uow.users.ensure(user_id)
+            await uow.commit()
+        return user
+
+    async def unban(
+        self, actor_id: int | None, user_id: int, *, reason: str = "", guild_id: int | None = None
+    ) -> UserRecord:
+        async with self.db.uow() as uow:
+            await uow.users.set_ban(user_id, banned=False)
+            await self._event(
+                uow,
+                EventKind.UNBAN,
+                actor_id=actor_id,
+                guild_id=guild_id,
+                target_user_id=user_id,
+                reason=reason,
+            )
+            user = await uow.users.ensure(user_id)
+            await uow.commit()
+        return user
+
+    async def delete_job(
+        self,
+        actor_id: int | None,
+        job_id: int,
+        *,
+        is_admin: bool,
+        reason: str = "",
+        guild_id: int | None = None,
+    ) -> JobRecord:
+        """Mark an ended job deleted (the record stays). A moderator's deletion also removes
+        its image files; the requester's own keeps them for review. ``actor_id`` None: the
+        host, from the command line."""
+        async with self.db.uow() as uow:
+            job = await uow.jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            if job.user_id != actor_id and not is_admin:
+                raise NotAllowed(f"job {job_id} is not yours to delete")
+            if not job.is_terminal:
+                raise JobStateError(f"job {job_id} has not ended ({job.status}): cancel it first")
+            await uow.jobs.mark_deleted(job_id)
+            await uow.images.set_job_review(job_id, Review.DELETED)
+            await self._event(
+                uow,
+                EventKind.DELETE,
+                actor_id=actor_id,
+                guild_id=guild_id if guild_id is not None else job.guild_id,
+                target_user_id=job.user_id,
+                job_id=job_id,
+                reason=reason,
+                details={"by": "moderator" if is_admin and actor_id != job.user_id else "owner"},
+            )
+            await uow.commit()
+            deleted = await uow.jobs.get(job_id)
+        if is_admin and actor_id != job.user_id:
+            self.store.delete_tree(f"images/{job_id}")
+        assert deleted is not None
+        return deleted
+
+    async def approve(
+        self, actor_id: int | None, image_id: int, *, guild_id: int | None = None
+    ) -> ImageRecord:
+        """A flagged image judged fine: it leaves the review queue."""
+        async with self.db.uow() as uow:
+            image = await uow.images.get(image_id)
+            if image is None or image.review is None:
+                raise InvalidRequest("image", f"{image_id} is not a flagged image")
+            job = await uow.jobs.get(image.job_id)
+            assert job is not None
+            await uow.images.set_review(image_id, Review.APPROVED)
+            await self._event(
+                uow,
+                EventKind.IMAGE_APPROVED,
+                actor_id=actor_id,
+                guild_id=guild_id if guild_id is not None else job.guild_id,
+                target_user_id=job.user_id,
+                job_id=job.id,
+                details={"image_id": image_id, "index": image.index},
+            )
+            await uow.commit()
+            approved = await uow.images.get(image_id)
+        assert approved is not None
+        return approved
+
+    async def logs(
+        self,
+        *,
+        user_id: int | None = None,
+        since: dt.datetime | None = None,
+        flagged: bool = False,
+        guild_id: int | None = None,
+        page: int = 0,
+        per_page: int = 10,
+    ) -> LogPage:
+        """One page of recent jobs, newest first, filtered."""
+        async with self.db.uow() as uow:
+            jobs = await uow.jobs.recent(
+                user_id=user_id,
+                since=since,
+                flagged=flagged,
+                guild_id=guild_id,
+                limit=per_page + 1,
+                offset=page * per_page,
+            )
+            images = await uow.images.for_jobs([job.id for job in jobs[:per_page]])
+        views = [JobView(job, images[job.id]) for job in jobs[:per_page]]
+        return LogPage(views, page, has_next=len(jobs) > per_page)
+
+    async def report(self, job_id: int) -> JobReport:
+        """A job's recipe, lineage, moderation events and images."""
+        async with self.db.uow() as uow:
+            job = await uow.jobs.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            parent = await uow.jobs.get(job.parent_job_id) if job.parent_job_id else None
+            children = await uow.jobs.children(job_id)
+            events = await uow.events.for_job(job_id)
+            images = await uow.images.for_job(job_id)
+        return JobReport(JobView(job, images), parent, children, events)
+
+    async def flagged(self, limit: int = 5) -> list[Flagged]:
+        """Flagged images waiting for a moderator, oldest first."""
+        async with self.db.uow() as uow:
+            images = await uow.images.pending_review(limit)
+            jobs = await uow.jobs.get_many([image.job_id for image in images])
+        return [Flagged(image, jobs[image.job_id]) for image in images]
+
+    async def events(
+        self, *, target_user_id: int | None = None, limit: int = 50
+    ) -> list[ModerationEventRecord]:
+        async with self.db.uow() as uow:
+            return await uow.events.recent(target_user_id=target_user_id, limit=limit)

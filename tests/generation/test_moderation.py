@@ -1,0 +1,164 @@
+"""Strikes and bans, deletions, review of flagged images: each leaves a moderation event."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from generation.errors import InvalidRequest, NotAllowed, PromptBlocked, UserBanned
+from generation.model_info import ModelInfo
+from generation.moderation import Moderation, parse_duration
+from generation.prompt_filter import PromptFilter
+from generation.requests import GenerationRequest, Limits
+from generation.service import GenerationService
+from generation.strikes import StrikePolicy
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import JobStatus, utcnow
+from storage.records import NewImage
+from tests.generation.test_quotas import NOON, Clock, rows
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def strict(db: Database, model: ModelInfo, clock: Clock) -> GenerationService:
+    return GenerationService(
+        db,
+        model,
+        Limits(),
+        clock=clock,
+        prompt_filter=PromptFilter(["gore"]),
+        strikes=StrikePolicy(
+            strikes_to_ban=3, window=dt.timedelta(hours=1), ban_for=dt.timedelta(hours=2)
+        ),
+    )
+
+
+async def _events(db: Database, user_id: int) -> list[tuple[str, int | None]]:
+    async with db.uow() as uow:
+        events = await uow.events.recent(target_user_id=user_id)
+    return [(e.kind, e.actor_id) for e in reversed(events)]
+
+
+async def test_strikes_lead_to_an_automatic_ban_that_expires(
+    strict: GenerationService, db: Database, clock: Clock
+) -> None:
+    from storage.models import Job
+
+    for strike in (1, 2):
+        with pytest.raises(PromptBlocked) as refused:
+            await strict.submit(GenerationRequest("so much g0re", user_id=5))
+        assert refused.value.strikes == strike and refused.value.banned_until is None
+        assert "gore" not in str(refused.value).lower(), "the term is never repeated"
+    clock.now += dt.timedelta(minutes=10)
+    with pytest.raises(PromptBlocked) as refused:
+        await strict.submit(GenerationRequest("a red circle", negative_prompt="gore", user_id=5))
+    assert refused.value.banned_until == clock.now + dt.timedelta(hours=2)
+    assert "negative prompt" in str(refused.value) and "banned" in str(refused.value)
+
+    with pytest.raises(UserBanned, match="automatic: 3 blocked prompts"):
+        await strict.submit(GenerationRequest("a red circle", user_id=5))
+    assert await rows(db, Job) == 0
+    assert await _events(db, 5) == [("prompt_blocked", None)] * 3 + [("ban", None)]
+
+    clock.now += dt.timedelta(hours=2, seconds=1)
+    submission = await strict.submit(GenerationRequest("a red circle", user_id=5))
+    assert submission.job.status == JobStatus.QUEUED
+
+
+async def test_strikes_outside_the_window_do_not_count(
+    strict: GenerationService, clock: Clock
+) -> None:
+    for _ in range(2):
+        with pytest.raises(PromptBlocked):
+            await strict.submit(GenerationRequest("gore", user_id=6))
+    clock.now += dt.timedelta(hours=1, seconds=1)
+    with pytest.raises(PromptBlocked) as refused:
+        await strict.submit(GenerationRequest("gore", user_id=6))
+    assert (refused.value.strikes, refused.value.banned_until) == (1, None)
+
+
+async def test_ban_unban_and_quota_by_a_moderator_are_on_record(
+    db: Database, store: ImageStore, strict: GenerationService, clock: Clock
+) -> None:
+    moderation = Moderation(db, store, clock)
+    banned = await moderation.ban(99, 7, reason="spam", duration=parse_duration("3d"))
+    assert banned.banned_until == NOON + dt.timedelta(days=3)
+    with pytest.raises(UserBanned, match="spam"):
+        await strict.submit(GenerationRequest("a red circle", user_id=7))
+    await moderation.unban(99, 7, reason="appeal")
+    await strict.submit(GenerationRequest("a red circle", user_id=7))
+    await strict.set_limits(7, overrides={"queued_per_user": 2}, actor_id=99)
+    assert await _events(db, 7) == [("ban", 99), ("unban", 99), ("quota", 99)]
+    with pytest.raises(InvalidRequest, match="duration"):
+        parse_duration("soon")
+
+
+async def _finished_job(service: GenerationService, db: Database, flagged: bool) -> int:
+    job = (await service.submit(GenerationRequest("a red circle", user_id=8))).job
+    async with db.uow() as uow:
+        claimed = await uow.queue.claim("w", 60, utcnow())
+        assert claimed is not None
+        await uow.queue.finish(claimed[1], JobStatus.SUCCEEDED, utcnow(), error=None)
+        await uow.images.add_many(
+            job.id,
+            [
+                NewImage(i, i, "0" * 64, f"images/{job.id}/1/{i}.png", 64, 64,
+                         {"BUTTOCKS_EXPOSED": 0.9} if flagged else {}, flagged)
+                for i in range(2)
+            ],
+        )  # fmt: skip
+        await uow.commit()
+    return job.id
+
+
+async def test_delete_keeps_the_record_and_only_moderators_remove_files(
+    db: Database, store: ImageStore, strict: GenerationService
+) -> None:
+    moderation = Moderation(db, store)
+    own = await _finished_job(strict, db, flagged=False)
+    other = await _finished_job(strict, db, flagged=True)
+    for job_id in (own, other):
+        store.put(f"images/{job_id}/1/0.png", b"png")
+
+    with pytest.raises(NotAllowed):
+        await moderation.delete_job(9, own, is_admin=False)
+    await moderation.delete_job(8, own, is_admin=False)  # the requester: files stay
+    assert store.exists(f"images/{own}/1/0.png")
+    deleted = await moderation.delete_job(99, other, is_admin=True, reason="rules")
+    assert deleted.status == JobStatus.DELETED
+    assert not store.exists(f"images/{other}/1/0.png")
+    report = await moderation.report(other)
+    assert [(e.kind, e.actor_id, e.reason) for e in report.events] == [("delete", 99, "rules")]
+    assert {image.review for image in report.view.images} == {"deleted"}
+
+
+async def test_flagged_images_wait_for_review_and_logs_filter_and_page(
+    db: Database, store: ImageStore, strict: GenerationService
+) -> None:
+    moderation = Moderation(db, store)
+    clean = await _finished_job(strict, db, flagged=False)
+    flagged = await _finished_job(strict, db, flagged=True)
+    queue = await moderation.flagged()
+    assert [(f.job.id, f.image.index) for f in queue] == [(flagged, 0), (flagged, 1)]
+    await moderation.approve(99, queue[0].image.id)
+    assert [f.image.index for f in await moderation.flagged()] == [1]
+    with pytest.raises(InvalidRequest):
+        await moderation.approve(99, 12345)
+
+    only_flagged = await moderation.logs(flagged=True)
+    assert [v.job.id for v in only_flagged.jobs] == [flagged]
+    for _ in range(3):
+        await strict.submit(GenerationRequest("a blue square", user_id=10))
+    first = await moderation.logs(per_page=2)
+    second = await moderation.logs(per_page=2, page=1)
+    third = await moderation.logs(per_page=2, page=2)
+    assert first.has_next and second.has_next and not third.has_next
+    ids = [v.job.id for page in (first, second, third) for v in page.jobs]
+    assert ids == sorted(ids, reverse=True) and len(ids) == 5 and clean in ids
+    assert [v.job.user_id for v in (await moderation.logs(user_id=10)).jobs] == [10] * 3
