@@ -89,6 +89,52 @@ def run(settings: Settings, no_worker: bool) -> None:
     run_async(run_bot(settings, with_worker=not no_worker))
 
 
+@main.command(name="workers")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def workers_command(settings: Settings, as_json: bool) -> None:
+    """Workers that announced themselves: device, models, state, current job, last heartbeat.
+
+    A worker that has not been heard from for IMAGINE_LEASE_SECONDS is shown as lost.
+    """
+
+    async def _workers() -> list[dict[str, Any]]:
+        from storage.models import utcnow
+
+        async with open_runtime(settings) as runtime, runtime.db.uow() as uow:
+            rows = await uow.workers.all()
+        now = utcnow()
+        return [
+            {
+                "id": row.id,
+                "host": row.host,
+                "pid": row.pid,
+                "device": row.device,
+                "models": row.models.get("ids", []),
+                "state": "lost"
+                if row.state != "stopped"
+                and (now - row.heartbeat_at).total_seconds() > settings.lease_seconds
+                else row.state,
+                "current_job_id": row.current_job_id,
+                "heartbeat_seconds_ago": round((now - row.heartbeat_at).total_seconds(), 1),
+            }
+            for row in rows
+        ]
+
+    rows = run_async(_workers())
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no worker has announced itself")
+    for row in rows:
+        job = f"job {row['current_job_id']}" if row["current_job_id"] else ""
+        click.echo(
+            f"{row['id']:<20} {row['host']}:{row['pid']:<8} {row['device']:<8} {row['state']:<8} "
+            f"{job:<10} heard {row['heartbeat_seconds_ago']} s ago  {', '.join(row['models'])}"
+        )
+
+
 @main.command(name="reproduce")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

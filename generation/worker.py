@@ -8,6 +8,8 @@ import dataclasses
 import datetime as dt
 import io
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -130,6 +132,7 @@ class Worker:
         """
         done = 0
         finishing: asyncio.Task[JobStatus | None] | None = None
+        await self._announce()
         logger.info("worker %s started", self.worker_id)
         try:
             while not self._stopping.is_set():
@@ -167,6 +170,7 @@ class Worker:
         finally:
             if finishing is not None:
                 await finishing
+            await self._beat("stopped", None)
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
 
@@ -176,10 +180,41 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
 
     async def claim(self) -> tuple[JobRecord, Lease] | None:
+        """The next job for one of this engine's models, with a lease; the worker's row says
+        what it is doing in the same transaction."""
         async with self.db.uow() as uow:
-            claimed = await uow.queue.claim(self.worker_id, self.config.lease_seconds, self.clock())
+            now = self.clock()
+            claimed = await uow.queue.claim(
+                self.worker_id, self.config.lease_seconds, now, model_ids=list(self.engine.models)
+            )
+            job_id = claimed[0].id if claimed else None
+            await uow.workers.beat(self.worker_id, "busy" if claimed else "idle", job_id, now)
             await uow.commit()
         return claimed
+
+    async def _announce(self) -> None:
+        """Say who this worker is (id, host, device, models) where `imagine-bot workers` looks."""
+        try:
+            async with self.db.uow() as uow:
+                await uow.workers.announce(
+                    self.worker_id,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    device=self.engine.runtime.device,
+                    models=list(self.engine.models),
+                    now=self.clock(),
+                )
+                await uow.commit()
+        except (SQLAlchemyError, OSError):
+            logger.exception("worker %s could not announce itself", self.worker_id)
+
+    async def _beat(self, state: str, job_id: int | None) -> None:
+        try:
+            async with self.db.uow() as uow:
+                await uow.workers.beat(self.worker_id, state, job_id, self.clock())
+                await uow.commit()
+        except (SQLAlchemyError, OSError):
+            logger.exception("worker %s could not record its state", self.worker_id)
 
     async def run_once(self) -> bool:
         """Claim one job and run it; False when nothing was waiting."""
@@ -258,7 +293,9 @@ class Worker:
             if state.last_step_at <= renewed_at:
                 continue
             async with self.db.uow() as uow:
-                renewal = await uow.queue.renew(lease, self.config.lease_seconds, self.clock())
+                now = self.clock()
+                renewal = await uow.queue.renew(lease, self.config.lease_seconds, now)
+                await uow.workers.beat(self.worker_id, "busy", lease.job_id, now)
                 await uow.commit()
             renewed_at = time.monotonic()
             if not renewal.held:

@@ -240,6 +240,23 @@ class Delivery(Base):
     delivered_at: Mapped[dt.datetime | None]
 
 
+class WorkerRow(Base):
+    """A worker process as it announced itself; its heartbeat says whether it is alive."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(default=0)
+    device: Mapped[str] = mapped_column(String(32), default="")
+    # The model ids it has loaded: it claims only their jobs.
+    models: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="idle")
+    current_job_id: Mapped[int | None]
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ModerationEvent(Base):
     __tablename__ = "moderation_events"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
@@ -27,9 +28,11 @@ class Policy(enum.StrEnum):
     FIFO = "fifo"  # first come, first served (for comparison)
 
 
-def select_next_job(policy: Policy) -> Select[Any]:
-    """The claim policy: which waiting job runs next."""
+def select_next_job(policy: Policy, model_ids: Sequence[str] | None = None) -> Select[Any]:
+    """The claim policy: which waiting job runs next (of those for ``model_ids``, if given)."""
     waiting = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    if model_ids is not None:
+        waiting = waiting.where(Job.model_id.in_(model_ids))
     if policy is Policy.FIFO:
         return waiting.order_by(Job.id).limit(1)
     return waiting.join(User, User.id == Job.user_id).order_by(User.virtual_time, Job.id).limit(1)
@@ -153,15 +156,20 @@ class JobQueue:
         )
 
     async def claim(
-        self, owner: str, lease_seconds: float, now: dt.datetime
+        self,
+        owner: str,
+        lease_seconds: float,
+        now: dt.datetime,
+        model_ids: Sequence[str] | None = None,
     ) -> tuple[JobRecord, Lease] | None:
-        """Take the next job for ``owner`` with a lease, or None when nothing waits."""
+        """Take the next job for ``owner`` with a lease, or None when nothing waits; a worker
+        gives ``model_ids``, the models it has loaded, and gets only their jobs."""
         await self.reap_expired(now)
         # Skipping locked users as well as locked jobs: a second worker claiming at the same
         # moment takes the next user's job, not the same user's next one.
         locked = (Job,) if self.policy is Policy.FIFO else (Job, User)
         job_id = await self._session.scalar(
-            select_next_job(self.policy).with_for_update(skip_locked=True, of=locked)
+            select_next_job(self.policy, model_ids).with_for_update(skip_locked=True, of=locked)
         )
         if job_id is None:
             return None

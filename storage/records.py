@@ -163,3 +163,16 @@ class Renewal:
 
     held: bool
     cancel_requested: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    host: str
+    pid: int
+    device: str
+    models: dict[str, Any]
+    state: str
+    current_job_id: int | None
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime

@@ -23,6 +23,7 @@ from storage.models import (
     Review,
     Usage,
     User,
+    WorkerRow,
     utcnow,
 )
 from storage.records import (
@@ -33,6 +34,7 @@ from storage.records import (
     NewImage,
     UsageRecord,
     UserRecord,
+    WorkerRecord,
     to_record,
 )
 
@@ -389,3 +391,40 @@ class ModerationEventRepository:
             query = query.where(ModerationEvent.target_user_id == target_user_id)
         rows = await self._session.scalars(query)
         return [to_record(ModerationEventRecord, row) for row in rows]
+
+
+class WorkerRepository:
+    """Workers announce themselves, beat while they live, and say when they stop."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def announce(
+        self,
+        worker_id: str,
+        *,
+        host: str,
+        pid: int,
+        device: str,
+        models: list[str],
+        now: dt.datetime,
+    ) -> None:
+        row = await self._session.get(WorkerRow, worker_id)
+        if row is None:
+            row = WorkerRow(id=worker_id, started_at=now)
+            self._session.add(row)
+        row.host, row.pid, row.device = host, pid, device
+        row.models = {"ids": list(models)}
+        row.state, row.current_job_id, row.heartbeat_at = "idle", None, now
+        await self._session.flush()
+
+    async def beat(self, worker_id: str, state: str, job_id: int | None, now: dt.datetime) -> None:
+        await self._session.execute(
+            update(WorkerRow)
+            .where(WorkerRow.id == worker_id)
+            .values(state=state, current_job_id=job_id, heartbeat_at=now)
+        )
+
+    async def all(self) -> list[WorkerRecord]:
+        rows = await self._session.scalars(select(WorkerRow).order_by(WorkerRow.started_at))
+        return [to_record(WorkerRecord, row) for row in rows]

@@ -15,6 +15,7 @@ from storage.repositories import (
     ModerationEventRepository,
     UsageRepository,
     UserRepository,
+    WorkerRepository,
 )
 
 
@@ -29,6 +30,7 @@ class UnitOfWork:
     usage: UsageRepository
     deliveries: DeliveryRepository
     events: ModerationEventRepository
+    workers: WorkerRepository
     queue: JobQueue
 
     def __init__(
@@ -46,6 +48,7 @@ class UnitOfWork:
         self.usage = UsageRepository(self.session)
         self.deliveries = DeliveryRepository(self.session)
         self.events = ModerationEventRepository(self.session)
+        self.workers = WorkerRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

@@ -172,6 +172,20 @@ def test_quota_set_and_show_and_a_refusal_that_names_the_limit(
     assert bad.returncode == 1 and "speed: is not a per-user quota" in bad.stderr
 
 
+def test_workers_lists_the_workers_that_ran(tmp_path: Path, model: ModelInfo) -> None:
+    data = tmp_path / "data"
+    assert imagine(data, "generate", "a cat", "--no-wait", model=model.path).returncode == 0
+    assert imagine(data, "worker", "--burst", model=model.path).returncode == 0
+    rows = ok_json(imagine(data, "workers", "--json", model=model.path))
+    assert len(rows) == 1
+    assert (rows[0]["device"], rows[0]["state"], rows[0]["current_job_id"]) == (
+        "cpu",
+        "stopped",
+        None,
+    )
+    assert rows[0]["models"] == [str(model.path)], "it names the model it loaded"
+
+
 def test_admin_ban_unban_logs_job_and_the_prompt_filter_from_the_command_line(
     tmp_path: Path, model: ModelInfo
 ) -> None:

@@ -195,6 +195,7 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
 class _BrokenEngine:
     def __init__(self, engine: DiffusersEngine) -> None:
         self.model = engine.model
+        self.models = engine.models
         self.runtime = engine.runtime
 
     async def render_async(self, spec: RenderSpec, on_step: object = None) -> list[Image.Image]:
@@ -273,3 +274,20 @@ async def test_a_worker_rides_out_an_unreachable_database(
         assert await asyncio.wait_for(task, 5) == 0
     finally:
         await unreachable.close()
+
+
+async def test_a_worker_announces_itself_and_says_what_it_is_doing(
+    db: Database,
+    service: GenerationService,
+    engine: DiffusersEngine,
+    store: ImageStore,
+    events: EventBus,
+) -> None:
+    await submit(service)
+    worker = make_worker(db, engine, store, events, "w-announced")
+    assert await worker.run(burst=True) == 1
+    async with db.uow() as uow:
+        rows = await uow.workers.all()
+    assert [(r.id, r.device, r.models["ids"], r.state, r.current_job_id) for r in rows] == [
+        ("w-announced", "cpu", list(engine.models), "stopped", None)
+    ]

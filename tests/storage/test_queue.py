@@ -226,3 +226,16 @@ async def test_a_returning_user_is_lifted_to_the_waiting_users_level(db: Databas
         await uow.queue.lift(2)
         await uow.commit()
         assert (await uow.users.get(2)).virtual_time == 2.0  # type: ignore[union-attr]
+
+
+async def test_a_worker_claims_only_jobs_for_the_models_it_has(db: Database) -> None:
+    first = await add_job(db, model_id="model-a")
+    second = await add_job(db, model_id="model-b")
+    async with db.uow() as uow:
+        claimed = await uow.queue.claim("w", 60, utcnow(), model_ids=["model-b"])
+        assert claimed is not None and claimed[0].id == second.id
+        assert await uow.queue.claim("w", 60, utcnow(), model_ids=["model-c"]) is None
+        await uow.commit()
+    async with db.uow() as uow:
+        claimed = await uow.queue.claim("w", 60, utcnow(), model_ids=["model-a", "model-b"])
+    assert claimed is not None and claimed[0].id == first.id
