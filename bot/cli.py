@@ -64,6 +64,7 @@ def worker(settings: Settings, burst: bool) -> None:
         import signal
 
         async with open_runtime(settings) as runtime:
+            await runtime.start_relay()
             worker = await runtime.start_engine()
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):

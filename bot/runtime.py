@@ -13,6 +13,7 @@ from bot.settings import Settings
 from generation.events import EventBus
 from generation.model_info import ModelInfo, describe_model
 from generation.moderation import Moderation
+from generation.relay import EventRelay
 from generation.safety import load_checker
 from generation.service import GenerationService
 from generation.worker import Worker
@@ -36,6 +37,13 @@ class Runtime:
     moderation: Moderation
     engine: DiffusersEngine | None = None
     worker: Worker | None = None
+    relay: EventRelay | None = None
+
+    async def start_relay(self) -> None:
+        """On PostgreSQL, share job events with the other processes (LISTEN/NOTIFY)."""
+        if self.relay is None and self.db.engine.dialect.name == "postgresql":
+            self.relay = EventRelay(self.settings.database_url, self.events, self.store)
+            await self.relay.start()
 
     async def start_engine(self) -> Worker:
         """Load the pipeline (once) and build the worker that runs it."""
@@ -96,6 +104,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime
     finally:
+        if runtime is not None and runtime.relay is not None:
+            await runtime.relay.close()
         if runtime is not None and runtime.engine is not None:
             runtime.engine.close()
         await db.close()

@@ -30,6 +30,7 @@ async def run_bot(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with open_runtime(settings) as runtime:  # applies pending migrations first
+        await runtime.start_relay()
         worker = await runtime.start_engine() if with_worker else None
         bot = ImagineBot(runtime, guild_ready_timeout=guild_ready_timeout)
         async with bot:

@@ -21,10 +21,9 @@ from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import TOKEN, Interaction
 
 
-async def start_bot(
-    server: LocalDiscord, data_dir: Path, **settings: str
-) -> asyncio.subprocess.Process:
-    environment = {
+def environment(server: LocalDiscord, data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of an ``imagine-bot`` process on ``data_dir`` and the local Discord."""
+    values = {
         **os.environ,
         "IMAGINE_DATA_DIR": str(data_dir),
         "IMAGINE_DISCORD_TOKEN": TOKEN,
@@ -39,12 +38,25 @@ async def start_bot(
         "HF_HUB_OFFLINE": "1",
         **{f"IMAGINE_{name.upper()}": value for name, value in settings.items()},
     }
-    environment.pop("IMAGINE_DATABASE_URL", None)
-    identified = server.identifies
-    with (data_dir.parent / "bot.log").open("a") as log:  # a pipe nobody reads could fill up
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", env=environment, stderr=log
+    if "database_url" not in settings:
+        values.pop("IMAGINE_DATABASE_URL", None)
+    return values
+
+
+async def start_process(
+    data_dir: Path, env: dict[str, str], *args: str, log: str = "bot.log"
+) -> asyncio.subprocess.Process:
+    with (data_dir.parent / log).open("a") as handle:  # a pipe nobody reads could fill up
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", *args, env=env, stderr=handle
         )
+
+
+async def start_bot(
+    server: LocalDiscord, data_dir: Path, *args: str, **settings: str
+) -> asyncio.subprocess.Process:
+    identified = server.identifies
+    process = await start_process(data_dir, environment(server, data_dir, **settings), "run", *args)
     await server.wait_for(lambda: server.identifies > identified, 120, "the bot to connect")
     await server.wait_for(lambda: "imagine" in server.commands, 30, "the commands")
     return process
