@@ -61,15 +61,19 @@ def worker(settings: Settings, burst: bool) -> None:
     """Run a worker: claim queued jobs and make their images."""
 
     async def _worker() -> int:
-        import signal
+        from bot.service_runner import stop_on_signals, stop_worker
 
+        stop = stop_on_signals()
         async with open_runtime(settings) as runtime:
             await runtime.start_relay()
             worker = await runtime.start_engine()
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, worker.stop)
-            return await worker.run(burst=burst)
+            running = asyncio.create_task(worker.run(burst=burst), name="worker")
+            stopped = asyncio.create_task(stop.wait(), name="stop")
+            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not running.done():
+                await stop_worker(worker, running, settings.stop_grace_seconds)
+            return running.result() if not running.cancelled() else 0
 
     done = run_async(_worker())
     click.echo(f"worker ran {done} jobs", err=True)

@@ -11,6 +11,7 @@ from typing import Any
 from bot.client import ImagineBot, point_at
 from bot.runtime import open_runtime
 from bot.settings import Settings
+from generation.worker import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -19,16 +20,34 @@ logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def stop_worker(worker: Worker, running: asyncio.Task[int], grace: float) -> None:
+    """Stop claiming; the job in hand gets ``grace`` seconds to finish, then goes back to the
+    queue at once (cancelling the render releases its lease)."""
+    worker.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        try:
+            await asyncio.wait_for(asyncio.shield(running), grace)
+        except TimeoutError:
+            running.cancel()
+            await running
+
+
 async def run_bot(
     settings: Settings, *, with_worker: bool = True, guild_ready_timeout: float = 2.0
 ) -> None:
     """Migrate, load the model, connect to Discord and serve until SIGTERM or SIGINT."""
     assert settings.discord_token is not None
     point_at(settings.discord_api_base, settings.discord_gateway_url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with open_runtime(settings) as runtime:  # applies pending migrations first
         await runtime.start_relay()
         worker = await runtime.start_engine() if with_worker else None
@@ -49,15 +68,7 @@ async def run_bot(
                         logger.error("%s stopped", task.get_name(), exc_info=task.exception())
             logger.info("shutting down")
             if worker is not None:
-                worker.stop()
-                with contextlib.suppress(asyncio.CancelledError):
-                    try:
-                        await asyncio.wait_for(
-                            asyncio.shield(tasks["worker"]), settings.stop_grace_seconds
-                        )
-                    except TimeoutError:
-                        tasks["worker"].cancel()  # releases the job in hand
-                        await tasks["worker"]
+                await stop_worker(worker, tasks["worker"], settings.stop_grace_seconds)
             if not bot.is_closed():
                 await bot.deliveries.drain(DRAIN_SECONDS)
             await bot.close()
