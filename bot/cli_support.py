@@ -45,12 +45,12 @@ def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
             {
                 "index": image.index,
                 "seed": image.seed,
-                "path": str(store.path(image.path)),
+                "path": store.location(image.path),
                 "sha256": image.sha256,
             }
             for image in view.images
         ],
-        "grid": str(store.path(grid_key(job.id, job.attempts))) if view.images else None,
+        "grid": store.location(grid_key(job.id, job.attempts)) if view.images else None,
     }
 
 

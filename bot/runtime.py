@@ -18,7 +18,7 @@ from generation.safety import load_checker
 from generation.service import GenerationService
 from generation.worker import Worker
 from storage.db import Database
-from storage.image_store import ImageStore
+from storage.image_store import ImageStore, open_store
 
 if TYPE_CHECKING:
     from generation.engine import DiffusersEngine
@@ -81,7 +81,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         model = await asyncio.to_thread(
             describe_model, settings.model, settings.models_dir, settings.model_revision
         )
-        store = ImageStore(settings.data_dir)
+        store = open_store(settings.image_store or settings.data_dir, settings.image_store_options)
         events = EventBus()
         upscaler = None
         if settings.upscaler:

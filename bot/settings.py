@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str = ""
+    # Where images live: empty, the data folder; or an fsspec URL (s3://bucket/prefix) that the
+    # bot and every worker reach, with its options as JSON ({"endpoint_url": "..."}).
+    image_store: str = ""
+    image_store_options: dict[str, Any] = Field(default_factory=dict)
     model: str = "embedded"
     model_revision: str | None = None
     upscaler: str | None = None

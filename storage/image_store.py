@@ -1,4 +1,6 @@
-"""Where image files live: a folder on disk, addressed by keys relative to its root."""
+"""Where image files live: a folder on disk, or an object store (fsspec: ``s3://bucket/prefix``)
+when the bot and its workers do not share one; both are addressed by keys such as
+``images/12/1/12-0.png``."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 class ImageStore:
@@ -40,9 +43,63 @@ class ImageStore:
     def get(self, key: str) -> bytes:
         return self.path(key).read_bytes()
 
+    def location(self, key: str) -> str:
+        """Where a person or another program finds the file: a path here, a URL there."""
+        return str(self.path(key))
+
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
     def delete_tree(self, prefix: str) -> None:
         """Remove every file under ``prefix`` (a folder key)."""
         shutil.rmtree(self.path(prefix), ignore_errors=True)
+
+
+class ObjectImageStore(ImageStore):
+    """The same keys in an fsspec file system: ``s3://bucket/prefix`` (with s3fs), ``gs://``, ...
+
+    A put is one object write, so readers see a whole file or none.
+    """
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.url, **(options or {}))
+        self.root = Path(self.base)  # not a local folder: nothing reads it as one
+
+    def _key(self, key: str) -> str:
+        parts = [part for part in key.split("/") if part]
+        if not parts or any(part in {".", ".."} for part in parts):
+            raise ValueError(f"key {key!r} points outside the image store")
+        return f"{self.base}/{'/'.join(parts)}"
+
+    def path(self, key: str) -> Path:
+        raise TypeError(f"{self.url} is not a local folder; use location({key!r})")
+
+    def put(self, key: str, data: bytes) -> str:
+        self.fs.pipe_file(self._key(key), data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        data: bytes = self.fs.cat_file(self._key(key))
+        return data
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._key(key)))
+
+    def delete_tree(self, prefix: str) -> None:
+        path = self._key(prefix)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def location(self, key: str) -> str:
+        return f"{self.url}/{key}"
+
+
+def open_store(location: str | Path, options: dict[str, Any] | None = None) -> ImageStore:
+    """A local folder, or an object store for a URL with a scheme (``s3://...``)."""
+    text = str(location)
+    if "://" in text and not text.startswith("file://"):
+        return ObjectImageStore(text, options)
+    return ImageStore(Path(text.removeprefix("file://")))
