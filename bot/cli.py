@@ -243,9 +243,9 @@ def embedded() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--images", type=int, default=16000, show_default=True, help="Drawn scenes.")
 @click.option("--batch", type=int, default=32, show_default=True)
-@click.option("--vae-steps", type=int, default=1000, show_default=True)
+@click.option("--vae-steps", type=int, default=2000, show_default=True)
 @click.option("--unet-steps", type=int, default=6500, show_default=True)
-@click.option("--decoder-steps", type=int, default=800, show_default=True)
+@click.option("--decoder-steps", type=int, default=1500, show_default=True)
 @click.option(
     "--vae-attention/--no-vae-attention",
     default=True,

@@ -21,7 +21,7 @@ async def test_queue_lists_your_waiting_jobs_in_order_and_cancels_them(
     async with running_bot(settings) as running:  # no worker: everything waits
         for prompt in ("a red circle", "a blue square"):
             asked = await server.invoke("imagine", server.alice, prompt=prompt)
-            await server.wait_for(lambda a=asked: a.original_id, what="the answer")
+            await server.wait_for(lambda a=asked: server.queued(a), what="the job queued")
         await server.invoke("imagine", server.bob, prompt="bob's green triangle")
         listing = await server.invoke("queue", server.alice)
         text = await _answer(server, listing)

@@ -161,7 +161,7 @@ async def test_admin_logs_lists_filters_and_pages_the_jobs(
         for i in range(12):
             user = server.alice if i % 3 else server.bob
             asked = await server.invoke("imagine", user, prompt=f"prompt number {i}")
-            await server.wait_for(lambda a=asked: a.original_id, what="the answer")
+            await server.wait_for(lambda a=asked: server.queued(a), what="the job queued")
         shown = await server.invoke("admin logs", server.admin)
         page = await server.wait_for(lambda: server.original(shown), what="the logs")
         fields = page["embeds"][0]["fields"]

@@ -162,6 +162,12 @@ class LocalDiscord(FakeDiscord):
             return None
         return self.messages.get(interaction.original_id)
 
+    def queued(self, interaction: Interaction) -> bool:
+        """Whether the response says the job is queued: the bot answers ("thinking…") while
+        the job commits, and shows its place once it has."""
+        stored = self.original(interaction)
+        return bool(stored and "queued" in stored["content"])
+
     async def wait_for_result(
         self, interaction: Interaction, seconds: float = 60.0
     ) -> dict[str, Any]:

@@ -36,9 +36,9 @@ def test_the_shipped_model_is_a_local_pipeline_with_its_own_defaults(
 def test_held_out_captions_come_out_right(trained_engine: Any, trained_model: ModelInfo) -> None:
     # Colour/shape/background triples the model never saw in training, default steps/guidance.
     result = measure(trained_engine, trained_model, prompts(12, seed=11), seed=11)
-    assert result.accuracy["colour"] >= 11 / 12, result.failures
-    assert result.accuracy["background"] >= 11 / 12, result.failures
-    assert result.accuracy["shape"] >= 10 / 12, result.failures
+    assert result.accuracy["colour"] == 1.0, result.failures
+    assert result.accuracy["background"] == 1.0, result.failures
+    assert result.accuracy["shape"] >= 11 / 12, result.failures
 
 
 async def _run(
