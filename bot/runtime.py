@@ -7,9 +7,10 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.settings import Settings
+from generation.errors import ModelUnavailable
 from generation.events import EventBus
 from generation.model_info import ModelInfo, describe_model
 from generation.moderation import Moderation
@@ -45,19 +46,49 @@ class Runtime:
             self.relay = EventRelay(self.settings.database_url, self.events, self.store)
             await self.relay.start()
 
+    async def _engines(self) -> Any:
+        """The diffusers pipeline, the image API, or both, per IMAGINE_ENGINE."""
+        settings = self.settings
+        engines: list[Any] = []
+        if settings.engine in ("diffusers", "both"):
+            from generation.engine import DiffusersEngine
+
+            engines.append(
+                await asyncio.to_thread(
+                    DiffusersEngine,
+                    self.model if settings.engine == "both" else self.service.model,
+                    device=settings.device,
+                    dtype=settings.dtype,
+                    torch_threads=settings.torch_threads,
+                    upscaler=self.service.upscaler,
+                )
+            )
+        if settings.engine in ("openai", "both"):
+            from generation.openai_engine import OpenAIEngine
+
+            if settings.openai_api_key is None:
+                raise ModelUnavailable(
+                    "IMAGINE_ENGINE=openai needs IMAGINE_OPENAI_API_KEY (your API key)"
+                )
+            engines.append(
+                OpenAIEngine(
+                    settings.openai_models,
+                    api_key=settings.openai_api_key.get_secret_value(),
+                    base_url=settings.openai_base_url,
+                    quality=settings.openai_quality,
+                    style=settings.openai_style,
+                )
+            )
+        if len(engines) == 1:
+            return engines[0]
+        from generation.openai_engine import EngineSet
+
+        return EngineSet(*engines)
+
     async def start_engine(self) -> Worker:
         """Load the pipeline (once) and build the worker that runs it."""
         if self.worker is None:
-            from generation.engine import DiffusersEngine
-
-            self.engine = await asyncio.to_thread(
-                DiffusersEngine,
-                self.model,
-                device=self.settings.device,
-                dtype=self.settings.dtype,
-                torch_threads=self.settings.torch_threads,
-                upscaler=self.service.upscaler,
-            )
+            self.engine = await self._engines()
             checker = await asyncio.to_thread(load_checker, self.settings.safety_checker)
             self.worker = Worker(
                 self.db,
@@ -78,9 +109,17 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     runtime: Runtime | None = None
     try:
         await db.upgrade()
-        model = await asyncio.to_thread(
-            describe_model, settings.model, settings.models_dir, settings.model_revision
-        )
+        api_models = []
+        if settings.engine in ("openai", "both"):
+            from generation.openai_engine import describe_api_model
+
+            api_models = [describe_api_model(name) for name in settings.openai_models]
+        if settings.engine == "openai":
+            model = api_models.pop(0)
+        else:
+            model = await asyncio.to_thread(
+                describe_model, settings.model, settings.models_dir, settings.model_revision
+            )
         store = open_store(settings.image_store or settings.data_dir, settings.image_store_options)
         events = EventBus()
         upscaler = None
@@ -100,6 +139,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             store=store,
             prompt_filter=settings.prompt_filter(),
             strikes=settings.strike_policy(),
+            more_models=api_models,
+            prices=settings.openai_prices,
+            cost_per_dollar=settings.openai_cost_per_dollar,
         )
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime

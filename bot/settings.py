@@ -57,6 +57,19 @@ class Settings(BaseSettings):
     images_per_guild_day: int = Field(default=DEFAULT_QUOTAS.images_per_guild_day, ge=1)
     bucket_size: int = Field(default=DEFAULT_QUOTAS.bucket_size, ge=1)
     bucket_refill_seconds: float = Field(default=DEFAULT_QUOTAS.bucket_refill_seconds, gt=0)
+    # Which engines make images: diffusers (the GPU, or the CPU), openai (an image API, no GPU
+    # needed), or both (each model a choice in /imagine).
+    engine: str = Field(default="diffusers", pattern="^(diffusers|openai|both)$")
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    # Comma-separated: dall-e-2, dall-e-3, gpt-image-1 (the first is the default of its engine).
+    openai_model: str = "dall-e-2"
+    openai_quality: str | None = None
+    openai_style: str | None = None
+    # Price per image in USD by "model:WxH" or "model" (JSON), over the built-in list prices.
+    openai_prices: dict[str, float] = Field(default_factory=dict)
+    # Fair-share cost units per dollar of API spend (a 512×512 20-step local image is about 5).
+    openai_cost_per_dollar: float = Field(default=250.0, gt=0)
     discord_token: SecretStr | None = None
     # A Discord-compatible REST proxy and gateway (large bots run one; the tests run a local one).
     discord_api_base: str | None = None
@@ -122,6 +135,10 @@ class Settings(BaseSettings):
             bucket_size=self.bucket_size,
             bucket_refill_seconds=self.bucket_refill_seconds,
         )
+
+    @property
+    def openai_models(self) -> list[str]:
+        return [name.strip() for name in self.openai_model.split(",") if name.strip()]
 
     def prompt_filter(self) -> PromptFilter:
         terms = [term for term in self.blocked_terms.split(",") if term.strip()]

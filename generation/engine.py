@@ -48,6 +48,9 @@ class RenderSpec:
     model_id: str | None = None
     # CPU threads to run with (they change the bits); None: the engine's own setting.
     torch_threads: int | None = None
+    # The job's kind (txt2img, img2img, variation, upscale, reroll): an API engine calls a
+    # different endpoint for each.
+    kind: str = "txt2img"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "device_kind": job.device_kind,
         "torch_threads": job.torch_threads,
         "library_versions": job.library_versions,
+        "engine_details": job.engine_details,
     }
 
 

@@ -39,10 +39,16 @@ class ModelInfo:
     # The model draws its native size only (its imagine-bot.json says "fixed_size": true):
     # other sizes come from upscaling, never from text-to-image at that size.
     fixed_size: bool = False
+    # The only sizes it makes (an image API's list); empty: any multiple of 8 within limits.
+    sizes: tuple[tuple[int, int], ...] = ()
+    # What runs it: "diffusers" here, or a remote image API ("openai").
+    engine: str = "diffusers"
 
     @property
     def name(self) -> str:
         """A short name for the infotext: the folder name of a local model, else the hub id."""
+        if self.engine != "diffusers":
+            return self.model_id.partition(":")[2] or self.model_id
         local = self.model_id.startswith((".", "/", "~"))
         return Path(self.model_id).name if local else self.model_id
 

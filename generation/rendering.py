@@ -45,6 +45,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         init_image=init_image,
         model_id=job.model_id,
         torch_threads=job.torch_threads,
+        kind=job.kind,
     )
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from generation.engine import Engine
 
 MISSING = "missing"
+REMOTE_PREFIXES = ("openai:",)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +73,17 @@ async def reproduce(
         stored = await uow.images.for_job(job_id)
     if job.status != JobStatus.SUCCEEDED or not stored:
         raise JobStateError(f"job {job_id} has no finished images to compare ({job.status})")
+    if job.model_id.startswith(REMOTE_PREFIXES):
+        # An image API keeps no seed we can give back: say so, and point at what is stored.
+        note = (
+            f"made by a remote image API ({job.model_id}): it cannot be made again; the "
+            f"stored images are the record: {', '.join(image.path for image in stored)}"
+        )
+        return ReproduceReport(
+            job_id,
+            [ImageComparison(i.index, i.seed, i.sha256, MISSING) for i in stored],
+            [note],
+        )
     init_image = await load_init_image(db, store, job)
     images = await engine.render_async(spec_for_job(job, init_image))
     comparisons = [

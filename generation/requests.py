@@ -49,6 +49,7 @@ class GenerationRequest:
     kind: JobKind = JobKind.TXT2IMG
     parent_job_id: int | None = None
     parent_image_index: int | None = None
+    model: str | None = None  # a model's name or id among the host's; None: the default
     init_image: bytes | None = None  # PNG of the image to start from (img2img)
     user_name: str = ""
     role_ids: tuple[int, ...] = ()  # the member's Discord roles, for their fair-share weight
@@ -131,8 +132,13 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
     _check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
     width = model.native_width if request.width is None else request.width
     height = model.native_height if request.height is None else request.height
-    _check_size("width", width, limits.min_size, limits.max_width)
-    _check_size("height", height, limits.min_size, limits.max_height)
+    if model.sizes:  # an image API: its own list of sizes, whatever the host's limits
+        if request.kind is not JobKind.UPSCALE and (width, height) not in model.sizes:
+            listed = ", ".join(f"{w}×{h}" for w, h in model.sizes)
+            raise InvalidRequest("size", f"{model.name} makes {listed} only, not {width}×{height}")
+    else:
+        _check_size("width", width, limits.min_size, limits.max_width)
+        _check_size("height", height, limits.min_size, limits.max_height)
     native = (model.native_width, model.native_height)
     if model.fixed_size and request.kind not in IMAGE_KINDS and (width, height) != native:
         option = "width" if width != native[0] else "height"
@@ -147,7 +153,7 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
     if request.kind in IMAGE_KINDS:
         strength = limits.default_strength if strength is None else strength
         _check_float("strength", strength, 0.0, 1.0)
-        if int(strength * steps) < 1:
+        if model.engine == "diffusers" and int(strength * steps) < 1:
             # img2img runs int(steps × strength) steps; zero would run no denoising at all.
             raise InvalidRequest(
                 "strength",

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
@@ -49,6 +49,13 @@ class JobView:
     images: list[ImageRecord]
 
 
+def _api_takes_images(model: ModelInfo) -> bool:
+    from generation.openai_engine import api_model
+
+    spec = api_model(model.model_id)
+    return spec.variations or spec.edits
+
+
 def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) -> float:
     """Cost in megapixel-steps: width × height × steps run × images × the model's factor.
 
@@ -77,9 +84,18 @@ class GenerationService:
         store: ImageStore | None = None,
         prompt_filter: PromptFilter | None = None,
         strikes: StrikePolicy | None = None,
+        more_models: Sequence[ModelInfo] = (),
+        prices: Mapping[str, float] | None = None,
+        cost_per_dollar: float = 250.0,
     ) -> None:
         self.db = db
         self.model = model
+        # Every model a request may name (by name or id); the first is the default.
+        self.models = {info.model_id: info for info in (model, *more_models)}
+        # An image API's price per image (USD) by "model:WxH" or "model", and how many cost
+        # units a dollar is worth next to local jobs' megapixel-steps.
+        self.prices = dict(prices or {})
+        self.cost_per_dollar = cost_per_dollar
         self.upscaler = upscaler
         self.limits = limits
         self.max_attempts = max_attempts
@@ -97,9 +113,29 @@ class GenerationService:
             return user.weight
         return max((self.role_weights[r] for r in role_ids if r in self.role_weights), default=1.0)
 
+    def model_for(self, name: str | None) -> ModelInfo:
+        """The model a request names (by its name or id); the default one for None."""
+        if name is None:
+            return self.model
+        for info in self.models.values():
+            if name in (info.name, info.model_id):
+                return info
+        names = ", ".join(info.name for info in self.models.values())
+        raise InvalidRequest("model", f"must be one of {names}, not {name!r}")
+
     def check(self, request: GenerationRequest) -> Recipe:
         """Validate a request without touching storage: bad options fail here, at once."""
-        model = self.upscaler if request.kind is JobKind.UPSCALE and self.upscaler else self.model
+        model = self.model_for(request.model)
+        if request.kind is JobKind.UPSCALE and self.upscaler and model.engine == "diffusers":
+            model = self.upscaler
+        if (
+            model.engine != "diffusers"
+            and request.kind in {JobKind.VARIATION, JobKind.IMG2IMG}
+            and not _api_takes_images(model)
+        ):
+            raise InvalidRequest(
+                "image", f"{model.name} cannot start from an image: pick another model"
+            )
         return validate(request, self.limits, model)
 
     async def submit(
@@ -189,15 +225,14 @@ class GenerationService:
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
                 interaction_id=request.interaction_id,
-                cost=job_cost(
-                    recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler
-                ),
+                cost=self._cost(recipe, upscaler),
                 weight=self.weight(user, request.role_ids),
                 status=JobStatus.QUEUED,
                 attempts=0,
                 max_attempts=self.max_attempts,
                 cancel_requested=False,
                 library_versions={},
+                engine_details={},
                 created_at=now,
             )
             if delivery is not None:
@@ -205,6 +240,14 @@ class GenerationService:
             submission = await self._submission(uow, job)
             await uow.commit()
         return submission
+
+    def _cost(self, recipe: Recipe, upscaler: bool) -> float:
+        model = self.models.get(recipe.model_id)
+        if model is not None and model.engine != "diffusers":
+            from generation.openai_engine import api_job_cost
+
+            return api_job_cost(recipe, self.prices, self.cost_per_dollar)
+        return job_cost(recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler)
 
     async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
         """The job with its place in the fair order and its estimated time to done."""
@@ -323,7 +366,9 @@ class GenerationService:
             factor = self.limits.upscale_factor
             width, height, count = width * factor, height * factor, 1
             strength = self.limits.upscale_strength if strength is None else strength
-            if self.upscaler is not None:  # its own defaults, not the base model's
+            parent_model = self.models.get(recipe.model_id)
+            on_diffusers = parent_model is None or parent_model.engine == "diffusers"
+            if self.upscaler is not None and on_diffusers:  # its own defaults, not the base's
                 steps = guidance = None
         elif kind is JobKind.VARIATION:
             strength = self.limits.default_strength if strength is None else strength
@@ -340,6 +385,7 @@ class GenerationService:
             GenerationRequest(
                 prompt=recipe.prompt,
                 negative_prompt=recipe.negative_prompt,
+                model=self._parent_model(recipe),
                 user_id=user_id,
                 seed=seed,
                 steps=steps,
@@ -360,6 +406,10 @@ class GenerationService:
             ),
             delivery,
         )
+
+    def _parent_model(self, parent: JobRecord) -> str | None:
+        """A derived job runs on its parent's model (an upscaler's job: on the default)."""
+        return parent.model_id if parent.model_id in self.models else None
 
     async def cancel(self, job_id: int, user_id: int, *, is_admin: bool = False) -> JobRecord:
         """Cancel a waiting job now, or stop a running one at its next step."""

@@ -29,6 +29,7 @@ from generation.events import (
     JobSucceeded,
 )
 from generation.imaging import encode_png, make_grid, pixel_sha256
+from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy
 from generation.rendering import (
     attempt_prefix,
     grid_key,
@@ -105,6 +106,7 @@ class Worker:
         self.config = config or WorkerConfig()
         self.clock = clock
         self._stopping = asyncio.Event()
+        self._resume_at = 0.0  # an image API's retry-after: no claim before then
 
     @property
     def _overlap(self) -> bool:
@@ -136,6 +138,9 @@ class Worker:
         logger.info("worker %s started", self.worker_id)
         try:
             while not self._stopping.is_set():
+                if (wait := self._resume_at - time.monotonic()) > 0:
+                    await self._pause(wait)
+                    continue
                 try:
                     claimed = await self.claim()
                 except (SQLAlchemyError, OSError):
@@ -174,10 +179,42 @@ class Worker:
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
 
-    async def _pause(self) -> None:
-        """Wait one poll interval, or less if asked to stop."""
+    async def _pause(self, seconds: float | None = None) -> None:
+        """Wait one poll interval (or ``seconds``), or less if asked to stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.config.poll_interval)
+            await asyncio.wait_for(
+                self._stopping.wait(), self.config.poll_interval if seconds is None else seconds
+            )
+
+    async def _refused(
+        self, job: JobRecord, lease: Lease, refused: ContentRefused
+    ) -> JobStatus | None:
+        """The image API refused the request: the job fails, and a moderation event keeps the
+        API's reason (the user is told without it)."""
+        async with self.db.uow() as uow:
+            ended = await uow.queue.finish(
+                lease,
+                JobStatus.FAILED,
+                self.clock(),
+                unrun=1.0,
+                error=f"{CONTENT_REFUSED}: {refused.reason}",
+            )
+            if ended:
+                await uow.events.add(
+                    kind=EventKind.CONTENT_REFUSED,
+                    actor_id=None,
+                    guild_id=job.guild_id,
+                    target_user_id=job.user_id,
+                    job_id=job.id,
+                    reason=refused.reason,
+                    details={"model": job.model_id, "prompt": job.prompt},
+                    created_at=self.clock(),
+                )
+                await uow.commit()
+        if not ended:
+            return None
+        self.events.publish(JobFailed(job.id, CONTENT_REFUSED))
+        return JobStatus.FAILED
 
     async def claim(self) -> tuple[JobRecord, Lease] | None:
         """The next job for one of this engine's models, with a lease; the worker's row says
@@ -270,6 +307,14 @@ class Worker:
             return await self._end(
                 job, lease, JobStatus.CANCELLED, "cancelled on request", 1 - state.done
             )
+        except EngineBusy as busy:
+            # The image API asked us to slow down: the job waits in the queue, unharmed.
+            logger.warning("job %s: %s; back to the queue", job.id, busy)
+            await self._release(job, lease)
+            self._resume_at = time.monotonic() + busy.retry_after
+            return None
+        except ContentRefused as refused:
+            return await self._refused(job, lease, refused)
         except Exception as error:
             logger.exception("job %s failed", job.id)
             reason = f"{type(error).__name__}: {error}"
@@ -333,7 +378,8 @@ class Worker:
         self, job: JobRecord, lease: Lease, rendered: _Rendered
     ) -> JobStatus | None:
         images, gpu_seconds = rendered.images, rendered.gpu_seconds
-        runtime = self.engine.runtime
+        runtime_for = getattr(self.engine, "runtime_for", None)
+        runtime = runtime_for(job.model_id) if runtime_for else self.engine.runtime
         ran = dataclasses.replace(
             job,
             dtype=runtime.dtype,
@@ -352,6 +398,7 @@ class Worker:
                 device_kind=ran.device_kind,
                 torch_threads=ran.torch_threads,
                 library_versions=ran.library_versions,
+                engine_details=images[0].info.get("engine_details", {}) if images else {},
                 gpu_seconds=gpu_seconds,
                 error=None,
             )

@@ -152,6 +152,8 @@ class Job(Base):
     device_kind: Mapped[str | None] = mapped_column(String(16))
     torch_threads: Mapped[int | None]
     library_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # What an image API said about the job (model, size, quality, style, revised prompts).
+    engine_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Queue state. Cost and weight are fixed at submit; virtual_start is the user's virtual
     # time when the job was first claimed (set once, so a retried job is charged once).
     cost: Mapped[float]
@@ -198,6 +200,7 @@ class EventKind(enum.StrEnum):
     """What a moderation event records."""
 
     PROMPT_BLOCKED = "prompt_blocked"
+    CONTENT_REFUSED = "content_refused"  # an image API refused the request
     IMAGE_FLAGGED = "image_flagged"
     IMAGE_APPROVED = "image_approved"
     BAN = "ban"

@@ -52,6 +52,7 @@ class JobRecord:
     device_kind: str | None
     torch_threads: int | None
     library_versions: dict[str, Any]
+    engine_details: dict[str, Any]
     cost: float
     weight: float
     virtual_start: float | None

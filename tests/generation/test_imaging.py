@@ -38,6 +38,7 @@ JOB = JobRecord(
     device_kind="cuda",
     torch_threads=1,
     library_versions={"torch": "2.4.0"},
+    engine_details={},
     cost=1.0,
     weight=1.0,
     virtual_start=None,

@@ -24,6 +24,7 @@ RECIPE: dict[str, Any] = {
     "model_revision": "0123456789ab",
     "cost": 1.0,
     "library_versions": {},
+    "engine_details": {},
 }
 
 
