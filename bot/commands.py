@@ -96,6 +96,23 @@ class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.service = bot.runtime.service
+        self._show_models()
+
+    def _model_names(self) -> list[str]:
+        return [info.name for info in self.service.models.values()]
+
+    def _show_models(self) -> None:
+        """/imagine has a ``model`` option, with the host's models as choices, only when the
+        host offers more than one. (discord.py builds options from the signature; this edits
+        the built command, before it is synced.)"""
+        parameters = self.imagine._params
+        names = self._model_names()
+        if len(names) < 2:
+            parameters.pop("model", None)
+            return
+        parameters["model"].choices = [
+            app_commands.Choice(name=name, value=name) for name in names[:25]
+        ]
 
     # -- /imagine ----------------------------------------------------------------------------
 
@@ -110,6 +127,7 @@ class ImagineCog(commands.Cog):
         count="How many images (1–4).",
         image="An image to start from.",
         strength="How far to move from the start image (0–1).",
+        model="Which model makes the images.",
     )
     @app_commands.choices(aspect=[app_commands.Choice(name=name, value=name) for name in ASPECTS])
     async def imagine(  # noqa: PLR0917 - discord.py passes each option as an argument
@@ -124,15 +142,17 @@ class ImagineCog(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        model: str | None = None,
     ) -> None:
         # The declared ranges and choices are hints for the client; everything is checked here,
         # before answering, so bad input gets a plain ephemeral reply.
-        model = self.service.model
+        chosen = self.service.model_for(model) if model in self._model_names() else None
         settings = self.bot.runtime.settings
         width = height = None
         try:
             if aspect is not None:
-                width, height = size_for(aspect, (model.native_width, model.native_height))
+                info = chosen or self.service.model
+                width, height = size_for(aspect, (info.native_width, info.native_height))
             if image is not None:
                 check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
             request = GenerationRequest(
@@ -148,6 +168,7 @@ class ImagineCog(commands.Cog):
                 height=height,
                 count=count,
                 strength=strength,
+                model=model,
                 kind=JobKind.IMG2IMG if image is not None else JobKind.TXT2IMG,
                 init_image=b"" if image is not None else None,  # downloaded once answered
                 guild_id=interaction.guild_id,

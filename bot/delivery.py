@@ -23,6 +23,7 @@ from generation.events import (
     JobProgress,
     JobSucceeded,
 )
+from generation.openai_engine import CONTENT_REFUSED
 from generation.outbox import Outbox, token_valid
 from generation.rendering import grid_key
 from generation.safety import SafetyPolicy
@@ -238,10 +239,13 @@ class Deliveries:
             if not view.job.is_terminal:
                 return
             message_id = None
-            if token_valid(delivery, utcnow()):
-                message_id = await self._edit_response(delivery, view)
-            if message_id is None:
-                message_id = await self._post(delivery, view)
+            if (view.job.error or "").startswith(CONTENT_REFUSED):
+                await self._tell_requester_only(delivery, view)
+            else:
+                if token_valid(delivery, utcnow()):
+                    message_id = await self._edit_response(delivery, view)
+                if message_id is None:
+                    message_id = await self._post(delivery, view)
             await self.outbox.mark_delivered(job_id, message_id)
             if self._action(view) == "withhold":
                 await self._tell_moderators(view)
@@ -249,6 +253,25 @@ class Deliveries:
         self._last_progress.pop(job_id, None)
         self._silent.discard(job_id)
         logger.info("job %s delivered as message %s", job_id, message_id)
+
+    async def _tell_requester_only(self, delivery: DeliveryRecord, view: JobView) -> None:
+        """An image API refused the request: only the requester hears of it, without the
+        reason. The public "thinking…" answer cannot turn ephemeral, so it goes."""
+        text = (
+            f"The image service refused job {view.job.id} under its content policy, so "
+            "nothing was made. Try a different prompt."
+        )
+        if token_valid(delivery, utcnow()):
+            webhook = self._webhook(delivery)
+            with contextlib.suppress(discord.HTTPException):
+                await webhook.delete_message(
+                    delivery.original_message_id or "@original"  # type: ignore[arg-type]
+                )
+            with contextlib.suppress(discord.HTTPException):
+                await webhook.send(text, ephemeral=True)
+                return
+        channel = await self.bot.create_dm(discord.Object(view.job.user_id))
+        await channel.send(text)
 
     async def _edit_response(self, delivery: DeliveryRecord, view: JobView) -> int | None:
         """Edit the interaction's response into the result; None if the token is refused."""
@@ -293,9 +316,12 @@ class Deliveries:
         return message.id
 
     def _webhook(self, delivery: DeliveryRecord) -> discord.Webhook:
-        return discord.Webhook.partial(
+        """The interaction's webhook: the application's own, so it may answer ephemerally."""
+        webhook = discord.Webhook.partial(
             delivery.application_id, delivery.interaction_token, client=self.bot
         )
+        webhook.type = discord.WebhookType.application
+        return webhook
 
     def _action(self, view: JobView) -> str | None:
         """The guild's safety action when an image of the job is flagged and not approved."""
