@@ -42,6 +42,9 @@ from storage.models import JobKind
     "--height", type=int, default=None, help="Pixels, a multiple of 8 (default: the model's)."
 )
 @click.option("--count", type=int, default=None, help="Images in the grid, 1..4.")
+@click.option(
+    "--model", default=None, help="One of the host's models (default: the first), e.g. dall-e-3."
+)
 @wait_options
 @click.pass_obj
 def generate(
@@ -54,6 +57,7 @@ def generate(
     width: int | None,
     height: int | None,
     count: int | None,
+    model: str | None,
     user_id: int,
     no_wait: bool,
     as_json: bool,
@@ -69,6 +73,7 @@ def generate(
         width=width,
         height=height,
         count=count,
+        model=model,
     )
     _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
 

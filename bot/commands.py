@@ -41,11 +41,16 @@ ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+F
 CROSS = "\u274c"
 
 
-def size_for(aspect: str, native: tuple[int, int]) -> tuple[int, int]:
-    """A width and height with the model's native area in the given aspect ratio."""
+def size_for(
+    aspect: str, native: tuple[int, int], sizes: tuple[tuple[int, int], ...] = ()
+) -> tuple[int, int]:
+    """A width and height with the model's native area in the given aspect ratio; for a model
+    with a list of sizes (an image API), the listed size nearest that ratio."""
     if aspect not in ASPECTS:
         raise InvalidRequest("aspect", f"must be one of {', '.join(ASPECTS)}, not {aspect!r}")
     across, down = ASPECTS[aspect]
+    if sizes:
+        return min(sizes, key=lambda size: abs(math.log(size[0] / size[1] * down / across)))
     area = native[0] * native[1]
     width = math.sqrt(area * across / down)
     return round(width / 8) * 8, round(area / width / 8) * 8
@@ -152,7 +157,9 @@ class ImagineCog(commands.Cog):
         try:
             if aspect is not None:
                 info = chosen or self.service.model
-                width, height = size_for(aspect, (info.native_width, info.native_height))
+                width, height = size_for(
+                    aspect, (info.native_width, info.native_height), info.sizes
+                )
             if image is not None:
                 check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
             request = GenerationRequest(
