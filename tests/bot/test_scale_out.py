@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,21 @@ from tests.fakediscord.payloads import FakeUser, snowflake
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(900)]
 
 
+async def _busy_with(settings: Any, user_id: int, other_id: int) -> tuple[Any, int]:
+    """The first worker seen running a job of ``user_id``, and how many of ``other_id``'s
+    jobs were still waiting then."""
+    async with open_runtime(settings) as runtime:
+        while True:
+            async with runtime.db.uow() as uow:
+                for worker in await uow.workers.all():
+                    if worker.state == "busy" and worker.current_job_id is not None:
+                        job = await uow.jobs.get(worker.current_job_id)
+                        if job is not None and job.user_id == user_id:
+                            waiting = await uow.jobs.recent(user_id=other_id, status="queued")
+                            return worker, len(waiting)
+            await asyncio.sleep(0.02)
+
+
 async def test_two_workers_and_a_bot_deliver_twenty_jobs_once_in_fair_order_through_kills(
     local_discord: LocalDiscord, tmp_path: Path, postgres_url: str
 ) -> None:
@@ -27,34 +43,35 @@ async def test_two_workers_and_a_bot_deliver_twenty_jobs_once_in_fair_order_thro
     data = tmp_path / "data"
     shared = {"database_url": postgres_url, "lease_seconds": "3", "safety_checker": "off"}
     bot = await start_bot(server, data, "--no-worker", **shared)
-    workers = [
-        await start_process(
-            data, environment(server, data, **shared), "worker", log=f"worker-{n}.log"
-        )
-        for n in range(2)
-    ]
+    workers: list[asyncio.subprocess.Process] = []
     carol = FakeUser(snowflake(), "carol")
+    settings = bot_settings(server, data, database_url=postgres_url)
     asked = []
     try:
+        # kill -9 a worker in the middle of one of bob's (longer) jobs; the job goes to the
+        # other worker. The watch starts before anything is queued, so it cannot miss one.
+        async def kill_the_busy_worker() -> tuple[Any, int]:
+            busy, alice_waiting = await _busy_with(settings, server.bob.id, server.alice.id)
+            victim = next(p for p in workers if p.pid == busy.pid)
+            victim.kill()
+            await victim.wait()
+            return busy, alice_waiting
+
+        watch = asyncio.create_task(kill_the_busy_worker())
         for i in range(10):
             asked.append(await server.invoke("imagine", server.alice, prompt=f"alice {i}", count=1))
         for i in range(5):
-            asked.append(await server.invoke("imagine", server.bob, prompt=f"bob {i}", steps=30))
+            asked.append(await server.invoke("imagine", server.bob, prompt=f"bob {i}", steps=50))
             asked.append(await server.invoke("imagine", carol, prompt=f"carol {i}", count=1))
-
-        # kill -9 a worker in the middle of one of bob's (longer) jobs; the job goes to the
-        # other worker.
-        settings = bot_settings(server, data, database_url=postgres_url)
-        async with open_runtime(settings) as runtime:
-            bobs = {v.job.id for v in await runtime.service.recent(user_id=server.bob.id)}
-            async with runtime.db.uow() as uow:
-                while not any(w.current_job_id in bobs for w in await uow.workers.all()):
-                    await asyncio.sleep(0.05)
-                    await uow.rollback()
-                busy = next(w for w in await uow.workers.all() if w.current_job_id in bobs)
-        victim = next(p for p in workers if p.pid == busy.pid)
-        victim.kill()
-        await victim.wait()
+        for interaction in asked:  # all queued before any worker looks: the order is fair share's
+            await server.wait_for(lambda i=interaction: server.queued(i), what="queued")
+        workers += [
+            await start_process(
+                data, environment(server, data, **shared), "worker", log=f"worker-{n}.log"
+            )
+            for n in range(2)
+        ]
+        busy, alice_waiting = await asyncio.wait_for(watch, 120)
 
         # The bot goes away and comes back while the other worker carries on.
         bot.kill()
@@ -81,9 +98,8 @@ async def test_two_workers_and_a_bot_deliver_twenty_jobs_once_in_fair_order_thro
     retried = jobs[busy.current_job_id]  # type: ignore[index]
     assert retried.attempts == 2 and retried.lease_owner != busy.id
 
-    def starts(user: FakeUser) -> list:  # type: ignore[type-arg]
-        return sorted(j.started_at for j in jobs.values() if j.user_id == user.id)
-
-    # Fair share: bob and carol, who came later, did not wait behind all of alice's jobs.
-    assert starts(server.bob)[0] < starts(server.alice)[5]
-    assert starts(carol)[0] < starts(server.alice)[5]
+    # Fair share: bob and carol, who asked after alice's ten, did not wait behind them all.
+    assert alice_waiting >= 5, "bob's first job ran while most of alice's still waited"
+    carols = min(j.started_at for j in jobs.values() if j.user_id == carol.id)
+    alices = sorted(j.started_at for j in jobs.values() if j.user_id == server.alice.id)
+    assert carols < alices[5]  # type: ignore[operator]
