@@ -110,6 +110,11 @@ class FakeImagesAPI:
         self.requests.append(recorded)
         return recorded
 
+    async def _begin(self, request: web.Request) -> tuple[Request, web.Response | None]:
+        """Record the request; an injected failure to answer with, if one is waiting."""
+        recorded = await self._record(request)
+        return recorded, self._failure(recorded)
+
     def _failure(self, recorded: Request) -> web.Response | None:
         if not self.failures:
             return None
@@ -144,8 +149,7 @@ class FakeImagesAPI:
         return web.json_response(body, status=400)
 
     async def _generations(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        failure = self._failure(recorded)
+        recorded, failure = await self._begin(request)
         if failure is not None:
             return failure
         body = recorded.fields
@@ -158,8 +162,7 @@ class FakeImagesAPI:
         return problem or self._images(body["prompt"], n, size, revised=model == "dall-e-3")
 
     async def _variations(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        failure = self._failure(recorded)
+        recorded, failure = await self._begin(request)
         if failure is not None:
             return failure
         fields = recorded.fields
@@ -172,8 +175,7 @@ class FakeImagesAPI:
         return self._check(recorded, model, size, n) or self._images("", n, size, revised=False)
 
     async def _edits(self, request: web.Request) -> web.Response:
-        recorded = await self._record(request)
-        failure = self._failure(recorded)
+        recorded, failure = await self._begin(request)
         if failure is not None:
             return failure
         fields = recorded.fields
