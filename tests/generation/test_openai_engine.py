@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -155,3 +160,27 @@ async def test_a_content_refusal_fails_the_job_with_a_moderation_event_and_401_n
     await _run(db, api_engine, store)
     failed = (await api_service.job(denied.id)).job
     assert failed.status == "failed" and "IMAGINE_OPENAI_API_KEY" in (failed.error or "")
+
+
+async def test_the_command_line_on_the_api_engine_alone(api: FakeImagesAPI, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "IMAGINE_DATA_DIR": str(tmp_path / "data"),
+        "IMAGINE_ENGINE": "openai",
+        "IMAGINE_OPENAI_API_KEY": "sk-test",
+        "IMAGINE_OPENAI_BASE_URL": api.base_url,
+        "IMAGINE_OPENAI_MODEL": "dall-e-3,dall-e-2",
+        "IMAGINE_SAFETY_CHECKER": "off",
+    }
+    env.pop("IMAGINE_DATABASE_URL", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "generate", "a green square", "--count", "2", "--json",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    made = json.loads(out)
+    assert (made["model_id"], made["width"], made["height"]) == ("openai:dall-e-3", 1024, 1024)
+    assert made["engine_details"]["revised_prompts"] == ["A detailed picture: a green square"] * 2
+    assert [r.fields["n"] for r in api.requests] == [1, 1]
+    assert "sk-test" not in err.decode(), "the key is never logged"
