@@ -10,6 +10,7 @@ database (the outbox sweep), so a lost connection loses at most some progress up
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import functools
@@ -45,6 +46,8 @@ KINDS: dict[str, type[JobEvent]] = {
 NAMES = {kind: name for name, kind in KINDS.items()}
 # Progress crosses processes at most this often per job (the first and last step always do).
 PROGRESS_INTERVAL = 0.5
+# A finished job's last preview stays this long for slow readers, then goes.
+PREVIEW_KEPT_SECONDS = 30.0
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -69,8 +72,15 @@ class EventRelay:
         self._last_progress: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self._cleanups: set[concurrent.futures.Future[None]] = set()
+
+    async def _forget_preview(self, job_id: int) -> None:
+        await asyncio.sleep(PREVIEW_KEPT_SECONDS)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.store.delete, preview_key(job_id))
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._listen(), name="relay-listen"),
             asyncio.create_task(self._forward(), name="relay-forward"),
@@ -78,6 +88,8 @@ class EventRelay:
         await self._ready.wait()
 
     async def close(self) -> None:
+        for cleanup in list(self._cleanups):
+            cleanup.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -122,8 +134,13 @@ class EventRelay:
             fields["preview"] = None
             if preview:
                 fields["preview"] = self.store.put(preview_key(event.job_id), preview)
-        else:
-            self._last_progress.pop(event.job_id, None)
+        elif self._last_progress.pop(event.job_id, None) is not None:
+            # The job moved on: its last preview is of no use once the others have read it.
+            cleanup = asyncio.run_coroutine_threadsafe(
+                self._forget_preview(event.job_id), self._loop
+            )
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
         return json.dumps({"origin": self.origin, "kind": NAMES[type(event)], **fields})
 
     # -- in: NOTIFY to local events ---------------------------------------------------------

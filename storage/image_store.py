@@ -50,6 +50,10 @@ class ImageStore:
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def delete(self, key: str) -> None:
+        """Remove one file, if it is there."""
+        self.path(key).unlink(missing_ok=True)
+
     def delete_tree(self, prefix: str) -> None:
         """Remove every file under ``prefix`` (a folder key)."""
         shutil.rmtree(self.path(prefix), ignore_errors=True)
@@ -87,6 +91,11 @@ class ObjectImageStore(ImageStore):
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._key(key)))
+
+    def delete(self, key: str) -> None:
+        path = self._key(key)
+        if self.fs.exists(path):
+            self.fs.rm_file(path)
 
     def delete_tree(self, prefix: str) -> None:
         path = self._key(prefix)

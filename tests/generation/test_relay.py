@@ -45,4 +45,4 @@ async def test_events_cross_processes_once_with_previews_through_the_store(
         JobProgress(7, 10, 10, None),
         JobSucceeded(7),
     ]
-    assert store.get("previews/7.png") == b"\x89PNG preview"
+    assert store.get("previews/7.png") == b"\x89PNG preview", "kept a while for slow readers"
