@@ -6,6 +6,7 @@ every command and every button here checks the member itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import io
@@ -331,7 +332,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             view.add_item(AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}"))
             for child in view.children[-3:]:
                 child.row = row
-            data = self.bot.runtime.store.get(image.path)
+            data = await asyncio.to_thread(self.bot.runtime.store.get, image.path)
             files.append(
                 discord.File(io.BytesIO(data), filename=f"SPOILER_{job.id}-{image.index}.png")
             )

@@ -279,7 +279,7 @@ class Deliveries:
             message = await self._webhook(delivery).edit_message(
                 delivery.original_message_id or "@original",  # type: ignore[arg-type]
                 content=self._text(view),
-                attachments=self._files(view),
+                attachments=await self._files(view),
                 view=self._view(view),
             )
         except discord.HTTPException as error:
@@ -305,7 +305,7 @@ class Deliveries:
         )
         message = await channel.send(
             content=self._text(view, mention=f"<@{job.user_id}>"),
-            files=self._files(view),
+            files=await self._files(view),
             view=self._view(view) or discord.utils.MISSING,
             reference=reference or discord.utils.MISSING,
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
@@ -332,15 +332,15 @@ class Deliveries:
     def _text(self, view: JobView, mention: str | None = None) -> str:
         return texts.result(view.job, mention) + texts.safety_note(self._action(view))
 
-    def _files(self, view: JobView) -> list[discord.File]:
+    async def _files(self, view: JobView) -> list[discord.File]:
         job = view.job
         action = self._action(view)
         if job.status != JobStatus.SUCCEEDED or not view.images or action == "withhold":
             return []
         if len(view.images) == 1:
-            data = self.store.get(view.images[0].path)
+            data = await asyncio.to_thread(self.store.get, view.images[0].path)
         else:
-            data = self.store.get(grid_key(job.id, job.attempts))
+            data = await asyncio.to_thread(self.store.get, grid_key(job.id, job.attempts))
         prefix = "SPOILER_" if action == "spoiler" else ""
         return [discord.File(io.BytesIO(data), filename=f"{prefix}imagine-{job.id}.png")]
 

@@ -73,6 +73,7 @@ class EventRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self._cleanups: set[concurrent.futures.Future[None]] = set()
+        self._reading: set[asyncio.Task[None]] = set()
 
     async def _forget_preview(self, job_id: int) -> None:
         await asyncio.sleep(PREVIEW_KEPT_SECONDS)
@@ -178,9 +179,19 @@ class EventRelay:
             key = data.pop("preview")
             data["preview_png"] = None
             if key is not None:
-                with contextlib.suppress(OSError):
-                    data["preview_png"] = self.store.get(key)
-        event = kind(**data)
+                # The store may be remote: read it off the event loop, then publish.
+                task = asyncio.get_running_loop().create_task(self._with_preview(data, key))
+                self._reading.add(task)
+                task.add_done_callback(self._reading.discard)
+                return
+        self._publish(kind(**data))
+
+    async def _with_preview(self, data: dict[str, Any], key: str) -> None:
+        with contextlib.suppress(OSError):
+            data["preview_png"] = await asyncio.to_thread(self.store.get, key)
+        self._publish(JobProgress(**data))
+
+    def _publish(self, event: JobEvent) -> None:
         self._relayed.add(id(event))
         self.bus.publish(event)
 
