@@ -7,7 +7,6 @@ every command and every button here checks the member itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import io
 import logging
@@ -67,7 +66,9 @@ class AdminButton(
 ):
     """Moderators' buttons: page the logs; approve, delete or ban from the review queue."""
 
-    def __init__(self, action: str, *args: int, label: str | None = None) -> None:
+    def __init__(
+        self, action: str, *args: int, label: str | None = None, row: int | None = None
+    ) -> None:
         style = {
             "approve": discord.ButtonStyle.success,
             "delete": discord.ButtonStyle.danger,
@@ -78,6 +79,7 @@ class AdminButton(
                 label=label or action.title(),
                 style=style,
                 custom_id=f"imagine-admin:{action}:" + ":".join(map(str, args)),
+                row=row,
             )
         )
         self.action = action
@@ -308,8 +310,10 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             message = self.bot.get_partial_messageable(delivery.channel_id).get_partial_message(
                 delivery.result_message_id
             )
-            with contextlib.suppress(discord.NotFound):
+            try:
                 await message.delete()
+            except discord.HTTPException as error:  # the record is deleted all the same
+                logger.warning("could not delete the message of job %s: %s", job_id, error)
 
     @app_commands.command(name="flagged", description="Images the safety check flagged.")
     async def flagged(self, interaction: discord.Interaction[ImagineBot]) -> None:
@@ -327,11 +331,11 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                 f"{row + 1}. job {job.id} image {image.index + 1} by <@{job.user_id}>: "
                 f"{image.flags.get('safety')} — {job.prompt[:80]}"
             )
-            view.add_item(AdminButton("approve", image.id, label=f"Approve {row + 1}"))
-            view.add_item(AdminButton("delete", job.id, label=f"Delete job {job.id}"))
-            view.add_item(AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}"))
-            for child in view.children[-3:]:
-                child.row = row
+            view.add_item(AdminButton("approve", image.id, label=f"Approve {row + 1}", row=row))
+            view.add_item(AdminButton("delete", job.id, label=f"Delete job {job.id}", row=row))
+            view.add_item(
+                AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}", row=row)
+            )
             data = await asyncio.to_thread(self.bot.runtime.store.get, image.path)
             files.append(
                 discord.File(io.BytesIO(data), filename=f"SPOILER_{job.id}-{image.index}.png")

@@ -37,7 +37,9 @@ class JobButton(
 ):
     """One button acting on one job (and one of its images)."""
 
-    def __init__(self, action: Action, job_id: int, index: int | None = None) -> None:
+    def __init__(
+        self, action: Action, job_id: int, index: int | None = None, row: int | None = None
+    ) -> None:
         custom_id = f"imagine:{action.value}:{job_id}" + ("" if index is None else f":{index}")
         super().__init__(
             discord.ui.Button(
@@ -47,6 +49,7 @@ class JobButton(
                 if action is Action.CANCEL
                 else discord.ButtonStyle.secondary,
                 custom_id=custom_id,
+                row=row,  # the row is fixed when the view takes the item, so given here
             )
         )
         self.action = action
@@ -95,10 +98,10 @@ def result_view(job: JobRecord, indices: list[int]) -> discord.ui.View | None:
         view.add_item(upscale)
         return view
     for index in indices:
-        view.add_item(JobButton(Action.UPSCALE, job.id, index)).children[-1].row = 0
+        view.add_item(JobButton(Action.UPSCALE, job.id, index, row=0))
+    view.add_item(JobButton(Action.REROLL, job.id, row=0))
     for index in indices:
-        view.add_item(JobButton(Action.VARY, job.id, index)).children[-1].row = 1
-    view.add_item(JobButton(Action.REROLL, job.id)).children[-1].row = 0
+        view.add_item(JobButton(Action.VARY, job.id, index, row=1))
     return view
 
 

@@ -19,7 +19,7 @@ from bot.uploads import check_attachment, read_start_image
 from generation.errors import GenerationError, InvalidRequest
 from generation.outbox import DeliveryTarget
 from generation.reproduce import reproduce
-from generation.requests import GenerationRequest
+from generation.requests import GenerationRequest, nearest_size
 from generation.service import Submission
 from storage.models import JobKind, JobStatus, utcnow
 
@@ -49,10 +49,10 @@ def size_for(
     if aspect not in ASPECTS:
         raise InvalidRequest("aspect", f"must be one of {', '.join(ASPECTS)}, not {aspect!r}")
     across, down = ASPECTS[aspect]
-    if sizes:
-        return min(sizes, key=lambda size: abs(math.log(size[0] / size[1] * down / across)))
     area = native[0] * native[1]
     width = math.sqrt(area * across / down)
+    if sizes:
+        return nearest_size(sizes, width, area / width)
     return round(width / 8) * 8, round(area / width / 8) * 8
 
 
@@ -187,19 +187,24 @@ class ImagineCog(commands.Cog):
             await refuse(interaction, _invalid(error, aspect))
             return
 
+        # A blocked prompt is refused (and its strike recorded) before any public answer.
+        blocked = self.service.prompt_filter.check(
+            request.prompt, request.negative_prompt, request.guild_id
+        )
+
         async def submit(target: DeliveryTarget) -> Submission:
             queued = request
-            if image is not None:
+            if blocked is not None:  # refused at once: no time to download an attachment
+                queued = dataclasses.replace(
+                    request, kind=JobKind.TXT2IMG, init_image=None, strength=None
+                )
+            elif image is not None:
                 data = await read_start_image(
                     image, settings.max_upload_bytes, settings.max_upload_pixels
                 )
                 queued = dataclasses.replace(request, init_image=data)
             return await self.service.submit(queued, target)
 
-        # A blocked prompt is refused (and its strike recorded) before any public answer.
-        blocked = self.service.prompt_filter.check(
-            request.prompt, request.negative_prompt, request.guild_id
-        )
         await self._submit(interaction, submit, aspect, acknowledge=blocked is None)
 
     async def _submit(

@@ -33,6 +33,8 @@ async def stop_worker(worker: Worker, running: asyncio.Task[int], grace: float) 
     """Stop claiming; the job in hand gets ``grace`` seconds to finish, then goes back to the
     queue at once (cancelling the render releases its lease)."""
     worker.stop()
+    if running.done():  # it ended by itself (or failed: run_bot logged that)
+        return
     with contextlib.suppress(asyncio.CancelledError):
         try:
             await asyncio.wait_for(asyncio.shield(running), grace)

@@ -6,6 +6,7 @@ transaction as the change; nothing edits or deletes events.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
@@ -154,7 +155,7 @@ class Moderation:
             await uow.commit()
             deleted = await uow.jobs.get(job_id)
         if is_admin and actor_id != job.user_id:
-            self.store.delete_tree(f"images/{job_id}")
+            await asyncio.to_thread(self.store.delete_tree, f"images/{job_id}")
         assert deleted is not None
         return deleted
 

@@ -7,6 +7,7 @@ tile to the variations endpoint where the model has one, else to edits with the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
@@ -197,7 +198,7 @@ class OpenAIEngine:
         model = api_model(spec.model_id or self.model.model_id)
         try:
             if spec.kind == "upscale":
-                return [self._upscale(spec)]
+                return [await asyncio.to_thread(self._upscale, spec)]
             return await self._call(model, spec, on_step)
         except openai.RateLimitError as error:
             raise EngineBusy(_retry_after(error)) from error
@@ -227,13 +228,18 @@ class OpenAIEngine:
         while len(images) < wanted:
             n = min(model.max_n, wanted - len(images))
             response = await self._request(model, spec, size, n)
-            for item in response.data or []:
-                images.append(_decode(item.b64_json))
+            if not response.data:
+                raise ValueError("the image API answered with no images")
+            for item in response.data:
+                # Decoding megapixel PNGs is for a thread: this runs on the worker's event loop.
+                images.append(await asyncio.to_thread(_decode, item.b64_json))
                 if getattr(item, "revised_prompt", None):
                     revised.append(item.revised_prompt)
             if on_step is not None:
                 on_step(ApiProgress(-(-len(images) // model.max_n), calls, images[-1]))
-        images = [image.resize((spec.width, spec.height)) for image in images[:wanted]]
+        images = await asyncio.to_thread(
+            lambda: [image.resize((spec.width, spec.height)) for image in images[:wanted]]
+        )
         # What the job must record besides its images travels with the first one.
         images[0].info["engine_details"] = {
             "engine": ENGINE,
@@ -264,16 +270,15 @@ class OpenAIEngine:
             return await self.client.images.generate(prompt=spec.prompt, **common, **extra)
         tile = spec.init_image.resize((spec.width, spec.height))
         if endpoint == "variations":
-            return await self.client.images.create_variation(
-                image=("tile.png", _png(tile)), **common
-            )
+            png = await asyncio.to_thread(_png, tile)
+            return await self.client.images.create_variation(image=("tile.png", png), **common)
         if not model.edits:
             raise ValueError(f"{model.name} cannot start from an image")  # refused at submit
-        files: dict[str, Any] = {"image": ("tile.png", _png(tile, "RGBA"))}
+        files: dict[str, Any] = {"image": ("tile.png", await asyncio.to_thread(_png, tile, "RGBA"))}
         if model.edit_needs_mask:
             # A fully transparent mask: the whole tile may change, guided by the prompt.
             mask = Image.new("RGBA", tile.size, (0, 0, 0, 0))
-            files["mask"] = ("mask.png", _png(mask, "RGBA"))
+            files["mask"] = ("mask.png", await asyncio.to_thread(_png, mask, "RGBA"))
         return await self.client.images.edit(prompt=spec.prompt, **files, **common)
 
     def close(self) -> None:
@@ -333,9 +338,6 @@ class EngineSet:
     ) -> list[Image.Image]:
         result: list[Image.Image] = await self._engine(spec.model_id).render_async(spec, on_step)
         return result
-
-    def render(self, spec: Any, on_step: Callable[[Any], None] | None = None) -> Any:
-        return self._engine(spec.model_id).render(spec, on_step)
 
     def close(self) -> None:
         for engine in self.engines:

@@ -48,6 +48,7 @@ NAMES = {kind: name for name, kind in KINDS.items()}
 PROGRESS_INTERVAL = 0.5
 # A finished job's last preview stays this long for slow readers, then goes.
 PREVIEW_KEPT_SECONDS = 30.0
+RELAYED_KEPT = 10_000
 
 
 def asyncpg_dsn(database_url: str) -> str:
@@ -68,7 +69,9 @@ class EventRelay:
         self.bus = bus
         self.store = store
         self.origin = uuid.uuid4().hex[:12]
-        self._relayed: set[int] = set()  # ids of events this relay published: not sent back
+        # Events this relay published, kept (so no other event can take their id) until the
+        # forwarder sees them and does not send them back.
+        self._relayed: dict[int, JobEvent] = {}
         self._last_progress: dict[int, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
@@ -86,7 +89,10 @@ class EventRelay:
             asyncio.create_task(self._listen(), name="relay-listen"),
             asyncio.create_task(self._forward(), name="relay-forward"),
         ]
-        await self._ready.wait()
+        try:
+            await asyncio.wait_for(self._ready.wait(), 15)
+        except TimeoutError:  # it keeps trying; results are polled meanwhile
+            logger.warning("the event relay is not listening yet; carrying on without it")
 
     async def close(self) -> None:
         for cleanup in list(self._cleanups):
@@ -105,17 +111,18 @@ class EventRelay:
             try:
                 while True:
                     event = await queue.get()
-                    if id(event) in self._relayed:
-                        self._relayed.discard(id(event))
-                        continue
-                    payload = await asyncio.to_thread(self._payload, event)
-                    if payload is None:
+                    if self._relayed.pop(id(event), None) is event:
                         continue
                     try:
+                        payload = await asyncio.to_thread(self._payload, event)
+                        if payload is None:
+                            continue
                         if connection is None or connection.is_closed():
                             connection = await asyncpg.connect(self.dsn, timeout=10)
                         await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-                    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as error:  # a hint lost; results are polled anyway
                         logger.warning("could not relay %s: %s", type(event).__name__, error)
                         connection = None
             finally:
@@ -192,7 +199,9 @@ class EventRelay:
         self._publish(JobProgress(**data))
 
     def _publish(self, event: JobEvent) -> None:
-        self._relayed.add(id(event))
+        if len(self._relayed) > RELAYED_KEPT:  # some were dropped by a full queue: forget
+            self._relayed.clear()
+        self._relayed[id(event)] = event
         self.bus.publish(event)
 
 

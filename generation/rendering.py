@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import TYPE_CHECKING
 
@@ -55,19 +56,25 @@ async def load_init_image(db: Database, store: ImageStore, job: JobRecord) -> Im
     An uploaded start image is cropped to the job's aspect ratio and scaled to its size.
     """
     if job.init_image_path is not None:
-        with Image.open(io.BytesIO(store.get(job.init_image_path))) as loaded:
-            return ImageOps.fit(
-                loaded.convert("RGB"), (job.width, job.height), Image.Resampling.LANCZOS
-            )
+        return await asyncio.to_thread(_fitted, store, job.init_image_path, job)
     if job.parent_job_id is None or job.parent_image_index is None or job.strength is None:
         return None
     async with db.uow() as uow:
         images = await uow.images.for_job(job.parent_job_id)
     for image in images:
         if image.index == job.parent_image_index:
-            with Image.open(io.BytesIO(store.get(image.path))) as loaded:
-                return loaded.convert("RGB")
+            return await asyncio.to_thread(_fitted, store, image.path, None)
     raise LookupError(
         f"job {job.id} starts from image {job.parent_image_index} of job {job.parent_job_id}, "
         "which has no stored image"
     )
+
+
+def _fitted(store: ImageStore, key: str, job: JobRecord | None) -> Image.Image:
+    """A stored image as RGB (cropped to the job's aspect and scaled to its size, if given);
+    off the event loop: the store may be remote, and decoding takes a while."""
+    with Image.open(io.BytesIO(store.get(key))) as loaded:
+        rgb = loaded.convert("RGB")
+    if job is None:
+        return rgb
+    return ImageOps.fit(rgb, (job.width, job.height), Image.Resampling.LANCZOS)

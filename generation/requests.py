@@ -15,6 +15,10 @@ MAX_PROMPT_LENGTH = 1000
 MAX_GUIDANCE = 30.0
 SIZE_STEP = 8
 IMAGE_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE, JobKind.IMG2IMG})
+# Kinds whose size follows the image they start from, not the model's native one.
+RESIZED_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE})
+# The largest local upscale of an image API's picture.
+API_UPSCALE_MAX = 4096
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -84,6 +88,19 @@ class Recipe:
         return tuple(self.seed + i for i in range(self.count))
 
 
+def nearest_size(
+    sizes: tuple[tuple[int, int], ...], width: float, height: float
+) -> tuple[int, int]:
+    """Of a model's sizes, the one nearest in aspect ratio, then in area, to width × height."""
+    return min(
+        sizes,
+        key=lambda size: (
+            round(abs(math.log(size[0] / size[1] * height / width)), 6),
+            abs(size[0] * size[1] - width * height),
+        ),
+    )
+
+
 def _check_int(option: str, value: int, low: int, high: int, unit: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(option, f"must be a whole number from {low} to {high}{unit}")
@@ -133,14 +150,17 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
     width = model.native_width if request.width is None else request.width
     height = model.native_height if request.height is None else request.height
     if model.sizes:  # an image API: its own list of sizes, whatever the host's limits
-        if request.kind is not JobKind.UPSCALE and (width, height) not in model.sizes:
+        if request.kind is JobKind.UPSCALE:  # made here, by resizing: bounded all the same
+            _check_int("width", width, 1, API_UPSCALE_MAX, " pixels")
+            _check_int("height", height, 1, API_UPSCALE_MAX, " pixels")
+        elif (width, height) not in model.sizes:
             listed = ", ".join(f"{w}×{h}" for w, h in model.sizes)
             raise InvalidRequest("size", f"{model.name} makes {listed} only, not {width}×{height}")
     else:
         _check_size("width", width, limits.min_size, limits.max_width)
         _check_size("height", height, limits.min_size, limits.max_height)
     native = (model.native_width, model.native_height)
-    if model.fixed_size and request.kind not in IMAGE_KINDS and (width, height) != native:
+    if model.fixed_size and request.kind not in RESIZED_KINDS and (width, height) != native:
         option = "width" if width != native[0] else "height"
         raise InvalidRequest(
             option,

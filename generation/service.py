@@ -23,7 +23,7 @@ from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.prompt_filter import PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
-from generation.requests import GenerationRequest, Limits, Recipe, validate
+from generation.requests import GenerationRequest, Limits, Recipe, nearest_size, validate
 from generation.strikes import StrikePolicy, strike
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -372,10 +372,14 @@ class GenerationService:
                 steps = guidance = None
         elif kind is JobKind.VARIATION:
             strength = self.limits.default_strength if strength is None else strength
+            parent_model = self.models.get(recipe.model_id)
+            if parent_model is not None and parent_model.sizes:
+                # A variation of an upscale: the API makes its own sizes only.
+                width, height = nearest_size(parent_model.sizes, width, height)
         init_image = None
         if kind is JobKind.REROLL and recipe.init_image_path is not None and self.store:
             kind, strength = JobKind.IMG2IMG, recipe.strength
-            init_image = self.store.get(recipe.init_image_path)
+            init_image = await asyncio.to_thread(self.store.get, recipe.init_image_path)
         if steps is not None and strength is not None:
             # img2img runs int(steps × strength) steps: a few-step parent (a turbo model) at a
             # low strength would run none, so take enough steps for at least one.

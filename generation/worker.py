@@ -29,7 +29,12 @@ from generation.events import (
     JobSucceeded,
 )
 from generation.imaging import encode_png, make_grid, pixel_sha256
-from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy
+from generation.openai_engine import (
+    CONTENT_REFUSED,
+    ContentRefused,
+    EngineBusy,
+    EngineRefusedKey,
+)
 from generation.rendering import (
     attempt_prefix,
     grid_key,
@@ -49,6 +54,8 @@ if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only proce
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+# After an image API refused the host's key, claims pause this long.
+KEY_RETRY_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,6 +193,24 @@ class Worker:
                 self._stopping.wait(), self.config.poll_interval if seconds is None else seconds
             )
 
+    async def _api_trouble(
+        self, job: JobRecord, lease: Lease, trouble: Exception
+    ) -> JobStatus | None:
+        """An image API said no: slow down (429), the host's key is wrong, or the request
+        broke its content policy. Only the last is the job's fault."""
+        if isinstance(trouble, ContentRefused):
+            return await self._refused(job, lease, trouble)
+        if isinstance(trouble, EngineBusy):
+            logger.warning("job %s: %s; back to the queue", job.id, trouble)
+            pause = trouble.retry_after
+        else:
+            # No job is to blame: they wait in the queue while the host fixes the key.
+            logger.error("job %s: %s; the job goes back to the queue", job.id, trouble)
+            pause = KEY_RETRY_SECONDS
+        await self._release(job, lease)
+        self._resume_at = time.monotonic() + pause
+        return None
+
     async def _refused(
         self, job: JobRecord, lease: Lease, refused: ContentRefused
     ) -> JobStatus | None:
@@ -307,14 +332,8 @@ class Worker:
             return await self._end(
                 job, lease, JobStatus.CANCELLED, "cancelled on request", 1 - state.done
             )
-        except EngineBusy as busy:
-            # The image API asked us to slow down: the job waits in the queue, unharmed.
-            logger.warning("job %s: %s; back to the queue", job.id, busy)
-            await self._release(job, lease)
-            self._resume_at = time.monotonic() + busy.retry_after
-            return None
-        except ContentRefused as refused:
-            return await self._refused(job, lease, refused)
+        except (EngineBusy, EngineRefusedKey, ContentRefused) as trouble:
+            return await self._api_trouble(job, lease, trouble)
         except Exception as error:
             logger.exception("job %s failed", job.id)
             reason = f"{type(error).__name__}: {error}"

@@ -35,6 +35,11 @@ async def test_imagine_defers_shows_progress_and_ends_in_a_grid_with_nine_button
     assert any("queued" in t or "starting" in t for t in texts), texts
     assert any("step" in t for t in texts), texts
     assert sorted(server.buttons(result)) == sorted(NINE_BUTTONS)
+    rows = [
+        [c.get("label") or c["emoji"]["name"] for c in row["components"]]
+        for row in result["components"]
+    ]
+    assert rows == [["U1", "U2", "U3", "U4", "🔄"], ["V1", "V2", "V3", "V4"]]
     grid = png_of(server, result)
     assert grid.size == (128, 128)
     recipe = json.loads(grid.text["imagine-bot"])

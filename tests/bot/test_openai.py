@@ -63,6 +63,13 @@ async def test_imagine_with_model_dall_e_2_gives_a_grid_whose_buttons_work(
             "/v1/images/variations",  # V2; U1 made no call
             "/v1/images/generations",  # 🔄
         ]
+        # Under the local upscale, Vary goes back to a size the API makes.
+        upscaled = next(m for m in server.messages.values() if "Vary (subtle)" in server.buttons(m))
+        pressed = await server.click(int(upscaled["id"]), "Vary (subtle)", server.alice)
+        subtle = json.loads(
+            png_of(server, await server.wait_for_result(pressed)).text["imagine-bot"]
+        )
+        assert (subtle["width"], subtle["height"], subtle["count"]) == (1024, 1024, 1)
 
         # A refused prompt: only its author hears, and the refusal is on record.
         api.refuse_content()

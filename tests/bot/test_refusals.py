@@ -101,3 +101,5 @@ def test_an_aspect_maps_to_the_native_area_or_an_apis_nearest_size() -> None:
     assert size_for("16:9", (1024, 1024), dall_e_3) == (1792, 1024)
     assert size_for("2:3", (1024, 1024), dall_e_3) == (1024, 1792)
     assert size_for("1:1", (1024, 1024), dall_e_3) == (1024, 1024)
+    dall_e_2 = ((256, 256), (512, 512), (1024, 1024))  # all square: the native area decides
+    assert size_for("16:9", (1024, 1024), dall_e_2) == (1024, 1024)

@@ -110,3 +110,28 @@ def test_a_fixed_size_model_refuses_other_sizes_for_text_to_image_only() -> None
         "a red circle", user_id=1, width=128, height=128, kind=JobKind.UPSCALE, strength=0.3
     )
     assert validate(upscale, LIMITS, fixed).width == 128  # upscales are img2img at 2×
+
+
+def test_an_api_models_sizes_and_a_bounded_local_upscale(model: ModelInfo) -> None:
+    from generation.openai_engine import describe_api_model
+
+    dall_e_3 = describe_api_model("dall-e-3")
+    limits = Limits()
+    assert validate(GenerationRequest("x", user_id=1, width=1792, height=1024), limits, dall_e_3)
+    upscale = GenerationRequest(
+        "x", user_id=1, width=3584, height=2048, kind=JobKind.UPSCALE, strength=0.3
+    )
+    assert validate(upscale, limits, dall_e_3).width == 3584
+    with pytest.raises(InvalidRequest, match="width: must be from 1 to 4096"):
+        validate(dataclasses.replace(upscale, width=7168, height=4096), limits, dall_e_3)
+
+
+def test_a_fixed_size_model_starts_from_an_image_at_its_own_size_only(
+    model: ModelInfo,
+) -> None:
+    fixed = dataclasses.replace(model, fixed_size=True)
+    request = GenerationRequest(
+        "x", user_id=1, width=128, height=64, kind=JobKind.IMG2IMG, init_image=b"png"
+    )
+    with pytest.raises(InvalidRequest, match="draws 64×64 only"):
+        validate(request, Limits(), fixed)
