@@ -229,6 +229,9 @@ class Deliveries:
             )
 
     async def _deliver(self, job_id: int) -> None:
+        first = await self.outbox.get(job_id)
+        if first is None or first.delivered_at is not None:
+            return  # not the bot's (a command-line job), or already out: no state kept for it
         view = await self.service.job(job_id)
         await self._wait_answered(view.job.interaction_id)
         async with self._locks[job_id]:
