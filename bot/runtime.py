@@ -149,5 +149,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         if runtime is not None and runtime.relay is not None:
             await runtime.relay.close()
         if runtime is not None and runtime.engine is not None:
+            if hasattr(runtime.engine, "aclose"):  # an image API's HTTP client
+                await runtime.engine.aclose()
             runtime.engine.close()
         await db.close()

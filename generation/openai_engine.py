@@ -282,7 +282,10 @@ class OpenAIEngine:
         return await self.client.images.edit(prompt=spec.prompt, **files, **common)
 
     def close(self) -> None:
-        """Nothing to free: the HTTP client closes with the event loop."""
+        """Nothing to free here: ``aclose`` closes the HTTP client."""
+
+    async def aclose(self) -> None:
+        await self.client.close()
 
 
 def _decode(b64: str | None) -> Image.Image:
@@ -342,3 +345,8 @@ class EngineSet:
     def close(self) -> None:
         for engine in self.engines:
             engine.close()
+
+    async def aclose(self) -> None:
+        for engine in self.engines:
+            if hasattr(engine, "aclose"):
+                await engine.aclose()
