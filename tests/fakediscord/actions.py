@@ -34,6 +34,7 @@ class LocalDiscord(FakeDiscord):
             user=user,
             channel_id=self.channel_id,
             created=time.monotonic(),
+            attachment_size_limit=self.attachment_size_limit,
         )
         self.interactions[interaction.token] = interaction
         return interaction
@@ -56,7 +57,7 @@ class LocalDiscord(FakeDiscord):
             "entitlements": [],
             "authorizing_integration_owners": {"0": str(self.guild_id)},
             "context": 0,
-            "attachment_size_limit": 25 * 1024 * 1024,
+            "attachment_size_limit": interaction.attachment_size_limit,
         }
 
     async def invoke(self, command: str, user: FakeUser, /, **options: Any) -> Interaction:

@@ -3,7 +3,9 @@
 The real discord.py client connects to it. It keeps messages as Discord would, records
 every request, can inject 429s, 5xx, dropped gateway connections and expired interaction
 tokens, and answers any route it does not implement with a 404 that it records, so a test
-fails at teardown instead of passing silently.
+fails at teardown instead of passing silently. It is as strict as Discord: the limits of
+``rules`` (content, embeds, components, nonces, files), the 3 s first response, the bot token on
+every bot route.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakediscord import rules
 from tests.fakediscord.payloads import (
     ADMINISTRATOR,
     FakeUser,
@@ -31,6 +34,8 @@ from tests.fakediscord.payloads import (
 )
 
 TOKEN = "fake-bot-token"
+# Routes authorised by the interaction token in their path; every other route needs the bot's.
+TOKEN_ROUTE = re.compile(r"^/api/v10/(interactions/\d+/[^/]+/callback|webhooks/\d+/[^/]+)")
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 TOKEN_LIFETIME = 15 * 60
@@ -47,16 +52,30 @@ def json_response(data: Any, status: int = 200, **headers: str) -> web.Response:
     )
 
 
-def api_error(status: int, code: int, text: str) -> web.Response:
-    return json_response({"message": text, "code": code}, status)
+def api_error(
+    status: int, code: int, text: str, errors: dict[str, Any] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"message": text, "code": code}
+    if errors:
+        body["errors"] = errors
+    return json_response(body, status)
 
 
 class ApiError(Exception):
     """Raised by a route handler: answered as Discord's JSON error."""
 
-    def __init__(self, status: int, code: int, text: str) -> None:
+    def __init__(
+        self, status: int, code: int, text: str, errors: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(text)
-        self.response = api_error(status, code, text)
+        self.response = api_error(status, code, text, errors)
+
+
+def invalid_form(errors: rules.FormErrors) -> ApiError:
+    return ApiError(400, 50035, "Invalid Form Body", errors.tree)
+
+
+TOO_LARGE = (413, 40005, "Request entity too large")
 
 
 @dataclasses.dataclass
@@ -88,6 +107,8 @@ class Interaction:
     user: FakeUser
     channel_id: int
     created: float
+    attachment_size_limit: int = rules.DEFAULT_FILE_LIMIT
+    sent_at: float | None = None  # time.monotonic() when its INTERACTION_CREATE went out
     message_id: int | None = None  # the message a component sits on
     callback_type: int | None = None
     original_id: int | None = None
@@ -123,7 +144,17 @@ class FakeDiscord:
         self.commands: dict[str, dict[str, Any]] = {}
         self.files: dict[int, tuple[str, bytes]] = {}
         self.dm_channels: dict[int, int] = {}  # channel id -> user id
-        self.nonces: dict[tuple[int, str], int] = {}
+        # Discord returns the first message for a repeated nonce of the same author, for a few
+        # minutes: (author id, nonce) -> (message id, time.monotonic() when made).
+        self.nonces: dict[tuple[int, str], tuple[int, float]] = {}
+        self.nonce_window = 300.0
+        # The first response to an interaction must come this soon after it was sent, else
+        # 10062; None switches the rule off for a test that needs to.
+        self.response_deadline: float | None = 3.0
+        # What uploads may weigh: each interaction says its own; a server without boosts and
+        # a DM take 10 MiB.
+        self.attachment_size_limit = rules.DEFAULT_FILE_LIMIT
+        self.guild_file_limit = rules.DEFAULT_FILE_LIMIT
         self.injections: list[Injection] = []
         self.identifies = 0
         self.resumes = 0
@@ -218,6 +249,7 @@ class FakeDiscord:
                 seen = data["d"]["seq"] or 0
                 for missed in [d for d in self._dispatched if d["s"] > seen]:
                     await socket.send_json(missed)
+                    self._sent(missed)
                 await self.dispatch("RESUMED", {})
         if self._socket is socket:
             self._socket = None
@@ -230,6 +262,15 @@ class FakeDiscord:
         self._dispatched.append(payload)
         if self._socket is not None and not self._socket.closed:
             await self._socket.send_json(payload)
+            self._sent(payload)
+
+    def _sent(self, payload: dict[str, Any]) -> None:
+        """An interaction's 3 s start when it goes out (a replay on RESUME, if it waited)."""
+        if payload["t"] != "INTERACTION_CREATE":
+            return
+        interaction = self.interactions.get(payload["d"]["token"])
+        if interaction is not None and interaction.sent_at is None:
+            interaction.sent_at = time.monotonic()
 
     def _ready(self) -> dict[str, Any]:
         return {
@@ -282,6 +323,11 @@ class FakeDiscord:
             return self._cdn(request)
         call = await self._read(request)
         self.calls.append(call)
+        if not TOKEN_ROUTE.match(request.path) and (
+            request.headers.get("Authorization") != f"Bot {TOKEN}"
+        ):
+            call.status = 401
+            return api_error(401, 0, "401: Unauthorized")
         for injection in self.injections:
             if (
                 injection.times > 0
@@ -399,8 +445,6 @@ class FakeDiscord:
         self._route("POST", "/users/@me/channels", self._open_dm)
 
     async def _me(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
-        if request.headers.get("Authorization") != f"Bot {TOKEN}":
-            return api_error(401, 0, "401: Unauthorized")
         return json_response(self.bot.payload())
 
     async def _application(self, *_: Any) -> web.Response:
@@ -479,8 +523,37 @@ class FakeDiscord:
                 else None
             ),
         )
+        replied = None
+        if reference is not None and interaction is None:
+            replied = int(self.messages[int(reference["message_id"])]["author"]["id"])
+        self._record_mentions(data, body, replied)
         self.messages[int(data["id"])] = data
         return data
+
+    def _record_mentions(
+        self, stored: dict[str, Any], body: dict[str, Any], replied: int | None = None
+    ) -> None:
+        """Who the message pings, as its ``allowed_mentions`` allows (all, if it has none)."""
+        users, roles, everyone = rules.mentions(
+            stored["content"], body.get("allowed_mentions"), replied
+        )
+        stored["mentions"] = [self.users[u].payload() for u in users if u in self.users]
+        stored["mention_roles"] = [str(r) for r in roles]
+        stored["mention_everyone"] = everyone
+
+    def check(self, call: Call, body: dict[str, Any], *, creating: bool, file_limit: int) -> None:
+        """Refuse what Discord refuses: a file over the limit (413/40005), a body past its
+        limits (400/50035), a new message with nothing in it (400/50006)."""
+        if any(len(data) > file_limit for _, data in call.files):
+            raise ApiError(*TOO_LARGE)
+        errors = rules.check_message(body, creating=creating, files=len(call.files))
+        if errors:
+            raise invalid_form(errors)
+        if creating and rules.is_empty(body, len(call.files)):
+            raise ApiError(400, 50006, "Cannot send an empty message")
+
+    def _channel_file_limit(self, channel_id: int) -> int:
+        return rules.DEFAULT_FILE_LIMIT if channel_id in self.dm_channels else self.guild_file_limit
 
     def _edit(self, message_id: int, call: Call) -> dict[str, Any]:
         stored = self.messages[message_id]
@@ -490,6 +563,8 @@ class FakeDiscord:
                 stored[key] = (
                     body[key] if body[key] is not None else ([] if key != "content" else "")
                 )
+        if "content" in body:
+            self._record_mentions(stored, body)
         if "attachments" in body or call.files:
             stored["attachments"] = self._attachments(call, stored["attachments"])
         stored["flags"] = stored["flags"] & ~LOADING
@@ -505,8 +580,13 @@ class FakeDiscord:
             return api_error(404, 10062, "Unknown interaction")
         if interaction.callback_type is not None:
             return api_error(400, 40060, "Interaction has already been acknowledged.")
+        if self._too_late(interaction):
+            interaction.expired = True  # never answered in time: its token is dead
+            return api_error(404, 10062, "Unknown interaction")
         kind = call.json["type"]
         body = call.json.get("data") or {}
+        if kind in (4, 7):
+            self.check(call, body, creating=kind == 4, file_limit=interaction.attachment_size_limit)
         interaction.callback_type = kind
         interaction.answered = time.monotonic()
         self.callbacks.append((interaction.id, kind, body))
@@ -540,6 +620,12 @@ class FakeDiscord:
             answer["resource"] = resource
         return json_response(answer)
 
+    def _too_late(self, interaction: Interaction) -> bool:
+        if self.response_deadline is None:
+            return False
+        sent = interaction.sent_at if interaction.sent_at is not None else interaction.created
+        return time.monotonic() - sent > self.response_deadline
+
     def _webhook_interaction(self, match: re.Match[str]) -> Interaction:
         interaction = self.interactions.get(match["token"])
         if interaction is None:
@@ -564,7 +650,10 @@ class FakeDiscord:
     async def _webhook_edit(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        return json_response(self._edit(self._webhook_message(match), call))
+        message_id = self._webhook_message(match)
+        limit = self._webhook_interaction(match).attachment_size_limit
+        self.check(call, call.json or {}, creating=False, file_limit=limit)
+        return json_response(self._edit(message_id, call))
 
     async def _webhook_delete(
         self, request: web.Request, call: Call, match: re.Match[str]
@@ -576,6 +665,9 @@ class FakeDiscord:
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
         interaction = self._webhook_interaction(match)
+        self.check(
+            call, call.json or {}, creating=True, file_limit=interaction.attachment_size_limit
+        )
         created = self._new_message(
             interaction.channel_id, call, webhook=True, interaction=interaction
         )
@@ -597,20 +689,27 @@ class FakeDiscord:
         if channel_id != self.channel_id and channel_id not in self.dm_channels:
             return api_error(404, 10003, "Unknown Channel")
         body = call.json or {}
+        self.check(call, body, creating=True, file_limit=self._channel_file_limit(channel_id))
         nonce = body.get("nonce")
-        if nonce and body.get("enforce_nonce") and (channel_id, nonce) in self.nonces:
-            # Discord answers a repeated nonce with the message it already made.
-            return json_response(self.messages[self.nonces[channel_id, nonce]])
+        key = (self.bot.id, str(nonce))
+        if nonce and body.get("enforce_nonce") and key in self.nonces:
+            made, at = self.nonces[key]
+            if time.monotonic() - at <= self.nonce_window and made in self.messages:
+                # Discord answers a repeated nonce with the message it already made.
+                return json_response(self.messages[made])
         reference = body.get("message_reference")
-        if (
-            reference
-            and reference.get("fail_if_not_exists", True)
-            and int(reference["message_id"]) not in self.messages
-        ):
-            return api_error(400, 50035, "Invalid Form Body: unknown message_reference")
+        if reference and int(reference["message_id"]) not in self.messages:
+            if reference.get("fail_if_not_exists", True):
+                errors = rules.FormErrors()
+                errors.add(("message_reference",), "REPLIES_UNKNOWN_MESSAGE", "Unknown message")
+                raise invalid_form(errors)
+            # Asked not to fail: Discord sends it as a plain message, not a reply.
+            call = dataclasses.replace(
+                call, json={k: v for k, v in body.items() if k != "message_reference"}
+            )
         created = self._new_message(channel_id, call)
         if nonce:
-            self.nonces[channel_id, nonce] = int(created["id"])
+            self.nonces[key] = (int(created["id"]), time.monotonic())
         return json_response(created)
 
     async def _get_message(
@@ -627,6 +726,8 @@ class FakeDiscord:
         message_id = int(match["message"])
         if message_id not in self.messages:
             return api_error(404, 10008, "Unknown Message")
+        limit = self._channel_file_limit(int(match["channel"]))
+        self.check(call, call.json or {}, creating=False, file_limit=limit)
         return json_response(self._edit(message_id, call))
 
     async def _delete(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:

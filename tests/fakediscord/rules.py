@@ -1,0 +1,216 @@
+"""Discord's documented limits on a message, checked as Discord checks them.
+
+Written from Discord's API reference (message, embed and component limits), not from the
+bot's code: the local Discord refuses what Discord refuses, with the same error body, so a
+bot that relies on leniency fails its tests. Lengths are counted in UTF-16 code units.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+CONTENT = 2000
+EMBEDS = 10
+EMBED_TOTAL = 6000
+EMBED_TITLE = 256
+EMBED_DESCRIPTION = 4096
+EMBED_FIELDS = 25
+FIELD_NAME = 256
+FIELD_VALUE = 1024
+FOOTER = 2048
+AUTHOR_NAME = 256
+ROWS = 5
+BUTTONS_PER_ROW = 5
+CUSTOM_ID = 100
+BUTTON_LABEL = 80
+SELECT_OPTIONS = 25
+SELECT_PLACEHOLDER = 150
+OPTION_TEXT = 100
+NONCE = 25
+ATTACHMENTS = 10
+DEFAULT_FILE_LIMIT = 10 * 1024 * 1024  # a server without boosts, and DMs
+
+ACTION_ROW, BUTTON, LINK = 1, 2, 5
+SELECTS = {3, 5, 6, 7, 8}  # string, user, role, mentionable and channel selects
+
+
+def units(text: str) -> int:
+    """A string's length as Discord counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+class FormErrors:
+    """Errors by path, answered as Discord's 50035 body: ``{"embeds": {"0": {"title":
+    {"_errors": [{"code": ..., "message": ...}]}}}}``."""
+
+    def __init__(self) -> None:
+        self.tree: dict[str, Any] = {}
+
+    def add(self, path: tuple[str | int, ...], code: str, message: str) -> None:
+        node = self.tree
+        for part in path:
+            node = node.setdefault(str(part), {})
+        node.setdefault("_errors", []).append({"code": code, "message": message})
+
+    def max_length(self, path: tuple[str | int, ...], value: Any, limit: int) -> None:
+        if isinstance(value, str) and units(value) > limit:
+            self.add(path, "BASE_TYPE_MAX_LENGTH", f"Must be {limit} or fewer in length.")
+
+    def count(self, path: tuple[str | int, ...], items: list[Any], low: int, high: int) -> None:
+        if not low <= len(items) <= high:
+            self.add(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+
+    def __bool__(self) -> bool:
+        return bool(self.tree)
+
+
+def check_message(body: dict[str, Any], *, creating: bool, files: int = 0) -> FormErrors:
+    """Check a message create or edit body; an empty FormErrors if Discord would take it."""
+    errors = FormErrors()
+    errors.max_length(("content",), body.get("content"), CONTENT)
+    embeds = body.get("embeds") or []
+    if len(embeds) > EMBEDS:
+        errors.count(("embeds",), embeds, 0, EMBEDS)
+    total = sum(_check_embed(errors, index, embed) for index, embed in enumerate(embeds))
+    if total > EMBED_TOTAL:
+        errors.add(
+            ("embeds",),
+            "MAX_EMBED_SIZE_EXCEEDED",
+            f"Embed size exceeds maximum size of {EMBED_TOTAL}",
+        )
+    _check_components(errors, body.get("components") or [])
+    nonce = body.get("nonce")
+    if nonce is not None:
+        errors.max_length(("nonce",), str(nonce), NONCE)
+    listed = body.get("attachments")
+    if (len(listed) if listed is not None else files) > ATTACHMENTS:
+        errors.count(("attachments",), listed or [None] * files, 0, ATTACHMENTS)
+    return errors
+
+
+def is_empty(body: dict[str, Any], files: int) -> bool:
+    """A new message with nothing in it (Discord answers 50006)."""
+    return not (
+        body.get("content")
+        or body.get("embeds")
+        or body.get("components")
+        or body.get("sticker_ids")
+        or body.get("poll")
+        or files
+    )
+
+
+def _check_embed(errors: FormErrors, index: int, embed: dict[str, Any]) -> int:
+    """Check one embed; its size toward the 6,000 of a message."""
+    path: tuple[str | int, ...] = ("embeds", index)
+    size = 0
+    for key, limit in (("title", EMBED_TITLE), ("description", EMBED_DESCRIPTION)):
+        errors.max_length((*path, key), embed.get(key), limit)
+        size += units(embed.get(key) or "")
+    footer = (embed.get("footer") or {}).get("text")
+    errors.max_length((*path, "footer", "text"), footer, FOOTER)
+    author = (embed.get("author") or {}).get("name")
+    errors.max_length((*path, "author", "name"), author, AUTHOR_NAME)
+    size += units(footer or "") + units(author or "")
+    fields = embed.get("fields") or []
+    if len(fields) > EMBED_FIELDS:
+        errors.count((*path, "fields"), fields, 0, EMBED_FIELDS)
+    for number, field in enumerate(fields):
+        for key, limit in (("name", FIELD_NAME), ("value", FIELD_VALUE)):
+            value = field.get(key)
+            if not value:
+                errors.add(
+                    (*path, "fields", number, key), "BASE_TYPE_REQUIRED", "This field is required"
+                )
+            errors.max_length((*path, "fields", number, key), value, limit)
+            size += units(value or "")
+    return size
+
+
+def _check_components(errors: FormErrors, rows: list[dict[str, Any]]) -> None:
+    if len(rows) > ROWS:
+        errors.count(("components",), rows, 0, ROWS)
+    seen: set[str] = set()
+    for number, row in enumerate(rows):
+        path: tuple[str | int, ...] = ("components", number)
+        if row.get("type") != ACTION_ROW:
+            errors.add((*path, "type"), "UNION_TYPE_CHOICES", "Value must be one of {1}.")
+            continue
+        items = row.get("components") or []
+        errors.count((*path, "components"), items, 1, BUTTONS_PER_ROW)
+        if any(item.get("type") in SELECTS for item in items) and len(items) > 1:
+            errors.add(
+                (*path, "components"),
+                "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                "The specified component exceeds the maximum width",
+            )
+        for place, item in enumerate(items):
+            _check_item(errors, (*path, "components", place), item, seen)
+
+
+def _check_item(
+    errors: FormErrors, path: tuple[str | int, ...], item: dict[str, Any], seen: set[str]
+) -> None:
+    kind, style = item.get("type"), item.get("style")
+    if kind == BUTTON:
+        errors.max_length((*path, "label"), item.get("label"), BUTTON_LABEL)
+        if not item.get("label") and not item.get("emoji"):
+            errors.add((*path, "label"), "BASE_TYPE_REQUIRED", "This field is required")
+        if style == LINK:
+            if not re.match(r"^(https?|discord)://", item.get("url") or ""):
+                errors.add((*path, "url"), "URL_TYPE_INVALID_URL", "Not a well formed URL.")
+            return
+    elif kind in SELECTS:
+        errors.max_length((*path, "placeholder"), item.get("placeholder"), SELECT_PLACEHOLDER)
+        options = item.get("options") or []
+        if kind == 3:
+            errors.count((*path, "options"), options, 1, SELECT_OPTIONS)
+        for number, option in enumerate(options):
+            for key in ("label", "value", "description"):
+                errors.max_length((*path, "options", number, key), option.get(key), OPTION_TEXT)
+    custom_id = item.get("custom_id")
+    if not custom_id:
+        errors.add((*path, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required")
+        return
+    errors.max_length((*path, "custom_id"), custom_id, CUSTOM_ID)
+    if custom_id in seen:
+        errors.add(
+            (*path, "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+            "Component custom id was already specified",
+        )
+    seen.add(custom_id)
+
+
+MENTION = re.compile(r"<@(?P<kind>[!&]?)(?P<id>\d+)>|@(?P<everyone>everyone|here)")
+
+
+def mentions(
+    content: str, allowed: dict[str, Any] | None, replied_user_id: int | None
+) -> tuple[list[int], list[int], bool]:
+    """Who a message pings: (user ids, role ids, @everyone), as ``allowed_mentions`` allows.
+
+    With no ``allowed_mentions`` every mention in the content pings, as on Discord.
+    """
+    parse = {"users", "roles", "everyone"} if allowed is None else set(allowed.get("parse") or [])
+    allowed_users = {int(u) for u in (allowed or {}).get("users") or []}
+    allowed_roles = {int(r) for r in (allowed or {}).get("roles") or []}
+    users: list[int] = []
+    roles: list[int] = []
+    everyone = False
+    for match in MENTION.finditer(content or ""):
+        if match["everyone"]:
+            everyone = everyone or "everyone" in parse
+        elif match["kind"] == "&":
+            role_id = int(match["id"])
+            if ("roles" in parse or role_id in allowed_roles) and role_id not in roles:
+                roles.append(role_id)
+        else:
+            user_id = int(match["id"])
+            if ("users" in parse or user_id in allowed_users) and user_id not in users:
+                users.append(user_id)
+    replied = allowed is None or bool(allowed.get("replied_user"))
+    if replied_user_id is not None and replied and replied_user_id not in users:
+        users.append(replied_user_id)
+    return users, roles, everyone

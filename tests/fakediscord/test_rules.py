@@ -1,0 +1,349 @@
+"""The local Discord refuses what Discord refuses, with Discord's error bodies: one test a rule."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.server import TOKEN, Interaction
+
+AUTH = {"Authorization": f"Bot {TOKEN}"}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LocalDiscord]:
+    async with LocalDiscord() as running:
+        running.commands["imagine"] = {"id": "1", "name": "imagine", "options": []}
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _request(
+    http: aiohttp.ClientSession,
+    server: LocalDiscord,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    files: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    url = server.api_base + path
+    headers = AUTH if headers is None else headers
+    if files:
+        form = aiohttp.FormData()
+        form.add_field("payload_json", json.dumps(body or {}), content_type="application/json")
+        for index, (name, data) in enumerate(files):
+            form.add_field(f"files[{index}]", data, filename=name)
+        response = await http.request(method, url, data=form, headers=headers)
+    else:
+        response = await http.request(method, url, json=body, headers=headers)
+    async with response:
+        text = await response.text()
+        return response.status, json.loads(text) if text else None
+
+
+async def _send(http: aiohttp.ClientSession, server: LocalDiscord, body: dict[str, Any], **kw: Any):  # type: ignore[no-untyped-def]
+    return await _request(
+        http, server, "POST", f"/channels/{server.channel_id}/messages", body, **kw
+    )
+
+
+def _errors_at(answer: dict[str, Any], *path: str | int) -> list[str]:
+    node = answer["errors"]
+    for part in path:
+        node = node[str(part)]
+    return [error["code"] for error in node["_errors"]]
+
+
+def _refused(status: int, answer: Any, *path: str | int) -> str:
+    assert status == 400, (status, answer)
+    assert answer["code"] == 50035 and answer["message"] == "Invalid Form Body"
+    codes = _errors_at(answer, *path)
+    assert len(codes) == 1, codes
+    return codes[0]
+
+
+async def test_content_is_limited_to_2000_utf16_code_units(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    assert (await _send(http, server, {"content": "a" * 2000}))[0] == 200
+    assert (await _send(http, server, {"content": "😀" * 1000}))[0] == 200  # 2 units each
+    status, answer = await _send(http, server, {"content": "a" * 2001})
+    assert _refused(status, answer, "content") == "BASE_TYPE_MAX_LENGTH"
+    # 1,001 characters, but 2,002 UTF-16 code units: Discord counts the latter.
+    status, answer = await _send(http, server, {"content": "😀" * 1001})
+    assert _refused(status, answer, "content") == "BASE_TYPE_MAX_LENGTH"
+    assert "2000 or fewer" in answer["errors"]["content"]["_errors"][0]["message"]
+
+
+def _embed(**fields: Any) -> dict[str, Any]:
+    return {"type": "rich", **fields}
+
+
+@pytest.mark.parametrize(
+    ("embeds", "path", "code"),
+    [
+        ([_embed(title="t" * 257)], ("embeds", 0, "title"), "BASE_TYPE_MAX_LENGTH"),
+        ([_embed(description="d" * 4097)], ("embeds", 0, "description"), "BASE_TYPE_MAX_LENGTH"),
+        (
+            [_embed(fields=[{"name": "n" * 257, "value": "v"}])],
+            ("embeds", 0, "fields", 0, "name"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            [_embed(fields=[{"name": "n", "value": "v"}, {"name": "n", "value": "v" * 1025}])],
+            ("embeds", 0, "fields", 1, "value"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            [_embed(fields=[{"name": "n", "value": "v"}] * 26)],
+            ("embeds", 0, "fields"),
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            [_embed(footer={"text": "f" * 2049})],
+            ("embeds", 0, "footer", "text"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            [_embed(description="d" * 3001), _embed(description="d" * 3000)],
+            ("embeds",),
+            "MAX_EMBED_SIZE_EXCEEDED",
+        ),
+        ([_embed(title="t")] * 11, ("embeds",), "BASE_TYPE_BAD_LENGTH"),
+    ],
+)
+async def test_embeds_are_held_to_discords_limits(
+    server: LocalDiscord,
+    http: aiohttp.ClientSession,
+    embeds: list[dict[str, Any]],
+    path: tuple[str | int, ...],
+    code: str,
+) -> None:
+    status, answer = await _send(http, server, {"embeds": embeds})
+    assert _refused(status, answer, *path) == code
+
+
+async def test_embeds_at_their_limits_are_taken(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    fields = [{"name": "n" * 256, "value": "v" * 10} for _ in range(6)]
+    embeds = [_embed(title="t" * 256, description="d" * 3000, fields=fields), _embed(title="x")]
+    assert sum(256 + 10 for _ in fields) + 256 + 3000 + 1 <= 6000
+    assert (await _send(http, server, {"embeds": embeds}))[0] == 200
+
+
+def _button(custom_id: str, label: str = "b") -> dict[str, Any]:
+    return {"type": 2, "style": 2, "label": label, "custom_id": custom_id}
+
+
+def _row(*buttons: dict[str, Any]) -> dict[str, Any]:
+    return {"type": 1, "components": list(buttons)}
+
+
+@pytest.mark.parametrize(
+    ("components", "path", "code"),
+    [
+        ([_row(_button(f"r{i}")) for i in range(6)], ("components",), "BASE_TYPE_BAD_LENGTH"),
+        (
+            [_row(*[_button(f"b{i}") for i in range(6)])],
+            ("components", 0, "components"),
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            [_row(_button("x" * 101))],
+            ("components", 0, "components", 0, "custom_id"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            [_row(_button("same"), _button("other")), _row(_button("same"))],
+            ("components", 1, "components", 0, "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+        ),
+        (
+            [_row(_button("a", label="l" * 81))],
+            ("components", 0, "components", 0, "label"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+    ],
+)
+async def test_components_are_held_to_discords_limits(
+    server: LocalDiscord,
+    http: aiohttp.ClientSession,
+    components: list[dict[str, Any]],
+    path: tuple[str | int, ...],
+    code: str,
+) -> None:
+    status, answer = await _send(http, server, {"content": "x", "components": components})
+    assert _refused(status, answer, *path) == code
+
+
+async def test_five_rows_of_five_buttons_with_100_character_ids_are_taken(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    rows = [_row(*[_button(f"{r}{b}".ljust(100, "x")) for b in range(5)]) for r in range(5)]
+    assert (await _send(http, server, {"content": "x", "components": rows}))[0] == 200
+
+
+async def test_a_message_with_nothing_in_it_is_refused(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    status, answer = await _send(http, server, {"content": ""})
+    assert (status, answer["code"]) == (400, 50006)
+
+
+async def test_a_nonce_is_at_most_25_characters_and_deduplicated_for_a_few_minutes_only(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    status, answer = await _send(
+        http, server, {"content": "x", "nonce": "n" * 26, "enforce_nonce": True}
+    )
+    assert _refused(status, answer, "nonce") == "BASE_TYPE_MAX_LENGTH"
+
+    body = {"content": "once", "nonce": "imagine-job-1", "enforce_nonce": True}
+    first = (await _send(http, server, body))[1]
+    again = (await _send(http, server, body))[1]
+    assert again["id"] == first["id"], "a repeated nonce answers with the first message"
+    server.nonce_window = 0.1
+    await asyncio.sleep(0.2)
+    later = (await _send(http, server, body))[1]
+    assert later["id"] != first["id"], "after the window the same nonce makes a new message"
+
+
+async def test_files_over_the_interactions_or_the_servers_limit_are_refused_with_40005(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    server.attachment_size_limit = 1000
+    asked = await server.invoke("imagine", server.alice)
+    callback = f"/interactions/{asked.id}/{asked.token}/callback"
+    assert (await _request(http, server, "POST", callback, {"type": 5}, headers={}))[0] == 200
+    followup = f"/webhooks/{server.application_id}/{asked.token}"
+    status, answer = await _request(
+        http, server, "POST", followup, {"content": "x"}, files=[("a.png", b"0" * 1001)]
+    )
+    assert (status, answer["code"]) == (413, 40005)
+    edit = followup + "/messages/@original"
+    status, answer = await _request(
+        http, server, "PATCH", edit, {"content": "x"}, files=[("a.png", b"0" * 1001)]
+    )
+    assert (status, answer["code"]) == (413, 40005)
+    status, _ = await _request(
+        http, server, "PATCH", edit, {"content": "x"}, files=[("a.png", b"0" * 1000)]
+    )
+    assert status == 200
+
+    server.guild_file_limit = 2000
+    status, answer = await _send(http, server, {"content": "x"}, files=[("b.png", b"0" * 2001)])
+    assert (status, answer["code"]) == (413, 40005)
+    assert (await _send(http, server, {"content": "x"}, files=[("b.png", b"0" * 2000)]))[0] == 200
+
+
+async def _callback(
+    http: aiohttp.ClientSession, server: LocalDiscord, asked: Interaction, body: dict[str, Any]
+) -> tuple[int, Any]:
+    path = f"/interactions/{asked.id}/{asked.token}/callback"
+    return await _request(http, server, "POST", path, body, headers={})
+
+
+async def test_a_first_response_later_than_3_s_after_the_interaction_is_unknown(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    server.response_deadline = 0.2  # Discord's 3 s, shortened
+    late = await server.invoke("imagine", server.alice)
+    await asyncio.sleep(0.3)
+    status, answer = await _callback(http, server, late, {"type": 5})
+    assert (status, answer["code"]) == (404, 10062)
+    followup = f"/webhooks/{server.application_id}/{late.token}"
+    assert (await _request(http, server, "POST", followup, {"content": "x"}))[0] == 401
+
+    in_time = await server.invoke("imagine", server.alice)
+    assert (await _callback(http, server, in_time, {"type": 5}))[0] == 200
+
+    server.response_deadline = None  # a test may switch the rule off
+    slow = await server.invoke("imagine", server.alice)
+    await asyncio.sleep(0.3)
+    assert (await _callback(http, server, slow, {"type": 5}))[0] == 200
+
+
+async def test_every_route_that_makes_or_edits_a_message_applies_the_limits(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    too_long = {"content": "a" * 2001}
+    asked = await server.invoke("imagine", server.alice)
+    status, answer = await _callback(http, server, asked, {"type": 4, "data": too_long})
+    assert _refused(status, answer, "content") == "BASE_TYPE_MAX_LENGTH"
+    assert asked.callback_type is None, "a refused answer does not acknowledge the interaction"
+    assert (await _callback(http, server, asked, {"type": 4, "data": {"content": "ok"}}))[0] == 200
+
+    webhook = f"/webhooks/{server.application_id}/{asked.token}"
+    for method, path in [
+        ("POST", webhook),
+        ("PATCH", webhook + "/messages/@original"),
+        ("POST", f"/channels/{server.channel_id}/messages"),
+        ("PATCH", f"/channels/{server.channel_id}/messages/{asked.original_id}"),
+    ]:
+        status, answer = await _request(http, server, method, path, too_long)
+        assert _refused(status, answer, "content") == "BASE_TYPE_MAX_LENGTH", (method, path)
+
+
+async def test_bot_routes_need_the_bot_token_and_token_routes_do_not(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    path = f"/channels/{server.channel_id}"
+    status, answer = await _request(http, server, "GET", path, headers={})
+    assert (status, answer["message"]) == (401, "401: Unauthorized")
+    wrong = {"Authorization": "Bot someone-elses-token"}
+    assert (await _request(http, server, "GET", path, headers=wrong))[0] == 401
+    assert (await _request(http, server, "GET", path))[0] == 200
+    assert (await _send(http, server, {"content": "x"}, headers={}))[0] == 401
+    asked = await server.invoke("imagine", server.alice)
+    assert (await _callback(http, server, asked, {"type": 5}))[0] == 200
+
+
+async def test_mentions_follow_allowed_mentions_and_default_to_everything(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    alice, bob = server.alice, server.bob
+    content = f"<@{alice.id}> <@!{bob.id}> <@&{server.admin_role}> @everyone"
+    status, pinged = await _send(http, server, {"content": content})
+    assert status == 200
+    assert [m["id"] for m in pinged["mentions"]] == [str(alice.id), str(bob.id)]
+    assert pinged["mention_roles"] == [str(server.admin_role)]
+    assert pinged["mention_everyone"] is True
+
+    only_alice = {"parse": [], "users": [str(alice.id)]}
+    _, quiet = await _send(http, server, {"content": content, "allowed_mentions": only_alice})
+    assert [m["id"] for m in quiet["mentions"]] == [str(alice.id)]
+    assert quiet["mention_roles"] == [] and quiet["mention_everyone"] is False
+    _, silent = await _send(http, server, {"content": content, "allowed_mentions": {"parse": []}})
+    assert silent["mentions"] == [] and silent["mention_everyone"] is False
+
+
+async def test_a_reply_to_a_deleted_message_fails_unless_asked_not_to_then_is_plain(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    _, first = await _send(http, server, {"content": "first"})
+    reference = {"message_id": first["id"], "channel_id": str(server.channel_id)}
+    _, reply = await _send(http, server, {"content": "reply", "message_reference": reference})
+    assert reply["type"] == 19 and reply["message_reference"]["message_id"] == first["id"]
+
+    path = f"/channels/{server.channel_id}/messages/{first['id']}"
+    assert (await _request(http, server, "DELETE", path))[0] == 204
+    status, answer = await _send(http, server, {"content": "r", "message_reference": reference})
+    assert _refused(status, answer, "message_reference") == "REPLIES_UNKNOWN_MESSAGE"
+    lenient = {**reference, "fail_if_not_exists": False}
+    status, plain = await _send(http, server, {"content": "r", "message_reference": lenient})
+    assert status == 200
+    assert plain["type"] == 0 and "message_reference" not in plain
