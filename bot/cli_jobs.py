@@ -10,20 +10,13 @@ from typing import Any
 
 import click
 
-from bot.cli_support import (
-    CLI_USER_ID,
-    Submit,
-    describe_place,
-    job_json,
-    place_text,
-    run_async,
-    wait_options,
-)
+from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_options
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from generation.events import JobEvent, JobProgress
 from generation.requests import GenerationRequest
 from generation.service import JobView
+from generation.wording import describe_place, place_text
 from storage.models import JobKind
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from bot.cli_support import CLI_USER_ID, place_text, run_async
+from bot.cli_support import CLI_USER_ID, run_async
 from bot.runtime import open_runtime
 from bot.settings import Settings
 from generation.quotas import USER_QUOTAS
+from generation.wording import place_text
 
 
 @click.command(name="queue")

@@ -54,34 +54,6 @@ def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
     }
 
 
-def describe_place(submission: Submission) -> str:
-    """ "3rd in line, about 40 s" for a waiting job; its status once it is not waiting."""
-    if submission.position == 0:
-        return submission.job.status
-    return place_text(submission.position, submission.eta_seconds)
-
-
-def place_text(position: int, eta_seconds: float | None) -> str:
-    if eta_seconds is None:
-        return f"{_ordinal(position)} in line"
-    return f"{_ordinal(position)} in line, about {_duration(eta_seconds)}"
-
-
-def _ordinal(number: int) -> str:
-    suffix = (
-        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    )
-    return f"{number}{suffix}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(1, round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
-
-
 WAIT_OPTIONS = [
     click.option(
         "--user", "user_id", type=int, default=CLI_USER_ID, help="Whose job it is (a Discord id)."

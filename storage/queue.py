@@ -22,6 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.models import Job, JobStatus, User
 from storage.records import JobRecord, Lease, Renewal, to_record
 
+# The error of a job whose lease ran out on its last attempt.
+LEASE_EXPIRED_ERROR = "its worker stopped answering (lease expired) on every attempt"
+
 
 class Policy(enum.StrEnum):
     FAIR = "fair"  # weighted fair queuing per user
@@ -144,7 +147,7 @@ class JobQueue:
                 finished_at=now,
                 lease_owner=None,
                 lease_expires_at=None,
-                error="its worker stopped answering (lease expired) on every attempt",
+                error=LEASE_EXPIRED_ERROR,
             )
             .execution_options(synchronize_session=False)
         )

@@ -1,0 +1,95 @@
+"""Words every front door uses (the command line, Discord, later the web console): places in
+line, durations, what a job is, its recipe, and what a user is told when it failed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from generation.openai_engine import CONTENT_REFUSED
+from storage.models import JobKind
+from storage.queue import LEASE_EXPIRED_ERROR
+from storage.records import ImageRecord, JobRecord
+
+if TYPE_CHECKING:
+    from generation.service import JobView, Submission
+
+
+def ordinal(number: int) -> str:
+    suffix = (
+        "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    )
+    return f"{number}{suffix}"
+
+
+def duration(seconds: float) -> str:
+    """ "40 s", "12 min", "3 h 5 min"."""
+    seconds = max(1, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def place_text(position: int, eta_seconds: float | None) -> str:
+    """ "3rd in line, about 40 s"."""
+    if eta_seconds is None:
+        return f"{ordinal(position)} in line"
+    return f"{ordinal(position)} in line, about {duration(eta_seconds)}"
+
+
+def describe_place(submission: Submission) -> str:
+    """A waiting job's place in line; its status once it is not waiting."""
+    if submission.position == 0:
+        return submission.job.status
+    return place_text(submission.position, submission.eta_seconds)
+
+
+def what(job: JobRecord) -> str:
+    """ "job 12", or what it was made from: "upscale of image 2 of job 11"."""
+    index = (job.parent_image_index or 0) + 1
+    if job.kind == JobKind.UPSCALE:
+        return f"upscale of image {index} of job {job.parent_job_id}"
+    if job.kind == JobKind.VARIATION:
+        return f"variation of image {index} of job {job.parent_job_id}"
+    if job.kind == JobKind.REROLL:
+        return f"reroll of job {job.parent_job_id}"
+    return f"job {job.id}"
+
+
+def public_failure(job: JobRecord) -> str:
+    """Why a job failed, as its requester is told it: short, classified, never the raw error
+    (that stays in the log and in what moderators and the host see)."""
+    error = job.error or ""
+    if error.startswith(CONTENT_REFUSED):
+        return "the image service refused the prompt"
+    if "out of memory" in error.lower() or error.startswith("OutOfMemoryError"):
+        return "the GPU ran out of memory; try a smaller size or fewer images"
+    if error == LEASE_EXPIRED_ERROR:
+        return f"the worker making it stopped answering on every attempt (job {job.id})"
+    return f"something went wrong on our side (job {job.id})"
+
+
+def recipe_fields(view: JobView) -> list[tuple[str, str]]:
+    """Everything needed to make a job's images again, as (label, value) lines."""
+    job = view.job
+    fields = [
+        ("prompt", job.prompt),
+        ("negative", job.negative_prompt or "(none)"),
+        ("seed", f"{job.seed} (image i uses seed + i)"),
+        ("steps", f"{job.steps}   guidance: {job.guidance:g}"),
+        ("size", f"{job.width}×{job.height}   images: {job.count}"),
+        ("model", f"{job.model_id} @ {job.model_revision}   scheduler: {job.scheduler}"),
+    ]
+    if job.strength is not None:
+        fields.append(("strength", f"{job.strength:g}"))
+    if job.parent_job_id is not None:
+        index = "" if job.parent_image_index is None else f" image {job.parent_image_index + 1}"
+        fields.append(("from", f"job {job.parent_job_id}{index}"))
+    if job.init_image_sha256:
+        fields.append(("start image sha256", job.init_image_sha256))
+    fields.extend(_image_field(image) for image in view.images)
+    return fields
+
+
+def _image_field(image: ImageRecord) -> tuple[str, str]:
+    return f"image {image.index + 1}", f"seed {image.seed}, sha256 {image.sha256}"
