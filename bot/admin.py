@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import logging
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import texts
-from bot.commands import refuse
+from bot import messages
+from bot.commands import answer, refuse
+from bot.limits import Message, Upload
 from generation.errors import GenerationError, InvalidRequest
-from generation.moderation import LogPage, parse_duration
+from generation.imaging import fit_file
+from generation.moderation import parse_duration
 from storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NOT_ALLOWED = "Only moderators may do that (admins in IMAGINE_ADMIN_USER_IDS or _ROLE_IDS)."
-PER_PAGE = 10
 
 
 def _since(text: str | None) -> dt.datetime | None:
@@ -42,62 +41,6 @@ def _snowflake(option: str, text: str | None) -> int | None:
     if not text.strip().isdigit():
         raise InvalidRequest(option, f"must be an id (digits only), not {text!r}")
     return int(text)
-
-
-def logs_embed(page: LogPage, filters: str) -> discord.Embed:
-    embed = discord.Embed(title=f"Jobs — page {page.page + 1}", description=filters or None)
-    for view in page.jobs:
-        job = view.job
-        flags = [i for i in view.images if i.review is not None]
-        flag = f" · ⚠ flagged ({len(flags)})" if flags else ""
-        embed.add_field(
-            name=f"job {job.id} · {job.status}{flag}",
-            value=f"{texts.when(job.created_at)} · <@{job.user_id}> · {job.prompt[:150]}",
-            inline=False,
-        )
-    if not page.jobs:
-        embed.description = (embed.description or "") + "\nNo jobs match."
-    return embed
-
-
-class AdminButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"imagine-admin:(?P<action>[a-z]+):(?P<args>[0-9:]*)",
-):
-    """Moderators' buttons: page the logs; approve, delete or ban from the review queue."""
-
-    def __init__(
-        self, action: str, *args: int, label: str | None = None, row: int | None = None
-    ) -> None:
-        style = {
-            "approve": discord.ButtonStyle.success,
-            "delete": discord.ButtonStyle.danger,
-            "ban": discord.ButtonStyle.danger,
-        }.get(action, discord.ButtonStyle.secondary)
-        super().__init__(
-            discord.ui.Button(
-                label=label or action.title(),
-                style=style,
-                custom_id=f"imagine-admin:{action}:" + ":".join(map(str, args)),
-                row=row,
-            )
-        )
-        self.action = action
-        self.args = args
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> AdminButton:
-        args = tuple(int(a) for a in match["args"].split(":") if a)
-        return cls(match["action"], *args)
-
-    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        await interaction.client.admin.button(interaction, self.action, self.args)
 
 
 class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderator tools."):
@@ -113,13 +56,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         await refuse(interaction, NOT_ALLOWED)
         return False
 
-    async def _answer(
-        self,
-        interaction: discord.Interaction[ImagineBot],
-        text: str = "",
-        **kwargs: Any,
-    ) -> None:
-        await interaction.response.send_message(text, ephemeral=True, **kwargs)
+    async def _answer(self, interaction: discord.Interaction[ImagineBot], text: str) -> None:
+        await answer(interaction, messages.plain(text))
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -152,12 +90,9 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             int(flagged),
             guild_id or 0,
         )
-        embed, view = await self._logs_page(0, filters)
-        await self._answer(interaction, embed=embed, view=view)
+        await answer(interaction, await self._logs_page(0, filters))
 
-    async def _logs_page(
-        self, page: int, filters: tuple[int, ...]
-    ) -> tuple[discord.Embed, discord.ui.View]:
+    async def _logs_page(self, page: int, filters: tuple[int, ...]) -> Message:
         user_id, since, flagged, guild_id = filters
         result = await self.moderation.logs(
             user_id=user_id or None,
@@ -165,21 +100,15 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             flagged=bool(flagged),
             guild_id=guild_id or None,
             page=page,
-            per_page=PER_PAGE,
+            per_page=messages.LOGS_PER_PAGE,
         )
         described = [
             f"user <@{user_id}>" if user_id else "",
-            f"since {texts.when(dt.datetime.fromtimestamp(since, dt.UTC))}" if since else "",
+            f"since {messages.when(dt.datetime.fromtimestamp(since, dt.UTC))}" if since else "",
             "flagged only" if flagged else "",
             f"server {guild_id}" if guild_id else "",
         ]
-        embed = logs_embed(result, " · ".join(d for d in described if d))
-        view = discord.ui.View(timeout=None)
-        if page > 0:
-            view.add_item(AdminButton("logs", page - 1, *filters, label="◀ Previous"))
-        if result.has_next:
-            view.add_item(AdminButton("logs", page + 1, *filters, label="Next ▶"))
-        return embed, view
+        return messages.admin_logs(result, filters, " · ".join(d for d in described if d))
 
     @app_commands.command(name="job", description="A job's recipe, lineage, events and images.")
     async def job(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
@@ -190,21 +119,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        lines = [
-            texts.recipe(report.view),
-            texts.lineage(report.view.job, report.parent, report.children),
-        ]
-        lines += [
-            f"event: {e.kind} by {f'<@{e.actor_id}>' if e.actor_id else 'the bot'} "
-            f"{texts.when(e.created_at)} {e.reason}"
-            for e in report.events
-        ]
-        lines += [
-            f"image {i.index + 1}: review {i.review}, scores {i.flags.get('safety')}"
-            for i in report.view.images
-            if i.review is not None
-        ]
-        await self._answer(interaction, "\n".join(line for line in lines if line)[:1900])
+        await answer(interaction, messages.admin_job(report))
 
     @app_commands.command(name="ban", description="Stop a member from generating.")
     @app_commands.describe(duration="How long: 30m, 12h, 7d, 2w; empty: until unbanned.")
@@ -229,7 +144,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             duration=length,
             guild_id=interaction.guild_id,
         )
-        end = texts.when(banned.banned_until) if banned.banned_until else "until unbanned"
+        end = messages.when(banned.banned_until) if banned.banned_until else "until unbanned"
         await self._answer(interaction, f"<@{user.id}> is banned {end}: {banned.ban_reason}")
 
     @app_commands.command(name="unban", description="Let a member generate again.")
@@ -323,24 +238,13 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         if not waiting:
             await self._answer(interaction, "Nothing is waiting for review.")
             return
-        view = discord.ui.View(timeout=None)
-        lines, files = [], []
-        for row, item in enumerate(waiting):
-            image, job = item.image, item.job
-            lines.append(
-                f"{row + 1}. job {job.id} image {image.index + 1} by <@{job.user_id}>: "
-                f"{image.flags.get('safety')} — {job.prompt[:80]}"
-            )
-            view.add_item(AdminButton("approve", image.id, label=f"Approve {row + 1}", row=row))
-            view.add_item(AdminButton("delete", job.id, label=f"Delete job {job.id}", row=row))
-            view.add_item(
-                AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}", row=row)
-            )
-            data = await asyncio.to_thread(self.bot.runtime.store.get, image.path)
-            files.append(
-                discord.File(io.BytesIO(data), filename=f"SPOILER_{job.id}-{image.index}.png")
-            )
-        await self._answer(interaction, "\n".join(lines), view=view, files=files)
+        uploads = []
+        for item in waiting:
+            data = await asyncio.to_thread(self.bot.runtime.store.get, item.image.path)
+            fitted = await asyncio.to_thread(fit_file, data, interaction.filesize_limit)
+            name = f"SPOILER_{item.job.id}-{item.image.index}.{fitted.extension}"
+            uploads.append(Upload(name, fitted.data))
+        await answer(interaction, messages.admin_flagged(waiting, uploads))
 
     # -- buttons -----------------------------------------------------------------------------
 
@@ -351,8 +255,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             return
         try:
             if action == "logs":
-                embed, view = await self._logs_page(args[0], args[1:])
-                await interaction.response.edit_message(embed=embed, view=view)
+                page = await self._logs_page(args[0], args[1:])
+                await interaction.response.edit_message(**page.edit_kwargs())
                 return
             if action == "approve":
                 image = await self.moderation.approve(

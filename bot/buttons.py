@@ -1,4 +1,5 @@
-"""Buttons under results: their ``custom_id`` holds only ids, so they work after a restart."""
+"""Every button the bot shows: its ``custom_id`` holds only ids, so it works after a restart,
+and is unique within its message (Discord refuses a message that repeats one)."""
 
 from __future__ import annotations
 
@@ -105,12 +106,71 @@ def result_view(job: JobRecord, indices: list[int]) -> discord.ui.View | None:
     return view
 
 
-def cancel_view(job_ids: list[int]) -> discord.ui.View | None:
-    if not job_ids:
-        return None
-    view = discord.ui.View(timeout=None)
-    for job_id in job_ids[:25]:
-        button = JobButton(Action.CANCEL, job_id)
-        button.item.label = f"Cancel {job_id}"
-        view.add_item(button)
-    return view
+class QueuePageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine-queue:(?P<page>\d+)"
+):
+    """◀ / ▶ under /queue: shows that page of the presser's own queue."""
+
+    def __init__(self, page: int, label: str, row: int | None = None) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"imagine-queue:{page}",
+                row=row,
+            )
+        )
+        self.page = page
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> QueuePageButton:
+        return cls(int(match["page"]), label="")
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        await interaction.client.handlers.queue_page(interaction, self.page)
+
+
+class AdminButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine-admin:(?P<action>[a-z]+):(?P<args>[0-9:]*)",
+):
+    """Moderators' buttons: page the logs; approve, delete or ban from the review queue."""
+
+    def __init__(
+        self, action: str, *args: int, label: str | None = None, row: int | None = None
+    ) -> None:
+        style = {
+            "approve": discord.ButtonStyle.success,
+            "delete": discord.ButtonStyle.danger,
+            "ban": discord.ButtonStyle.danger,
+        }.get(action, discord.ButtonStyle.secondary)
+        super().__init__(
+            discord.ui.Button(
+                label=label or action.title(),
+                style=style,
+                custom_id=f"imagine-admin:{action}:" + ":".join(map(str, args)),
+                row=row,
+            )
+        )
+        self.action = action
+        self.args = args
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AdminButton:
+        args = tuple(int(a) for a in match["args"].split(":") if a)
+        return cls(match["action"], *args)
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        await interaction.client.admin.button(interaction, self.action, self.args)

@@ -8,9 +8,9 @@ import discord
 import yarl
 from discord.ext import commands
 
-from bot.admin import AdminButton, AdminCog
-from bot.buttons import JobButton
-from bot.commands import ImagineCog
+from bot.admin import AdminCog
+from bot.buttons import AdminButton, JobButton, QueuePageButton
+from bot.commands import ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.runtime import Runtime
 from generation.outbox import Outbox
@@ -77,7 +77,7 @@ class ImagineBot(commands.Bot):
         await self.add_cog(self.handlers)
         self.admin = AdminCog(self)
         await self.add_cog(self.admin)
-        self.add_dynamic_items(JobButton, AdminButton)
+        self.add_dynamic_items(JobButton, AdminButton, QueuePageButton)
         self.tree.on_error = self._command_error  # type: ignore[method-assign]
         guild_ids = self.runtime.settings.guild_ids
         if guild_ids:
@@ -104,9 +104,6 @@ class ImagineBot(commands.Bot):
         if isinstance(error, discord.app_commands.TransformerError):
             text = f"**{error.value!r}** is not a valid value: {error}"
         try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
+            await refuse(interaction, text)
         except discord.HTTPException:
             logger.warning("could not tell the user about the failure")

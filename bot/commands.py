@@ -13,14 +13,17 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import texts
-from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action, cancel_view
+from bot import messages
+from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
+from bot.limits import Message, Upload
 from bot.uploads import check_attachment, read_start_image
+from generation import wording
 from generation.errors import GenerationError, InvalidRequest
 from generation.outbox import DeliveryTarget
+from generation.rendering import grid_key
 from generation.reproduce import reproduce
 from generation.requests import GenerationRequest, nearest_size
-from generation.service import Submission
+from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
 
 if TYPE_CHECKING:
@@ -65,19 +68,26 @@ def delivery_target(
         interaction_at=utcnow(),  # when it reached us: its token answers 15 minutes from then
         channel_id=interaction.channel_id,
         reply_to_message_id=reply_to,
+        attachment_size_limit=interaction.filesize_limit,
     )
 
 
 async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
     """Tell only the user; a public "thinking" response cannot turn ephemeral, so it goes."""
+    answer = messages.plain(text).send_kwargs()
     if not interaction.response.is_done():
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(**answer, ephemeral=True)
         return
     try:
         await interaction.delete_original_response()
     except discord.HTTPException:
         logger.debug("could not delete the response to %s", interaction.id)
-    await interaction.followup.send(text, ephemeral=True)
+    await interaction.followup.send(**answer, ephemeral=True)
+
+
+async def answer(interaction: discord.Interaction[Any], message: Message) -> None:
+    """An ephemeral answer to a command or button, as ``message`` holds it."""
+    await interaction.response.send_message(**message.send_kwargs(), ephemeral=True)
 
 
 async def _nothing() -> None:
@@ -247,7 +257,7 @@ class ImagineCog(commands.Cog):
                 await self.bot.outbox.set_original(submission.job.id, message_id)
         finally:
             deliveries.answered(interaction.id)
-        await deliveries.show_queued(submission.job.id, texts.queued(submission))
+        await deliveries.show_queued(submission.job.id, messages.queued(submission))
 
     @staticmethod
     async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | None:
@@ -306,7 +316,7 @@ class ImagineCog(commands.Cog):
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        await interaction.response.send_message(f"Job {job_id}: cancelled.", ephemeral=True)
+        await answer(interaction, messages.plain(f"Job {job_id}: cancelled."))
 
     # -- reactions ---------------------------------------------------------------------------
 
@@ -333,7 +343,7 @@ class ImagineCog(commands.Cog):
         if view.job.status == JobStatus.DELETED:
             return
         channel = await self.bot.create_dm(discord.Object(user_id))
-        await channel.send(texts.recipe(view))
+        await channel.send(**messages.recipe(view).send_kwargs())
 
     async def _delete(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         member = payload.member
@@ -353,48 +363,59 @@ class ImagineCog(commands.Cog):
 
     @app_commands.command(name="queue", description="Your waiting and running jobs.")
     async def queue(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        user_id = interaction.user.id
+        await answer(interaction, await self._queue_page(interaction.user.id, 0))
+
+    async def queue_page(self, interaction: discord.Interaction[ImagineBot], page: int) -> None:
+        """◀ / ▶ under /queue: the presser's own queue, that page, in place."""
+        message = await self._queue_page(interaction.user.id, page)
+        await interaction.response.edit_message(**message.edit_kwargs())
+
+    async def _queue_page(self, user_id: int, page: int) -> Message:
         waiting = await self.service.waiting(user_id)
         running = [v.job for v in await self.service.recent(user_id=user_id, status="running")]
-        lines = [f"job {job.id}: running — {job.prompt[:80]}" for job in running]
-        lines += [
-            f"job {s.job.id}: {texts.describe_place(s)} — {s.job.prompt[:80]}" for s in waiting
-        ]
-        view = cancel_view([job.id for job in running] + [s.job.id for s in waiting])
-        await interaction.response.send_message(
-            "\n".join(lines) or "You have nothing waiting or running.",
-            view=view or discord.utils.MISSING,
-            ephemeral=True,
-        )
+        entries = [(job, "running") for job in running]
+        entries += [(s.job, wording.describe_place(s)) for s in waiting]
+        return messages.queue_page(entries, page)
 
     @app_commands.command(name="quota", description="Your usage, limits and when they reset.")
     async def quota(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        usage = await self.service.usage(interaction.user.id)
-        limits = usage.limits
-        text = "\n".join(
-            [
-                f"waiting or running: {usage.queued} of {limits.queued_per_user}",
-                f"images today: {usage.images_today} of {limits.images_per_user_day} "
-                f"(resets {texts.when(usage.day_resets_at)})",
-                f"buttons: {usage.bucket_tokens:.0f} of {limits.bucket_size} presses left, "
-                f"one back every {limits.bucket_refill_seconds:g} s",
-            ]
-        )
-        await interaction.response.send_message(text, ephemeral=True)
+        await answer(interaction, messages.quota(await self.service.usage(interaction.user.id)))
 
     @app_commands.command(name="job", description="A job's recipe and lineage.")
-    async def job(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
+    @app_commands.describe(full="Attach the full-size PNG (when it fits Discord's limit).")
+    async def job(
+        self, interaction: discord.Interaction[ImagineBot], id: int, full: bool = False
+    ) -> None:
         try:
             view = await self.service.job(id)
             parent, children = await self.service.lineage(id)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        text = texts.recipe(view)
-        family = texts.lineage(view.job, parent, children)
-        await interaction.response.send_message(
-            text + ("\n" + family if family else ""), ephemeral=True
+        files: list[Upload] = []
+        note = ""
+        if full:
+            files, note = await self._full_files(view, interaction.filesize_limit)
+        await answer(
+            interaction,
+            messages.job_details(view, parent, children, full_files=files, full_note=note),
         )
+
+    async def _full_files(self, view: JobView, limit: int) -> tuple[list[Upload], str]:
+        """The job's full PNG (its grid, or its one image) if it fits, else where it is."""
+        job = view.job
+        if job.status != JobStatus.SUCCEEDED or not view.images:
+            return [], f"Job {job.id} has no images ({job.status})."
+        if any(image.review is not None and image.review != "approved" for image in view.images):
+            return [], "Its images are waiting for the moderators' review."
+        key = view.images[0].path if len(view.images) == 1 else grid_key(job.id, job.attempts)
+        data = await asyncio.to_thread(self.bot.runtime.store.get, key)
+        if len(data) > limit:
+            return [], (
+                f"The full PNG ({len(data):,} bytes) is over Discord's {limit:,}-byte limit "
+                f"here; the host has it (`imagine-bot jobs --json` gives its path)."
+            )
+        return [Upload(f"imagine-{job.id}-full.png", data)], ""
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
     async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
@@ -410,11 +431,6 @@ class ImagineCog(commands.Cog):
         try:
             report = await reproduce(runtime.db, runtime.engine, runtime.store, id)
         except GenerationError as error:
-            await interaction.edit_original_response(content=str(error))
+            await interaction.edit_original_response(**messages.plain(str(error)).edit_kwargs())
             return
-        same = sum(image.identical for image in report.images)
-        verdict = "identical" if report.identical else "different"
-        text = f"Job {id}: {verdict} ({same} of {len(report.images)} images match bit for bit)"
-        if report.differences:
-            text += "\n" + "\n".join(report.differences)
-        await interaction.edit_original_response(content=text)
+        await interaction.edit_original_response(**messages.reproduced(report).edit_kwargs())

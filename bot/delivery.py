@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import texts
-from bot.buttons import result_view
+from bot import messages
+from bot.limits import DEFAULT_FILE_LIMIT, Message, Upload
 from generation.events import (
     EventBus,
     JobCancelled,
@@ -23,6 +22,7 @@ from generation.events import (
     JobProgress,
     JobSucceeded,
 )
+from generation.imaging import FittedFile, fit_file
 from generation.openai_engine import CONTENT_REFUSED
 from generation.outbox import Outbox, token_valid
 from generation.rendering import grid_key
@@ -167,7 +167,7 @@ class Deliveries:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), 10)
 
-    async def show_queued(self, job_id: int, text: str) -> None:
+    async def show_queued(self, job_id: int, message: Message) -> None:
         """Put the queue place on the response, unless the result got there first."""
         async with self._locks[job_id]:
             delivery = await self.outbox.get(job_id)
@@ -176,7 +176,7 @@ class Deliveries:
             with contextlib.suppress(discord.HTTPException):
                 await self._webhook(delivery).edit_message(
                     delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                    content=text,
+                    **message.edit_kwargs(),
                 )
 
     # -- progress --------------------------------------------------------------------------
@@ -192,19 +192,18 @@ class Deliveries:
             job = (await self.service.job(event.job_id)).job
             if job.interaction_id in self._acks:
                 return  # not answered yet: the response does not exist to edit
-            files = (
-                [discord.File(io.BytesIO(event.preview_png), filename="preview.png")]
-                if event.preview_png
-                else discord.utils.MISSING
-            )
+            preview = None
+            if event.preview_png:
+                fitted = await asyncio.to_thread(fit_file, event.preview_png, _edit_limit(delivery))
+                preview = Upload(f"preview.{fitted.extension}", fitted.data)
+            message = messages.progress(job, event.step, event.total, preview)
             async with self._locks[event.job_id]:
                 current = await self.outbox.get(event.job_id)
                 if current is None or current.delivered_at is not None:
                     return  # the result got there first: never paint progress over it
                 await self._webhook(delivery).edit_message(
                     delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                    content=texts.progress(job, event.step, event.total),
-                    attachments=files,
+                    **message.edit_kwargs(),
                 )
         except discord.HTTPException as error:
             if _gone(error):
@@ -260,10 +259,7 @@ class Deliveries:
     async def _tell_requester_only(self, delivery: DeliveryRecord, view: JobView) -> None:
         """An image API refused the request: only the requester hears of it, without the
         reason. The public "thinking…" answer cannot turn ephemeral, so it goes."""
-        text = (
-            f"The image service refused job {view.job.id} under its content policy, so "
-            "nothing was made. Try a different prompt."
-        )
+        message = messages.content_refused(view.job)
         if token_valid(delivery, utcnow()):
             webhook = self._webhook(delivery)
             with contextlib.suppress(discord.HTTPException):
@@ -271,19 +267,18 @@ class Deliveries:
                     delivery.original_message_id or "@original"  # type: ignore[arg-type]
                 )
             with contextlib.suppress(discord.HTTPException):
-                await webhook.send(text, ephemeral=True)
+                await webhook.send(**message.send_kwargs(), ephemeral=True)
                 return
         channel = await self.bot.create_dm(discord.Object(view.job.user_id))
-        await channel.send(text)
+        await channel.send(**message.send_kwargs())
 
     async def _edit_response(self, delivery: DeliveryRecord, view: JobView) -> int | None:
         """Edit the interaction's response into the result; None if the token is refused."""
+        result = await self._result(view, _edit_limit(delivery))
         try:
             message = await self._webhook(delivery).edit_message(
                 delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                content=self._text(view),
-                attachments=await self._files(view),
-                view=self._view(view),
+                **result.edit_kwargs(),
             )
         except discord.HTTPException as error:
             if not _gone(error):
@@ -306,10 +301,11 @@ class Deliveries:
             if reply_to
             else None
         )
+        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
+        limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
+        result = await self._result(view, limit, mention=f"<@{job.user_id}>")
         message = await channel.send(
-            content=self._text(view, mention=f"<@{job.user_id}>"),
-            files=await self._files(view),
-            view=self._view(view) or discord.utils.MISSING,
+            **result.send_kwargs(),
             reference=reference or discord.utils.MISSING,
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
             # Discord answers a repeated nonce with the first message: a retry after a crash
@@ -332,36 +328,36 @@ class Deliveries:
             return self.safety.for_guild(view.job.guild_id)
         return None
 
-    def _text(self, view: JobView, mention: str | None = None) -> str:
-        return texts.result(view.job, mention) + texts.safety_note(self._action(view))
+    async def _result(self, view: JobView, file_limit: int, mention: str | None = None) -> Message:
+        """The result message, its file made to fit ``file_limit`` bytes."""
+        return messages.result(
+            view,
+            action=self._action(view),
+            fitted=await self._file(view, file_limit),
+            mention=mention,
+        )
 
-    async def _files(self, view: JobView) -> list[discord.File]:
+    async def _file(self, view: JobView, limit: int) -> FittedFile | None:
+        """The grid (or the one image) as a file within ``limit``; the full PNG stays stored."""
         job = view.job
-        action = self._action(view)
-        if job.status != JobStatus.SUCCEEDED or not view.images or action == "withhold":
-            return []
-        if len(view.images) == 1:
-            data = await asyncio.to_thread(self.store.get, view.images[0].path)
-        else:
-            data = await asyncio.to_thread(self.store.get, grid_key(job.id, job.attempts))
-        prefix = "SPOILER_" if action == "spoiler" else ""
-        return [discord.File(io.BytesIO(data), filename=f"{prefix}imagine-{job.id}.png")]
-
-    def _view(self, view: JobView) -> discord.ui.View | None:
+        if job.status != JobStatus.SUCCEEDED or not view.images:
+            return None
         if self._action(view) == "withhold":
             return None
-        return result_view(view.job, [image.index for image in view.images])
+        key = view.images[0].path if len(view.images) == 1 else grid_key(job.id, job.attempts)
+        data = await asyncio.to_thread(self.store.get, key)
+        return await asyncio.to_thread(fit_file, data, limit)
 
     async def _tell_moderators(self, view: JobView) -> None:
         if self.moderation_channel_id is None:
             return
-        job = view.job
-        scores = [image.flags.get("safety") for image in view.images if image.review]
         channel = self.bot.get_partial_messageable(self.moderation_channel_id)
         try:
-            await channel.send(
-                f"Job {job.id} by <@{job.user_id}> was withheld: the safety check flagged "
-                f"{len(scores)} image(s) {scores}. Review it with `/admin flagged`."
-            )
+            await channel.send(**messages.moderators_notice(view).send_kwargs())
         except discord.HTTPException as error:
-            logger.warning("could not tell the moderators about job %s: %s", job.id, error)
+            logger.warning("could not tell the moderators about job %s: %s", view.job.id, error)
+
+
+def _edit_limit(delivery: DeliveryRecord) -> int:
+    """What a file may weigh in answers to the delivery's interaction."""
+    return delivery.attachment_size_limit or DEFAULT_FILE_LIMIT

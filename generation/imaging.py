@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,6 +29,11 @@ SAMPLER_NAMES = {
     "LCMScheduler": "LCM",
 }
 RECIPE_CHUNK = "imagine-bot"
+# Where a WebP (or JPEG) keeps the same: EXIF's ImageDescription holds the JSON recipe (ASCII),
+# UserComment the infotext, as AUTOMATIC1111 writes it for JPEG and WebP.
+IMAGE_DESCRIPTION = 0x010E
+EXIF_IFD = 0x8769
+USER_COMMENT = 0x9286
 
 
 def pixel_sha256(image: Image.Image) -> str:
@@ -120,9 +126,77 @@ def encode_png(
     return buffer.getvalue()
 
 
-def read_recipe(png: bytes) -> dict[str, Any]:
-    """The JSON recipe stored in a PNG written by ``encode_png``."""
-    with Image.open(io.BytesIO(png)) as image:
-        text = image.text[RECIPE_CHUNK]  # type: ignore[attr-defined]
-    data: dict[str, Any] = json.loads(text)
-    return data
+def read_recipe(data: bytes) -> dict[str, Any]:
+    """The JSON recipe in a PNG written by ``encode_png``, or in a file ``fit_file`` reduced."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG":
+            text = image.text[RECIPE_CHUNK]  # type: ignore[attr-defined]
+        else:
+            text = image.getexif()[IMAGE_DESCRIPTION]
+    recipe: dict[str, Any] = json.loads(text)
+    return recipe
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FittedFile:
+    """An image file within a size limit: the PNG as it was, or a reduced WebP."""
+
+    data: bytes
+    extension: str  # "png" or "webp"
+    size: tuple[int, int]
+    original_size: tuple[int, int]
+    original_bytes: int
+
+    @property
+    def reduced(self) -> bool:
+        return self.extension != "png"
+
+
+class TooLargeToFit(ValueError):
+    """Not even a thumbnail of the image fits the limit."""
+
+
+def fit_file(png: bytes, limit: int) -> FittedFile:
+    """``png`` if it weighs at most ``limit`` bytes; else a high-quality WebP carrying the same
+    recipe and infotext, then smaller ones, until it fits."""
+    with Image.open(io.BytesIO(png)) as opened:
+        opened.load()
+        image, texts = opened.convert("RGB"), dict(getattr(opened, "text", {}))
+    original = image.size
+    if len(png) <= limit:
+        return FittedFile(png, "png", original, original, len(png))
+    exif = _exif(texts)
+    data = b""
+    for quality in (90, 80):
+        data = _webp(image, quality, exif)
+        if len(data) <= limit:
+            return FittedFile(data, "webp", original, original, len(png))
+    if len(exif.tobytes()) * 2 > limit:
+        exif = Image.Exif()  # the recipe would crowd out the picture: the store keeps it
+    current = image
+    while current.width > 16 and current.height > 16:
+        # Bytes go roughly with the area: aim a little under, and never shrink below half.
+        scale = min(0.9, max(0.5, math.sqrt(limit / len(data)) * 0.95))
+        size = (max(16, round(current.width * scale)), max(16, round(current.height * scale)))
+        current = image.resize(size, Image.Resampling.LANCZOS)
+        data = _webp(current, 80, exif)
+        if len(data) <= limit:
+            return FittedFile(data, "webp", current.size, original, len(png))
+    raise TooLargeToFit(f"a {original[0]}×{original[1]} image does not fit in {limit} bytes")
+
+
+def _exif(texts: dict[str, str]) -> Image.Exif:
+    exif = Image.Exif()
+    if RECIPE_CHUNK in texts:
+        recipe = json.loads(texts[RECIPE_CHUNK])
+        exif[IMAGE_DESCRIPTION] = json.dumps(recipe, sort_keys=True, ensure_ascii=True)
+    if "parameters" in texts:
+        comment = b"UNICODE\0" + texts["parameters"].encode("utf-16-be")
+        exif.get_ifd(EXIF_IFD)[USER_COMMENT] = comment
+    return exif
+
+
+def _webp(image: Image.Image, quality: int, exif: Image.Exif) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=quality, method=4, exif=exif)
+    return buffer.getvalue()

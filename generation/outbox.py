@@ -24,6 +24,7 @@ class DeliveryTarget:
     interaction_at: dt.datetime
     channel_id: int | None = None
     reply_to_message_id: int | None = None
+    attachment_size_limit: int | None = None  # bytes a file may weigh in answers to it
 
 
 def token_valid(delivery: DeliveryRecord, now: dt.datetime) -> bool:

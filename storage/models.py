@@ -241,6 +241,9 @@ class Delivery(Base):
     reply_to_message_id: Mapped[int | None] = mapped_column(BigInteger)
     result_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     delivered_at: Mapped[dt.datetime | None]
+    # The largest file Discord takes in answers to the interaction (it says so in each one);
+    # None for rows from before it was kept.
+    attachment_size_limit: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class WorkerRow(Base):

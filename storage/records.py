@@ -112,6 +112,7 @@ class DeliveryRecord:
     reply_to_message_id: int | None
     result_message_id: int | None
     delivered_at: dt.datetime | None
+    attachment_size_limit: int | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import random
 import time
 from typing import Any
 
@@ -37,6 +38,9 @@ class FakeImagesAPI:
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self.failures: list[tuple[int, dict[str, Any], dict[str, str]]] = []
+        # Real APIs return detailed pictures of a megabyte or more; plain colour compresses to
+        # almost nothing. A test about file sizes turns detail on.
+        self.detailed = False
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -122,14 +126,21 @@ class FakeImagesAPI:
         recorded.status = status
         return web.json_response(body, status=status, headers=headers)
 
-    @staticmethod
-    def _images(prompt: str, n: int, size: str, revised: bool) -> web.Response:
+    def _picture(self, colour: str, width: int, height: int, number: int) -> Image.Image:
+        if not self.detailed:
+            return Image.new("RGB", (width, height), colour)
+        rng = random.Random(number)
+        texture = Image.frombytes("RGB", (48, 48), rng.randbytes(48 * 48 * 3))
+        detail = texture.resize((width, height), Image.Resampling.BICUBIC)
+        return Image.blend(Image.new("RGB", (width, height), colour), detail, 0.5)
+
+    def _images(self, prompt: str, n: int, size: str, revised: bool) -> web.Response:
         colour = next((c for c in COLOURS if c in prompt.lower()), "red")
         width, height = (1024, 1024) if size == "auto" else map(int, size.split("x"))
         data = []
-        for _ in range(n):
+        for number in range(n):
             buffer = io.BytesIO()
-            Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+            self._picture(colour, width, height, number).save(buffer, format="PNG")
             item: dict[str, Any] = {"b64_json": base64.b64encode(buffer.getvalue()).decode()}
             if revised:
                 item["revised_prompt"] = f"A detailed picture: {prompt}"

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import random
 
+import pytest
 from PIL import Image
 
-from generation.imaging import encode_png, infotext, make_grid, pixel_sha256, read_recipe
+from generation.imaging import (
+    TooLargeToFit,
+    encode_png,
+    fit_file,
+    infotext,
+    make_grid,
+    pixel_sha256,
+    read_recipe,
+)
 from storage.models import utcnow
 from storage.records import JobRecord
 
@@ -99,3 +109,40 @@ def test_grid_places_images_two_to_a_row_in_index_order() -> None:
     assert [grid.getpixel(point) for point in [(0, 0), (4, 0), (0, 4), (4, 4)]] == colours
     assert make_grid([Image.new("RGB", (4, 4))] * 3).size == (8, 8)
     assert make_grid([Image.new("RGB", (4, 4))]).size == (4, 4)
+
+
+def _detailed_png(size: int) -> bytes:
+    rng = random.Random(size)
+    texture = Image.frombytes("RGB", (64, 64), rng.randbytes(64 * 64 * 3))
+    picture = texture.resize((size, size), Image.Resampling.BICUBIC)
+    return encode_png(picture, dataclasses.replace(JOB, prompt="ü😀 " * 300), 0, "sd-turbo")
+
+
+def test_a_file_within_the_limit_goes_as_the_png_it_is() -> None:
+    png = _detailed_png(256)
+    fitted = fit_file(png, len(png))
+    assert (fitted.data, fitted.extension, fitted.reduced) == (png, "png", False)
+
+
+@pytest.mark.parametrize("limit", [10 * 2**20 // 16, 64 * 1024, 20 * 1024])
+def test_a_file_over_the_limit_becomes_a_webp_within_it_carrying_the_recipe(limit: int) -> None:
+    png = _detailed_png(1024)
+    assert len(png) > limit
+    fitted = fit_file(png, limit)
+    assert fitted.reduced and fitted.extension == "webp"
+    assert len(fitted.data) <= limit
+    assert fitted.original_size == (1024, 1024) and fitted.original_bytes == len(png)
+    with Image.open(io.BytesIO(fitted.data)) as image:
+        image.load()
+        assert image.format == "WEBP" and image.size == fitted.size
+        comment = image.getexif().get_ifd(0x8769)[0x9286]
+    assert comment.startswith(b"UNICODE\0")
+    assert comment[8:].decode("utf-16-be") == infotext(
+        dataclasses.replace(JOB, prompt="ü😀 " * 300), JOB.seed, "sd-turbo"
+    )
+    assert read_recipe(fitted.data) == read_recipe(png)
+
+
+def test_a_limit_not_even_a_thumbnail_fits_is_said_so() -> None:
+    with pytest.raises(TooLargeToFit):
+        fit_file(_detailed_png(256), 50)

@@ -1,0 +1,358 @@
+"""Every message the bot sends, built here within Discord's limits (see ``bot.limits``).
+
+Handlers and deliveries ask this module for a ``Message`` and send it; none writes text of its
+own. What users typed is escaped and cut to its share, long recipes go as a text file, lists
+are paged or capped, failures are told in short classified words.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Sequence
+
+import discord
+
+from bot.buttons import Action, AdminButton, JobButton, QueuePageButton, result_view
+from bot.limits import CONTENT, MORE, Message, Upload, clip, escape, quote, units
+from generation import wording
+from generation.imaging import FittedFile
+from generation.moderation import Flagged, JobReport, LogPage
+from generation.quotas import Usage
+from generation.reproduce import ReproduceReport
+from generation.service import JobView, Submission
+from storage.models import JobStatus
+from storage.records import JobRecord
+
+PROMPT_SHOWN = 200  # a prompt's share of a progress or result line
+PROMPT_LISTED = 80  # ... of a line in a list
+PROMPT_LOGGED = 150  # ... of a field in /admin logs
+SCORES_SHOWN = 200
+QUEUE_PAGE = 10
+CHILDREN_SHOWN = 10
+LOGS_PER_PAGE = 10
+SHA256 = re.compile(r"sha256 ([0-9a-f]{16})[0-9a-f]{48}")
+SHORT_SHA256 = r"sha256 \1" + MORE
+
+
+def when(moment: dt.datetime) -> str:
+    """A Discord timestamp: each reader sees it in their own time zone."""
+    return f"<t:{int(moment.timestamp())}:R>"
+
+
+def plain(text: str) -> Message:
+    """A short answer: a refusal, a confirmation. Cut to fit, should it ever be long."""
+    return Message(content=clip(text, CONTENT))
+
+
+def _fit_lines(lines: Sequence[str], limit: int, rest: str = "") -> tuple[str, bool]:
+    """As many whole lines as fit in ``limit`` units, and the start of the next if there is
+    room for it; then ``rest`` (a pointer to what was left out) if anything was. Whether all of
+    it fitted."""
+    whole = "\n".join(lines)
+    if units(whole) <= limit:
+        return whole, True
+    room = limit - units(rest) - 1
+    kept: list[str] = []
+    used = 0
+    for line in lines:
+        size = units(line) + (1 if kept else 0)
+        if used + size > room:
+            left = room - used - (1 if kept else 0)
+            if left >= min(40, room):  # room for a useful start of the line that overflows
+                kept.append(clip(line, left))
+            break
+        kept.append(line)
+        used += size
+    return "\n".join([*kept, rest]) if rest else "\n".join(kept), False
+
+
+def _with_file(lines: Sequence[str], full_text: str, filename: str) -> Message:
+    """The lines as the message, or, if they do not fit, their start and the whole as a file."""
+    rest = f"{MORE} the whole of it is in {filename}."
+    content, whole = _fit_lines(lines, CONTENT, rest)
+    if whole:
+        return Message(content=content)
+    return Message(content=content, uploads=[Upload(filename, full_text.encode())])
+
+
+# -- a job's life: queued, progress, result ------------------------------------------------
+
+
+def _headline(job: JobRecord) -> str:
+    return f"**{quote(job.prompt, PROMPT_SHOWN)}** — {wording.what(job)}"
+
+
+def queued(submission: Submission) -> Message:
+    job = submission.job
+    if submission.position == 0:
+        return Message(content=f"{_headline(job)}: starting")
+    place = wording.place_text(submission.position, submission.eta_seconds)
+    return Message(content=f"{_headline(job)}: queued, {place}")
+
+
+def progress(job: JobRecord, step: int, total: int, preview: Upload | None = None) -> Message:
+    percent = round(100 * step / max(1, total))
+    return Message(
+        content=f"{_headline(job)}: step {step}/{total} ({percent} %)",
+        uploads=[preview] if preview else [],
+    )
+
+
+def _safety_note(action: str | None) -> str:
+    if action == "spoiler":
+        return "\n⚠ The safety check flagged this image, so it is behind a spoiler."
+    if action == "withhold":
+        return (
+            "\n⚠ The safety check flagged this image, so it is held back for the moderators "
+            "to review."
+        )
+    return ""
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{math.ceil(size / 1024)} KiB"
+
+
+def _reduced_note(job: JobRecord, fitted: FittedFile) -> str:
+    width, height = fitted.size
+    full_width, full_height = fitted.original_size
+    return (
+        f"\n📉 Reduced to fit Discord's upload limit: WebP {width}×{height} of the "
+        f"{full_width}×{full_height} PNG ({_mib(fitted.original_bytes)}). "
+        f"`/job id:{job.id} full:True` sends the full PNG where it fits; the host keeps it."
+    )
+
+
+def result_text(job: JobRecord, mention: str | None = None) -> str:
+    """The line above a finished job's images, or what happened to it."""
+    who = f"{mention} " if mention else ""
+    prompt = f"**{quote(job.prompt, PROMPT_SHOWN)}**"
+    if job.status == JobStatus.SUCCEEDED:
+        return f"{who}{prompt} — seed {job.seed}, {job.width}×{job.height} (job {job.id})"
+    if job.status == JobStatus.CANCELLED:
+        return f"{who}{prompt} — job {job.id} was cancelled"
+    return f"{who}{prompt} — job {job.id} failed: {wording.public_failure(job)}. Sorry."
+
+
+def result(
+    view: JobView,
+    *,
+    action: str | None,
+    fitted: FittedFile | None,
+    mention: str | None = None,
+) -> Message:
+    """A finished job: its grid (or image) with U/V/🔄, or what happened to it."""
+    job = view.job
+    text = result_text(job, mention) + _safety_note(action)
+    uploads = []
+    if fitted is not None:
+        prefix = "SPOILER_" if action == "spoiler" else ""
+        uploads.append(Upload(f"{prefix}imagine-{job.id}.{fitted.extension}", fitted.data))
+        if fitted.reduced:
+            text += _reduced_note(job, fitted)
+    buttons = None if action == "withhold" else result_view(job, [i.index for i in view.images])
+    return Message(content=text, view=buttons, uploads=uploads)
+
+
+def content_refused(job: JobRecord) -> Message:
+    return plain(
+        f"The image service refused job {job.id} under its content policy, so nothing was "
+        "made. Try a different prompt."
+    )
+
+
+def moderators_notice(view: JobView) -> Message:
+    job = view.job
+    scores = [image.flags.get("safety") for image in view.images if image.review]
+    return plain(
+        f"Job {job.id} by <@{job.user_id}> was withheld: the safety check flagged "
+        f"{len(scores)} image(s) {clip(str(scores), SCORES_SHOWN)}. Review it with "
+        "`/admin flagged`."
+    )
+
+
+# -- recipes and jobs --------------------------------------------------------------------
+
+
+def _recipe_lines(view: JobView, *, shown: bool) -> list[str]:
+    """The recipe: escaped for Discord (``shown``) or plain for the text file."""
+    job = view.job
+    head = f"**Job {job.id}** ({job.kind}, {job.status})" if shown else f"Job {job.id}"
+    lines = [head if shown else f"{head} ({job.kind}, {job.status})"]
+    for label, value in wording.recipe_fields(view):
+        if shown:  # image hashes shortened to their first 16 digits
+            lines.append(f"{label}: {escape(SHA256.sub(SHORT_SHA256, value))}")
+        else:
+            lines.append(f"{label}: {value}")
+    return lines
+
+
+def recipe(view: JobView) -> Message:
+    """Everything needed to make a job's images again (the ✉️ DM)."""
+    full = "\n".join(_recipe_lines(view, shown=False))
+    return _with_file(_recipe_lines(view, shown=True), full, "recipe.txt")
+
+
+def _lineage(
+    job: JobRecord, parent: JobRecord | None, children: Sequence[JobRecord], cap: int | None
+) -> list[str]:
+    lines = []
+    if parent is not None:
+        lines.append(f"parent: job {parent.id} ({parent.kind}) by <@{parent.user_id}>")
+    shown = children if cap is None else children[:cap]
+    lines += [f"child: job {c.id} ({c.kind}, {c.status})" for c in shown]
+    if len(children) > len(shown):
+        lines.append(f"and {len(children) - len(shown)} more")
+    return lines
+
+
+def job_details(
+    view: JobView,
+    parent: JobRecord | None,
+    children: Sequence[JobRecord],
+    *,
+    full_files: Sequence[Upload] = (),
+    full_note: str = "",
+) -> Message:
+    """/job: the recipe and lineage; the full images when asked for and they fit."""
+    lines = [
+        *_recipe_lines(view, shown=True),
+        *_lineage(view.job, parent, children, CHILDREN_SHOWN),
+    ]
+    full = "\n".join(
+        [*_recipe_lines(view, shown=False), *_lineage(view.job, parent, children, None)]
+    )
+    if full_note:
+        lines.append(full_note)
+    message = _with_file(lines, full, "recipe.txt")
+    message.uploads.extend(full_files)
+    return message
+
+
+def reproduced(report: ReproduceReport) -> Message:
+    same = sum(image.identical for image in report.images)
+    verdict = "identical" if report.identical else "different"
+    lines = [
+        f"Job {report.job_id}: {verdict} ({same} of {len(report.images)} images match bit for bit)",
+        *report.differences,
+    ]
+    return Message(content=_fit_lines(lines, CONTENT, f"{MORE} and more differences")[0])
+
+
+def quota(usage: Usage) -> Message:
+    limits = usage.limits
+    return plain(
+        "\n".join(
+            [
+                f"waiting or running: {usage.queued} of {limits.queued_per_user}",
+                f"images today: {usage.images_today} of {limits.images_per_user_day} "
+                f"(resets {when(usage.day_resets_at)})",
+                f"buttons: {usage.bucket_tokens:.0f} of {limits.bucket_size} presses left, "
+                f"one back every {limits.bucket_refill_seconds:g} s",
+            ]
+        )
+    )
+
+
+def queue_page(entries: Sequence[tuple[JobRecord, str]], page: int) -> Message:
+    """/queue: one page of the user's running and waiting jobs (job, place), with a Cancel
+    button for each and ◀ ▶ between pages."""
+    if not entries:
+        return plain("You have nothing waiting or running.")
+    pages = math.ceil(len(entries) / QUEUE_PAGE)
+    page = min(max(page, 0), pages - 1)
+    shown = entries[page * QUEUE_PAGE : (page + 1) * QUEUE_PAGE]
+    lines = [f"job {job.id}: {place} — {quote(job.prompt, PROMPT_LISTED)}" for job, place in shown]
+    if pages > 1:
+        lines.insert(0, f"Page {page + 1} of {pages} ({len(entries)} jobs)")
+    view = discord.ui.View(timeout=None)
+    for number, (job, _) in enumerate(shown):
+        button = JobButton(Action.CANCEL, job.id, row=number // 5)
+        button.item.label = f"Cancel {job.id}"
+        view.add_item(button)
+    if page > 0:
+        view.add_item(QueuePageButton(page - 1, "◀ Previous", row=2))
+    if page < pages - 1:
+        view.add_item(QueuePageButton(page + 1, "Next ▶", row=2))
+    return Message(content=_fit_lines(lines, CONTENT)[0], view=view)
+
+
+# -- moderators ----------------------------------------------------------------------------
+
+
+def admin_logs(result: LogPage, filters: tuple[int, ...], described: str) -> Message:
+    """/admin logs: one page of jobs as an embed, with ◀ ▶ that keep the filters."""
+    embed = discord.Embed(
+        title=f"Jobs — page {result.page + 1}", description=clip(described, 1000) or None
+    )
+    for view in result.jobs:
+        job = view.job
+        flags = [i for i in view.images if i.review is not None]
+        flag = f" · ⚠ flagged ({len(flags)})" if flags else ""
+        embed.add_field(
+            name=f"job {job.id} · {job.status}{flag}",
+            value=f"{when(job.created_at)} · <@{job.user_id}> · {quote(job.prompt, PROMPT_LOGGED)}",
+            inline=False,
+        )
+    if not result.jobs:
+        embed.description = (embed.description or "") + "\nNo jobs match."
+    buttons = discord.ui.View(timeout=None)
+    if result.page > 0:
+        buttons.add_item(AdminButton("logs", result.page - 1, *filters, label="◀ Previous"))
+    if result.has_next:
+        buttons.add_item(AdminButton("logs", result.page + 1, *filters, label="Next ▶"))
+    return Message(embeds=[embed], view=buttons)
+
+
+def admin_job(report: JobReport) -> Message:
+    """/admin job: recipe, lineage, the raw error, moderation events and reviews; the whole
+    of it as a file when it does not fit."""
+    job = report.view.job
+
+    def lines(shown: bool) -> list[str]:
+        cap = CHILDREN_SHOWN if shown else None
+        text = escape if shown else str
+        result = [
+            *_recipe_lines(report.view, shown=shown),
+            *_lineage(job, report.parent, report.children, cap),
+        ]
+        if job.error:
+            result.append(f"error: {text(job.error)}")
+        result += [
+            f"event: {e.kind} by {f'<@{e.actor_id}>' if e.actor_id else 'the bot'} "
+            f"{when(e.created_at)} {text(e.reason)}"
+            for e in report.events
+        ]
+        result += [
+            f"image {i.index + 1}: review {i.review}, scores {i.flags.get('safety')}"
+            for i in report.view.images
+            if i.review is not None
+        ]
+        return result
+
+    return _with_file(lines(shown=True), "\n".join(lines(shown=False)), f"job-{job.id}.txt")
+
+
+def admin_flagged(items: Sequence[Flagged], images: Sequence[Upload]) -> Message:
+    """The review queue: each flagged image behind a spoiler, Approve for each image, and
+    Delete and Ban once per job (a message may not repeat a button)."""
+    view = discord.ui.View(timeout=None)
+    lines = []
+    offered: set[int] = set()
+    for row, item in enumerate(items):
+        image, job = item.image, item.job
+        scores = clip(str(image.flags.get("safety")), SCORES_SHOWN)
+        lines.append(
+            f"{row + 1}. job {job.id} image {image.index + 1} by <@{job.user_id}>: {scores} — "
+            f"{quote(job.prompt, PROMPT_LISTED)}"
+        )
+        view.add_item(AdminButton("approve", image.id, label=f"Approve {row + 1}", row=row))
+        if job.id not in offered:
+            offered.add(job.id)
+            view.add_item(AdminButton("delete", job.id, label=f"Delete job {job.id}", row=row))
+            view.add_item(
+                AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}", row=row)
+            )
+    return Message(content=_fit_lines(lines, CONTENT)[0], view=view, uploads=list(images))
