@@ -20,6 +20,7 @@ from generation.model_info import ModelInfo
 from generation.worker import Worker
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import TOKEN
+from tests.fakeopenai import FakeImagesAPI
 
 
 @pytest.fixture
@@ -92,6 +93,13 @@ async def running_bot(
             await bot.close()
             await asyncio.gather(*tasks, return_exceptions=True)
             runtime.engine = None  # the session's engine outlives this bot
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeImagesAPI]:
+    """The local image API (OpenAI's images endpoints)."""
+    async with FakeImagesAPI() as server:
+        yield server
 
 
 @pytest.fixture

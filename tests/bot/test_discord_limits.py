@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from bot.settings import Settings
 from generation.embedded.world import Scene, draw
 from generation.imaging import read_recipe
-from generation.openai_engine import EngineSet, OpenAIEngine
 from tests.bot.conftest import RunningBot, bot_settings, running_bot
 from tests.bot.test_imagine import NINE_BUTTONS
 from tests.bot.test_moderation import FixedScores
+from tests.bot.test_openai import with_dall_e_2
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakeopenai import FakeImagesAPI
 
@@ -92,30 +90,13 @@ async def test_a_grid_over_the_interactions_upload_limit_arrives_reduced_within_
     assert attachment(server, sent) == full
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[FakeImagesAPI]:
-    async with FakeImagesAPI() as server:
-        server.detailed = True
-        yield server
-
-
 async def test_an_api_grid_and_upscale_over_64_kib_arrive_within_it_carrying_their_recipe(
     local_discord: LocalDiscord, api: FakeImagesAPI, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    settings = bot_settings(
-        server,
-        tmp_path / "data",
-        engine="both",
-        openai_api_key="sk-test",
-        openai_base_url=api.base_url,
-        openai_model="dall-e-2",
-    )
-    engines = EngineSet(
-        trained_engine, OpenAIEngine(["dall-e-2"], api_key="sk-test", base_url=api.base_url)
-    )
+    api.detailed = True  # pictures of a megabyte or more, as real APIs return
     server.attachment_size_limit = 64 * 1024
-    async with running_bot(settings, engines) as running:
+    async with with_dall_e_2(server, api, tmp_path / "data", trained_engine) as running:
         asked = await server.invoke(
             "imagine", server.alice, prompt="a yellow circle", model="dall-e-2", count=4
         )

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from generation.openai_engine import EngineSet, OpenAIEngine
-from tests.bot.conftest import bot_settings, running_bot
+from tests.bot.conftest import RunningBot, bot_settings, running_bot
 from tests.bot.test_imagine import NINE_BUTTONS, png_of
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import EPHEMERAL
 from tests.fakeopenai import FakeImagesAPI
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[FakeImagesAPI]:
-    async with FakeImagesAPI() as server:
-        yield server
-
-
-async def test_imagine_with_model_dall_e_2_gives_a_grid_whose_buttons_work(
-    local_discord: LocalDiscord, api: FakeImagesAPI, tmp_path: Path, trained_engine: Any
-) -> None:
-    server = local_discord
+def with_dall_e_2(
+    server: LocalDiscord, api: FakeImagesAPI, data_dir: Path, trained_engine: Any
+) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+    """The bot with both engines: the embedded model and DALL-E 2 behind the fake API."""
     settings = bot_settings(
         server,
-        tmp_path / "data",
+        data_dir,
         engine="both",
         openai_api_key="sk-test",
         openai_base_url=api.base_url,
@@ -38,7 +30,14 @@ async def test_imagine_with_model_dall_e_2_gives_a_grid_whose_buttons_work(
     engines = EngineSet(
         trained_engine, OpenAIEngine(["dall-e-2"], api_key="sk-test", base_url=api.base_url)
     )
-    async with running_bot(settings, engines) as running:
+    return running_bot(settings, engines)
+
+
+async def test_imagine_with_model_dall_e_2_gives_a_grid_whose_buttons_work(
+    local_discord: LocalDiscord, api: FakeImagesAPI, tmp_path: Path, trained_engine: Any
+) -> None:
+    server = local_discord
+    async with with_dall_e_2(server, api, tmp_path / "data", trained_engine) as running:
         declared = {o["name"]: o for o in server.commands["imagine"]["options"]}
         assert [c["value"] for c in declared["model"]["choices"]] == ["embedded", "dall-e-2"]
 
