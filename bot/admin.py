@@ -20,7 +20,7 @@ from bot.commands import answer, refuse
 from bot.limits import Message, Upload
 from generation.errors import GenerationError, InvalidRequest
 from generation.imaging import fit_file
-from generation.moderation import parse_duration
+from generation.moderation import Flagged, parse_duration
 from storage.models import utcnow
 
 if TYPE_CHECKING:
@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# What the images of one review may weigh together: well under Discord's 25 MiB request.
+REVIEW_BYTES = 8 * 1024 * 1024
 NOT_ALLOWED = "Only moderators may do that (admins in IMAGINE_ADMIN_USER_IDS or _ROLE_IDS)."
 
 
 def _since(text: str | None) -> dt.datetime | None:
-    return None if not text else utcnow() - parse_duration(text)
+    return None if not text else utcnow() - parse_duration(text, option="since")
 
 
 def _snowflake(option: str, text: str | None) -> int | None:
@@ -234,17 +236,25 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
     async def flagged(self, interaction: discord.Interaction[ImagineBot]) -> None:
         if not await self._allowed(interaction):
             return
-        waiting = await self.moderation.flagged(limit=5)
+        waiting = await self.moderation.flagged(limit=messages.REVIEWED)
         if not waiting:
             await self._answer(interaction, "Nothing is waiting for review.")
             return
-        uploads = []
-        for item in waiting:
-            data = await asyncio.to_thread(self.bot.runtime.store.get, item.image.path)
-            fitted = await asyncio.to_thread(fit_file, data, interaction.filesize_limit)
+        # Reading and shrinking five images may take longer than Discord's 3 s: answer first.
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        # A review needs no full size, and the five together must stay within one request.
+        budget = min(interaction.filesize_limit, REVIEW_BYTES // len(waiting))
+        store = self.bot.runtime.store
+
+        async def shown(item: Flagged) -> Upload:
+            data = await asyncio.to_thread(store.get, item.image.path)
+            fitted = await asyncio.to_thread(fit_file, data, budget)
             name = f"SPOILER_{item.job.id}-{item.image.index}.{fitted.extension}"
-            uploads.append(Upload(name, fitted.data))
-        await answer(interaction, messages.admin_flagged(waiting, uploads))
+            return Upload(name, fitted.data)
+
+        uploads = await asyncio.gather(*(shown(item) for item in waiting))
+        review = messages.admin_flagged(waiting, uploads)
+        await interaction.edit_original_response(**review.edit_kwargs())
 
     # -- buttons -----------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ def logs(
         async with open_runtime(settings) as runtime:
             result = await runtime.moderation.logs(
                 user_id=user_id,
-                since=utcnow() - parse_duration(since) if since else None,
+                since=utcnow() - parse_duration(since, "--since") if since else None,
                 flagged=flagged,
                 guild_id=guild_id,
                 page=max(0, page - 1),

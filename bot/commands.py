@@ -392,29 +392,38 @@ class ImagineCog(commands.Cog):
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        files: list[Upload] = []
-        note = ""
-        if full:
-            files, note = await self._full_files(view, interaction.filesize_limit)
-        await answer(
-            interaction,
-            messages.job_details(view, parent, children, full_files=files, full_note=note),
-        )
+        if not full:
+            await answer(interaction, messages.job_details(view, parent, children))
+            return
+        # Reading a file from the store may take longer than Discord's 3 s: answer first.
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        files, note = await self._full_files(interaction, view)
+        details = messages.job_details(view, parent, children, full_files=files, full_note=note)
+        await interaction.edit_original_response(**details.edit_kwargs())
 
-    async def _full_files(self, view: JobView, limit: int) -> tuple[list[Upload], str]:
-        """The job's full PNG (its grid, or its one image) if it fits, else where it is."""
-        job = view.job
+    async def _full_files(
+        self, interaction: discord.Interaction[ImagineBot], view: JobView
+    ) -> tuple[list[Upload], str]:
+        """The job's full PNG (its grid, or its one image) if the asker may have it and it
+        fits the upload limit, else why not."""
+        job, limit = view.job, interaction.filesize_limit
+        user = interaction.user
+        own_server = job.guild_id is not None and job.guild_id == interaction.guild_id
+        if not (own_server or job.user_id == user.id or self.bot.is_admin(user)):
+            return [], "The full PNG goes only to its owner and to the server it was made in."
         if job.status != JobStatus.SUCCEEDED or not view.images:
             return [], f"Job {job.id} has no images ({job.status})."
         if any(image.review is not None and image.review != "approved" for image in view.images):
             return [], "Its images are waiting for the moderators' review."
         key = view.images[0].path if len(view.images) == 1 else grid_key(job.id, job.attempts)
-        data = await asyncio.to_thread(self.bot.runtime.store.get, key)
-        if len(data) > limit:
+        store = self.bot.runtime.store
+        size = await asyncio.to_thread(store.size, key)
+        if size > limit:
             return [], (
-                f"The full PNG ({len(data):,} bytes) is over Discord's {limit:,}-byte limit "
-                f"here; the host has it (`imagine-bot jobs --json` gives its path)."
+                f"The full PNG ({size:,} bytes) is over Discord's {limit:,}-byte limit here; "
+                "the host has it (`imagine-bot jobs --json` gives its path)."
             )
+        data = await asyncio.to_thread(store.get, key)
         return [Upload(f"imagine-{job.id}-full.png", data)], ""
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")

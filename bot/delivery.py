@@ -8,7 +8,8 @@ import collections
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 
@@ -22,7 +23,7 @@ from generation.events import (
     JobProgress,
     JobSucceeded,
 )
-from generation.imaging import FittedFile, fit_file
+from generation.imaging import TooLargeToFit, fit_file
 from generation.openai_engine import CONTENT_REFUSED
 from generation.outbox import Outbox, token_valid
 from generation.rendering import grid_key
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 # Answers meaning "this interaction token or its message is gone": post to the channel instead.
 GONE = frozenset({10008, 10015, 10062, 50027})
 MAX_FAILURES = 5
+FILE_TOO_LARGE = 40005  # Discord's code for a file over the upload limit
+FILE_TRIES = 3  # fitted files Discord may refuse before the result goes without one
+T = TypeVar("T")
 UNSETTLED = frozenset({Review.PENDING, Review.DELETED})
 
 
@@ -203,7 +207,7 @@ class Deliveries:
                     return  # the result got there first: never paint progress over it
                 await self._webhook(delivery).edit_message(
                     delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                    **message.edit_kwargs(),
+                    **message.edit_kwargs(keep_files=True),  # no new preview: keep the last
                 )
         except discord.HTTPException as error:
             if _gone(error):
@@ -274,12 +278,16 @@ class Deliveries:
 
     async def _edit_response(self, delivery: DeliveryRecord, view: JobView) -> int | None:
         """Edit the interaction's response into the result; None if the token is refused."""
-        result = await self._result(view, _edit_limit(delivery))
-        try:
-            message = await self._webhook(delivery).edit_message(
+        webhook = self._webhook(delivery)
+
+        def edit(result: Message) -> Awaitable[discord.WebhookMessage]:
+            return webhook.edit_message(
                 delivery.original_message_id or "@original",  # type: ignore[arg-type]
                 **result.edit_kwargs(),
             )
+
+        try:
+            message = await self._send_result(view, _edit_limit(delivery), edit)
         except discord.HTTPException as error:
             if not _gone(error):
                 raise
@@ -303,15 +311,18 @@ class Deliveries:
         )
         guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
         limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
-        result = await self._result(view, limit, mention=f"<@{job.user_id}>")
-        message = await channel.send(
-            **result.send_kwargs(),
-            reference=reference or discord.utils.MISSING,
-            allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
-            # Discord answers a repeated nonce with the first message: a retry after a crash
-            # between sending and recording cannot post twice.
-            nonce=f"imagine-job-{job.id}",
-        )
+
+        def post(result: Message) -> Awaitable[discord.Message]:
+            return channel.send(
+                **result.send_kwargs(),
+                reference=reference or discord.utils.MISSING,
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+                # Discord answers a repeated nonce with the first message: a retry after a
+                # crash between sending and recording cannot post twice.
+                nonce=f"imagine-job-{job.id}",
+            )
+
+        message = await self._send_result(view, limit, post, mention=f"<@{job.user_id}>")
         return message.id
 
     def _webhook(self, delivery: DeliveryRecord) -> discord.Webhook:
@@ -328,25 +339,50 @@ class Deliveries:
             return self.safety.for_guild(view.job.guild_id)
         return None
 
-    async def _result(self, view: JobView, file_limit: int, mention: str | None = None) -> Message:
-        """The result message, its file made to fit ``file_limit`` bytes."""
-        return messages.result(
-            view,
-            action=self._action(view),
-            fitted=await self._file(view, file_limit),
-            mention=mention,
-        )
+    async def _send_result(
+        self,
+        view: JobView,
+        limit: int,
+        send: Callable[[Message], Awaitable[T]],
+        mention: str | None = None,
+    ) -> T:
+        """Send the result with its file made to fit ``limit`` bytes. Should Discord still
+        answer that the file is too large (40005: the server lost its boosts, say), again at
+        half the size it refused, and at last without the file, saying so."""
+        action = self._action(view)
+        data = await self._file_bytes(view, action)
+        for attempt in range(FILE_TRIES + 1):
+            fitted = None
+            if data is not None and attempt < FILE_TRIES:
+                with contextlib.suppress(TooLargeToFit):
+                    fitted = await asyncio.to_thread(fit_file, data, limit)
+            result = messages.result(
+                view,
+                action=action,
+                fitted=fitted,
+                mention=mention,
+                unattached=data is not None and fitted is None,
+            )
+            try:
+                return await send(result)
+            except discord.HTTPException as error:
+                if error.code != FILE_TOO_LARGE or fitted is None:
+                    raise
+                logger.warning(
+                    "job %s: Discord refused a %d-byte file; trying smaller",
+                    view.job.id,
+                    len(fitted.data),
+                )
+                limit = len(fitted.data) // 2
+        raise AssertionError("unreachable: the last try sends no file")
 
-    async def _file(self, view: JobView, limit: int) -> FittedFile | None:
-        """The grid (or the one image) as a file within ``limit``; the full PNG stays stored."""
+    async def _file_bytes(self, view: JobView, action: str | None) -> bytes | None:
+        """The grid (or the one image) as stored, if the result shows one."""
         job = view.job
-        if job.status != JobStatus.SUCCEEDED or not view.images:
-            return None
-        if self._action(view) == "withhold":
+        if job.status != JobStatus.SUCCEEDED or not view.images or action == "withhold":
             return None
         key = view.images[0].path if len(view.images) == 1 else grid_key(job.id, job.attempts)
-        data = await asyncio.to_thread(self.store.get, key)
-        return await asyncio.to_thread(fit_file, data, limit)
+        return await asyncio.to_thread(self.store.get, key)
 
     async def _tell_moderators(self, view: JobView) -> None:
         if self.moderation_channel_id is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import re
 from typing import Any
 
 import discord
@@ -33,11 +34,17 @@ ATTACHMENTS = 10
 # What a file may weigh where nothing else is known: a server without boosts, and DMs.
 DEFAULT_FILE_LIMIT = discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
 MORE = "…"
+# A link in what a user typed: shown as <link>, which Discord never unfurls into a preview.
+LINK = re.compile(r"(?:https?|steam|discord)://[^\s<>]*[^\s<>.,;:!?'\"()\[\]]", re.IGNORECASE)
+# Everything Discord's markdown gives a meaning to (emphasis, spoilers, code, quotes, headings,
+# lists, masked links, mentions, channels, timestamps, emoji), a dot inside a word, so
+# "discord.gg/x" is no invite, and the colon of a "://" that is no whole link (a cut one).
+MARKUP = re.compile(r"[\\*_~`|>#\-\[\]()<]|\.(?=\w)|:(?=//)")
 
 
 def units(text: str) -> int:
     """A string's length as Discord counts it: UTF-16 code units."""
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", errors="surrogatepass")) // 2
 
 
 def clip(text: str, limit: int, marker: str = MORE) -> str:
@@ -58,9 +65,20 @@ def clip(text: str, limit: int, marker: str = MORE) -> str:
 
 
 def escape(text: str) -> str:
-    """What a user typed, shown as typed: markdown (masked links included) and mentions
-    escaped, so an echoed prompt can neither format the message nor ping anyone."""
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
+    """What a user typed, shown as typed, on one line: every markdown character escaped (so
+    no masked link, spoiler or heading), mentions broken, links in <> so none unfurls."""
+    shown: list[str] = []
+    start = 0
+    for link in LINK.finditer(text):
+        shown += [_escape_words(text[start : link.start()]), f"<{link.group()}>"]
+        start = link.end()
+    shown.append(_escape_words(text[start:]))
+    return "".join(shown)
+
+
+def _escape_words(text: str) -> str:
+    flat = " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+    return discord.utils.escape_mentions(MARKUP.sub(lambda m: "\\" + m.group(), flat))
 
 
 def quote(text: str, limit: int) -> str:
@@ -139,15 +157,18 @@ class Message:
             kwargs["files"] = [upload.file() for upload in message.uploads]
         return kwargs
 
-    def edit_kwargs(self) -> dict[str, Any]:
-        """For edits: replaces the content, embeds, components and files that were there."""
+    def edit_kwargs(self, *, keep_files: bool = False) -> dict[str, Any]:
+        """For edits: replaces the content, embeds, components and files that were there (the
+        files stay when ``keep_files`` and this message brings none)."""
         message = self._guarded()
-        return {
+        kwargs: dict[str, Any] = {
             "content": message.content or None,
             "embeds": message.embeds,
             "view": message.view,
-            "attachments": [upload.file() for upload in message.uploads],
         }
+        if message.uploads or not keep_files:
+            kwargs["attachments"] = [upload.file() for upload in message.uploads]
+        return kwargs
 
 
 def _embed_problems(embeds: list[discord.Embed]) -> list[str]:

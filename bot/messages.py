@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import discord
 
 from bot.buttons import Action, AdminButton, JobButton, QueuePageButton, result_view
-from bot.limits import CONTENT, MORE, Message, Upload, clip, escape, quote, units
+from bot.limits import CONTENT, MORE, ROWS, Message, Upload, clip, escape, quote, units
 from generation import wording
 from generation.imaging import FittedFile
 from generation.moderation import Flagged, JobReport, LogPage
@@ -32,6 +32,7 @@ SCORES_SHOWN = 200
 QUEUE_PAGE = 10
 CHILDREN_SHOWN = 10
 LOGS_PER_PAGE = 10
+REVIEWED = ROWS  # flagged images in one review message
 SHA256 = re.compile(r"sha256 ([0-9a-f]{16})[0-9a-f]{48}")
 SHORT_SHA256 = r"sha256 \1" + MORE
 
@@ -115,13 +116,26 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{math.ceil(size / 1024)} KiB"
 
 
+def _full_file_note(job: JobRecord, size: str) -> str:
+    return (
+        f"The full PNG ({size}) is kept: `/job id:{job.id} full:True` sends it where Discord "
+        "takes a file that size; the host has it too."
+    )
+
+
 def _reduced_note(job: JobRecord, fitted: FittedFile) -> str:
     width, height = fitted.size
     full_width, full_height = fitted.original_size
     return (
-        f"\n📉 Reduced to fit Discord's upload limit: WebP {width}×{height} of the "
-        f"{full_width}×{full_height} PNG ({_mib(fitted.original_bytes)}). "
-        f"`/job id:{job.id} full:True` sends the full PNG where it fits; the host keeps it."
+        f"\n📉 Reduced to fit Discord's upload limit here: WebP {width}×{height} of "
+        f"{full_width}×{full_height}. {_full_file_note(job, _mib(fitted.original_bytes))}"
+    )
+
+
+def _unattached_note(job: JobRecord) -> str:
+    return (
+        "\n📎 The image could not be attached within Discord's upload limit here. "
+        + _full_file_note(job, "the original")
     )
 
 
@@ -133,6 +147,8 @@ def result_text(job: JobRecord, mention: str | None = None) -> str:
         return f"{who}{prompt} — seed {job.seed}, {job.width}×{job.height} (job {job.id})"
     if job.status == JobStatus.CANCELLED:
         return f"{who}{prompt} — job {job.id} was cancelled"
+    if job.status == JobStatus.DELETED:
+        return f"{who}{prompt} — job {job.id} was deleted"
     return f"{who}{prompt} — job {job.id} failed: {wording.public_failure(job)}. Sorry."
 
 
@@ -142,8 +158,10 @@ def result(
     action: str | None,
     fitted: FittedFile | None,
     mention: str | None = None,
+    unattached: bool = False,
 ) -> Message:
-    """A finished job: its grid (or image) with U/V/🔄, or what happened to it."""
+    """A finished job: its grid (or image) with U/V/🔄, or what happened to it; ``unattached``
+    when its file could not be made to fit."""
     job = view.job
     text = result_text(job, mention) + _safety_note(action)
     uploads = []
@@ -152,6 +170,8 @@ def result(
         uploads.append(Upload(f"{prefix}imagine-{job.id}.{fitted.extension}", fitted.data))
         if fitted.reduced:
             text += _reduced_note(job, fitted)
+    elif unattached:
+        text += _unattached_note(job)
     buttons = None if action == "withhold" else result_view(job, [i.index for i in view.images])
     return Message(content=text, view=buttons, uploads=uploads)
 
@@ -182,8 +202,10 @@ def _recipe_lines(view: JobView, *, shown: bool) -> list[str]:
     head = f"**Job {job.id}** ({job.kind}, {job.status})" if shown else f"Job {job.id}"
     lines = [head if shown else f"{head} ({job.kind}, {job.status})"]
     for label, value in wording.recipe_fields(view):
-        if shown:  # image hashes shortened to their first 16 digits
-            lines.append(f"{label}: {escape(SHA256.sub(SHORT_SHA256, value))}")
+        if shown and label.startswith("image "):  # hashes shortened to their first 16 digits
+            lines.append(f"{label}: {SHA256.sub(SHORT_SHA256, value)}")
+        elif shown:
+            lines.append(f"{label}: {escape(value)}")
         else:
             lines.append(f"{label}: {value}")
     return lines
@@ -216,16 +238,14 @@ def job_details(
     full_files: Sequence[Upload] = (),
     full_note: str = "",
 ) -> Message:
-    """/job: the recipe and lineage; the full images when asked for and they fit."""
-    lines = [
-        *_recipe_lines(view, shown=True),
-        *_lineage(view.job, parent, children, CHILDREN_SHOWN),
-    ]
+    """/job: the recipe and lineage; the full images when asked for and they fit, else a note
+    (first, so it is never the part cut)."""
+    note = [full_note] if full_note else []
+    family = _lineage(view.job, parent, children, CHILDREN_SHOWN)
+    lines = [*note, *_recipe_lines(view, shown=True), *family]
     full = "\n".join(
-        [*_recipe_lines(view, shown=False), *_lineage(view.job, parent, children, None)]
+        [*note, *_recipe_lines(view, shown=False), *_lineage(view.job, parent, children, None)]
     )
-    if full_note:
-        lines.append(full_note)
     message = _with_file(lines, full, "recipe.txt")
     message.uploads.extend(full_files)
     return message
@@ -337,11 +357,12 @@ def admin_job(report: JobReport) -> Message:
 
 def admin_flagged(items: Sequence[Flagged], images: Sequence[Upload]) -> Message:
     """The review queue: each flagged image behind a spoiler, Approve for each image, and
-    Delete and Ban once per job (a message may not repeat a button)."""
+    Delete and Ban once per job (a message may not repeat a button); one row an image, so five
+    at most."""
     view = discord.ui.View(timeout=None)
     lines = []
     offered: set[int] = set()
-    for row, item in enumerate(items):
+    for row, item in enumerate(items[:REVIEWED]):
         image, job = item.image, item.job
         scores = clip(str(image.flags.get("safety")), SCORES_SHOWN)
         lines.append(
@@ -355,4 +376,6 @@ def admin_flagged(items: Sequence[Flagged], images: Sequence[Upload]) -> Message
             view.add_item(
                 AdminButton("ban", job.user_id, job.id, label=f"Ban {job.user_id}", row=row)
             )
-    return Message(content=_fit_lines(lines, CONTENT)[0], view=view, uploads=list(images))
+    return Message(
+        content=_fit_lines(lines, CONTENT)[0], view=view, uploads=list(images[:REVIEWED])
+    )

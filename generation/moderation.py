@@ -25,16 +25,21 @@ from storage.models import EventKind, Review, utcnow
 from storage.records import ImageRecord, JobRecord, ModerationEventRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
+MAX_DURATION = dt.timedelta(weeks=520)  # ten years: longer is "until further notice"
 
-def parse_duration(text: str) -> dt.timedelta:
-    """``30m``, ``12h``, ``7d`` or ``2w``; InvalidRequest("duration", ...) otherwise."""
+
+def parse_duration(text: str, option: str = "duration") -> dt.timedelta:
+    """``30m``, ``12h``, ``7d`` or ``2w``, up to ten years; InvalidRequest naming ``option``
+    otherwise."""
     units = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     text = text.strip().lower()
     number, unit = text[:-1], text[-1:]
     if unit not in units or not number.isdigit() or int(number) == 0:
         raise InvalidRequest(
-            "duration", f"must be a number and a unit, such as 30m, 12h, 7d or 2w, not {text!r}"
+            option, f"must be a number and a unit, such as 30m, 12h, 7d or 2w, not {text[:20]!r}"
         )
+    if int(number) > MAX_DURATION / dt.timedelta(**{units[unit]: 1}):
+        raise InvalidRequest(option, f"must be at most 520w (ten years), not {text[:20]!r}")
     return dt.timedelta(**{units[unit]: int(number)})
 
 

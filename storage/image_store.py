@@ -47,6 +47,10 @@ class ImageStore:
         """Where a person or another program finds the file: a path here, a URL there."""
         return str(self.path(key))
 
+    def size(self, key: str) -> int:
+        """The file's size in bytes, without reading it."""
+        return self.path(key).stat().st_size
+
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
@@ -91,6 +95,9 @@ class ObjectImageStore(ImageStore):
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._key(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._key(key)))
 
     def delete(self, key: str) -> None:
         path = self._key(key)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from bot.settings import Settings
@@ -88,6 +89,34 @@ async def test_a_grid_over_the_interactions_upload_limit_arrives_reduced_within_
     server.attachment_size_limit = 10 * 1024 * 1024
     sent = await _answer(server, await server.invoke("job", server.alice, id=job.job.id, full=True))
     assert attachment(server, sent) == full
+
+
+@pytest.mark.parametrize("refused_below", [8 * 1024, 10])
+async def test_a_file_discord_still_refuses_goes_smaller_and_at_last_without_a_file(
+    local_discord: LocalDiscord, bot: RunningBot, refused_below: int
+) -> None:
+    """The interaction said 10 MiB, but Discord takes less by the time the result is ready
+    (the server lost its boosts): smaller files, then the result without one, never lost."""
+    server = local_discord
+    asked = await server.invoke("imagine", server.alice, prompt="a red square on green")
+    await server.wait_for(lambda: asked.original_id, what="the deferred answer")
+    asked.attachment_size_limit = refused_below
+    result = await server.wait_for(
+        lambda: (m := server.original(asked)) and m["components"] and m,
+        what="the result with its buttons",
+    )
+    refused = [c for c in server.calls if c.status == 413 and c.files[0][0].startswith("imagine-")]
+    assert refused, "Discord refused the first file"
+    if refused_below > 1000:
+        assert 0 < result["attachments"][0]["size"] <= refused_below
+        assert "Reduced to fit" in result["content"]
+    else:
+        assert result["attachments"] == []
+        assert "could not be attached" in result["content"]
+        assert len(refused) == 3, "three smaller files, then none"
+    assert sorted(server.buttons(result)) == sorted(NINE_BUTTONS)
+    delivery = await bot.bot.outbox.get(1)
+    assert delivery is not None and delivery.delivered_at is not None
 
 
 async def test_an_api_grid_and_upscale_over_64_kib_arrive_within_it_carrying_their_recipe(

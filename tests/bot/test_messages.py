@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import messages
-from bot.limits import DEFAULT_FILE_LIMIT, Message, Upload, units
+from bot.limits import DEFAULT_FILE_LIMIT, Message, Upload, quote, units
 from generation.imaging import FittedFile
 from generation.moderation import Flagged, JobReport, LogPage
 from generation.openai_engine import CONTENT_REFUSED
@@ -153,14 +154,18 @@ def views(draw: Any) -> JobView:
 
 
 def assert_discord_takes(message: Message, file_limit: int = DEFAULT_FILE_LIMIT) -> None:
-    """Discord's rules, as the local Discord applies them, and the bot's own check agree."""
+    """Discord's rules, as the local Discord applies them, and the bot's own check agree; and
+    what is sent is what was built (the last-resort guard did not have to cut anything)."""
+    kwargs = message.send_kwargs()
+    view = kwargs.get("view")
     payload = {
-        "content": message.content,
-        "embeds": [embed.to_dict() for embed in message.embeds],
-        "components": message.view.to_components() if message.view else [],
+        "content": kwargs["content"] or "",
+        "embeds": [embed.to_dict() for embed in kwargs.get("embeds", [])],
+        "components": view.to_components() if view else [],
         "attachments": [{"id": i, "filename": u.filename} for i, u in enumerate(message.uploads)],
     }
-    errors = rules.check_message(payload, creating=True, files=len(message.uploads))
+    assert payload["content"] == message.content
+    errors = rules.check_message(payload, files=len(message.uploads))
     assert not errors, json.dumps(errors.tree)[:2000]
     assert not rules.is_empty(payload, len(message.uploads))
     assert all(len(upload.data) <= file_limit for upload in message.uploads)
@@ -189,8 +194,12 @@ def test_the_messages_of_a_jobs_life_fit(
     assert_discord_takes(messages.progress(job, step, job.steps, preview))
     fitted = FittedFile(b"RIFF" + b"0" * 5000, "webp" if reduced else "png", (1, 1), (9, 9), 10**8)
     for mention in (None, f"<@{job.user_id}>"):
-        result = messages.result(view, action=action, fitted=fitted, mention=mention)
-        assert_discord_takes(result)
+        for file, unattached in ((fitted, False), (None, False), (None, True)):
+            result = messages.result(
+                view, action=action, fitted=file, mention=mention, unattached=unattached
+            )
+            assert_discord_takes(result)
+            assert bool(result.uploads) == (file is not None)
     assert_discord_takes(messages.content_refused(job))
     assert_discord_takes(messages.moderators_notice(view))
 
@@ -203,12 +212,20 @@ def test_recipes_and_job_details_fit_and_a_cut_one_comes_whole_as_a_file(
     job = view.job
     parent = job_record(id=job.id + 1, user_id=10**18) if has_parent else None
     kids = [job_record(id=job.id + 2 + n, kind=JobKind.UPSCALE) for n in range(children)]
-    for message in (messages.recipe(view), messages.job_details(view, parent, kids)):
+    note = "The full PNG (12,345,678 bytes) is over Discord's 10,485,760-byte limit here."
+    full = [Upload(f"imagine-{job.id}-full.png", b"png" * 100)]
+    asked_full = (
+        messages.job_details(view, parent, kids, full_note=note),
+        messages.job_details(view, parent, kids, full_files=full),
+    )
+    for message in (messages.recipe(view), messages.job_details(view, parent, kids), *asked_full):
         assert_discord_takes(message)
-        if message.uploads:  # cut in the message: the file holds every word
-            whole = _attached_text(message)
+        if any(u.filename == "recipe.txt" for u in message.uploads):
+            whole = _attached_text(message)  # cut in the message: the file holds every word
             assert job.prompt in whole and job.negative_prompt in whole
             assert "recipe.txt" in message.content
+    assert note in asked_full[0].content, "the reason the PNG is not there is never cut"
+    assert asked_full[1].uploads[-1] == full[0]
     details = messages.job_details(view, parent, kids)
     if children > messages.CHILDREN_SHOWN and not details.uploads:
         assert f"and {children - messages.CHILDREN_SHOWN} more" in details.content
@@ -278,7 +295,7 @@ def test_admin_job_fits_with_any_error_and_any_events(
 @RELAXED
 @given(
     jobs_and_images=st.lists(
-        st.tuples(jobs(), st.integers(1, 4)), min_size=1, max_size=5, unique_by=lambda t: t[0].id
+        st.tuples(jobs(), st.integers(1, 4)), min_size=1, max_size=8, unique_by=lambda t: t[0].id
     )
 )
 def test_the_review_queue_fits_when_one_job_has_several_flagged_images(
@@ -288,12 +305,14 @@ def test_the_review_queue_fits_when_one_job_has_several_flagged_images(
         Flagged(image_record(job, index, "pending"), job)
         for job, count in jobs_and_images
         for index in range(count)
-    ][:5]  # the review lists five at a time
+    ]
     uploads = [Upload(f"SPOILER_{f.job.id}-{f.image.index}.png", b"0" * 100) for f in flagged]
     message = messages.admin_flagged(flagged, uploads)
     assert_discord_takes(message)
     labels = [c["label"] for row in message.view.to_components() for c in row["components"]]
-    assert sum(label.startswith("Approve") for label in labels) == len(flagged)
+    shown = min(len(flagged), messages.REVIEWED)
+    assert sum(label.startswith("Approve") for label in labels) == shown
+    assert len(message.uploads) == shown
 
 
 @RELAXED
@@ -337,3 +356,59 @@ def test_an_echoed_prompt_can_neither_format_nor_ping() -> None:
     assert "[free nitro](" not in text.replace("\\[", "")
     assert "@everyone" not in text and "<@123456789012345678>" not in text
     assert "\\*\\*big\\*\\*" in text
+
+
+MARKUP = set("\\*_~`|>#-[]()<")
+
+
+def _unescaped(shown: str) -> list[str]:
+    """Markdown characters in ``shown`` that are not escaped, outside <links>."""
+    found = []
+    outside = re.sub(r"<(?:https?|steam|discord)://[^\s<>]+>", "", shown)
+    escaped = False
+    for character in outside:
+        if escaped:
+            escaped = False
+        elif character == "\\":
+            escaped = True
+        elif character in MARKUP:
+            found.append(character)
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pieces=st.lists(
+        st.sampled_from(
+            [
+                *TRICKY,
+                "[a](https://evil.example/x_y)",
+                "[Claim Nitro](https://evil.example)",
+                "(https://a.example).",
+                "discord.gg/abc",
+                "# heading",
+                "-# small",
+                "> quote",
+                "<t:1:R>",
+                "<#123456789012345678>",
+                "<@&123456789012345678>",
+                "\n",
+            ]
+        )
+        | st.text(max_size=20),
+        max_size=30,
+    ),
+    limit=st.integers(5, 400),
+)
+def test_an_echoed_prompt_keeps_no_markdown_link_or_mention_whatever_is_typed(
+    pieces: list[str], limit: int
+) -> None:
+    typed = "".join(pieces)
+    shown = quote(typed, limit)
+    assert units(shown) <= limit
+    assert _unescaped(shown) == [], shown
+    words = re.sub(r"<(?:https?|steam|discord)://[^\s<>]+>", "", shown)  # links in <> aside
+    assert "](" not in words.replace("\\]\\(", "")
+    assert "\n" not in words and "discord.gg" not in words
+    assert "@everyone" not in words and not re.search(r"(?<!\\)<@[!&]?\d", words)
+    assert not re.search(r"(?:https?|steam|discord)://", words), "every link is in <>"

@@ -37,7 +37,7 @@ SELECTS = {3, 5, 6, 7, 8}  # string, user, role, mentionable and channel selects
 
 def units(text: str) -> int:
     """A string's length as Discord counts it: UTF-16 code units."""
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", errors="surrogatepass")) // 2
 
 
 class FormErrors:
@@ -65,8 +65,8 @@ class FormErrors:
         return bool(self.tree)
 
 
-def check_message(body: dict[str, Any], *, creating: bool, files: int = 0) -> FormErrors:
-    """Check a message create or edit body; an empty FormErrors if Discord would take it."""
+def check_message(body: dict[str, Any], *, files: int = 0) -> FormErrors:
+    """Check a message body; an empty FormErrors if Discord would take it."""
     errors = FormErrors()
     errors.max_length(("content",), body.get("content"), CONTENT)
     embeds = body.get("embeds") or []
@@ -90,9 +90,9 @@ def check_message(body: dict[str, Any], *, creating: bool, files: int = 0) -> Fo
 
 
 def is_empty(body: dict[str, Any], files: int) -> bool:
-    """A new message with nothing in it (Discord answers 50006)."""
+    """A message with nothing in it (Discord answers 50006); blank content is nothing."""
     return not (
-        body.get("content")
+        (body.get("content") or "").strip()
         or body.get("embeds")
         or body.get("components")
         or body.get("sticker_ids")

@@ -154,7 +154,7 @@ class FakeDiscord:
         # What uploads may weigh: each interaction says its own; a server without boosts and
         # a DM take 10 MiB.
         self.attachment_size_limit = rules.DEFAULT_FILE_LIMIT
-        self.guild_file_limit = rules.DEFAULT_FILE_LIMIT
+        self.premium_tier = 0  # no boosts: 10 MiB files in its channels
         self.injections: list[Injection] = []
         self.identifies = 0
         self.resumes = 0
@@ -309,7 +309,7 @@ class FakeDiscord:
             "unavailable": False,
             "verification_level": 0,
             "mfa_level": 0,
-            "premium_tier": 0,
+            "premium_tier": self.premium_tier,
             "joined_at": timestamp(),
         }
 
@@ -541,19 +541,62 @@ class FakeDiscord:
         stored["mention_roles"] = [str(r) for r in roles]
         stored["mention_everyone"] = everyone
 
-    def check(self, call: Call, body: dict[str, Any], *, creating: bool, file_limit: int) -> None:
-        """Refuse what Discord refuses: a file over the limit (413/40005), a body past its
-        limits (400/50035), a new message with nothing in it (400/50006)."""
+    def check(
+        self,
+        call: Call,
+        body: dict[str, Any],
+        *,
+        file_limit: int,
+        editing: dict[str, Any] | None = None,
+    ) -> None:
+        """Refuse what Discord refuses: a file over the limit (413/40005), a message past its
+        limits (400/50035), a message with nothing in it (400/50006). An edit is judged by
+        the message it would leave (``editing`` is the message as it stands)."""
         if any(len(data) > file_limit for _, data in call.files):
             raise ApiError(*TOO_LARGE)
-        errors = rules.check_message(body, creating=creating, files=len(call.files))
+        errors = rules.check_message(body, files=len(call.files))
+        files = len(call.files)
+        if not errors and editing is not None:
+            body, files = self._after_edit(editing, body, files), 0
+            errors = rules.check_message(body)
         if errors:
             raise invalid_form(errors)
-        if creating and rules.is_empty(body, len(call.files)):
+        if rules.is_empty(body, files):
             raise ApiError(400, 50006, "Cannot send an empty message")
+
+    @staticmethod
+    def _after_edit(stored: dict[str, Any], body: dict[str, Any], files: int) -> dict[str, Any]:
+        """The message an edit would leave: what the edit sets, the rest as it was."""
+        after = {
+            key: body[key] if key in body else stored[key]
+            for key in ("content", "embeds", "components")
+        }
+        listed = body.get("attachments")
+        kept = len(stored["attachments"]) + files if listed is None else len(listed)
+        after["attachments"] = [{"id": n} for n in range(kept)]
+        return after
+
+    @property
+    def guild_file_limit(self) -> int:
+        """What a file may weigh in the server's channels: by its boost tier, as on Discord."""
+        return {2: 50, 3: 100}.get(self.premium_tier, 10) * 1024 * 1024
+
+    async def set_premium_tier(self, tier: int) -> None:
+        """The server gains or loses boosts; the bot hears of it (GUILD_UPDATE)."""
+        self.premium_tier = tier
+        guild = self._guild()
+        await self.dispatch("GUILD_UPDATE", {k: v for k, v in guild.items() if k != "members"})
 
     def _channel_file_limit(self, channel_id: int) -> int:
         return rules.DEFAULT_FILE_LIMIT if channel_id in self.dm_channels else self.guild_file_limit
+
+    def _channel_message(self, match: re.Match[str]) -> int:
+        """A message through the channel routes: ephemeral ones are not there for the bot."""
+        message_id = int(match["message"])
+        stored = self.messages.get(message_id)
+        if stored is None or stored["flags"] & EPHEMERAL:
+            raise ApiError(404, 10008, "Unknown Message")
+        return message_id
 
     def _edit(self, message_id: int, call: Call) -> dict[str, Any]:
         stored = self.messages[message_id]
@@ -585,8 +628,11 @@ class FakeDiscord:
             return api_error(404, 10062, "Unknown interaction")
         kind = call.json["type"]
         body = call.json.get("data") or {}
-        if kind in (4, 7):
-            self.check(call, body, creating=kind == 4, file_limit=interaction.attachment_size_limit)
+        if kind == 4:
+            self.check(call, body, file_limit=interaction.attachment_size_limit)
+        elif kind == 7 and interaction.message_id in self.messages:
+            editing = self.messages[interaction.message_id]
+            self.check(call, body, file_limit=interaction.attachment_size_limit, editing=editing)
         interaction.callback_type = kind
         interaction.answered = time.monotonic()
         self.callbacks.append((interaction.id, kind, body))
@@ -623,8 +669,9 @@ class FakeDiscord:
     def _too_late(self, interaction: Interaction) -> bool:
         if self.response_deadline is None:
             return False
-        sent = interaction.sent_at if interaction.sent_at is not None else interaction.created
-        return time.monotonic() - sent > self.response_deadline
+        # Counted from when the interaction happened, as on Discord: one replayed after a
+        # RESUME has the time the bot took to come back taken from its 3 s.
+        return time.monotonic() - interaction.created > self.response_deadline
 
     def _webhook_interaction(self, match: re.Match[str]) -> Interaction:
         interaction = self.interactions.get(match["token"])
@@ -652,7 +699,7 @@ class FakeDiscord:
     ) -> web.Response:
         message_id = self._webhook_message(match)
         limit = self._webhook_interaction(match).attachment_size_limit
-        self.check(call, call.json or {}, creating=False, file_limit=limit)
+        self.check(call, call.json or {}, file_limit=limit, editing=self.messages[message_id])
         return json_response(self._edit(message_id, call))
 
     async def _webhook_delete(
@@ -665,9 +712,7 @@ class FakeDiscord:
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
         interaction = self._webhook_interaction(match)
-        self.check(
-            call, call.json or {}, creating=True, file_limit=interaction.attachment_size_limit
-        )
+        self.check(call, call.json or {}, file_limit=interaction.attachment_size_limit)
         created = self._new_message(
             interaction.channel_id, call, webhook=True, interaction=interaction
         )
@@ -689,7 +734,7 @@ class FakeDiscord:
         if channel_id != self.channel_id and channel_id not in self.dm_channels:
             return api_error(404, 10003, "Unknown Channel")
         body = call.json or {}
-        self.check(call, body, creating=True, file_limit=self._channel_file_limit(channel_id))
+        self.check(call, body, file_limit=self._channel_file_limit(channel_id))
         nonce = body.get("nonce")
         key = (self.bot.id, str(nonce))
         if nonce and body.get("enforce_nonce") and key in self.nonces:
@@ -715,26 +760,18 @@ class FakeDiscord:
     async def _get_message(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        message_id = int(match["message"])
-        if message_id not in self.messages:
-            return api_error(404, 10008, "Unknown Message")
-        return json_response(self.messages[message_id])
+        return json_response(self.messages[self._channel_message(match)])
 
     async def _edit_message(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        message_id = int(match["message"])
-        if message_id not in self.messages:
-            return api_error(404, 10008, "Unknown Message")
+        message_id = self._channel_message(match)
         limit = self._channel_file_limit(int(match["channel"]))
-        self.check(call, call.json or {}, creating=False, file_limit=limit)
+        self.check(call, call.json or {}, file_limit=limit, editing=self.messages[message_id])
         return json_response(self._edit(message_id, call))
 
     async def _delete(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
-        message_id = int(match["message"])
-        if message_id not in self.messages:
-            return api_error(404, 10008, "Unknown Message")
-        self._remove(message_id)
+        self._remove(self._channel_message(match))
         return web.Response(status=204)
 
     def _remove(self, message_id: int) -> None:

@@ -244,10 +244,12 @@ async def test_files_over_the_interactions_or_the_servers_limit_are_refused_with
     )
     assert status == 200
 
-    server.guild_file_limit = 2000
-    status, answer = await _send(http, server, {"content": "x"}, files=[("b.png", b"0" * 2001)])
+    # A channel takes what the server's boost tier allows: 10 MiB without boosts, 50 at tier 2.
+    over = [("b.png", b"0" * (10 * 2**20 + 1))]
+    status, answer = await _send(http, server, {"content": "x"}, files=over)
     assert (status, answer["code"]) == (413, 40005)
-    assert (await _send(http, server, {"content": "x"}, files=[("b.png", b"0" * 2000)]))[0] == 200
+    await server.set_premium_tier(2)
+    assert (await _send(http, server, {"content": "x"}, files=over))[0] == 200
 
 
 async def _callback(
@@ -260,6 +262,8 @@ async def _callback(
 async def test_a_first_response_later_than_3_s_after_the_interaction_is_unknown(
     server: LocalDiscord, http: aiohttp.ClientSession
 ) -> None:
+    # Counted from the interaction, not from its delivery: here no bot is connected, so it
+    # waits to be replayed, and its time runs all the same.
     server.response_deadline = 0.2  # Discord's 3 s, shortened
     late = await server.invoke("imagine", server.alice)
     await asyncio.sleep(0.3)
@@ -347,3 +351,41 @@ async def test_a_reply_to_a_deleted_message_fails_unless_asked_not_to_then_is_pl
     status, plain = await _send(http, server, {"content": "r", "message_reference": lenient})
     assert status == 200
     assert plain["type"] == 0 and "message_reference" not in plain
+
+
+async def test_an_edit_is_judged_by_the_message_it_would_leave(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    files = [(f"{n}.png", b"png") for n in range(6)]
+    _, sent = await _send(http, server, {"content": "six files"}, files=files)
+    path = f"/channels/{server.channel_id}/messages/{sent['id']}"
+    # Six kept and six more: twelve attachments, over Discord's ten.
+    status, answer = await _request(http, server, "PATCH", path, {}, files=files)
+    assert _refused(status, answer, "attachments") == "BASE_TYPE_BAD_LENGTH"
+    # Nothing left: no content, no files.
+    emptied = {"content": "", "attachments": []}
+    status, answer = await _request(http, server, "PATCH", path, emptied)
+    assert (status, answer["code"]) == (400, 50006)
+    status, answer = await _request(http, server, "PATCH", path, {"attachments": []})
+    assert status == 200, "the content is still there"
+
+
+async def test_blank_content_is_an_empty_message(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    status, answer = await _send(http, server, {"content": "   \n "})
+    assert (status, answer["code"]) == (400, 50006)
+
+
+async def test_an_ephemeral_message_is_not_in_the_channel_for_the_bot(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    asked = await server.invoke("imagine", server.alice)
+    body = {"type": 4, "data": {"content": "only you", "flags": 64}}
+    assert (await _callback(http, server, asked, body))[0] == 200
+    path = f"/channels/{server.channel_id}/messages/{asked.original_id}"
+    for method in ("GET", "PATCH", "DELETE"):
+        status, answer = await _request(http, server, method, path, {"content": "x"})
+        assert (status, answer["code"]) == (404, 10008), method
+    webhook = f"/webhooks/{server.application_id}/{asked.token}/messages/@original"
+    assert (await _request(http, server, "PATCH", webhook, {"content": "edited"}))[0] == 200

@@ -97,6 +97,9 @@ async def test_ban_unban_and_quota_by_a_moderator_are_on_record(
     assert await _events(db, 7) == [("ban", 99), ("unban", 99), ("quota", 99)]
     with pytest.raises(InvalidRequest, match="duration"):
         parse_duration("soon")
+    with pytest.raises(InvalidRequest, match="at most 520w"):
+        parse_duration("1000000w", option="since")  # a date before 1970 (or an overflow)
+    assert parse_duration("520w") == dt.timedelta(weeks=520)
 
 
 async def _finished_job(service: GenerationService, db: Database, flagged: bool) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -41,12 +42,18 @@ def s3_options() -> Iterator[dict[str, str]]:
     server.stop()
 
 
-def test_put_get_exists_delete_and_location(s3_options: dict[str, str]) -> None:
+def test_put_get_exists_size_delete_and_location(
+    s3_options: dict[str, str], tmp_path: Path
+) -> None:
     store = open_store("s3://imagine/site-a", s3_options)
     assert isinstance(store, ObjectImageStore)
     assert store.put("images/1/1/1-0.png", b"png bytes") == "images/1/1/1-0.png"
     assert store.get("images/1/1/1-0.png") == b"png bytes"
     assert store.exists("images/1/1/1-0.png") and not store.exists("images/2/1/2-0.png")
+    assert store.size("images/1/1/1-0.png") == len(b"png bytes")
+    assert (
+        open_store(tmp_path).put("a/b.png", b"12345") and open_store(tmp_path).size("a/b.png") == 5
+    )
     assert store.location("images/1/1/1-0.png") == "s3://imagine/site-a/images/1/1/1-0.png"
     store.delete_tree("images/1")
     assert not store.exists("images/1/1/1-0.png")
