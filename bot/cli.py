@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from generation.reproduce import reproduce
 def main(context: click.Context, log_level: str | None) -> None:
     """imagine-bot: images from prompts, fairly shared, every recipe on record."""
     try:
-        settings = Settings()
+        # IMAGINE_ENV_FILE names the settings file (.env by default); empty reads none.
+        settings = Settings(_env_file=os.environ.get("IMAGINE_ENV_FILE", ".env") or None)  # type: ignore[call-arg]
     except ValidationError as error:
         problems = "; ".join(
             f"IMAGINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
@@ -46,8 +48,6 @@ def main(context: click.Context, log_level: str | None) -> None:
 
 def _quiet_libraries() -> None:
     """Keep the terminal for our progress bar: the libraries' chatter goes below WARNING."""
-    import os
-
     logging.getLogger("alembic").setLevel(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")

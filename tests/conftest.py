@@ -20,6 +20,9 @@ from generation.requests import Limits
 from generation.service import GenerationService
 from storage.db import Database
 from storage.image_store import ImageStore
+from tests.ci import in_ci, isolate_environment
+
+isolate_environment()
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "IMAGINE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -75,7 +78,7 @@ def postgres_template() -> Iterator[str]:
         asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError) as error:
         message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {error}"
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail(message)
         pytest.skip(message)
 

@@ -19,6 +19,7 @@ from PIL import Image
 from generation.embedded.detector import detect
 from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
+from tests.ci import in_ci
 
 
 def imagine(
@@ -377,3 +378,39 @@ def status(data: Path, job_id: int) -> str | None:
     with sqlite3.connect(data / "imagine.db") as connection:
         row = connection.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return row[0] if row else None
+
+
+def test_the_settings_file_is_dot_env_or_the_one_imagine_env_file_names(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("IMAGINE_MAX_STEPS=0\n")  # a bad value, to see it is read
+    elsewhere = tmp_path / "imagine.env"
+    elsewhere.write_text("IMAGINE_MAX_STEPS=-1\n")
+
+    def queue(env_file: str | None) -> subprocess.CompletedProcess[str]:
+        environment = {**os.environ, "IMAGINE_DATA_DIR": str(tmp_path / "data")}
+        environment.pop("IMAGINE_ENV_FILE")
+        if env_file is not None:
+            environment["IMAGINE_ENV_FILE"] = env_file
+        return subprocess.run(
+            [sys.executable, "-m", "bot", "queue"],
+            env=environment,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    default = queue(None)
+    assert default.returncode == 1 and "IMAGINE_MAX_STEPS" in default.stderr
+    named = queue(str(elsewhere))
+    assert named.returncode == 1 and "IMAGINE_MAX_STEPS" in named.stderr
+    assert queue("").returncode == 0, "an empty IMAGINE_ENV_FILE reads no file"
+
+
+@pytest.mark.parametrize(
+    ("value", "ci"),
+    [("true", True), ("1", True), ("yes", True), ("", False), ("0", False), ("false", False)],
+)
+def test_any_truthy_ci_is_ci(monkeypatch: pytest.MonkeyPatch, value: str, ci: bool) -> None:
+    monkeypatch.setenv("CI", value)
+    assert in_ci() is ci

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 
 import pytest
@@ -11,11 +10,12 @@ import pytest
 from generation.engine import DiffusersEngine, RenderSpec
 from generation.model_info import ModelInfo
 from generation.safety import NUDENET_UNSAFE, NudeNetChecker, SafetyPolicy, load_checker
+from tests.ci import in_ci
 
 
 @pytest.fixture(scope="module")
 def nudenet() -> NudeNetChecker:
-    if importlib.util.find_spec("nudenet") is None and os.environ.get("CI") != "true":
+    if importlib.util.find_spec("nudenet") is None and not in_ci():
         pytest.skip("the nudenet extra is not installed (CI installs it)")
     return NudeNetChecker()
 
