@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ class Database:
         parsed = make_url(url)
         self.url = url
         self.policy = policy
+        # Added to the database's clock (UnitOfWork.now): tests move time forward with it.
+        self.clock_offset = dt.timedelta()
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +52,12 @@ class Database:
 
     def uow(self) -> UnitOfWork:
         """A new unit of work: one session, rolled back unless committed."""
-        return UnitOfWork(self.sessions, self.policy)
+        return UnitOfWork(
+            self.sessions,
+            self.policy,
+            dialect=self.dialect,
+            clock_offset=lambda: self.clock_offset,
+        )
 
     async def upgrade(self) -> None:
         """Run the Alembic migrations up to head."""

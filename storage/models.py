@@ -161,8 +161,16 @@ class Job(Base):
     virtual_start: Mapped[float | None] = mapped_column(Float)
     gpu_seconds: Mapped[float | None]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
+    # Attempts are the runs that count against max_attempts (a crash, a lost lease, a hang);
+    # runs are every start, a clean shutdown's release included, so a job that is released
+    # every time still ends (see storage.queue.max_runs).
     attempts: Mapped[int] = mapped_column(default=0)
     max_attempts: Mapped[int] = mapped_column(default=3)
+    runs: Mapped[int] = mapped_column(default=0)
+    # Not claimed before this (a retry's backoff, an image API's retry-after); error says why.
+    not_before: Mapped[dt.datetime | None]
+    # When an image API first sent it back (a 429, a refused key): it gives up after a while.
+    deferred_since: Mapped[dt.datetime | None]
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[dt.datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -24,6 +24,15 @@ from storage.records import JobRecord, Lease, Renewal, to_record
 
 # The error of a job whose lease ran out on its last attempt.
 LEASE_EXPIRED_ERROR = "its worker stopped answering (lease expired) on every attempt"
+# The error of a job started this many times without ending (see max_runs).
+TOO_MANY_RUNS_ERROR = "it was started {runs} times and never finished"
+
+
+def max_runs(max_attempts: int) -> int:
+    """How often a job may be started at all: a clean shutdown gives its attempt back, so runs,
+    not attempts, bound a job that is released every time (say it hangs and each SIGTERM
+    releases it)."""
+    return 2 * max_attempts
 
 
 class Policy(enum.StrEnum):
@@ -31,9 +40,14 @@ class Policy(enum.StrEnum):
     FIFO = "fifo"  # first come, first served (for comparison)
 
 
-def select_next_job(policy: Policy, model_ids: Sequence[str] | None = None) -> Select[Any]:
-    """The claim policy: which waiting job runs next (of those for ``model_ids``, if given)."""
+def select_next_job(
+    policy: Policy, model_ids: Sequence[str] | None = None, now: dt.datetime | None = None
+) -> Select[Any]:
+    """The claim policy: which waiting job runs next (of those for ``model_ids``, if given, and
+    not held back past ``now`` by a retry's ``not_before``)."""
     waiting = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    if now is not None:
+        waiting = waiting.where((Job.not_before.is_(None)) | (Job.not_before <= now))
     if model_ids is not None:
         waiting = waiting.where(Job.model_id.in_(model_ids))
     if policy is Policy.FIFO:
@@ -95,6 +109,15 @@ class JobQueue:
         rows = [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in result]
         return fair_order(rows, self.policy)
 
+    async def waiting_count(self, model_ids: Sequence[str]) -> int:
+        """Queued jobs for these models, held back or not."""
+        count = await self._session.scalar(
+            select(func.count(Job.id)).where(
+                Job.status == JobStatus.QUEUED, Job.model_id.in_(model_ids)
+            )
+        )
+        return int(count or 0)
+
     async def running(self) -> list[JobRecord]:
         rows = await self._session.scalars(select(Job).where(Job.status == JobStatus.RUNNING))
         return [to_record(JobRecord, row) for row in rows]
@@ -136,12 +159,14 @@ class JobQueue:
             .execution_options(synchronize_session=False)
         )
 
-    async def reap_expired(self, now: dt.datetime) -> None:
-        """Re-queue running jobs whose lease expired; fail those out of attempts."""
+    async def reap_expired(self, now: dt.datetime) -> list[int]:
+        """Re-queue running jobs whose lease expired (on the database's clock, ``now``); fail
+        those out of attempts or runs. The ids of the jobs failed, for their users to hear."""
         expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        await self._session.execute(
+        spent = (Job.attempts >= Job.max_attempts) | (Job.runs >= 2 * Job.max_attempts)
+        failed = await self._session.scalars(
             update(Job)
-            .where(*expired, Job.attempts >= Job.max_attempts)
+            .where(*expired, spent)
             .values(
                 status=JobStatus.FAILED,
                 finished_at=now,
@@ -149,14 +174,17 @@ class JobQueue:
                 lease_expires_at=None,
                 error=LEASE_EXPIRED_ERROR,
             )
+            .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
+        failed_ids = list(failed)
         await self._session.execute(
             update(Job)
-            .where(*expired, Job.attempts < Job.max_attempts)
+            .where(*expired, ~spent)
             .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None)
             .execution_options(synchronize_session=False)
         )
+        return failed_ids
 
     async def claim(
         self,
@@ -172,7 +200,9 @@ class JobQueue:
         # moment takes the next user's job, not the same user's next one.
         locked = (Job,) if self.policy is Policy.FIFO else (Job, User)
         job_id = await self._session.scalar(
-            select_next_job(self.policy, model_ids).with_for_update(skip_locked=True, of=locked)
+            select_next_job(self.policy, model_ids, now).with_for_update(
+                skip_locked=True, of=locked
+            )
         )
         if job_id is None:
             return None
@@ -183,6 +213,7 @@ class JobQueue:
             .values(
                 status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
+                runs=Job.runs + 1,
                 lease_owner=owner,
                 lease_expires_at=expires,
                 started_at=now,
@@ -265,21 +296,52 @@ class JobQueue:
             )
         return True
 
-    async def release(self, lease: Lease) -> bool:
-        """Give a claimed job back to the queue without counting the attempt (clean shutdown)."""
-        result = await self._session.execute(
+    async def put_back(
+        self,
+        lease: Lease,
+        now: dt.datetime,
+        *,
+        attempt_counts: bool,
+        run_counts: bool = True,
+        not_before: dt.datetime | None = None,
+        error: str | None = None,
+        exhausted: str = "",
+    ) -> JobStatus | None:
+        """Give a claimed job back to the queue, or fail it when it has had its attempts or
+        runs (with ``exhausted``, or the reason ``error`` gives). None when the lease was lost.
+
+        A clean shutdown's release gives the attempt back (``attempt_counts=False``) but counts
+        the run; an image API that asks to wait counts neither (it bounds the wait itself); a
+        hang or an error counts both. ``not_before`` holds it back; ``error`` says why.
+        """
+        counts = await self._session.execute(
+            select(Job.attempts, Job.runs, Job.max_attempts).where(*self._fenced(lease))
+        )
+        row = counts.one_or_none()
+        if row is None:
+            return None
+        attempts, runs, most = row
+        attempts -= 0 if attempt_counts else 1
+        runs -= 0 if run_counts else 1
+        fields: dict[str, Any] = {"attempts": attempts, "runs": runs}
+        reason = None
+        if attempts >= most:
+            reason = exhausted or error or f"it failed on all {most} attempts"
+        elif runs >= max_runs(most):
+            reason = TOO_MANY_RUNS_ERROR.format(runs=runs) + (f" ({error})" if error else "")
+        if reason is not None:
+            fields |= {"status": JobStatus.FAILED, "finished_at": now, "error": reason}
+        else:
+            fields |= {"status": JobStatus.QUEUED, "not_before": not_before, "error": error}
+        if not run_counts:  # an image API's wait: remember when the waiting began
+            fields["deferred_since"] = func.coalesce(Job.deferred_since, now)
+        await self._session.execute(
             update(Job)
             .where(*self._fenced(lease))
-            .values(
-                status=JobStatus.QUEUED,
-                attempts=Job.attempts - 1,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+            .values(lease_owner=None, lease_expires_at=None, **fields)
             .execution_options(synchronize_session=False)
         )
-        changed: int = result.rowcount  # type: ignore[attr-defined]
-        return changed == 1
+        return JobStatus(fields["status"])
 
     async def request_cancel(self, job_id: int, now: dt.datetime) -> JobRecord | None:
         """Cancel a waiting job at once; ask a running one to stop at its next step."""

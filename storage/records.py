@@ -60,6 +60,9 @@ class JobRecord:
     status: str
     attempts: int
     max_attempts: int
+    runs: int
+    not_before: dt.datetime | None
+    deferred_since: dt.datetime | None
     lease_owner: str | None
     lease_expires_at: dt.datetime | None
     cancel_requested: bool
@@ -128,6 +131,7 @@ class NewImage:
     # The safety check's scores by label; flagged ones go to review.
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
     flagged: bool = False
+    check_error: str | None = None  # the safety check could not run: flagged for review
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

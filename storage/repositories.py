@@ -218,6 +218,13 @@ def _owned(query: Any, user_id: int | None, guild_id: int | None) -> Any:
     return query
 
 
+def _flags(image: NewImage) -> dict[str, Any]:
+    flags: dict[str, Any] = {"safety": image.scores} if image.scores else {}
+    if image.check_error:
+        flags["safety_error"] = image.check_error
+    return flags
+
+
 class ImageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -234,7 +241,7 @@ class ImageRepository:
                     path=image.path,
                     width=image.width,
                     height=image.height,
-                    flags={"safety": image.scores} if image.scores else {},
+                    flags=_flags(image),
                     review=Review.PENDING if image.flagged else None,
                     created_at=now,
                 )

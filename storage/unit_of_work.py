@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from types import TracebackType
 
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.queue import JobQueue, Policy
@@ -34,10 +37,17 @@ class UnitOfWork:
     queue: JobQueue
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], policy: Policy = Policy.FAIR
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        policy: Policy = Policy.FAIR,
+        *,
+        dialect: str = "sqlite",
+        clock_offset: Callable[[], dt.timedelta] = dt.timedelta,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
+        self._dialect = dialect
+        self._clock_offset = clock_offset
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self._sessions()
@@ -65,6 +75,18 @@ class UnitOfWork:
 
     async def commit(self) -> None:
         await self.session.commit()
+
+    async def now(self) -> dt.datetime:
+        """The database's clock, in UTC: leases are set and compared on it, so workers on hosts
+        whose clocks disagree still agree on who holds a job. (Tests move it with an offset.)"""
+        if self._dialect == "sqlite":
+            stamp = await self.session.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+            moment = dt.datetime.fromisoformat(str(stamp)).replace(tzinfo=dt.UTC)
+        else:
+            found = await self.session.scalar(select(func.now()))
+            assert isinstance(found, dt.datetime)
+            moment = found.astimezone(dt.UTC)
+        return moment + self._clock_offset()
 
     async def rollback(self) -> None:
         await self.session.rollback()
