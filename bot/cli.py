@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -58,40 +57,27 @@ def _quiet_libraries() -> None:
 @click.option("--burst", is_flag=True, help="Drain the queue, then exit.")
 @click.pass_obj
 def worker(settings: Settings, burst: bool) -> None:
-    """Run a worker: claim queued jobs and make their images."""
+    """Run a worker: claim queued jobs and make their images. Exits non-zero (for its
+    supervisor) whenever it ends without being asked: 3 after a hung render."""
+    from bot.service_runner import run_worker, serve
 
-    async def _worker() -> int:
-        from bot.service_runner import stop_on_signals, stop_worker
-
-        stop = stop_on_signals()
-        async with open_runtime(settings) as runtime:
-            await runtime.start_relay()
-            worker = await runtime.start_engine()
-            running = asyncio.create_task(worker.run(burst=burst), name="worker")
-            stopped = asyncio.create_task(stop.wait(), name="stop")
-            await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not running.done():
-                await stop_worker(worker, running, settings.stop_grace_seconds)
-            return running.result() if not running.cancelled() else 0
-
-    done = run_async(_worker())
-    click.echo(f"worker ran {done} jobs", err=True)
+    serve(run_worker(settings, burst=burst))
 
 
 @main.command()
 @click.option("--no-worker", is_flag=True, help="The bot alone; workers run elsewhere.")
 @click.pass_obj
 def run(settings: Settings, no_worker: bool) -> None:
-    """Run the Discord bot, with a worker in the same process unless --no-worker."""
+    """Run the Discord bot, with a worker in the same process unless --no-worker. Exits
+    non-zero (for its supervisor) whenever the bot or its worker ends without being asked."""
     if settings.discord_token is None:
         raise click.ClickException(
             "IMAGINE_DISCORD_TOKEN is not set: put the bot token of your Discord application "
             "in the environment or in .env (see the README's Discord section)"
         )
-    from bot.service_runner import run_bot
+    from bot.service_runner import run_bot, serve
 
-    run_async(run_bot(settings, with_worker=not no_worker))
+    serve(run_bot(settings, with_worker=not no_worker))
 
 
 @main.command(name="workers")

@@ -14,6 +14,7 @@ from generation.errors import ModelUnavailable
 from generation.events import EventBus
 from generation.model_info import ModelInfo, describe_model
 from generation.moderation import Moderation
+from generation.reaper import Reaper
 from generation.relay import EventRelay
 from generation.safety import load_checker
 from generation.service import GenerationService
@@ -39,6 +40,14 @@ class Runtime:
     engine: DiffusersEngine | None = None
     worker: Worker | None = None
     relay: EventRelay | None = None
+    reaper: asyncio.Task[None] | None = None
+
+    def start_reaper(self) -> None:
+        """Put jobs whose worker went silent back in the queue, on a timer (every process that
+        serves runs one, so a dead worker never stops the queue)."""
+        if self.reaper is None:
+            reaper = Reaper(self.db, self.events, self.settings.reap_interval)
+            self.reaper = asyncio.create_task(reaper.run(), name="reaper")
 
     async def start_relay(self) -> None:
         """On PostgreSQL, share job events with the other processes (LISTEN/NOTIFY)."""
@@ -146,10 +155,13 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime
     finally:
+        if runtime is not None and runtime.reaper is not None:
+            runtime.reaper.cancel()
+            await asyncio.gather(runtime.reaper, return_exceptions=True)
         if runtime is not None and runtime.relay is not None:
             await runtime.relay.close()
         if runtime is not None and runtime.engine is not None:
             if hasattr(runtime.engine, "aclose"):  # an image API's HTTP client
                 await runtime.engine.aclose()
-            runtime.engine.close()
+            runtime.engine.close()  # never waits on a render that hung
         await db.close()

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     variation_strength: float = Field(default=0.6, gt=0, le=1)
     upscale_strength: float = Field(default=0.3, gt=0, le=1)
     lease_seconds: float = Field(default=120.0, gt=0)
+    # A job with no progress for this long (or 5 × its expected time, if longer) is hung: it
+    # goes back to the queue (or fails, out of attempts) and the worker process exits.
+    hang_seconds: float = Field(default=60.0, gt=0)
+    # An image API job that could not run this long (429s, a refused key) fails.
+    api_give_up_seconds: float = Field(default=3600.0, gt=0)
+    # How often every process puts jobs whose worker went silent back in the queue.
+    reap_interval: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=1.0, gt=0)
     queue_policy: Policy = Policy.FAIR
@@ -159,4 +166,9 @@ class Settings(BaseSettings):
         )
 
     def worker_config(self) -> WorkerConfig:
-        return WorkerConfig(lease_seconds=self.lease_seconds, poll_interval=self.poll_interval)
+        return WorkerConfig(
+            lease_seconds=self.lease_seconds,
+            poll_interval=self.poll_interval,
+            hang_seconds=self.hang_seconds,
+            api_give_up_seconds=self.api_give_up_seconds,
+        )

@@ -219,8 +219,15 @@ class DiffusersEngine:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self.render, spec, on_step)
 
+    @property
+    def busy(self) -> bool:
+        """Whether a render holds the pipeline (a hung one never lets go)."""
+        return self._lock.locked()
+
     def close(self) -> None:
-        self._thread.shutdown(wait=True)
+        """Stop the pipeline thread; a render that hung is not waited for (the process exits
+        without it: see bot.service_runner.end_process)."""
+        self._thread.shutdown(wait=not self.busy, cancel_futures=True)
 
     def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run one batched call; ``on_step`` may raise RenderCancelled to stop at the next step."""

@@ -79,3 +79,15 @@ class PromptBlocked(GenerationError):
         self.option = option
         self.strikes = strikes
         self.banned_until = banned_until
+
+
+class RenderHung(Exception):
+    """A job made no progress for its budget. Its attempt is recorded (``status``: where the
+    job went); the pipeline thread cannot be stopped, so the process must exit (non-zero) and
+    its supervisor start it again."""
+
+    def __init__(self, job_id: int, seconds: float, status: object) -> None:
+        super().__init__(f"job {job_id} made no progress for {seconds:.0f} s")
+        self.job_id = job_id
+        self.seconds = seconds
+        self.status = status

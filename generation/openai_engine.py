@@ -336,6 +336,11 @@ class EngineSet:
     def runtime_for(self, model_id: str) -> Any:
         return self._engine(model_id).runtime
 
+    def siblings(self, model_id: str) -> list[str]:
+        """The models of the engine that runs ``model_id``: they share its troubles (a 429,
+        a refused key); the other engines' do not."""
+        return list(self._engine(model_id).models)
+
     async def render_async(
         self, spec: Any, on_step: Callable[[Any], None] | None = None
     ) -> list[Image.Image]:

@@ -27,11 +27,17 @@ NUDENET_UNSAFE = frozenset(
 
 
 class SafetyChecker(Protocol):
-    """Scores an image: label → confidence in [0, 1]; an empty dict when nothing was found."""
-
-    name: str
+    """Scores an image: label → confidence in [0, 1]; an empty dict when nothing was found.
+    That is all a host's own checker needs; a ``name`` attribute is optional."""
 
     def scores(self, image: Image.Image) -> dict[str, float]: ...
+
+
+def checker_name(checker: SafetyChecker | None) -> str:
+    """How events name the checker: its ``name``, else its class's."""
+    if checker is None:
+        return "none"
+    return str(getattr(checker, "name", type(checker).__name__))
 
 
 class NudeNetChecker:

@@ -1,61 +1,36 @@
-"""The worker loop: claim the next job, run it in a thread, record and announce the result."""
+"""The worker loop: claim the next job, run it (``generation.running``), claim the next.
+
+Nothing one job does ends the loop, and no passing fault does: a claim that meets a database
+that is away waits and tries again. Only a hung render (``RenderHung``) ends it, since its
+pipeline thread cannot be stopped: the process exits and its supervisor starts it again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
-import io
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from PIL import Image
-from sqlalchemy.exc import SQLAlchemyError
-
-from generation.errors import RenderCancelled
-from generation.events import (
-    EventBus,
-    JobCancelled,
-    JobClaimed,
-    JobFailed,
-    JobProgress,
-    JobSucceeded,
-)
-from generation.imaging import encode_png, make_grid, pixel_sha256
-from generation.openai_engine import (
-    CONTENT_REFUSED,
-    ContentRefused,
-    EngineBusy,
-    EngineRefusedKey,
-)
-from generation.rendering import (
-    attempt_prefix,
-    grid_key,
-    image_key,
-    load_init_image,
-    spec_for_job,
-)
+from generation.errors import RenderHung
+from generation.events import EventBus, JobClaimed
+from generation.faults import backoff, is_transient
+from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import EventKind, JobStatus, utcnow
-from storage.records import JobRecord, Lease, NewImage
+from storage.models import JobStatus
+from storage.records import JobRecord, Lease
 
 if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
-    from generation.engine import Engine, StepProgress
+    from generation.engine import Engine
 
 logger = logging.getLogger(__name__)
-
-Clock = Callable[[], dt.datetime]
-# After an image API refused the host's key, claims pause this long.
-KEY_RETRY_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,27 +41,14 @@ class WorkerConfig:
     preview_interval: float = 2.0
     # How often a running job renews its lease and looks for a cancel request.
     heartbeat_interval: float = 2.0
+    # A job that makes no progress this long (or 5 × its expected time, if longer) is hung.
+    hang_seconds: float = 60.0
+    # An image API job that could not run this long (429s, a refused key) fails.
+    api_give_up_seconds: float = 3600.0
     # Write a finished job's files and completion while the next job renders. None: only on a
     # GPU. On the CPU the two fight over the same cores and the GIL: benchmarks/overhead.py
     # measured the overlap slower there.
     overlap_completion: bool | None = None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Rendered:
-    images: list[Image.Image]
-    gpu_seconds: float
-
-
-class _RunState:
-    """Shared between the pipeline thread and the event loop while one job runs."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.lease_lost = False
-        self.last_step_at = time.monotonic()
-        self.last_preview_at = 0.0
-        self.done = 0.0  # fraction of the denoising steps finished
 
 
 class Worker:
@@ -100,30 +62,38 @@ class Worker:
         events: EventBus,
         config: WorkerConfig | None = None,
         *,
-        clock: Clock = utcnow,
         checker: SafetyChecker | None = None,
         safety: SafetyPolicy | None = None,
     ) -> None:
         self.db = db
-        self.checker = checker
-        self.safety = safety or SafetyPolicy()
         self.engine = engine
         self.store = store
         self.events = events
         self.config = config or WorkerConfig()
-        self.clock = clock
+        self.settings = RunSettings(
+            db=db,
+            engine=engine,
+            store=store,
+            events=events,
+            worker_id=self.config.worker_id,
+            lease_seconds=self.config.lease_seconds,
+            heartbeat_interval=self.config.heartbeat_interval,
+            preview_interval=self.config.preview_interval,
+            hang_seconds=self.config.hang_seconds,
+            api_give_up_seconds=self.config.api_give_up_seconds,
+            checker=checker,
+            safety=safety or SafetyPolicy(),
+            pause_models=self.pause_models,
+        )
         self._stopping = asyncio.Event()
-        self._resume_at = 0.0  # an image API's retry-after: no claim before then
+        self._paused: dict[str, float] = {}  # model id -> time.monotonic() it may run again
+        self._seconds_per_cost: float | None = None  # measured here, for the hang budget
 
     @property
     def _overlap(self) -> bool:
         if self.config.overlap_completion is None:
             return self.engine.runtime.device_kind != "cpu"
         return self.config.overlap_completion
-
-    @property
-    def _checker_name(self) -> str:
-        return self.checker.name if self.checker else "none"
 
     @property
     def worker_id(self) -> str:
@@ -133,6 +103,23 @@ class Worker:
         """Stop claiming; the job in hand finishes first."""
         self._stopping.set()
 
+    # -- which models may be claimed -------------------------------------------------------
+
+    def pause_models(self, model_id: str, seconds: float) -> None:
+        """An engine is in trouble (an image API's 429 or refused key): its models wait
+        ``seconds``; the other engine's keep running."""
+        siblings = getattr(self.engine, "siblings", None)
+        models = siblings(model_id) if siblings else list(self.engine.models)
+        until = time.monotonic() + seconds
+        for model in models:
+            self._paused[model] = max(self._paused.get(model, 0.0), until)
+
+    def _claimable(self) -> list[str]:
+        now = time.monotonic()
+        return [m for m in self.engine.models if self._paused.get(m, 0.0) <= now]
+
+    # -- the loop --------------------------------------------------------------------------
+
     async def run(self, *, burst: bool = False) -> int:
         """Claim and run jobs until stopped (or, in burst mode, until the queue is empty).
 
@@ -140,40 +127,35 @@ class Worker:
         so the device never waits on disk or database; at most one completion is in flight.
         """
         done = 0
-        finishing: asyncio.Task[JobStatus | None] | None = None
+        finishing: asyncio.Task[None] | None = None
         await self._announce()
         logger.info("worker %s started", self.worker_id)
         try:
             while not self._stopping.is_set():
-                if (wait := self._resume_at - time.monotonic()) > 0:
-                    await self._pause(wait)
+                models = self._claimable()
+                if not models:
+                    await self._pause(min(self._paused.values()) - time.monotonic())
                     continue
-                try:
-                    claimed = await self.claim()
-                except (SQLAlchemyError, OSError):
-                    if burst:
-                        raise
-                    # The database went away for a moment: the queue is still there, wait and retry.
-                    logger.exception("worker %s could not claim; retrying", self.worker_id)
-                    await self._pause()
-                    continue
+                claimed = await self._claim_or_wait(models, burst)
                 if claimed is None:
                     if finishing is not None:
                         await finishing
                         finishing = None
-                    if burst:
+                    if burst and not await self._held_back():
                         break
                     await self._pause()
                     continue
-                job, lease = claimed
-                self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
-                outcome = await self._render(job, lease)
+                if claimed is False:
+                    continue
+                assert claimed is not True
+                run = self._start(*claimed)
+                outcome = await self._render(run)
                 if finishing is not None:
                     await finishing
                     finishing = None
-                if isinstance(outcome, _Rendered):
+                if isinstance(outcome, Rendered):
                     finishing = asyncio.create_task(
-                        self._complete(job, lease, outcome), name=f"complete-{job.id}"
+                        self._finish(run, outcome), name=f"complete-{run.job.id}"
                     )
                     if not self._overlap:
                         await finishing
@@ -186,73 +168,98 @@ class Worker:
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
 
+    async def _claim_or_wait(
+        self, models: list[str], burst: bool
+    ) -> tuple[JobRecord, Lease] | bool | None:
+        """The next job; None when nothing waits; False when the database was away (waited)."""
+        try:
+            return await self.claim(models)
+        except Exception as error:
+            if burst or not is_transient(error):
+                raise
+            # The database went away for a moment: the queue is still there, wait and retry.
+            logger.warning("worker %s could not claim (%s); retrying", self.worker_id, error)
+            await self._pause(max(self.config.poll_interval, backoff(3)))
+            return False
+
+    def _start(self, job: JobRecord, lease: Lease) -> JobRun:
+        self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
+        return JobRun(self.settings, job, lease, self._budget(job))
+
+    def _budget(self, job: JobRecord) -> float:
+        """Seconds without progress before a job counts as hung: the setting, or 5 × what the
+        job should take on this worker, whichever is longer."""
+        expected = job.cost * self._seconds_per_cost if self._seconds_per_cost else 0.0
+        return max(self.config.hang_seconds, 5 * expected)
+
+    async def _render(self, run: JobRun) -> Rendered | JobStatus | None:
+        """The render; an error that escapes it (the database away past the lease) costs the
+        job its attempt, never the worker its loop."""
+        try:
+            outcome = await run.render()
+        except (RenderHung, asyncio.CancelledError):
+            await run.close()
+            raise
+        except Exception:
+            logger.exception("job %s: its run broke; it goes back to the queue", run.job.id)
+            await self._give_back(run)
+            await run.close()
+            return None
+        if not isinstance(outcome, Rendered):
+            await run.close()
+        return outcome
+
+    async def _finish(self, run: JobRun, rendered: Rendered) -> None:
+        try:
+            status = await run.complete(rendered)
+            if status is JobStatus.SUCCEEDED and run.job.cost > 0:
+                measured = rendered.gpu_seconds / run.job.cost
+                known = self._seconds_per_cost
+                self._seconds_per_cost = measured if known is None else 0.8 * known + 0.2 * measured
+        except RenderHung:
+            raise
+        except Exception:
+            logger.exception("job %s: recording it broke; it goes back to the queue", run.job.id)
+            await self._give_back(run)
+        finally:
+            await run.close()
+
+    @staticmethod
+    async def _give_back(run: JobRun) -> None:
+        with contextlib.suppress(Exception):  # if even this fails, the lease runs out instead
+            await run.give_back(attempt_counts=True, error="its run broke (see the worker log)")
+
     async def _pause(self, seconds: float | None = None) -> None:
         """Wait one poll interval (or ``seconds``), or less if asked to stop."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
-                self._stopping.wait(), self.config.poll_interval if seconds is None else seconds
+                self._stopping.wait(),
+                self.config.poll_interval if seconds is None else max(0.0, seconds),
             )
 
-    async def _api_trouble(
-        self, job: JobRecord, lease: Lease, trouble: Exception
-    ) -> JobStatus | None:
-        """An image API said no: slow down (429), the host's key is wrong, or the request
-        broke its content policy. Only the last is the job's fault."""
-        if isinstance(trouble, ContentRefused):
-            return await self._refused(job, lease, trouble)
-        if isinstance(trouble, EngineBusy):
-            logger.warning("job %s: %s; back to the queue", job.id, trouble)
-            pause = trouble.retry_after
-        else:
-            # No job is to blame: they wait in the queue while the host fixes the key.
-            logger.error("job %s: %s; the job goes back to the queue", job.id, trouble)
-            pause = KEY_RETRY_SECONDS
-        await self._release(job, lease)
-        self._resume_at = time.monotonic() + pause
-        return None
+    # -- the database ------------------------------------------------------------------------
 
-    async def _refused(
-        self, job: JobRecord, lease: Lease, refused: ContentRefused
-    ) -> JobStatus | None:
-        """The image API refused the request: the job fails, and a moderation event keeps the
-        API's reason (the user is told without it)."""
+    async def claim(self, models: list[str] | None = None) -> tuple[JobRecord, Lease] | None:
+        """The next job for one of ``models`` (this engine's, by default), with a lease on
+        the database's clock; the worker's row says what it is doing in the same transaction."""
         async with self.db.uow() as uow:
-            ended = await uow.queue.finish(
-                lease,
-                JobStatus.FAILED,
-                self.clock(),
-                unrun=1.0,
-                error=f"{CONTENT_REFUSED}: {refused.reason}",
-            )
-            if ended:
-                await uow.events.add(
-                    kind=EventKind.CONTENT_REFUSED,
-                    actor_id=None,
-                    guild_id=job.guild_id,
-                    target_user_id=job.user_id,
-                    job_id=job.id,
-                    reason=refused.reason,
-                    details={"model": job.model_id, "prompt": job.prompt},
-                    created_at=self.clock(),
-                )
-                await uow.commit()
-        if not ended:
-            return None
-        self.events.publish(JobFailed(job.id, CONTENT_REFUSED))
-        return JobStatus.FAILED
-
-    async def claim(self) -> tuple[JobRecord, Lease] | None:
-        """The next job for one of this engine's models, with a lease; the worker's row says
-        what it is doing in the same transaction."""
-        async with self.db.uow() as uow:
-            now = self.clock()
+            now = await uow.now()
             claimed = await uow.queue.claim(
-                self.worker_id, self.config.lease_seconds, now, model_ids=list(self.engine.models)
+                self.worker_id,
+                self.config.lease_seconds,
+                now,
+                model_ids=list(self.engine.models) if models is None else models,
             )
             job_id = claimed[0].id if claimed else None
             await uow.workers.beat(self.worker_id, "busy" if claimed else "idle", job_id, now)
             await uow.commit()
         return claimed
+
+    async def _held_back(self) -> bool:
+        """Whether jobs for this engine still wait, only held back for now (a retry's wait, an
+        image API's retry-after): a burst waits for them instead of ending."""
+        async with self.db.uow() as uow:
+            return await uow.queue.waiting_count(list(self.engine.models)) > 0
 
     async def _announce(self) -> None:
         """Say who this worker is (id, host, device, models) where `imagine-bot workers` looks."""
@@ -264,223 +271,39 @@ class Worker:
                     pid=os.getpid(),
                     device=self.engine.runtime.device,
                     models=list(self.engine.models),
-                    now=self.clock(),
+                    now=await uow.now(),
                 )
                 await uow.commit()
-        except (SQLAlchemyError, OSError):
-            logger.exception("worker %s could not announce itself", self.worker_id)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            logger.warning("worker %s could not announce itself: %s", self.worker_id, error)
 
     async def _beat(self, state: str, job_id: int | None) -> None:
         try:
             async with self.db.uow() as uow:
-                await uow.workers.beat(self.worker_id, state, job_id, self.clock())
+                await uow.workers.beat(self.worker_id, state, job_id, await uow.now())
                 await uow.commit()
-        except (SQLAlchemyError, OSError):
-            logger.exception("worker %s could not record its state", self.worker_id)
+        except Exception as error:
+            logger.warning("worker %s could not record its state: %s", self.worker_id, error)
+
+    # -- one job at a time, for tests and the command line -----------------------------------
 
     async def run_once(self) -> bool:
         """Claim one job and run it; False when nothing was waiting."""
         claimed = await self.claim()
         if claimed is None:
             return False
-        job, lease = claimed
-        self.events.publish(JobClaimed(job.id, self.worker_id, lease.attempt))
-        await self.execute(job, lease)
+        await self.execute(*claimed)
         return True
 
     async def execute(self, job: JobRecord, lease: Lease) -> JobStatus | None:
         """Run a claimed job to its end; None when the lease was lost and nothing was recorded."""
-        outcome = await self._render(job, lease)
-        if isinstance(outcome, _Rendered):
-            return await self._complete(job, lease, outcome)
-        return outcome
-
-    async def _render(self, job: JobRecord, lease: Lease) -> _Rendered | JobStatus | None:
-        """Run the pipeline; a cancel or failure is recorded here, a success is left to complete."""
-        state = _RunState()
-        loop = asyncio.get_running_loop()
-
-        def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
-            if state.stop.is_set():
-                raise RenderCancelled
-            now = time.monotonic()
-            state.last_step_at = now
-            state.done = progress.step / max(1, progress.total)
-            preview = None
-            if now - state.last_preview_at >= self.config.preview_interval:
-                state.last_preview_at = now
-                preview = _png(progress.preview())
-            event = JobProgress(job.id, progress.step, progress.total, preview)
-            loop.call_soon_threadsafe(self.events.publish, event)
-
-        heartbeat = asyncio.create_task(self._heartbeat(lease, state), name=f"heartbeat-{job.id}")
-        started = time.perf_counter()
+        run = self._start(job, lease)
         try:
-            init_image = await load_init_image(self.db, self.store, job)
-            spec = spec_for_job(job, init_image)
-            images = await self.engine.render_async(spec, on_step)
-        except asyncio.CancelledError:
-            # Shutting down mid-job: the pipeline thread stops at its next step, and the job
-            # goes back to the queue at once instead of waiting out its lease.
-            state.stop.set()
-            await asyncio.shield(self._release(job, lease))
-            raise
-        except RenderCancelled:
-            if state.lease_lost:
-                logger.warning("job %s: lost its lease mid-run; another worker owns it", job.id)
-                return None
-            return await self._end(
-                job, lease, JobStatus.CANCELLED, "cancelled on request", 1 - state.done
-            )
-        except (EngineBusy, EngineRefusedKey, ContentRefused) as trouble:
-            return await self._api_trouble(job, lease, trouble)
-        except Exception as error:
-            logger.exception("job %s failed", job.id)
-            reason = f"{type(error).__name__}: {error}"
-            return await self._end(job, lease, JobStatus.FAILED, reason, 1.0)
+            outcome = await run.render()
+            if isinstance(outcome, Rendered):
+                return await run.complete(outcome)
+            return outcome
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
-        return _Rendered(images, time.perf_counter() - started)
-
-    async def _heartbeat(self, lease: Lease, state: _RunState) -> None:
-        """Renew the lease while steps keep coming; stop the render if it was lost or cancelled.
-
-        A render that stops making steps stops renewing, so its lease runs out and the job
-        goes back to the queue.
-        """
-        interval = min(self.config.lease_seconds / 3, self.config.heartbeat_interval)
-        renewed_at = time.monotonic()
-        while not state.stop.is_set():
-            await asyncio.sleep(interval)
-            if state.last_step_at <= renewed_at:
-                continue
-            async with self.db.uow() as uow:
-                now = self.clock()
-                renewal = await uow.queue.renew(lease, self.config.lease_seconds, now)
-                await uow.workers.beat(self.worker_id, "busy", lease.job_id, now)
-                await uow.commit()
-            renewed_at = time.monotonic()
-            if not renewal.held:
-                state.lease_lost = True
-                state.stop.set()
-            elif renewal.cancel_requested:
-                state.stop.set()
-
-    async def _release(self, job: JobRecord, lease: Lease) -> None:
-        try:
-            async with self.db.uow() as uow:
-                released = await uow.queue.release(lease)
-                await uow.commit()
-        except (SQLAlchemyError, OSError):
-            logger.exception("job %s: could not release it; it returns after its lease", job.id)
-            return
-        if released:
-            logger.info("job %s: released back to the queue", job.id)
-
-    async def _end(
-        self, job: JobRecord, lease: Lease, status: JobStatus, error: str, unrun: float
-    ) -> JobStatus | None:
-        """Record a cancel or failure; the ``unrun`` part of its cost goes back to the user."""
-        async with self.db.uow() as uow:
-            ended = await uow.queue.finish(lease, status, self.clock(), unrun=unrun, error=error)
-            await uow.commit()
-        if not ended:
-            logger.warning("job %s: lease lost before it could be marked %s", job.id, status)
-            return None
-        event = JobCancelled(job.id) if status is JobStatus.CANCELLED else JobFailed(job.id, error)
-        self.events.publish(event)
-        return status
-
-    async def _complete(
-        self, job: JobRecord, lease: Lease, rendered: _Rendered
-    ) -> JobStatus | None:
-        images, gpu_seconds = rendered.images, rendered.gpu_seconds
-        runtime_for = getattr(self.engine, "runtime_for", None)
-        runtime = runtime_for(job.model_id) if runtime_for else self.engine.runtime
-        ran = dataclasses.replace(
-            job,
-            dtype=runtime.dtype,
-            device_kind=runtime.device_kind,
-            torch_threads=runtime.torch_threads,
-            library_versions=runtime.library_versions,
-        )
-        new_images = await asyncio.to_thread(self._write_files, ran, lease.attempt, images)
-        now = self.clock()
-        async with self.db.uow() as uow:
-            completed = await uow.queue.finish(
-                lease,
-                JobStatus.SUCCEEDED,
-                now,
-                dtype=ran.dtype,
-                device_kind=ran.device_kind,
-                torch_threads=ran.torch_threads,
-                library_versions=ran.library_versions,
-                engine_details=images[0].info.get("engine_details", {}) if images else {},
-                gpu_seconds=gpu_seconds,
-                error=None,
-            )
-            if completed:
-                await uow.images.add_many(job.id, new_images)
-                for image in new_images:
-                    if image.flagged:
-                        await uow.events.add(
-                            kind=EventKind.IMAGE_FLAGGED,
-                            actor_id=None,
-                            guild_id=job.guild_id,
-                            target_user_id=job.user_id,
-                            job_id=job.id,
-                            reason=f"flagged by the safety check ({self._checker_name})",
-                            details={"index": image.index, "scores": image.scores},
-                            created_at=now,
-                        )
-                await uow.usage.charge(
-                    job.user_id,
-                    now.date(),
-                    images=len(new_images),
-                    cost=job.cost,
-                    gpu_seconds=gpu_seconds,
-                )
-                await uow.commit()
-        if not completed:
-            # Fenced out: another worker owns the job now. Our files are ours alone; remove them.
-            logger.warning("job %s: completion refused, the lease was lost; discarding", job.id)
-            self.store.delete_tree(attempt_prefix(job.id, lease.attempt))
-            return None
-        self.events.publish(JobSucceeded(job.id))
-        logger.info("job %s done in %.2f s", job.id, gpu_seconds)
-        return JobStatus.SUCCEEDED
-
-    def _write_files(
-        self, job: JobRecord, attempt: int, images: list[Image.Image]
-    ) -> list[NewImage]:
-        model = self.engine.models.get(job.model_id)
-        name = model.name if model else job.model_id
-        check = self.checker is not None and self.safety.for_guild(job.guild_id) != "off"
-        written = []
-        for index, image in enumerate(images):
-            scores = self.checker.scores(image) if check and self.checker else {}
-            key = self.store.put(
-                image_key(job.id, attempt, index), encode_png(image, job, index, name)
-            )
-            written.append(
-                NewImage(
-                    index=index,
-                    seed=job.seed + index,
-                    sha256=pixel_sha256(image),
-                    path=key,
-                    width=image.width,
-                    height=image.height,
-                    scores=scores,
-                    flagged=self.safety.flagged(scores),
-                )
-            )
-        self.store.put(grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name))
-        return written
-
-
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+            await run.close()

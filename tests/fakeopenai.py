@@ -41,6 +41,7 @@ class FakeImagesAPI:
         # Real APIs return detailed pictures of a megabyte or more; plain colour compresses to
         # almost nothing. A test about file sizes turns detail on.
         self.detailed = False
+        self.key_dead = False
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -119,7 +120,13 @@ class FakeImagesAPI:
         recorded = await self._record(request)
         return recorded, self._failure(recorded)
 
+    def kill_key(self) -> None:
+        """The host's key stops working for good (billing ran out): every request is 401."""
+        self.key_dead = True
+
     def _failure(self, recorded: Request) -> web.Response | None:
+        if self.key_dead:
+            self.reject_key()
         if not self.failures:
             return None
         status, body, headers = self.failures.pop(0)

@@ -160,10 +160,10 @@ async def test_a_content_refusal_fails_the_job_with_a_moderation_event_and_401_w
 
     # A refused key is the host's problem, not the job's: it waits in the queue, and the
     # worker looks again later (here: at once) and makes it once the key works.
-    monkeypatch.setattr("generation.worker.KEY_RETRY_SECONDS", 0.1)
+    monkeypatch.setattr("generation.running.KEY_RETRY_SECONDS", 0.1)
     api.reject_key()
     denied = (await api_service.submit(GenerationRequest("a cat", user_id=2))).job
-    with caplog.at_level(logging.ERROR, logger="generation.worker"):
+    with caplog.at_level(logging.ERROR, logger="generation.running"):
         await _run(db, api_engine, store)
     done = (await api_service.job(denied.id)).job
     assert (done.status, done.attempts) == ("succeeded", 1)

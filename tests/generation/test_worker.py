@@ -89,26 +89,11 @@ async def test_a_dead_workers_job_is_finished_by_the_next_worker_exactly_once(
     events: EventBus,
 ) -> None:
     job_id = await submit(service)
-    start = utcnow()
-    dead = Worker(
-        db,
-        engine,
-        store,
-        events,
-        WorkerConfig(worker_id="dead", lease_seconds=30),
-        clock=lambda: start,
-    )
+    dead = make_worker(db, engine, store, events, "dead", lease_seconds=30)
     claimed = await dead.claim()  # it claims, then its process dies before finishing
     assert claimed is not None
-    later = start + dt.timedelta(seconds=31)
-    live = Worker(
-        db,
-        engine,
-        store,
-        events,
-        WorkerConfig(worker_id="live", lease_seconds=30),
-        clock=lambda: later,
-    )
+    db.clock_offset = dt.timedelta(seconds=31)  # the database's clock passes the lease
+    live = make_worker(db, engine, store, events, "live", lease_seconds=30)
     assert await live.run(burst=True) == 1
     view = await service.job(job_id)
     assert (view.job.status, view.job.attempts) == ("succeeded", 2)
@@ -121,7 +106,7 @@ async def test_a_dead_workers_job_is_finished_by_the_next_worker_exactly_once(
     assert after.images == view.images
     assert not store.exists(f"images/{job_id}/1")
     async with db.uow() as uow:
-        usage = await uow.usage.get(1, later.date())
+        usage = await uow.usage.get(1, utcnow().date())
     assert usage is not None and usage.jobs == 1
 
 
@@ -134,27 +119,34 @@ async def test_a_restarted_worker_picks_up_queued_and_interrupted_jobs(
 ) -> None:
     interrupted = await submit(service)
     waiting = await submit(service, seed=8)
-    start = utcnow()
-    crashed = Worker(
-        db,
-        engine,
-        store,
-        events,
-        WorkerConfig(worker_id="crashed", lease_seconds=10),
-        clock=lambda: start,
-    )
+    crashed = make_worker(db, engine, store, events, "crashed", lease_seconds=10)
     assert await crashed.claim() is not None
-    restarted = Worker(
-        db,
-        engine,
-        store,
-        events,
-        WorkerConfig(worker_id="restarted"),
-        clock=lambda: start + dt.timedelta(seconds=11),
-    )
+    db.clock_offset = dt.timedelta(seconds=11)
+    restarted = make_worker(db, engine, store, events, "restarted")
     assert await restarted.run(burst=True) == 2
     for job_id in (interrupted, waiting):
         assert (await service.job(job_id)).job.status == "succeeded"
+
+
+async def test_leases_go_by_the_databases_clock_not_the_hosts(
+    db: Database,
+    service: GenerationService,
+    engine: DiffusersEngine,
+    store: ImageStore,
+    events: EventBus,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker on a host whose clock runs an hour fast must not take a job whose lease is
+    still held on the database's clock (it did when leases were set on each host's clock)."""
+    job_id = await submit(service)
+    holder = make_worker(db, engine, store, events, "holder", lease_seconds=30)
+    assert await holder.claim() is not None
+    fast = utcnow() + dt.timedelta(hours=1)
+    monkeypatch.setattr("storage.models.utcnow", lambda: fast)
+    monkeypatch.setattr("generation.service.utcnow", lambda: fast, raising=False)
+    other = make_worker(db, engine, store, events, "fast-clock", lease_seconds=30)
+    assert await other.claim() is None
+    assert (await service.job(job_id)).job.lease_owner == "holder"
 
 
 async def test_cancel_stops_a_running_job_at_the_next_step(

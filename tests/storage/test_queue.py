@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
 from storage.db import Database
 from storage.models import JobStatus, utcnow
-from storage.records import JobRecord, NewImage
+from storage.records import JobRecord, Lease, NewImage
 from tests.storage.helpers import add_job
 
 LEASE = 60.0
@@ -118,14 +119,81 @@ async def test_cancel_of_a_waiting_job_takes_effect_at_once(db: Database) -> Non
     assert await claim(db, "w1") is None
 
 
+async def release(db: Database, lease: Lease, **how: Any) -> JobStatus | None:
+    """A clean shutdown's hand-back, unless ``how`` says otherwise."""
+    async with db.uow() as uow:
+        status = await uow.queue.put_back(lease, utcnow(), **{"attempt_counts": False, **how})
+        await uow.commit()
+    return status
+
+
 async def test_release_returns_a_job_without_spending_an_attempt(db: Database) -> None:
     job = await add_job(db)
     _, lease = await claim(db, "w1")
+    assert await release(db, lease) is JobStatus.QUEUED
+    again, lease = await claim(db, "w2")
+    assert (again.id, again.attempts, again.runs) == (job.id, 1, 2)
+    assert await release(db, lease) is JobStatus.QUEUED
+    assert await release(db, lease) is None, "fenced: the lease is no longer held"
+
+
+async def test_a_job_released_every_time_ends_after_its_runs(db: Database) -> None:
+    """Released on every shutdown, its attempt given back each time: runs still bound it."""
+    job = await add_job(db, max_attempts=2)
+    statuses = []
+    while (claimed := await claim(db, "w")) is not None:
+        statuses.append(await release(db, claimed[1]))
+    assert statuses == [JobStatus.QUEUED] * 3 + [JobStatus.FAILED]
     async with db.uow() as uow:
-        assert await uow.queue.release(lease)
+        ended = await uow.jobs.get(job.id)
+    assert ended is not None and ended.error == "it was started 4 times and never finished"
+
+
+async def test_a_counted_hand_back_spends_an_attempt_and_waits_out_its_not_before(
+    db: Database,
+) -> None:
+    job = await add_job(db, max_attempts=2)
+    _, lease = await claim(db, "w")
+    later = utcnow() + dt.timedelta(seconds=30)
+    status = await release(db, lease, attempt_counts=True, not_before=later, error="store: 503")
+    assert status is JobStatus.QUEUED
+    assert await claim(db, "w") is None, "held back until not_before"
+    again, lease = await claim(db, "w", later + dt.timedelta(seconds=1))
+    assert (again.id, again.attempts, again.error) == (job.id, 2, "store: 503")
+    status = await release(db, lease, attempt_counts=True, error="hung", exhausted="it hung")
+    assert status is JobStatus.FAILED
+    async with db.uow() as uow:
+        ended = await uow.jobs.get(job.id)
+    assert ended is not None and (ended.status, ended.error) == ("failed", "it hung")
+
+
+async def test_an_api_wait_counts_neither_an_attempt_nor_a_run(db: Database) -> None:
+    job = await add_job(db, max_attempts=1)
+    since = []
+    for _ in range(5):
+        _, lease = await claim(db, "w")
+        status = await release(db, lease, run_counts=False, error="rate limited")
+        assert status is JobStatus.QUEUED
+        async with db.uow() as uow:
+            since.append((await uow.jobs.get(job.id)).deferred_since)  # type: ignore[union-attr]
+    again, _ = await claim(db, "w")
+    assert (again.id, again.attempts, again.runs) == (job.id, 1, 1)
+    assert since[0] is not None and set(since) == {since[0]}, "when the waiting began, kept"
+
+
+async def test_reaping_requeues_expired_leases_and_returns_the_jobs_it_failed(
+    db: Database,
+) -> None:
+    requeued = await add_job(db, max_attempts=2)
+    failed = await add_job(db, user_id=2, max_attempts=1)
+    start = utcnow()
+    await claim(db, "w", start)
+    await claim(db, "w", start)
+    async with db.uow() as uow:
+        assert await uow.queue.reap_expired(start + dt.timedelta(seconds=LEASE - 1)) == []
+        assert await uow.queue.reap_expired(start + dt.timedelta(seconds=LEASE + 1)) == [failed.id]
         await uow.commit()
-    again, _ = await claim(db, "w2")
-    assert again.id == job.id and again.attempts == 1
+        assert (await uow.jobs.get(requeued.id)).status == "queued"  # type: ignore[union-attr]
 
 
 async def test_concurrent_claims_never_take_one_job_twice(db: Database) -> None:
@@ -206,8 +274,8 @@ async def test_a_claim_charges_virtual_time_once_and_a_cancel_refunds_what_did_n
     assert job.virtual_start == 0.0
     async with db.uow() as uow:
         assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]
-        assert await uow.queue.release(lease)  # a clean shutdown gives it back
         await uow.commit()
+    assert await release(db, lease)  # a clean shutdown gives it back
     job, lease = await claim(db, "w2")  # claimed again: not charged twice
     async with db.uow() as uow:
         assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]

@@ -1,0 +1,500 @@
+"""One claimed job, from its render to its recorded end.
+
+Its lease is kept from the claim to the last write (``LeaseKeeper``); every write to the
+database or the image store is retried through passing faults while the lease still holds;
+the render and the work after it are watched, and one that makes no progress for the job's
+budget is abandoned (``RenderHung``: the pipeline thread cannot be stopped, so the process
+must go). What one job does wrong ends that job, never the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import io
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from PIL import Image
+
+from generation.errors import RenderCancelled, RenderHung
+from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
+from generation.faults import backoff, is_transient, retrying
+from generation.imaging import encode_png, make_grid, pixel_sha256
+from generation.lease import LeaseKeeper
+from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
+from generation.rendering import attempt_prefix, grid_key, image_key, load_init_image, spec_for_job
+from generation.safety import SafetyChecker, SafetyPolicy, checker_name
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import EventKind, JobStatus
+from storage.records import JobRecord, Lease, NewImage
+
+if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
+    from generation.engine import Engine, StepProgress
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# After an image API refused the host's key, that engine's models wait this long.
+KEY_RETRY_SECONDS = 60.0
+WATCH_SECONDS = 0.5  # how often a running job looks at its lease, its cancel and its progress
+HUNG_ERROR = "it hung: no progress for {seconds:.0f} s, on every attempt"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    images: list[Image.Image]
+    gpu_seconds: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunSettings:
+    """What a worker's jobs share: the worker's resources and its timings."""
+
+    db: Database
+    engine: Engine
+    store: ImageStore
+    events: EventBus
+    worker_id: str
+    lease_seconds: float
+    heartbeat_interval: float
+    preview_interval: float
+    hang_seconds: float
+    api_give_up_seconds: float
+    checker: SafetyChecker | None
+    safety: SafetyPolicy
+    pause_models: Callable[[str, float], None]  # an engine's trouble: its models wait
+
+
+class _Progress:
+    """Shared between the pipeline thread and the event loop while one job runs."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.last_at = time.monotonic()
+        self.last_preview_at = 0.0
+        self.done = 0.0  # fraction of the denoising steps finished
+
+
+class JobRun:
+    """A claimed job in hand: ``render``, then ``complete``, then ``close``."""
+
+    def __init__(self, settings: RunSettings, job: JobRecord, lease: Lease, budget: float) -> None:
+        self.settings = settings
+        self.job = job
+        self.lease = lease
+        self.budget = budget  # seconds without progress before the job counts as hung
+        interval = min(settings.lease_seconds / 3, settings.heartbeat_interval)
+        self.keeper = LeaseKeeper(
+            settings.db, lease, settings.worker_id, settings.lease_seconds, interval
+        ).start()
+        self.progress = _Progress()
+
+    async def close(self) -> None:
+        await self.keeper.stop()
+
+    # -- the render ------------------------------------------------------------------------
+
+    async def render(self) -> Rendered | JobStatus | None:  # noqa: PLR0911 - one return an end
+        """Run the pipeline; a cancel, failure or hand-back is recorded here, a success is left
+        to ``complete``. None when the job is no longer this worker's."""
+        job, state = self.job, self.progress
+        loop = asyncio.get_running_loop()
+
+        def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
+            if state.stop.is_set():
+                raise RenderCancelled
+            now = time.monotonic()
+            state.last_at = now
+            state.done = progress.step / max(1, progress.total)
+            preview = None
+            if now - state.last_preview_at >= self.settings.preview_interval:
+                state.last_preview_at = now
+                preview = _png(progress.preview())
+            event = JobProgress(job.id, progress.step, progress.total, preview)
+            loop.call_soon_threadsafe(self.settings.events.publish, event)
+
+        started = time.perf_counter()
+        try:
+            init_image = await retrying(
+                lambda: load_init_image(self.settings.db, self.settings.store, job),
+                what=f"job {job.id}: reading its start image",
+                until=lambda: self.keeper.deadline,
+            )
+            spec = spec_for_job(job, init_image)
+            images = await self._watched(self.settings.engine.render_async(spec, on_step))
+        except asyncio.CancelledError:
+            # Shutting down mid-job: the pipeline thread stops at its next step, and the job
+            # goes back to the queue at once instead of waiting out its lease.
+            state.stop.set()
+            await asyncio.shield(self.release())
+            raise
+        except RenderCancelled:
+            if self.keeper.lost.is_set():
+                logger.warning("job %s: %s; stopped", job.id, self.keeper.lost_because)
+                return None
+            return await self.end(JobStatus.CANCELLED, "cancelled on request", 1 - state.done)
+        except ContentRefused as refused:
+            return await self._refused(refused)
+        except (EngineBusy, EngineRefusedKey) as trouble:
+            return await self._engine_trouble(trouble)
+        except RenderHung:
+            raise
+        except Exception as error:
+            if is_transient(error):  # the store or the database was away: the job goes back
+                logger.warning("job %s: %s; back to the queue", job.id, error)
+                return await self.give_back(attempt_counts=True, error=_describe(error))
+            logger.exception("job %s failed", job.id)
+            return await self.end(JobStatus.FAILED, _describe(error), 1.0)
+        return Rendered(images, time.perf_counter() - started)
+
+    async def _watched(self, work: Awaitable[T]) -> T:
+        """``work``, watched: stopped at its next step when the lease is lost or a cancel is
+        asked; abandoned as hung after ``budget`` seconds without progress."""
+        task = asyncio.ensure_future(work)
+        state = self.progress
+        state.last_at = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=WATCH_SECONDS)
+            if done:
+                return task.result()
+            if self.keeper.lost.is_set() or self.keeper.cancel_requested:
+                state.stop.set()
+            if time.monotonic() - state.last_at > self.budget:
+                state.stop.set()
+                task.add_done_callback(_ignore_result)  # it may never end; nobody waits for it
+                await self._hung()
+
+    async def _hung(self) -> None:
+        """No progress for the budget: the attempt counts, the job goes back (or fails, out of
+        attempts), and the process must go (``RenderHung``)."""
+        seconds = self.budget
+        logger.error("job %s: no progress for %.0f s; abandoning it", self.job.id, seconds)
+        reason = f"it hung: no progress for {seconds:.0f} s"
+        status = await self.give_back(
+            attempt_counts=True, error=reason, exhausted=HUNG_ERROR.format(seconds=seconds)
+        )
+        raise RenderHung(self.job.id, seconds, status)
+
+    # -- the ends a job can have -----------------------------------------------------------
+
+    async def _write(self, action: Callable[[], Awaitable[T]], what: str) -> T:
+        """A write for this job, retried through passing faults while the lease holds."""
+        return await retrying(action, what=f"job {self.job.id}: {what}", until=self._until)
+
+    def _until(self) -> float:
+        return self.keeper.deadline if not self.keeper.lost.is_set() else 0.0
+
+    async def end(self, status: JobStatus, error: str, unrun: float) -> JobStatus | None:
+        """Record a cancel or failure; the ``unrun`` part of its cost goes back to the user."""
+
+        async def record() -> bool:
+            async with self.settings.db.uow() as uow:
+                now = await uow.now()
+                ended = await uow.queue.finish(self.lease, status, now, unrun=unrun, error=error)
+                await uow.commit()
+            return ended or await self._already(status)
+
+        if not await self._write(record, f"recording it {status}"):
+            logger.warning("job %s: lease lost before it could be marked %s", self.job.id, status)
+            return None
+        self._announce(status, error)
+        return status
+
+    async def give_back(
+        self,
+        *,
+        attempt_counts: bool,
+        run_counts: bool = True,
+        wait: float | None = None,
+        error: str | None = None,
+        exhausted: str = "",
+    ) -> JobStatus | None:
+        """Put the job back in the queue (held back ``wait`` seconds, or a backoff when it
+        failed), or fail it when it has had its attempts or runs; its user hears of a failure."""
+        job = self.job
+
+        async def record() -> JobStatus | None:
+            async with self.settings.db.uow() as uow:
+                now = await uow.now()
+                pause = wait if wait is not None else backoff(job.attempts, 2.0, 60.0)
+                status = await uow.queue.put_back(
+                    self.lease,
+                    now,
+                    attempt_counts=attempt_counts,
+                    run_counts=run_counts,
+                    not_before=now + _seconds(pause) if error or wait else None,
+                    error=error,
+                    exhausted=exhausted,
+                )
+                await uow.commit()
+            return status
+
+        status = await self._write(record, "putting it back in the queue")
+        if status is JobStatus.FAILED:
+            async with self.settings.db.uow() as uow:
+                failed = await uow.jobs.get(job.id)
+            self._announce(status, (failed.error if failed else None) or error or "")
+        elif status is not None and error:
+            logger.info("job %s: back in the queue: %s", job.id, error)
+        elif status is not None:
+            logger.info("job %s: released back to the queue", job.id)
+        return status
+
+    async def release(self) -> None:
+        """A clean shutdown: the job goes back at once, its attempt given back (its run
+        counts, so a job released every time still ends). Tried for a few seconds only."""
+        try:
+            async with asyncio.timeout(5):
+                await self.give_back(attempt_counts=False)
+        except Exception as error:  # the lease expires and the job is taken up anyway
+            logger.warning("job %s: could not release it (%s); it returns after its lease",
+                           self.job.id, error)  # fmt: skip
+
+    async def _already(self, status: JobStatus) -> bool:
+        """Whether the job already stands as this attempt left it: a commit whose answer the
+        connection lost may have gone through, and must not count as a lost lease."""
+        async with self.settings.db.uow() as uow:
+            current = await uow.jobs.get(self.job.id)
+        return (
+            current is not None
+            and current.status == status
+            and current.attempts == self.lease.attempt
+            and current.lease_owner is None
+        )
+
+    def _announce(self, status: JobStatus, error: str) -> None:
+        events, job_id = self.settings.events, self.job.id
+        if status is JobStatus.SUCCEEDED:
+            events.publish(JobSucceeded(job_id))
+        elif status is JobStatus.CANCELLED:
+            events.publish(JobCancelled(job_id))
+        elif status is JobStatus.FAILED:
+            events.publish(JobFailed(job_id, error))
+
+    # -- image APIs ------------------------------------------------------------------------
+
+    async def _engine_trouble(self, trouble: Exception) -> JobStatus | None:
+        """An image API asked to slow down (429) or refused the host's key: only that
+        engine's models wait; the job goes back without losing an attempt, unless it has
+        waited past ``api_give_up_seconds``, when it fails with the reason."""
+        job = self.job
+        pause = trouble.retry_after if isinstance(trouble, EngineBusy) else KEY_RETRY_SECONDS
+        async with self.settings.db.uow() as uow:
+            now = await uow.now()
+        waited = (now - (job.deferred_since or now)).total_seconds()
+        left = self.settings.api_give_up_seconds - waited
+        if left <= 0:
+            error = f"the image service could not take it for {_minutes(waited)}: {trouble}"
+            return await self.end(JobStatus.FAILED, error, 1.0)
+        pause = min(pause, left)  # tried once more at the give-up time, then failed
+        self.settings.pause_models(job.model_id, pause)
+        # A refused key is the host's to fix: said as an error. A 429 passes by itself.
+        level = logging.WARNING if isinstance(trouble, EngineBusy) else logging.ERROR
+        logger.log(level, "job %s: %s; back to the queue for %g s", job.id, trouble, pause)
+        return await self.give_back(
+            attempt_counts=False, run_counts=False, wait=pause, error=str(trouble)
+        )
+
+    async def _refused(self, refused: ContentRefused) -> JobStatus | None:
+        """The image API refused the request: the job fails, and a moderation event keeps the
+        API's reason (the user is told without it)."""
+        job = self.job
+        error = f"{CONTENT_REFUSED}: {refused.reason}"
+
+        async def record() -> bool:
+            async with self.settings.db.uow() as uow:
+                now = await uow.now()
+                ended = await uow.queue.finish(
+                    self.lease, JobStatus.FAILED, now, unrun=1.0, error=error
+                )
+                if ended:
+                    await uow.events.add(
+                        kind=EventKind.CONTENT_REFUSED,
+                        actor_id=None,
+                        guild_id=job.guild_id,
+                        target_user_id=job.user_id,
+                        job_id=job.id,
+                        reason=refused.reason,
+                        details={"model": job.model_id, "prompt": job.prompt},
+                        created_at=now,
+                    )
+                    await uow.commit()
+            return ended or await self._already(JobStatus.FAILED)
+
+        if not await self._write(record, "recording the refusal"):
+            return None
+        self._announce(JobStatus.FAILED, CONTENT_REFUSED)
+        return JobStatus.FAILED
+
+    # -- completion ------------------------------------------------------------------------
+
+    async def complete(self, rendered: Rendered) -> JobStatus | None:
+        """Write the images (checked, with their recipe) and record the job done, fenced on
+        the lease; None (and the files removed) when another worker owns the job now. Cut
+        short by a shutdown, the job goes back to the queue at once."""
+        try:
+            return await self._complete(rendered)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.release())
+            raise
+
+    async def _complete(self, rendered: Rendered) -> JobStatus | None:
+        settings, job = self.settings, self.job
+        runtime_for = getattr(settings.engine, "runtime_for", None)
+        runtime = runtime_for(job.model_id) if runtime_for else settings.engine.runtime
+        ran = dataclasses.replace(
+            job,
+            dtype=runtime.dtype,
+            device_kind=runtime.device_kind,
+            torch_threads=runtime.torch_threads,
+            library_versions=runtime.library_versions,
+        )
+        images = rendered.images
+        try:
+            new_images = await self._watched(
+                self._write(
+                    lambda: asyncio.to_thread(self._write_files, ran, images),
+                    "writing its images",
+                )
+            )
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            logger.warning("job %s: could not write its images (%s)", job.id, error)
+            return await self.give_back(attempt_counts=True, error=_describe(error))
+
+        async def record() -> bool:
+            async with settings.db.uow() as uow:
+                now = await uow.now()
+                completed = await uow.queue.finish(
+                    self.lease,
+                    JobStatus.SUCCEEDED,
+                    now,
+                    dtype=ran.dtype,
+                    device_kind=ran.device_kind,
+                    torch_threads=ran.torch_threads,
+                    library_versions=ran.library_versions,
+                    engine_details=images[0].info.get("engine_details", {}) if images else {},
+                    gpu_seconds=rendered.gpu_seconds,
+                    error=None,
+                    not_before=None,
+                )
+                if not completed:
+                    return await self._already(JobStatus.SUCCEEDED)
+                await uow.images.add_many(job.id, new_images)
+                for image in new_images:
+                    if image.flagged:
+                        await uow.events.add(**self._flag_event(image, now))
+                await uow.usage.charge(
+                    job.user_id,
+                    now.date(),
+                    images=len(new_images),
+                    cost=job.cost,
+                    gpu_seconds=rendered.gpu_seconds,
+                )
+                await uow.commit()
+            return True
+
+        try:
+            completed = await self._write(record, "recording it done")
+        except Exception:
+            completed = False
+            logger.exception("job %s: could not record it done", job.id)
+        if not completed:
+            # Fenced out (or the lease ran out while the database was away): another worker
+            # owns the job now. Our files are ours alone; remove them.
+            logger.warning("job %s: completion refused, the lease was lost; discarding", job.id)
+            await asyncio.to_thread(
+                settings.store.delete_tree, attempt_prefix(job.id, self.lease.attempt)
+            )
+            return None
+        self._announce(JobStatus.SUCCEEDED, "")
+        logger.info("job %s done in %.2f s", job.id, rendered.gpu_seconds)
+        return JobStatus.SUCCEEDED
+
+    def _flag_event(self, image: NewImage, now: dt.datetime) -> dict[str, Any]:
+        job, name = self.job, checker_name(self.settings.checker)
+        reason = (
+            f"the safety check ({name}) could not run: {image.check_error}"
+            if image.check_error
+            else f"flagged by the safety check ({name})"
+        )
+        return {
+            "kind": EventKind.IMAGE_FLAGGED,
+            "actor_id": None,
+            "guild_id": job.guild_id,
+            "target_user_id": job.user_id,
+            "job_id": job.id,
+            "reason": reason,
+            "details": {"index": image.index, "scores": image.scores},
+            "created_at": now,
+        }
+
+    def _write_files(self, job: JobRecord, images: list[Image.Image]) -> list[NewImage]:
+        """The PNGs (with their recipe) into the store, each image checked first; runs in a
+        thread. A checker that fails flags the image for review rather than pass it."""
+        settings, attempt = self.settings, self.lease.attempt
+        model = settings.engine.models.get(job.model_id)
+        name = model.name if model else job.model_id
+        checker = settings.checker
+        check = checker is not None and settings.safety.for_guild(job.guild_id) != "off"
+        written = []
+        for index, image in enumerate(images):
+            self.progress.last_at = time.monotonic()  # each image written is progress
+            scores: dict[str, float] = {}
+            check_error = None
+            if check and checker is not None:
+                try:
+                    scores = checker.scores(image)
+                except Exception as error:
+                    logger.exception("job %s: the safety check failed on image %d", job.id, index)
+                    check_error = _describe(error)
+            key = settings.store.put(
+                image_key(job.id, attempt, index), encode_png(image, job, index, name)
+            )
+            written.append(
+                NewImage(
+                    index=index,
+                    seed=job.seed + index,
+                    sha256=pixel_sha256(image),
+                    path=key,
+                    width=image.width,
+                    height=image.height,
+                    scores=scores,
+                    flagged=check_error is not None or settings.safety.flagged(scores),
+                    check_error=check_error,
+                )
+            )
+        settings.store.put(
+            grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name)
+        )
+        return written
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=value)
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # read, so an abandoned render's late error is not reported as lost
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
