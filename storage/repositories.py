@@ -292,15 +292,24 @@ class UsageRepository:
     async def charge(
         self, user_id: int, day: dt.date, *, images: int, cost: float, gpu_seconds: float
     ) -> None:
-        row = await self._session.get(Usage, (user_id, day), with_for_update=True)
-        if row is None:
-            row = Usage(user_id=user_id, day=day, jobs=0, images=0, cost=0.0, gpu_seconds=0.0)
-            self._session.add(row)
-        row.jobs += 1
-        row.images += images
-        row.cost += cost
-        row.gpu_seconds += gpu_seconds
-        await self._session.flush()
+        """Add one job to the user's day: one upsert, so two first jobs of a day finishing at
+        once (on two workers) both count, where an insert would fail one of them."""
+        dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(Usage).values(
+            user_id=user_id, day=day, jobs=1, images=images, cost=cost, gpu_seconds=gpu_seconds
+        )
+        await self._session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[Usage.user_id, Usage.day],
+                set_={
+                    "jobs": Usage.jobs + 1,
+                    "images": Usage.images + statement.excluded.images,
+                    "cost": Usage.cost + statement.excluded.cost,
+                    "gpu_seconds": Usage.gpu_seconds + statement.excluded.gpu_seconds,
+                },
+            )
+        )
 
     async def get(self, user_id: int, day: dt.date) -> UsageRecord | None:
         row = await self._session.get(Usage, (user_id, day))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from storage.db import Database
 from storage.models import Base
+from tests.conftest import _postgres_admin, _url
 
 
 async def test_migrated_schema_matches_the_models(db: Database) -> None:
@@ -32,3 +36,23 @@ async def test_upgrade_twice_is_harmless(db: Database) -> None:
         tables = await connection.run_sync(_tables)
     assert set(Base.metadata.tables) <= tables
     assert "alembic_version" in tables
+
+
+@pytest.mark.postgres
+async def test_five_processes_starting_together_on_a_fresh_database_all_come_up(
+    postgres_template: str,
+) -> None:
+    """A bot and four workers started at once each migrate; the advisory lock makes them take
+    turns (without it, all but one failed on tables that already existed)."""
+    name = f"imagine_fresh_{uuid.uuid4().hex[:10]}"
+    await _postgres_admin(f'CREATE DATABASE "{name}"')
+    databases = [Database(_url(name)) for _ in range(5)]
+    try:
+        await asyncio.gather(*(database.upgrade() for database in databases))
+        async with databases[0].engine.connect() as connection:
+            tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+        assert set(Base.metadata.tables) <= tables
+    finally:
+        for database in databases:
+            await database.close()
+        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

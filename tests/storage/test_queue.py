@@ -307,3 +307,21 @@ async def test_a_worker_claims_only_jobs_for_the_models_it_has(db: Database) -> 
     async with db.uow() as uow:
         claimed = await uow.queue.claim("w", 60, utcnow(), model_ids=["model-a", "model-b"])
     assert claimed is not None and claimed[0].id == first.id
+
+
+async def test_the_first_jobs_of_a_day_finishing_at_once_are_both_counted(db: Database) -> None:
+    """Two workers record a user's first two jobs of the day at the same moment: one upsert
+    each (an insert made one of them fail)."""
+    await add_job(db)
+    today = utcnow().date()
+
+    async def charge(images: int) -> None:
+        async with db.uow() as uow:
+            await uow.usage.charge(1, today, images=images, cost=1.5, gpu_seconds=2.0)
+            await uow.commit()
+
+    await asyncio.gather(charge(4), charge(2))
+    async with db.uow() as uow:
+        usage = await uow.usage.get(1, today)
+    assert usage is not None
+    assert (usage.jobs, usage.images, usage.cost, usage.gpu_seconds) == (2, 6, 3.0, 4.0)
