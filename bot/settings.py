@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from generation.prompt_filter import PromptFilter, read_blocklist
@@ -117,6 +117,16 @@ class Settings(BaseSettings):
             database = (self.data_dir / "imagine.db").resolve()
             self.database_url = f"sqlite+aiosqlite:///{database}"
         return self
+
+    @field_validator("blocked_terms", "guild_blocked_terms")
+    @classmethod
+    def _terms_compile(cls, value: Any) -> Any:
+        """A blocked term or pattern that cannot be used is refused at start, naming it."""
+        if isinstance(value, str):
+            PromptFilter([term for term in value.split(",") if term.strip()])
+        else:
+            PromptFilter((), value)
+        return value
 
     @property
     def models_dir(self) -> Path:

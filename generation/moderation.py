@@ -161,8 +161,17 @@ class Moderation:
             deleted = await uow.jobs.get(job_id)
         if is_admin and actor_id != job.user_id:
             await asyncio.to_thread(self.store.delete_tree, f"images/{job_id}")
+            if job.init_image_path is not None:
+                await self._forget_upload(job.init_image_path)
         assert deleted is not None
         return deleted
+
+    async def _forget_upload(self, path: str) -> None:
+        """A start image goes with the last job that still uses it (rerolls share it)."""
+        async with self.db.uow() as uow:
+            still_used = await uow.jobs.using_upload(path)
+        if not still_used:
+            await asyncio.to_thread(self.store.delete, path)
 
     async def approve(
         self, actor_id: int | None, image_id: int, *, guild_id: int | None = None

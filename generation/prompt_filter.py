@@ -5,6 +5,10 @@ A term matches a whole word (or several, for a phrase) unless it says otherwise 
 end. ``re:PATTERN`` is a regular expression. Before matching, text and terms are folded:
 case, accents and other diacritics, leetspeak (4→a, 3→e, 0→o, 1→i, $→s, ...), and spacing or
 punctuation inside a word ("n.u.d.e", "n u d e", "nu-de").
+
+A host's ``re:`` patterns run on RE2, which matches in time linear in the text: no pattern can
+hold the bot up on a crafted prompt (Python's ``re`` took hours on ``re:(a+)+$`` and forty a's
+and a b). A pattern RE2 cannot compile (backreferences, lookaround) is refused at start.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, Protocol
+
+import re2
 
 LEET = str.maketrans(
     {"4": "a", "@": "a", "3": "e", "0": "o", "1": "i", "!": "i", "|": "i", "$": "s", "5": "s",
@@ -40,12 +47,16 @@ def variants(text: str) -> set[str]:
     return {joined, spaced, runs}
 
 
+class Matcher(Protocol):
+    def search(self, text: str) -> Any: ...
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Term:
     """One blocked term as written, and the pattern that finds it in folded text."""
 
     source: str
-    pattern: re.Pattern[str]
+    pattern: Matcher
     anywhere: bool  # ``*term*``: also matched with every space and punctuation removed
 
     @classmethod
@@ -53,9 +64,14 @@ class Term:
         written = written.strip()
         if written.startswith(REGEX_PREFIX):
             try:
-                pattern = re.compile(written[len(REGEX_PREFIX) :], re.IGNORECASE)
-            except re.error as error:
-                raise ValueError(f"blocked pattern {written!r} is not a regex: {error}") from error
+                pattern = re2.compile("(?i)" + written[len(REGEX_PREFIX) :])
+            except re2.error as error:
+                why = error.args[0] if error.args else error
+                why = why.decode() if isinstance(why, bytes) else str(why)
+                raise ValueError(
+                    f"blocked pattern {written!r} cannot be used: {why} (patterns run on "
+                    "RE2: no backreferences or lookaround)"
+                ) from error
             return cls(written, pattern, anywhere=False)
         start, end = written.startswith("*"), written.endswith("*")
         words = re.findall(r"[a-z]+", fold(written.strip("*")))

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from PIL import Image
@@ -21,7 +22,7 @@ from generation.errors import (
 from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
-from generation.prompt_filter import PromptFilter
+from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.requests import GenerationRequest, Limits, Recipe, nearest_size, validate
 from generation.strikes import StrikePolicy, strike
@@ -32,6 +33,8 @@ from storage.queue import Waiting
 from storage.records import ImageRecord, JobRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
+logger = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submission:
@@ -41,6 +44,15 @@ class Submission:
     job: JobRecord
     position: int
     eta_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Upload:
+    """A start image a user gave: its key in the store, its pixels' hash, its bytes."""
+
+    key: str
+    sha256: str
+    data: bytes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,11 +159,16 @@ class GenerationService:
         results finds it after a restart.
         """
         recipe = self.check(request)
-        start: dict[str, str | None] = {"init_image_path": None, "init_image_sha256": None}
+        # The filter runs before the transaction (only a strike is written inside it), and an
+        # uploaded start image is hashed now but stored only once the job is admitted.
+        blocked = self.prompt_filter.check(
+            request.prompt, request.negative_prompt, request.guild_id
+        )
+        upload = None
         if request.init_image is not None:
-            start = await asyncio.to_thread(self._store_start_image, request.init_image)
+            upload = await asyncio.to_thread(self._start_image, request.init_image)
         try:
-            return await self._insert(request, recipe, delivery, start)
+            return await self._insert(request, recipe, delivery, upload, blocked)
         except IntegrityError:
             # The same interaction raced itself; the unique index let one through: that one.
             if request.interaction_id is None:
@@ -162,21 +179,37 @@ class GenerationService:
                     raise
                 return await self._submission(uow, existing)
 
-    def _store_start_image(self, data: bytes) -> dict[str, str | None]:
-        """Keep an uploaded start image under its pixels' hash; the job names it by both."""
+    def _start_image(self, data: bytes) -> _Upload:
+        """Where an uploaded start image goes: under its pixels' hash (the job names it by
+        both)."""
         if self.store is None:
             raise InvalidRequest("image", "cannot be used: this host keeps no image store")
         with Image.open(io.BytesIO(data)) as image:
             sha256 = pixel_sha256(image)
-        key = self.store.put(f"uploads/{sha256[:2]}/{sha256}.png", data)
-        return {"init_image_path": key, "init_image_sha256": sha256}
+        return _Upload(f"uploads/{sha256[:2]}/{sha256}.png", sha256, data)
+
+    async def _keep_upload(self, upload: _Upload) -> None:
+        assert self.store is not None
+        await asyncio.to_thread(self.store.put, upload.key, upload.data)
+
+    async def _drop_upload(self, upload: _Upload) -> None:
+        """The job that was to use it was never made: unless another job uses it, it goes."""
+        assert self.store is not None
+        try:
+            async with self.db.uow() as uow:
+                used = await uow.jobs.using_upload(upload.key)
+            if not used:
+                await asyncio.to_thread(self.store.delete, upload.key)
+        except Exception:  # an orphan file is the least of it; the caller has the error
+            logger.warning("could not remove the unused start image %s", upload.key)
 
     async def _insert(
         self,
         request: GenerationRequest,
         recipe: Recipe,
         delivery: DeliveryTarget | None,
-        start: dict[str, str | None],
+        upload: _Upload | None,
+        blocked: Blocked | None,
     ) -> Submission:
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
@@ -188,9 +221,6 @@ class GenerationService:
             user = await uow.users.lock(request.user_id)
             if user.banned and (user.banned_until is None or user.banned_until > now):
                 raise UserBanned(user.ban_reason, user.banned_until)
-            blocked = self.prompt_filter.check(
-                request.prompt, request.negative_prompt, request.guild_id
-            )
             if blocked is not None:
                 refusal = await strike(
                     uow,
@@ -220,7 +250,8 @@ class GenerationService:
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.jobs.add(
                 **dataclasses.asdict(recipe),
-                **start,
+                init_image_path=upload.key if upload else None,
+                init_image_sha256=upload.sha256 if upload else None,
                 user_id=request.user_id,
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
@@ -238,7 +269,14 @@ class GenerationService:
             if delivery is not None:
                 await uow.deliveries.add(job_id=job.id, **dataclasses.asdict(delivery))
             submission = await self._submission(uow, job)
-            await uow.commit()
+            if upload is not None:  # admitted: now the file is kept
+                await self._keep_upload(upload)
+            try:
+                await uow.commit()
+            except BaseException:
+                if upload is not None:
+                    await self._drop_upload(upload)
+                raise
         return submission
 
     def _cost(self, recipe: Recipe, upscaler: bool) -> float:

@@ -194,6 +194,15 @@ class JobRepository:
         query = _owned(query, user_id, guild_id)
         return int(await self._session.scalar(query) or 0)
 
+    async def using_upload(self, path: str) -> int:
+        """How many jobs not deleted start from this uploaded image."""
+        count = await self._session.scalar(
+            select(func.count(Job.id)).where(
+                Job.init_image_path == path, Job.status != JobStatus.DELETED
+            )
+        )
+        return int(count or 0)
+
     async def mark_deleted(self, job_id: int) -> None:
         await self._session.execute(
             update(Job).where(Job.id == job_id).values(status=JobStatus.DELETED)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import pytest
+from PIL import Image
 
 from generation.errors import InvalidRequest, NotAllowed, PromptBlocked, UserBanned
 from generation.model_info import ModelInfo
@@ -15,7 +17,7 @@ from generation.service import GenerationService
 from generation.strikes import StrikePolicy
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import JobStatus, utcnow
+from storage.models import JobKind, JobStatus, utcnow
 from storage.records import NewImage
 from tests.generation.test_quotas import NOON, Clock, rows
 
@@ -165,3 +167,69 @@ async def test_flagged_images_wait_for_review_and_logs_filter_and_page(
     ids = [v.job.id for page in (first, second, third) for v in page.jobs]
     assert ids == sorted(ids, reverse=True) and len(ids) == 5 and clean in ids
     assert [v.job.user_id for v in (await moderation.logs(user_id=10)).jobs] == [10] * 3
+
+
+class TransactionWatch(PromptFilter):
+    """The prompt filter, noting whether a database connection was held while it ran."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(["gore"])
+        self.db = db
+        self.held: list[int] = []
+
+    def check(self, prompt: str, negative_prompt: str = "", guild_id: int | None = None):  # type: ignore[no-untyped-def]
+        self.held.append(self.db.engine.pool.checkedout())  # type: ignore[attr-defined]
+        return super().check(prompt, negative_prompt, guild_id)
+
+
+async def test_the_filter_runs_outside_the_transaction_and_only_the_strike_is_written(
+    db: Database, model: ModelInfo
+) -> None:
+    watch = TransactionWatch(db)
+    service = GenerationService(db, model, Limits(), prompt_filter=watch)
+    with pytest.raises(PromptBlocked):
+        await service.submit(GenerationRequest("gore everywhere", user_id=7))
+    await service.submit(GenerationRequest("a red circle", user_id=7))
+    assert watch.held == [0, 0], "no connection (so no lock, no transaction) while it ran"
+    assert await _events(db, 7) == [("prompt_blocked", None)]
+
+
+def _png(colour: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+async def test_an_upload_is_kept_only_once_admitted_and_goes_with_the_last_job_using_it(
+    db: Database, model: ModelInfo, store: ImageStore, strict: GenerationService
+) -> None:
+    service = GenerationService(
+        db, model, Limits(), store=store, prompt_filter=PromptFilter(["gore"])
+    )
+    moderation = Moderation(db, store)
+
+    def img2img(user: int, prompt: str = "a yellow square") -> GenerationRequest:
+        return GenerationRequest(
+            prompt, user_id=user, kind=JobKind.IMG2IMG, init_image=_png("yellow"), strength=0.5
+        )
+
+    await moderation.ban(99, 5, reason="spam")
+    with pytest.raises(UserBanned):
+        await service.submit(img2img(5))
+    with pytest.raises(PromptBlocked):
+        await service.submit(img2img(6, "gore"))
+    assert not list((store.root / "uploads").rglob("*.png")), "nothing kept for a refusal"
+
+    first = (await service.submit(img2img(7))).job
+    second = (await service.submit(img2img(8))).job  # the same picture, another job
+    assert first.init_image_path == second.init_image_path
+    path = first.init_image_path
+    assert path is not None and store.exists(path)
+    for job in (first, second):
+        async with db.uow() as uow:
+            await uow.queue.request_cancel(job.id, utcnow())
+            await uow.commit()
+    await moderation.delete_job(99, first.id, is_admin=True)
+    assert store.exists(path), "another job still starts from it"
+    await moderation.delete_job(99, second.id, is_admin=True)
+    assert not store.exists(path), "gone with the last job that used it"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from generation.prompt_filter import PromptFilter, Term, read_blocklist
+from generation.prompt_filter import Blocked, PromptFilter, Term, read_blocklist
 
 FILTER = PromptFilter(
     ["nude", "gore", "blood bath", "*porn*", "kill*", "re:\\bswas?tika\\b", "ass"],
@@ -75,7 +76,24 @@ def test_a_blocklist_file_and_bad_entries(tmp_path: Path) -> None:
     listing = tmp_path / "blocked.txt"
     listing.write_text("# comment\nnude\n\n  re:^bad.*word$  \n", encoding="utf-8")
     assert read_blocklist(listing) == ["nude", "re:^bad.*word$"]
-    with pytest.raises(ValueError, match="not a regex"):
+    with pytest.raises(ValueError, match=r"re:\(. cannot be used: missing \)"):
         Term.parse("re:(")
     with pytest.raises(ValueError, match="no letters"):
         Term.parse("***")
+
+
+def test_a_pattern_that_backtracks_runs_in_linear_time() -> None:
+    """On Python's re, this pattern and a 41-character prompt took hours on the event loop."""
+    catastrophic = PromptFilter(["re:(a+)+$"])
+    started = time.perf_counter()
+    assert catastrophic.check("a" * 40 + "b") is None
+    assert catastrophic.check("a" * 10_000 + "b") is None
+    assert time.perf_counter() - started < 0.5
+    assert catastrophic.check("aaaa") == Blocked("re:(a+)+$", "prompt")
+
+
+def test_a_pattern_re2_cannot_run_is_refused_naming_it() -> None:
+    with pytest.raises(ValueError, match=r"re:\(a\)\\\\1.*backreferences"):
+        PromptFilter(["re:(a)\\1"])
+    with pytest.raises(ValueError, match="lookaround"):
+        PromptFilter((), per_guild={42: ["re:foo(?=bar)"]})
