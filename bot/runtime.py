@@ -114,7 +114,11 @@ class Runtime:
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Database (migrated), image store, model description, service; the engine on request."""
-    db = Database(settings.database_url, policy=settings.queue_policy)
+    db = Database(
+        settings.database_url,
+        policy=settings.queue_policy,
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
     runtime: Runtime | None = None
     try:
         await db.upgrade()

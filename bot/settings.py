@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./data")
     database_url: str = ""
+    # SQLite only: FULL (a committed job survives a power loss) or NORMAL (faster; survives a
+    # crash of the process, but a power loss may lose the last commits).
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     # Where images live: empty, the data folder; or an fsspec URL (s3://bucket/prefix) that the
     # bot and every worker reach, with its options as JSON ({"endpoint_url": "..."}).
     image_store: str = ""

@@ -13,9 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from storage.queue import Policy
 from storage.unit_of_work import UnitOfWork
 
+SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, a busy timeout, foreign keys; BEGIN IMMEDIATE so writers queue, never deadlock."""
+
+def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
+    """WAL, a busy timeout, foreign keys; BEGIN IMMEDIATE so writers queue, never deadlock.
+
+    ``synchronous``: FULL (each commit on disk before it returns: a power loss keeps every
+    committed job) or NORMAL (faster; a crash of the process loses nothing, a power loss may
+    lose the last commits)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -25,7 +31,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -36,7 +42,16 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 class Database:
     """One engine and its session factory; hands out units of work."""
 
-    def __init__(self, url: str, *, echo: bool = False, policy: Policy = Policy.FAIR) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        policy: Policy = Policy.FAIR,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        if sqlite_synchronous.upper() not in SYNCHRONOUS:
+            raise ValueError(f"sqlite_synchronous must be one of {SYNCHRONOUS}")
         parsed = make_url(url)
         self.url = url
         self.policy = policy
@@ -47,7 +62,7 @@ class Database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_async_engine(url, echo=echo, pool_pre_ping=self.dialect != "sqlite")
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, sqlite_synchronous.upper())
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     def uow(self) -> UnitOfWork:

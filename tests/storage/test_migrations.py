@@ -56,3 +56,20 @@ async def test_five_processes_starting_together_on_a_fresh_database_all_come_up(
         for database in databases:
             await database.close()
         await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("FULL", 2), ("NORMAL", 1)])
+async def test_sqlite_commits_as_durably_as_the_setting_says(
+    sqlite_url: str, setting: str, pragma: int
+) -> None:
+    database = Database(sqlite_url, sqlite_synchronous=setting)
+    try:
+        async with database.engine.connect() as connection:
+            found = await connection.exec_driver_sql("PRAGMA synchronous")
+            assert found.scalar() == pragma
+            mode = await connection.exec_driver_sql("PRAGMA journal_mode")
+            assert mode.scalar() == "wal"
+    finally:
+        await database.close()
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        Database(sqlite_url, sqlite_synchronous="OFF")
