@@ -16,8 +16,10 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# asyncpg's own connection errors, when they surface unwrapped (at connect, mostly).
-_CONNECTION_WORDS = ("Connection", "CannotConnectNow", "TooManyConnections")
+# asyncpg's own connection errors, when they surface unwrapped (at connect, mostly), and an
+# object store's (botocore's EndpointConnectionError and timeouts, under s3fs).
+_CONNECTION_WORDS = ("Connection", "CannotConnectNow", "TooManyConnections", "Timeout")
+_DRIVERS = ("asyncpg", "botocore", "aiobotocore")
 
 
 def is_transient(error: BaseException) -> bool:
@@ -34,9 +36,10 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, sqlalchemy_errors.DBAPIError) and error.connection_invalidated:
         return True
-    kind = type(error)
-    return kind.__module__.startswith("asyncpg") and any(
-        word in kind.__name__ for word in _CONNECTION_WORDS
+    return any(
+        kind.__module__.startswith(_DRIVERS)
+        and any(word in kind.__name__ for word in _CONNECTION_WORDS)
+        for kind in type(error).__mro__
     )
 
 
