@@ -90,11 +90,9 @@ def workers_command(settings: Settings, as_json: bool) -> None:
     """
 
     async def _workers() -> list[dict[str, Any]]:
-        from storage.models import utcnow
-
         async with open_runtime(settings) as runtime, runtime.db.uow() as uow:
             rows = await uow.workers.all()
-        now = utcnow()
+            now = await uow.now()  # heartbeats are on the database's clock
         return [
             {
                 "id": row.id,

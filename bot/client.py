@@ -8,11 +8,13 @@ import discord
 import yarl
 from discord.ext import commands
 
+from bot import messages
 from bot.admin import AdminCog
 from bot.buttons import AdminButton, JobButton, QueuePageButton
 from bot.commands import ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.runtime import Runtime
+from generation.faults import is_transient
 from generation.outbox import Outbox
 
 logger = logging.getLogger(__name__)
@@ -99,10 +101,17 @@ class ImagineBot(commands.Bot):
         error: discord.app_commands.AppCommandError,
     ) -> None:
         """A command that broke: an apology to the user, the traceback to the log."""
-        logger.error("command %s failed", interaction.command, exc_info=error)
-        text = "Sorry, that failed on our side; the host's log has the details."
+        original = getattr(error, "original", error)
+        name = getattr(interaction.command, "qualified_name", "?")
+        text = messages.BROKE
         if isinstance(error, discord.app_commands.TransformerError):
             text = f"**{error.value!r}** is not a valid value: {error}"
+        if is_transient(original):
+            # The database (or the store) is away for a moment: say so, and nothing else.
+            logger.warning("/%s failed: the database or store is away: %s", name, original)
+            text = messages.AWAY
+        else:
+            logger.error("/%s failed", name, exc_info=error)
         try:
             await refuse(interaction, text)
         except discord.HTTPException:

@@ -37,6 +37,10 @@ SHA256 = re.compile(r"sha256 ([0-9a-f]{16})[0-9a-f]{48}")
 SHORT_SHA256 = r"sha256 \1" + MORE
 
 
+BROKE = "Sorry, that failed on our side; the host's log has the details."
+AWAY = "The bot cannot reach its database just now, so nothing was done: try again in a minute."
+
+
 def when(moment: dt.datetime) -> str:
     """A Discord timestamp: each reader sees it in their own time zone."""
     return f"<t:{int(moment.timestamp())}:R>"

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from bot.settings import Settings
 from generation.errors import ModelUnavailable
 from generation.events import EventBus
+from generation.faults import retrying
 from generation.model_info import ModelInfo, describe_model
 from generation.moderation import Moderation
 from generation.reaper import Reaper
@@ -112,8 +114,11 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Database (migrated), image store, model description, service; the engine on request."""
+async def open_runtime(
+    settings: Settings, *, wait_for_database: bool = False
+) -> AsyncIterator[Runtime]:
+    """Database (migrated), image store, model description, service; the engine on request.
+    A long-running process (``wait_for_database``) waits for a database that is away."""
     db = Database(
         settings.database_url,
         policy=settings.queue_policy,
@@ -121,7 +126,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     )
     runtime: Runtime | None = None
     try:
-        await db.upgrade()
+        # A process started while the database is away (a failover, a reboot) waits for it
+        # instead of exiting at once: a supervisor restarting it in a loop gives up soon.
+        wait = settings.database_wait_seconds if wait_for_database else 0.0
+        deadline = time.monotonic() + wait
+        await retrying(db.upgrade, what="reaching the database", until=lambda: deadline, cap=10)
         api_models = []
         if settings.engine in ("openai", "both"):
             from generation.openai_engine import describe_api_model

@@ -85,7 +85,8 @@ async def run_bot(
     point_at(settings.discord_api_base, settings.discord_gateway_url)
     stop = stop_on_signals()
     code = STOPPED
-    async with open_runtime(settings) as runtime:  # applies pending migrations first
+    # Pending migrations are applied first (once the database answers).
+    async with open_runtime(settings, wait_for_database=True) as runtime:
         await runtime.start_relay()
         runtime.start_reaper()
         worker = await runtime.start_engine() if with_worker else None
@@ -118,7 +119,7 @@ async def run_bot(
 async def run_worker(settings: Settings, *, burst: bool = False) -> int:
     """A worker process: claims and makes jobs until SIGTERM (or, ``burst``, an empty queue)."""
     stop = stop_on_signals()
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, wait_for_database=True) as runtime:
         await runtime.start_relay()
         runtime.start_reaper()
         worker = await runtime.start_engine()

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     api_give_up_seconds: float = Field(default=3600.0, gt=0)
     # How often every process puts jobs whose worker went silent back in the queue.
     reap_interval: float = Field(default=10.0, gt=0)
+    # At start, how long to wait for a database that is away before exiting non-zero.
+    database_wait_seconds: float = Field(default=300.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=1.0, gt=0)
     queue_policy: Policy = Policy.FAIR

@@ -56,12 +56,15 @@ async def retrying(
     until: Callable[[], float],
     base: float = 0.25,
     cap: float = 5.0,
+    on_try: Callable[[], None] | None = None,
 ) -> T:
     """``await action()`` until it succeeds. A transient error waits (``backoff``) and tries
     again while ``time.monotonic()`` is before ``until()``; past it, or on any other error,
-    the error is raised."""
+    the error is raised. ``on_try`` is called before each try (a watchdog's sign of life)."""
     tries = 0
     while True:
+        if on_try is not None:
+            on_try()
         try:
             return await action()
         except Exception as error:

@@ -44,6 +44,7 @@ T = TypeVar("T")
 KEY_RETRY_SECONDS = 60.0
 WATCH_SECONDS = 0.5  # how often a running job looks at its lease, its cancel and its progress
 HUNG_ERROR = "it hung: no progress for {seconds:.0f} s, on every attempt"
+HUNG_RECORD_SECONDS = 5.0  # a hung process tries this long to record the hang, then goes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -176,16 +177,27 @@ class JobRun:
         seconds = self.budget
         logger.error("job %s: no progress for %.0f s; abandoning it", self.job.id, seconds)
         reason = f"it hung: no progress for {seconds:.0f} s"
-        status = await self.give_back(
-            attempt_counts=True, error=reason, exhausted=HUNG_ERROR.format(seconds=seconds)
-        )
-        raise RenderHung(self.job.id, seconds, status)
+        status = None
+        try:
+            async with asyncio.timeout(HUNG_RECORD_SECONDS):
+                status = await self.give_back(
+                    attempt_counts=True, error=reason, exhausted=HUNG_ERROR.format(seconds=seconds)
+                )
+        except Exception:  # the database is away too: its lease runs out and it comes back
+            logger.exception("job %s: could not record the hang", self.job.id)
+        raise RenderHung(self.job.id, seconds, status)  # whatever was recorded: the thread is stuck
 
     # -- the ends a job can have -----------------------------------------------------------
 
     async def _write(self, action: Callable[[], Awaitable[T]], what: str) -> T:
-        """A write for this job, retried through passing faults while the lease holds."""
-        return await retrying(action, what=f"job {self.job.id}: {what}", until=self._until)
+        """A write for this job, retried through passing faults while the lease holds (each
+        try is a sign of life: waiting out an outage is not a hang)."""
+        return await retrying(
+            action, what=f"job {self.job.id}: {what}", until=self._until, on_try=self._alive
+        )
+
+    def _alive(self) -> None:
+        self.progress.last_at = time.monotonic()
 
     def _until(self) -> float:
         return self.keeper.deadline if not self.keeper.lost.is_set() else 0.0

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from bot.messages import AWAY
 from bot.runtime import open_runtime
 from bot.service_runner import BROKE, HUNG, STOPPED
 from generation.requests import GenerationRequest
-from tests.bot.conftest import bot_settings
+from tests.bot.conftest import bot_settings, running_bot
 from tests.bot.test_delivery import results_for
 from tests.bot.test_imagine import png_of
 from tests.bot.test_process import environment, start_bot, start_process
@@ -126,3 +127,42 @@ async def test_sigterm_ends_a_worker_within_30_s_though_its_job_hangs(
     assert time.monotonic() - started < 30
     job = await _job(data, server, job_id)
     assert (job.status, job.attempts, job.runs) == ("queued", 0, 1), log
+
+
+@pytest.mark.postgres
+async def test_a_worker_started_while_the_database_is_away_waits_for_it(
+    local_discord: LocalDiscord, tmp_path: Path, postgres_url: str
+) -> None:
+    """A supervisor restarting a process that exits at once would soon give up on it
+    (systemd: five starts in ten seconds); it waits for the database instead."""
+    server = local_discord
+    data = tmp_path / "data"
+    async with FaultProxy("127.0.0.1", 5432) as proxy:
+        url = proxy.url(postgres_url)
+        job_id = await _queue(data, server, "a purple square", database_url=postgres_url)
+        proxy.refuse(6)
+        env = environment(server, data, database_url=url)
+        process = await start_process(data, env, "worker", "--burst", log="worker.log")
+        code = await asyncio.wait_for(process.wait(), 120)
+    log = _log(data, "worker.log")
+    assert code == STOPPED, log
+    assert "reaching the database failed" in log
+    async with open_runtime(bot_settings(server, data, database_url=postgres_url)) as runtime:
+        assert (await runtime.service.job(job_id)).job.status == "succeeded"
+
+
+@pytest.mark.postgres
+async def test_a_request_while_the_database_is_away_is_told_so_and_the_next_works(
+    local_discord: LocalDiscord, tmp_path: Path, postgres_url: str
+) -> None:
+    server = local_discord
+    async with FaultProxy("127.0.0.1", 5432) as proxy:
+        settings = bot_settings(server, tmp_path / "data", database_url=proxy.url(postgres_url))
+        async with running_bot(settings):
+            proxy.outage(4)
+            asked = await server.invoke("imagine", server.alice, prompt="a red circle")
+            answer = await server.wait_for(lambda: server.ephemeral_answer(asked), 60, "the answer")
+            assert answer == AWAY
+            await asyncio.sleep(4.5)
+            again = await server.invoke("imagine", server.alice, prompt="a red circle")
+            await server.wait_for(lambda: server.queued(again), 60, "the job queued")

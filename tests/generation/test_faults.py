@@ -286,3 +286,31 @@ async def _first(seen: asyncio.Queue[JobEvent], *kinds: type[JobEvent]) -> Any:
 
 def _drain(seen: asyncio.Queue[JobEvent]) -> list[JobEvent]:
     return [seen.get_nowait() for _ in range(seen.qsize())]
+
+
+@pytest.mark.postgres
+async def test_a_hang_during_a_database_outage_still_ends_the_worker(
+    proxied: tuple[FaultProxy, Database], model: ModelInfo, engine: DiffusersEngine, tmp_path: Path
+) -> None:
+    """Nothing can be recorded, but the stuck thread must go all the same: the lease runs out
+    and the job comes back (it once went on with the thread stuck)."""
+    proxy, db = proxied
+    service = GenerationService(db, model, Limits())
+    await submit(service)
+    hanging = Hanging(engine)
+    running = worker(db, hanging, ImageStore(tmp_path / "store"), EventBus(), hang_seconds=1.5)
+    try:
+        task = asyncio.create_task(running.run())
+        await until(lambda: _running(db), what="the claim")
+        proxy.outage(30)
+        with pytest.raises(RenderHung) as hung:
+            await asyncio.wait_for(task, 30)
+        assert hung.value.status is None, "nothing could be recorded"
+    finally:
+        hanging.release.set()
+        proxy.refuse(0)
+
+
+async def _running(db: Database) -> bool:
+    async with db.uow() as uow:
+        return bool(await uow.queue.running())
