@@ -30,19 +30,28 @@ logger = logging.getLogger(__name__)
 
 STOPPED, BROKE, HUNG = 0, 1, 3
 # SIGTERM must end the process within 30 s: the job in hand gets IMAGINE_STOP_GRACE_SECONDS
-# to finish (then it is released back to the queue), and finished results this long to go out.
-DRAIN_SECONDS = 4.0
-# Threads (a render, a safety check) get this long to end once the loop is done; one that has
-# not (it hung) is left behind: the process exits without it.
-THREADS_GRACE = 2.0
+# (at most 20) to finish, then it is released back to the queue (3 s at most), finished
+# results get this long to go out, and threads (a render, a safety check) a last second; one
+# that has not ended (it hung) is left behind: the process exits without it.
+DRAIN_SECONDS = 3.0
+THREADS_GRACE = 1.0
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT."""
+    """An event set by SIGTERM or SIGINT; a second signal ends the process at once (the job
+    in hand comes back when its lease runs out)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logger.warning("asked again: exiting now")
+            logging.shutdown()
+            os._exit(STOPPED)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     return stop
 
 
@@ -129,10 +138,11 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> int:
         stopped.cancel()
         if stop.is_set():
             await stop_worker(worker, running, settings.stop_grace_seconds)
-        if running.done() and not running.cancelled() and running.exception() is None:
+        clean = running.done() and not running.cancelled() and running.exception() is None
+        if clean:
             click.echo(f"worker ran {running.result()} jobs", err=True)
-        if stop.is_set() or (burst and running.done() and not running.cancelled()
-                             and running.exception() is None):  # fmt: skip
+        hung = running.done() and not running.cancelled() and running.exception() is not None
+        if (stop.is_set() and not hung) or (burst and clean):
             return STOPPED
         return exit_code(running, "the worker")
 

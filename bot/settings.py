@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # Edit a message with progress at most this often (Discord rate-limits edits).
     progress_interval: float = Field(default=2.0, ge=0)
     # On SIGTERM the job in hand gets this long to finish before it goes back to the queue.
-    stop_grace_seconds: float = Field(default=20.0, ge=0, le=25)
+    stop_grace_seconds: float = Field(default=20.0, ge=0, le=20)
     # The prompt filter: comma-separated terms, a file of one per line (``re:`` for a regex;
     # ``*term*`` also inside words), and each guild's own as JSON {"guild id": ["term"]}.
     blocked_terms: str = ""

@@ -4,6 +4,7 @@ a moment) and how to wait them out: exponential backoff with jitter, up to a dea
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import time
@@ -19,28 +20,65 @@ T = TypeVar("T")
 # asyncpg's own connection errors, when they surface unwrapped (at connect, mostly), and an
 # object store's (botocore's EndpointConnectionError and timeouts, under s3fs).
 _CONNECTION_WORDS = ("Connection", "CannotConnectNow", "TooManyConnections", "Timeout")
-_DRIVERS = ("asyncpg", "botocore", "aiobotocore")
+_DRIVERS = ("asyncpg", "botocore", "aiobotocore", "aiohttp")
+# An OS or store error worth waiting out: I/O, a busy or full device, the network. A missing
+# file, a refused permission (s3fs: NoSuchKey, AccessDenied) or a bad image never passes.
+_PASSING_ERRNOS = frozenset(
+    {
+        errno.EIO, errno.EREMOTEIO, errno.EBUSY, errno.EAGAIN, errno.ENOSPC, errno.EDQUOT,
+        errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE,
+        errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENOTCONN,
+    }
+)  # fmt: skip
+# PostgreSQL SQLSTATEs of a failover or of load, not of a mistake: connection exceptions (08),
+# serialization failures and deadlocks (40), a standby or a demoted primary (25006), a
+# cancelled statement or a shutting-down server (57014, 57P01-57P03), no resources (53).
+_PASSING_SQLSTATES = ("08", "40", "25006", "57014", "57P0", "53")
+# SQLite's OperationalError covers "database is locked" and "no such table" alike.
+_PASSING_SQLITE = ("locked", "busy", "disk i/o", "unable to open")
 
 
 def is_transient(error: BaseException) -> bool:
     """Whether trying again later may work: the database or the store was away, not wrong."""
+    if isinstance(error, sqlalchemy_errors.DBAPIError):
+        return _database_passing(error)
     if isinstance(
         error,
-        sqlalchemy_errors.OperationalError
-        | sqlalchemy_errors.InterfaceError
-        | sqlalchemy_errors.DisconnectionError
+        sqlalchemy_errors.DisconnectionError
         | sqlalchemy_errors.TimeoutError
-        | OSError
-        | TimeoutError,
+        | TimeoutError
+        | ConnectionError,
     ):
         return True
-    if isinstance(error, sqlalchemy_errors.DBAPIError) and error.connection_invalidated:
-        return True
+    if isinstance(error, OSError) and error.errno is not None:
+        return error.errno in _PASSING_ERRNOS
     return any(
         kind.__module__.startswith(_DRIVERS)
         and any(word in kind.__name__ for word in _CONNECTION_WORDS)
         for kind in type(error).__mro__
     )
+
+
+def _database_passing(error: sqlalchemy_errors.DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    state = _sqlstate(error)
+    if state is not None:
+        return state.startswith(_PASSING_SQLSTATES)
+    if isinstance(error, sqlalchemy_errors.OperationalError):
+        sqlite = type(error.orig).__module__.startswith("sqlite3")
+        message = str(error.orig).lower()
+        return not sqlite or any(word in message for word in _PASSING_SQLITE)
+    return isinstance(error, sqlalchemy_errors.InterfaceError)
+
+
+def _sqlstate(error: sqlalchemy_errors.DBAPIError) -> str | None:
+    """The PostgreSQL SQLSTATE behind a wrapped error, if there is one."""
+    for cause in (error.orig, getattr(error.orig, "__cause__", None)):
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 def backoff(tries: int, base: float = 0.25, cap: float = 5.0) -> float:

@@ -67,6 +67,8 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            # The database counts the new expiry from the renewal's start: so does the keeper.
+            asked_at = time.monotonic()
             try:
                 async with self.db.uow() as uow:
                     now = await uow.now()
@@ -87,6 +89,6 @@ class LeaseKeeper:
             if not renewal.held:
                 self._lose("another worker owns the job now")
                 return
-            self.renewed_at = time.monotonic()
+            self.renewed_at = asked_at
             if renewal.cancel_requested:
                 self.cancel_requested = True

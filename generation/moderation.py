@@ -147,6 +147,9 @@ class Moderation:
                 raise JobStateError(f"job {job_id} has not ended ({job.status}): cancel it first")
             await uow.jobs.mark_deleted(job_id)
             await uow.images.set_job_review(job_id, Review.DELETED)
+            moderator = is_admin and actor_id != job.user_id
+            if moderator and job.init_image_path is not None:
+                await self._forget_upload(uow, job.init_image_path)
             await self._event(
                 uow,
                 EventKind.DELETE,
@@ -161,16 +164,14 @@ class Moderation:
             deleted = await uow.jobs.get(job_id)
         if is_admin and actor_id != job.user_id:
             await asyncio.to_thread(self.store.delete_tree, f"images/{job_id}")
-            if job.init_image_path is not None:
-                await self._forget_upload(job.init_image_path)
         assert deleted is not None
         return deleted
 
-    async def _forget_upload(self, path: str) -> None:
-        """A start image goes with the last job that still uses it (rerolls share it)."""
-        async with self.db.uow() as uow:
-            still_used = await uow.jobs.using_upload(path)
-        if not still_used:
+    async def _forget_upload(self, uow: UnitOfWork, path: str) -> None:
+        """A start image goes with the last job that still uses it (rerolls share it); the
+        key held meanwhile, so a submit of the same picture cannot slip in between."""
+        await uow.jobs.lock_upload(path)
+        if not await uow.jobs.using_upload(path):
             await asyncio.to_thread(self.store.delete, path)
 
     async def approve(

@@ -176,6 +176,9 @@ class OpenAIEngine:
         self.client: Any = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
         )
+        # The longest one call may take, the client's retries included: the worker's hang
+        # watch gives a job on this engine at least this long.
+        self.call_seconds = timeout * (1 + max_retries) + 10.0
         infos = [describe_api_model(name) for name in names]
         self.model = infos[0]
         self.models = {info.model_id: info for info in infos}
@@ -335,6 +338,9 @@ class EngineSet:
 
     def runtime_for(self, model_id: str) -> Any:
         return self._engine(model_id).runtime
+
+    def engine_for(self, model_id: str) -> Any:
+        return self._engine(model_id)
 
     def siblings(self, model_id: str) -> list[str]:
         """The models of the engine that runs ``model_id``: they share its troubles (a 429,

@@ -43,8 +43,15 @@ T = TypeVar("T")
 # After an image API refused the host's key, that engine's models wait this long.
 KEY_RETRY_SECONDS = 60.0
 WATCH_SECONDS = 0.5  # how often a running job looks at its lease, its cancel and its progress
-HUNG_ERROR = "it hung: no progress for {seconds:.0f} s, on every attempt"
+HUNG_ERROR = "it hung: no progress for {seconds:.0f} s, with no attempt left"
 HUNG_RECORD_SECONDS = 5.0  # a hung process tries this long to record the hang, then goes
+CONFIRM_SECONDS = 30.0  # how long to ask whether a commit whose answer was lost went through
+RELEASE_SECONDS = 3.0  # a shutdown's release is tried this long (SIGTERM must end in 30 s)
+
+
+class _NoAnswer(Exception):
+    """An image API's call made no progress for the job's budget: cancelled, the job goes
+    back (the API client's own timeouts make this rare)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +102,13 @@ class JobRun:
             settings.db, lease, settings.worker_id, settings.lease_seconds, interval
         ).start()
         self.progress = _Progress()
+        # A diffusers render runs in a thread nothing can stop: a hang there ends the process.
+        # An image API's call is a coroutine, which a hang only cancels.
+        model = settings.engine.models.get(job.model_id)
+        self.threaded = model is None or model.engine == "diffusers"
+        if not self.threaded:  # never cut a call short of its client's own timeouts
+            engine = getattr(settings.engine, "engine_for", lambda _: settings.engine)(job.model_id)
+            self.budget = max(budget, getattr(engine, "call_seconds", 0.0))
 
     async def close(self) -> None:
         await self.keeper.stop()
@@ -122,13 +136,15 @@ class JobRun:
 
         started = time.perf_counter()
         try:
-            init_image = await retrying(
-                lambda: load_init_image(self.settings.db, self.settings.store, job),
-                what=f"job {job.id}: reading its start image",
-                until=lambda: self.keeper.deadline,
+            init_image = await self._watched(
+                self._write(
+                    lambda: load_init_image(self.settings.db, self.settings.store, job),
+                    "reading its start image",
+                )
             )
             spec = spec_for_job(job, init_image)
-            images = await self._watched(self.settings.engine.render_async(spec, on_step))
+            render = self.settings.engine.render_async(spec, on_step)
+            images = await self._watched(render, threaded=self.threaded)
         except asyncio.CancelledError:
             # Shutting down mid-job: the pipeline thread stops at its next step, and the job
             # goes back to the queue at once instead of waiting out its lease.
@@ -146,6 +162,8 @@ class JobRun:
             return await self._engine_trouble(trouble)
         except RenderHung:
             raise
+        except _NoAnswer as silent:
+            return await self.give_back(attempt_counts=True, error=str(silent))
         except Exception as error:
             if is_transient(error):  # the store or the database was away: the job goes back
                 logger.warning("job %s: %s; back to the queue", job.id, error)
@@ -154,22 +172,31 @@ class JobRun:
             return await self.end(JobStatus.FAILED, _describe(error), 1.0)
         return Rendered(images, time.perf_counter() - started)
 
-    async def _watched(self, work: Awaitable[T]) -> T:
+    async def _watched(self, work: Awaitable[T], *, threaded: bool = True) -> T:
         """``work``, watched: stopped at its next step when the lease is lost or a cancel is
-        asked; abandoned as hung after ``budget`` seconds without progress."""
+        asked; after ``budget`` seconds without progress, abandoned as hung (``threaded``:
+        work in a thread, which nothing can stop, so the process must go) or, for a coroutine
+        (an image API's call), cancelled and the job given back."""
         task = asyncio.ensure_future(work)
         state = self.progress
         state.last_at = time.monotonic()
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=WATCH_SECONDS)
-            if done:
-                return task.result()
-            if self.keeper.lost.is_set() or self.keeper.cancel_requested:
-                state.stop.set()
-            if time.monotonic() - state.last_at > self.budget:
-                state.stop.set()
-                task.add_done_callback(_ignore_result)  # it may never end; nobody waits for it
-                await self._hung()
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=WATCH_SECONDS)
+                if done:
+                    return task.result()
+                if self.keeper.lost.is_set() or self.keeper.cancel_requested:
+                    state.stop.set()
+                if time.monotonic() - state.last_at > self.budget:
+                    state.stop.set()
+                    if not threaded:
+                        task.cancel()
+                        seconds = self.budget
+                        raise _NoAnswer(f"the image service did not answer for {seconds:.0f} s")
+                    await self._hung()
+        except BaseException:
+            task.add_done_callback(_ignore_result)  # it may end later; nobody waits for it
+            raise
 
     async def _hung(self) -> None:
         """No progress for the budget: the attempt counts, the job goes back (or fails, out of
@@ -190,17 +217,25 @@ class JobRun:
     # -- the ends a job can have -----------------------------------------------------------
 
     async def _write(self, action: Callable[[], Awaitable[T]], what: str) -> T:
-        """A write for this job, retried through passing faults while the lease holds (each
-        try is a sign of life: waiting out an outage is not a hang)."""
+        """A read or write for this job, retried through passing faults while the lease holds
+        and for one lease's length at most (each try is a sign of life: waiting out an outage
+        is not a hang); not at all once the lease is lost or a cancel is asked."""
+        budget = time.monotonic() + self.settings.lease_seconds
+
+        def until() -> float:
+            return min(self._until(), budget)
+
         return await retrying(
-            action, what=f"job {self.job.id}: {what}", until=self._until, on_try=self._alive
+            action, what=f"job {self.job.id}: {what}", until=until, on_try=self._alive
         )
 
     def _alive(self) -> None:
         self.progress.last_at = time.monotonic()
 
     def _until(self) -> float:
-        return self.keeper.deadline if not self.keeper.lost.is_set() else 0.0
+        if self.keeper.lost.is_set() or self.keeper.cancel_requested:
+            return 0.0
+        return self.keeper.deadline
 
     async def end(self, status: JobStatus, error: str, unrun: float) -> JobStatus | None:
         """Record a cancel or failure; the ``unrun`` part of its cost goes back to the user."""
@@ -262,7 +297,7 @@ class JobRun:
         """A clean shutdown: the job goes back at once, its attempt given back (its run
         counts, so a job released every time still ends). Tried for a few seconds only."""
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(RELEASE_SECONDS):
                 await self.give_back(attempt_counts=False)
         except Exception as error:  # the lease expires and the job is taken up anyway
             logger.warning("job %s: could not release it (%s); it returns after its lease",
@@ -270,15 +305,38 @@ class JobRun:
 
     async def _already(self, status: JobStatus) -> bool:
         """Whether the job already stands as this attempt left it: a commit whose answer the
-        connection lost may have gone through, and must not count as a lost lease."""
+        connection lost may have gone through, and must not count as a lost lease. (A job
+        this attempt finished may have been deleted since.)"""
         async with self.settings.db.uow() as uow:
             current = await uow.jobs.get(self.job.id)
+        ended = {status, JobStatus.DELETED} if status is JobStatus.SUCCEEDED else {status}
         return (
             current is not None
-            and current.status == status
+            and current.status in ended
             and current.attempts == self.lease.attempt
             and current.lease_owner is None
         )
+
+    async def _confirmed(self, status: JobStatus) -> bool | None:
+        """``_already``, asked until the database answers (for a while, lease or not): None
+        when it never did."""
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        try:
+            return await retrying(
+                lambda: self._already(status),
+                what=f"job {self.job.id}: reading how it stands",
+                until=lambda: deadline,
+            )
+        except Exception:
+            return None
+
+    async def _discard_files(self) -> None:
+        """This attempt's files, when the job is certainly not done by this attempt."""
+        key = attempt_prefix(self.job.id, self.lease.attempt)
+        try:
+            await asyncio.to_thread(self.settings.store.delete_tree, key)
+        except Exception as error:  # left for the host; the job's row never names them
+            logger.warning("job %s: could not remove %s: %s", self.job.id, key, error)
 
     def _announce(self, status: JobStatus, error: str) -> None:
         events, job_id = self.settings.events, self.job.id
@@ -379,6 +437,7 @@ class JobRun:
             if not is_transient(error):
                 raise
             logger.warning("job %s: could not write its images (%s)", job.id, error)
+            await self._discard_files()
             return await self.give_back(attempt_counts=True, error=_describe(error))
 
         async def record() -> bool:
@@ -414,17 +473,20 @@ class JobRun:
             return True
 
         try:
-            completed = await self._write(record, "recording it done")
+            completed: bool | None = await self._write(record, "recording it done")
         except Exception:
-            completed = False
             logger.exception("job %s: could not record it done", job.id)
+            completed = await self._confirmed(JobStatus.SUCCEEDED)
+        if completed is None:
+            # The database never said: the files stay (they may be a finished job's); the
+            # lease runs out and, if the job was not recorded, it runs again.
+            logger.error("job %s: cannot tell whether it was recorded done", job.id)
+            return None
         if not completed:
             # Fenced out (or the lease ran out while the database was away): another worker
             # owns the job now. Our files are ours alone; remove them.
             logger.warning("job %s: completion refused, the lease was lost; discarding", job.id)
-            await asyncio.to_thread(
-                settings.store.delete_tree, attempt_prefix(job.id, self.lease.attempt)
-            )
+            await self._discard_files()
             return None
         self._announce(JobStatus.SUCCEEDED, "")
         logger.info("job %s done in %.2f s", job.id, rendered.gpu_seconds)

@@ -35,6 +35,9 @@ from storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
+# Writing an uploaded start image may take this long (the submit's transaction waits on it).
+UPLOAD_SECONDS = 15.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submission:
@@ -188,18 +191,29 @@ class GenerationService:
             sha256 = pixel_sha256(image)
         return _Upload(f"uploads/{sha256[:2]}/{sha256}.png", sha256, data)
 
-    async def _keep_upload(self, upload: _Upload) -> None:
+    async def _keep_upload(self, uow: UnitOfWork, upload: _Upload) -> None:
+        """Write an admitted job's start image, holding its key (a deletion of the last other
+        job using it waits), and within a bound: the transaction holds its locks meanwhile."""
         assert self.store is not None
-        await asyncio.to_thread(self.store.put, upload.key, upload.data)
+        await uow.jobs.lock_upload(upload.key)
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self.store.put, upload.key, upload.data), UPLOAD_SECONDS
+            )
+        except (TimeoutError, OSError) as error:
+            raise InvalidRequest(
+                "image", "could not be stored just now, so nothing was queued: attach it again"
+            ) from error
 
     async def _drop_upload(self, upload: _Upload) -> None:
         """The job that was to use it was never made: unless another job uses it, it goes."""
         assert self.store is not None
         try:
             async with self.db.uow() as uow:
-                used = await uow.jobs.using_upload(upload.key)
-            if not used:
-                await asyncio.to_thread(self.store.delete, upload.key)
+                await uow.jobs.lock_upload(upload.key)
+                if not await uow.jobs.using_upload(upload.key):
+                    await asyncio.to_thread(self.store.delete, upload.key)
+                await uow.commit()
         except Exception:  # an orphan file is the least of it; the caller has the error
             logger.warning("could not remove the unused start image %s", upload.key)
 
@@ -270,7 +284,7 @@ class GenerationService:
                 await uow.deliveries.add(job_id=job.id, **dataclasses.asdict(delivery))
             submission = await self._submission(uow, job)
             if upload is not None:  # admitted: now the file is kept
-                await self._keep_upload(upload)
+                await self._keep_upload(uow, upload)
             try:
                 await uow.commit()
             except BaseException:

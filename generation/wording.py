@@ -65,7 +65,9 @@ def public_failure(job: JobRecord) -> str:
     if "out of memory" in error.lower() or error.startswith("OutOfMemoryError"):
         return "the GPU ran out of memory; try a smaller size or fewer images"
     if error == LEASE_EXPIRED_ERROR:
-        return f"the worker making it stopped answering on every attempt (job {job.id})"
+        return f"the worker making it stopped answering, too many times (job {job.id})"
+    if error.startswith("it hung"):
+        return f"it made no progress, too many times (job {job.id})"
     return f"something went wrong on our side (job {job.id})"
 
 

@@ -18,13 +18,14 @@ import uuid
 from typing import TYPE_CHECKING
 
 from generation.errors import RenderHung
-from generation.events import EventBus, JobClaimed
+from generation.events import EventBus, JobClaimed, JobFailed
 from generation.faults import backoff, is_transient
 from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
+from storage.queue import LEASE_EXPIRED_ERROR
 from storage.records import JobRecord, Lease
 
 if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
@@ -87,7 +88,8 @@ class Worker:
         )
         self._stopping = asyncio.Event()
         self._paused: dict[str, float] = {}  # model id -> time.monotonic() it may run again
-        self._seconds_per_cost: float | None = None  # measured here, for the hang budget
+        self._seconds_per_cost: float | None = None  # measured, for the hang budget
+        self._finishing: asyncio.Task[None] | None = None  # a completion in flight
 
     @property
     def _overlap(self) -> bool:
@@ -127,46 +129,67 @@ class Worker:
         so the device never waits on disk or database; at most one completion is in flight.
         """
         done = 0
-        finishing: asyncio.Task[None] | None = None
+        self._finishing = None
         await self._announce()
+        await self._measured()
         logger.info("worker %s started", self.worker_id)
         try:
             while not self._stopping.is_set():
-                models = self._claimable()
-                if not models:
-                    await self._pause(min(self._paused.values()) - time.monotonic())
-                    continue
-                claimed = await self._claim_or_wait(models, burst)
-                if claimed is None:
-                    if finishing is not None:
-                        await finishing
-                        finishing = None
-                    if burst and not await self._held_back():
-                        break
-                    await self._pause()
-                    continue
-                if claimed is False:
-                    continue
-                assert claimed is not True
-                run = self._start(*claimed)
-                outcome = await self._render(run)
-                if finishing is not None:
-                    await finishing
-                    finishing = None
-                if isinstance(outcome, Rendered):
-                    finishing = asyncio.create_task(
-                        self._finish(run, outcome), name=f"complete-{run.job.id}"
-                    )
-                    if not self._overlap:
-                        await finishing
-                        finishing = None
-                done += 1
+                ran = await self._next(burst)
+                if ran is None:
+                    break
+                done += ran
+            await self._settle()
+        except BaseException:
+            finishing, self._finishing = self._finishing, None
+            if finishing is not None:  # cut short (a stop past its grace): its job goes back
+                finishing.cancel()
+                await asyncio.gather(finishing, return_exceptions=True)
+            raise
         finally:
-            if finishing is not None:
-                await finishing
-            await self._beat("stopped", None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat("stopped", None), 2)
         logger.info("worker %s stopped after %d jobs", self.worker_id, done)
         return done
+
+    async def _next(self, burst: bool) -> int | None:
+        """Claim and run one job: 1; 0 when there was none to run now; None when a burst has
+        drained the queue."""
+        models = self._claimable()
+        if not models:
+            await self._pause(min(self._paused.values()) - time.monotonic())
+            return 0
+        claimed = await self._claim_or_wait(models, burst)
+        if claimed is None:
+            await self._settle()
+            if burst and not await self._held_back():
+                return None
+            await self._pause()
+            return 0
+        if claimed is False or claimed is True:
+            return 0
+        run = self._start(*claimed)
+        outcome = await self._render(run)
+        try:
+            await self._settle()
+        except BaseException:  # the last job hung (or we stop): let this one go
+            if isinstance(outcome, Rendered):
+                await run.release()
+                await run.close()
+            raise
+        if isinstance(outcome, Rendered):
+            self._finishing = asyncio.create_task(
+                self._finish(run, outcome), name=f"complete-{run.job.id}"
+            )
+            if not self._overlap:
+                await self._settle()
+        return 1
+
+    async def _settle(self) -> None:
+        """Wait for the completion in flight, if any (its errors, a hang, come out here)."""
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            await finishing
 
     async def _claim_or_wait(
         self, models: list[str], burst: bool
@@ -253,7 +276,18 @@ class Worker:
             job_id = claimed[0].id if claimed else None
             await uow.workers.beat(self.worker_id, "busy" if claimed else "idle", job_id, now)
             await uow.commit()
+        for failed in uow.queue.reaped:  # out of attempts: their users hear of it
+            self.events.publish(JobFailed(failed, LEASE_EXPIRED_ERROR))
         return claimed
+
+    async def _measured(self) -> None:
+        """What a cost unit takes, from the jobs the workers finished lately: the hang budget
+        of a worker that just started is the job's, not only the floor."""
+        try:
+            async with self.db.uow() as uow:
+                self._seconds_per_cost = await uow.queue.seconds_per_cost()
+        except Exception as error:
+            logger.warning("worker %s could not read past timings: %s", self.worker_id, error)
 
     async def _held_back(self) -> bool:
         """Whether jobs for this engine still wait, only held back for now (a retry's wait, an

@@ -23,7 +23,7 @@ from storage.models import Job, JobStatus, User
 from storage.records import JobRecord, Lease, Renewal, to_record
 
 # The error of a job whose lease ran out on its last attempt.
-LEASE_EXPIRED_ERROR = "its worker stopped answering (lease expired) on every attempt"
+LEASE_EXPIRED_ERROR = "its worker stopped answering (lease expired), with no attempt left"
 # The error of a job started this many times without ending (see max_runs).
 TOO_MANY_RUNS_ERROR = "it was started {runs} times and never finished"
 
@@ -98,6 +98,7 @@ class JobQueue:
     def __init__(self, session: AsyncSession, policy: Policy = Policy.FAIR) -> None:
         self._session = session
         self.policy = policy
+        self.reaped: list[int] = []  # the jobs the last claim's reaping failed
 
     async def waiting(self) -> list[Waiting]:
         """Every waiting job, in the order the claim will take them."""
@@ -163,6 +164,18 @@ class JobQueue:
         """Re-queue running jobs whose lease expired (on the database's clock, ``now``); fail
         those out of attempts or runs. The ids of the jobs failed, for their users to hear."""
         expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        # A job whose user cancelled it while its worker was silent ends cancelled.
+        await self._session.execute(
+            update(Job)
+            .where(*expired, Job.cancel_requested.is_(True))
+            .values(
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
         spent = (Job.attempts >= Job.max_attempts) | (Job.runs >= 2 * Job.max_attempts)
         failed = await self._session.scalars(
             update(Job)
@@ -195,7 +208,7 @@ class JobQueue:
     ) -> tuple[JobRecord, Lease] | None:
         """Take the next job for ``owner`` with a lease, or None when nothing waits; a worker
         gives ``model_ids``, the models it has loaded, and gets only their jobs."""
-        await self.reap_expired(now)
+        self.reaped = await self.reap_expired(now)
         # Skipping locked users as well as locked jobs: a second worker claiming at the same
         # moment takes the next user's job, not the same user's next one.
         locked = (Job,) if self.policy is Policy.FIFO else (Job, User)
@@ -315,7 +328,9 @@ class JobQueue:
         hang or an error counts both. ``not_before`` holds it back; ``error`` says why.
         """
         counts = await self._session.execute(
-            select(Job.attempts, Job.runs, Job.max_attempts).where(*self._fenced(lease))
+            select(Job.attempts, Job.runs, Job.max_attempts)
+            .where(*self._fenced(lease))
+            .with_for_update()
         )
         row = counts.one_or_none()
         if row is None:
@@ -335,12 +350,14 @@ class JobQueue:
             fields |= {"status": JobStatus.QUEUED, "not_before": not_before, "error": error}
         if not run_counts:  # an image API's wait: remember when the waiting began
             fields["deferred_since"] = func.coalesce(Job.deferred_since, now)
-        await self._session.execute(
+        result = await self._session.execute(
             update(Job)
             .where(*self._fenced(lease))
             .values(lease_owner=None, lease_expires_at=None, **fields)
             .execution_options(synchronize_session=False)
         )
+        if not getattr(result, "rowcount", 1):
+            return None  # reaped in between: not ours any more
         return JobStatus(fields["status"])
 
     async def request_cancel(self, job_id: int, now: dt.datetime) -> JobRecord | None:

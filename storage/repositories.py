@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -193,6 +194,14 @@ class JobRepository:
         )
         query = _owned(query, user_id, guild_id)
         return int(await self._session.scalar(query) or 0)
+
+    async def lock_upload(self, path: str) -> None:
+        """Hold an uploaded file's key to the end of the transaction: its write (a submit) and
+        its removal (a deletion) never cross. (SQLite's one writer already serialises them.)"""
+        bind = self._session.bind
+        if bind is not None and bind.dialect.name == "postgresql":
+            key = int(hashlib.sha256(path.encode()).hexdigest()[:15], 16)
+            await self._session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     async def using_upload(self, path: str) -> int:
         """How many jobs not deleted start from this uploaded image."""

@@ -340,7 +340,8 @@ def test_a_failure_is_told_in_classified_words_never_the_raw_error() -> None:
         ),
         ("OutOfMemoryError: CUDA out of memory. Tried to allocate 20 GiB", "ran out of memory"),
         (f"{CONTENT_REFUSED}: rejected by the safety system", "refused the prompt"),
-        (LEASE_EXPIRED_ERROR, "stopped answering on every attempt (job 12)"),
+        (LEASE_EXPIRED_ERROR, "stopped answering, too many times (job 12)"),
+        ("it hung: no progress for 60 s, with no attempt left", "no progress, too many times"),
     ]:
         job = job_record(id=12, status=JobStatus.FAILED, error=error)
         text = messages.result_text(job)

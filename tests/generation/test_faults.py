@@ -5,6 +5,7 @@ key died. Each ends one job at most, never the worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from sqlalchemy.exc import DBAPIError
 
 from generation.engine import DiffusersEngine, RenderSpec
 from generation.errors import RenderHung
@@ -26,7 +28,10 @@ from generation.service import GenerationService
 from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ImageStore
+from storage.models import JobKind
 from storage.queue import LEASE_EXPIRED_ERROR
+from storage.repositories import ImageRepository
+from storage.unit_of_work import UnitOfWork
 from tests.fakeopenai import FakeImagesAPI
 from tests.faultproxy import FaultProxy
 
@@ -228,7 +233,7 @@ async def test_a_hung_render_is_abandoned_its_attempt_counted_and_the_worker_end
     assert job.attempts == 1
     if max_attempts == 1:
         assert job.status == "failed"
-        assert job.error == "it hung: no progress for 1 s, on every attempt"
+        assert job.error == "it hung: no progress for 1 s, with no attempt left"
         assert [e.job_id for e in told] == [job_id], "its user is told"
     else:
         assert (job.status, job.error) == ("queued", "it hung: no progress for 1 s")
@@ -314,3 +319,189 @@ async def test_a_hang_during_a_database_outage_still_ends_the_worker(
 async def _running(db: Database) -> bool:
     async with db.uow() as uow:
         return bool(await uow.queue.running())
+
+
+async def test_a_missing_start_image_fails_its_job_at_once_and_the_worker_goes_on(
+    db: Database, model: ModelInfo, engine: DiffusersEngine, store: ImageStore
+) -> None:
+    """A moderator deleted the parent's images while a variation waited: FileNotFoundError is
+    no passing fault (it was retried while the lease held, the job 'running' for ever)."""
+    service = GenerationService(db, model, Limits())
+    parent = await submit(service, steps=2)
+    assert await worker(db, engine, store, EventBus()).run(burst=True) == 1
+    varied = (await service.derive(JobKind.VARIATION, parent, 0, user_id=1)).job.id
+    store.delete_tree(f"images/{parent}")
+    started = time.monotonic()
+    assert await worker(db, engine, store, EventBus(), lease_seconds=30).run(burst=True) == 1
+    assert time.monotonic() - started < 10
+    job = (await service.job(varied)).job
+    assert job.status == "failed" and "FileNotFoundError" in (job.error or "")
+
+
+async def test_a_completion_whose_answer_was_lost_keeps_its_files(
+    db: Database,
+    model: ModelInfo,
+    engine: DiffusersEngine,
+    store: ImageStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commit went through but the connection dropped before its answer: the job is done,
+    and its files must not be taken for a lost attempt's (they once were deleted)."""
+    service = GenerationService(db, model, Limits())
+    job_id = await submit(service, steps=2)
+    original_commit, original_add = UnitOfWork.commit, ImageRepository.add_many
+    lost = []
+
+    async def add_many(self: ImageRepository, job: int, images: Any) -> None:
+        self._session.info["completing"] = True
+        await original_add(self, job, images)
+
+    async def commit_then_drop(self: UnitOfWork) -> None:
+        await original_commit(self)
+        if self.session.info.pop("completing", False) and not lost:
+            lost.append(True)
+            await asyncio.sleep(0.5)  # the lease keeper sees the lease gone meanwhile
+            dropped = Exception("connection lost")
+            raise DBAPIError("COMMIT", {}, dropped, connection_invalidated=True)
+
+    monkeypatch.setattr(ImageRepository, "add_many", add_many)
+    monkeypatch.setattr(UnitOfWork, "commit", commit_then_drop)
+    events = EventBus()
+    async with events.subscribe() as seen:
+        assert await worker(db, engine, store, events).run(burst=True) == 1
+        told = [e for e in _drain(seen) if isinstance(e, JobSucceeded)]
+    view = await service.job(job_id)
+    assert lost and view.job.status == "succeeded"
+    assert all(store.exists(image.path) for image in view.images), "the files are there"
+    assert [e.job_id for e in told] == [job_id]
+
+
+class SlowApi:
+    """An image API engine whose answers take ``seconds`` (slow, not hung)."""
+
+    def __init__(self, seconds: float, call_seconds: float = 0.0) -> None:
+        info = describe_api_model("dall-e-2")
+        self.model, self.models = info, {info.model_id: info}
+        self.runtime = OpenAIEngine(["dall-e-2"], api_key="sk").runtime
+        self.seconds, self.call_seconds = seconds, call_seconds
+        self.calls = 0
+
+    async def render_async(self, spec: RenderSpec, on_step: Any = None) -> list[Image.Image]:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return [Image.new("RGB", (spec.width, spec.height), "red") for _ in spec.seeds]
+
+
+async def test_a_slow_image_api_is_given_its_clients_time_and_never_ends_the_process(
+    db: Database, store: ImageStore
+) -> None:
+    """An API call shows no progress until it answers: a hang there only cancels the call
+    (a coroutine), never the process; and the engine's own timeouts bound the watch."""
+    api = describe_api_model("dall-e-2")
+    service = GenerationService(db, api, Limits(), store=store)
+    job_id = await submit(service, model="dall-e-2", count=1)
+    impatient = SlowApi(seconds=3.0)
+    running = worker(db, impatient, store, EventBus(), hang_seconds=1.0)
+    task = asyncio.create_task(running.run())
+    await until(lambda: _error_is(service, job_id), 30, "the call cut off")
+    assert not task.done(), "the worker went on: no RenderHung for a coroutine"
+    running.stop()
+    await asyncio.wait_for(task, 30)
+
+    db.clock_offset = dt.timedelta(minutes=5)  # past the job's backoff
+    patient = SlowApi(seconds=1.5, call_seconds=10.0)
+    assert await worker(db, patient, store, EventBus(), hang_seconds=1.0).run(burst=True) == 1
+    assert (await service.job(job_id)).job.status == "succeeded"
+
+
+async def _error_is(service: GenerationService, job_id: int) -> bool:
+    job = (await service.job(job_id)).job
+    return job.status == "queued" and "did not answer for 1 s" in (job.error or "")
+
+
+async def test_a_fresh_worker_takes_its_hang_budget_from_the_jobs_done_before(
+    db: Database, model: ModelInfo, engine: DiffusersEngine, store: ImageStore
+) -> None:
+    service = GenerationService(db, model, Limits())
+    await submit(service, steps=4)
+    assert await worker(db, engine, store, EventBus()).run(burst=True) == 1
+    async with db.uow() as uow:
+        per_cost = await uow.queue.seconds_per_cost()
+    assert per_cost is not None
+    fresh = worker(db, engine, store, EventBus(), hang_seconds=0.001)
+    await fresh._measured()
+    heavy = (await service.job(await submit(service, steps=40))).job
+    assert fresh._budget(heavy) == pytest.approx(5 * heavy.cost * per_cost)
+
+
+class HangOnFirst:
+    """A safety checker whose first check never answers (a deadlocked classifier)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def scores(self, image: Image.Image) -> dict[str, float]:
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(30)
+        return {}
+
+
+async def test_with_overlap_a_hung_completion_lets_the_next_rendered_job_go(
+    db: Database, model: ModelInfo, engine: DiffusersEngine, store: ImageStore
+) -> None:
+    service = GenerationService(db, model, Limits())
+    first, second = await submit(service, steps=2), await submit(service, steps=2, user_id=2)
+    checker = HangOnFirst()
+    config = WorkerConfig(
+        worker_id="w", poll_interval=0.05, hang_seconds=1.5, overlap_completion=True
+    )
+    running = Worker(db, engine, store, EventBus(), config, checker=checker)
+    try:
+        with pytest.raises(RenderHung):
+            await asyncio.wait_for(running.run(), 60)
+    finally:
+        checker.release.set()
+    jobs = {j: (await service.job(j)).job for j in (first, second)}
+    assert jobs[first].status == "queued" and jobs[first].error
+    assert (jobs[second].status, jobs[second].lease_owner) == ("queued", None), "let go"
+    async with db.uow() as uow:
+        assert await uow.queue.running() == []
+
+
+class BlockingStore(ImageStore):
+    """A store whose writes wait until ``opened`` is set (a store that stopped answering)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.opened = threading.Event()
+
+    def put(self, key: str, data: bytes) -> str:
+        self.opened.wait(30)
+        return super().put(key, data)
+
+
+async def test_a_stop_past_its_grace_puts_the_completion_in_flight_back(
+    db: Database, model: ModelInfo, engine: DiffusersEngine, tmp_path: Path
+) -> None:
+    """With overlapped completion, a worker cancelled (SIGTERM past its grace) once awaited the
+    previous job's completion for as long as it took."""
+    service = GenerationService(db, model, Limits())
+    job_id = await submit(service, steps=2)
+    store = BlockingStore(tmp_path / "store")
+    running = worker(db, engine, store, EventBus(), overlap_completion=True)
+    task = asyncio.create_task(running.run())
+    try:
+        await until(lambda: _running(db), what="the claim")
+        await asyncio.sleep(1.0)  # rendered; its files wait on the store
+        started = time.monotonic()
+        running.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 20)
+        assert time.monotonic() - started < 8
+    finally:
+        store.opened.set()
+    job = (await service.job(job_id)).job
+    assert (job.status, job.attempts, job.lease_owner) == ("queued", 0, None)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import io
+import threading
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -233,3 +237,44 @@ async def test_an_upload_is_kept_only_once_admitted_and_goes_with_the_last_job_u
     assert store.exists(path), "another job still starts from it"
     await moderation.delete_job(99, second.id, is_admin=True)
     assert not store.exists(path), "gone with the last job that used it"
+
+
+class PausedStore(ImageStore):
+    """Writes wait for ``go`` (a submit caught between writing its image and committing)."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__(root)
+        self.go = threading.Event()
+        self.writing = threading.Event()
+
+    def put(self, key: str, data: bytes) -> str:
+        if key.startswith("uploads/") and self.writing.is_set():
+            self.go.wait(30)
+        return super().put(key, data)
+
+
+async def test_deleting_the_last_job_of_an_upload_waits_for_a_submit_of_the_same_picture(
+    db: Database, model: ModelInfo, tmp_path: Any
+) -> None:
+    """The submit holds the picture's key from its write to its commit; the deletion counts the
+    jobs using it only then, and keeps the file (it once removed it under the new job)."""
+    store = PausedStore(tmp_path / "store")
+    service = GenerationService(db, model, Limits(), store=store)
+    moderation = Moderation(db, store)
+    request = GenerationRequest(
+        "a yellow square", user_id=7, kind=JobKind.IMG2IMG, init_image=_png("yellow"), strength=0.5
+    )
+    first = (await service.submit(request)).job
+    async with db.uow() as uow:
+        await uow.queue.request_cancel(first.id, utcnow())
+        await uow.commit()
+    store.writing.set()
+    second = asyncio.create_task(service.submit(dataclasses.replace(request, user_id=8)))
+    await asyncio.sleep(0.5)  # the second submit is writing the picture, in its transaction
+    deleting = asyncio.create_task(moderation.delete_job(99, first.id, is_admin=True))
+    await asyncio.sleep(0.5)
+    assert not deleting.done(), "the deletion waits for the key"
+    store.go.set()
+    await asyncio.wait_for(second, 30)
+    await asyncio.wait_for(deleting, 30)
+    assert first.init_image_path is not None and store.exists(first.init_image_path)

@@ -325,3 +325,17 @@ async def test_the_first_jobs_of_a_day_finishing_at_once_are_both_counted(db: Da
         usage = await uow.usage.get(1, today)
     assert usage is not None
     assert (usage.jobs, usage.images, usage.cost, usage.gpu_seconds) == (2, 6, 3.0, 4.0)
+
+
+async def test_reaping_a_job_cancelled_while_its_worker_was_silent_ends_it_cancelled(
+    db: Database,
+) -> None:
+    job = await add_job(db)
+    start = utcnow()
+    await claim(db, "w", start)
+    async with db.uow() as uow:
+        await uow.queue.request_cancel(job.id, start)
+        assert await uow.queue.reap_expired(start + dt.timedelta(seconds=LEASE + 1)) == []
+        await uow.commit()
+        ended = await uow.jobs.get(job.id)
+    assert ended is not None and ended.status == "cancelled"
