@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import re
 import signal
@@ -50,21 +49,11 @@ from tests.bot.test_process import environment
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.payloads import FakeUser, snowflake
 from tests.faultproxy import FaultProxy
+from tests.postgres import admin, url
 
-ADMIN = os.environ.get("IMAGINE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SETTLE = 60.0  # how long after the last fault everything must have ended and been delivered
 RESULT = re.compile(r"imagine-(\d+)\.(?:png|webp)$")
 FAILED = re.compile(r"job (\d+) (?:failed|was cancelled|was deleted)")
-
-
-async def _admin(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(ADMIN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 def _free_port() -> int:
@@ -182,13 +171,13 @@ async def run(jobs: int, seed: int) -> dict[str, Any]:  # noqa: PLR0915 - one sc
 
     rng = random.Random(seed)
     name = f"imagine_chaos_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await admin(f'CREATE DATABASE "{name}"')
     s3_port = _free_port()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
-    url = ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
-    direct = Database(url)
+    database_url = url(name)
+    direct = Database(database_url)
     await direct.upgrade()
     supervisor = Supervisor()
     planned = schedule(rng)
@@ -202,7 +191,7 @@ async def run(jobs: int, seed: int) -> dict[str, Any]:  # noqa: PLR0915 - one sc
             options = await _s3(store_proxy.port)
             hang_file = work / "hang-now"
             shared = {
-                "database_url": database_proxy.url(url),
+                "database_url": database_proxy.url(database_url),
                 "image_store": "s3://imagine/chaos",
                 "image_store_options": json.dumps(options),
                 "lease_seconds": "10",
@@ -296,7 +285,7 @@ async def run(jobs: int, seed: int) -> dict[str, Any]:  # noqa: PLR0915 - one sc
     finally:
         await direct.close()
         moto.stop()
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     ended = ("succeeded", "failed", "cancelled")
     return {
         "jobs_sent": jobs,

@@ -29,23 +29,9 @@ from typing import Any
 
 from PIL import Image
 
-ADMIN = os.environ.get("IMAGINE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' PostgreSQL helpers
 
-
-async def _admin(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(ADMIN)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-def _url(name: str) -> str:
-    base = ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{name}"
-
+from tests.postgres import admin, url
 
 NOOP = "noop"
 
@@ -57,8 +43,8 @@ async def _fresh_database(jobs: int, users: int, model: Any = None, count: int =
     from storage.db import Database
 
     name = f"imagine_scale_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    db = Database(_url(name))
+    await admin(f'CREATE DATABASE "{name}"')
+    db = Database(url(name))
     await db.upgrade()
     info = model or ModelInfo(
         model_id=NOOP,
@@ -75,7 +61,7 @@ async def _fresh_database(jobs: int, users: int, model: Any = None, count: int =
     for i in range(jobs):
         await service.submit(GenerationRequest(f"job {i}", user_id=1 + i % users, count=count))
     await db.close()
-    return _url(name)
+    return url(name)
 
 
 class _NoopEngine:
@@ -140,7 +126,7 @@ async def _rate(url: str, jobs: int) -> float:
             )
         ).one()
     await db.close()
-    await _admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     if done != jobs:
         raise RuntimeError(f"{done} of {jobs} jobs succeeded")
     return float(jobs / (last - first).total_seconds())

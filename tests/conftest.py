@@ -21,12 +21,9 @@ from generation.service import GenerationService
 from storage.db import Database
 from storage.image_store import ImageStore
 from tests.ci import in_ci, isolate_environment
+from tests.postgres import ADMIN_DSN, admin, url
 
 isolate_environment()
-
-POSTGRES_ADMIN_DSN = os.environ.get(
-    "IMAGINE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 
 @pytest.fixture(scope="session")
@@ -60,30 +57,20 @@ def trained_engine(trained_model: ModelInfo):  # type: ignore[no-untyped-def]
     return DiffusersEngine(trained_model, device="cpu", dtype="float32", torch_threads=1)
 
 
-async def _postgres_admin(statement: str) -> None:
-    import asyncpg
-
-    connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
     """A migrated PostgreSQL database that each test copies; fails in CI when unreachable."""
     name = f"imagine_template_{uuid.uuid4().hex[:8]}"
     try:
-        asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     except (TimeoutError, OSError) as error:
-        message = f"PostgreSQL is not reachable at {POSTGRES_ADMIN_DSN}: {error}"
+        message = f"PostgreSQL is not reachable at {ADMIN_DSN}: {error}"
         if in_ci():
             pytest.fail(message)
         pytest.skip(message)
 
     async def _migrate() -> None:
-        database = Database(_url(name))
+        database = Database(url(name))
         try:
             await database.upgrade()
         finally:
@@ -91,12 +78,7 @@ def postgres_template() -> Iterator[str]:
 
     asyncio.run(_migrate())
     yield name
-    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def _url(database: str) -> str:
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{base}/{database}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -107,18 +89,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     template = request.getfixturevalue("postgres_template")
     name = f"imagine_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield _url(name)
-    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield url(name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 def postgres_url(postgres_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database, for tests that need PostgreSQL itself."""
     name = f"imagine_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_postgres_admin(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
-    yield _url(name)
-    asyncio.run(_postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"'))
+    yield url(name)
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -84,47 +84,56 @@ class Slow:
         return await self._engine.render_async(spec, slowed)
 
 
-@pytest.mark.postgres
-async def test_a_database_outage_mid_render_is_ridden_out_and_the_job_finishes_once(
-    proxied: tuple[FaultProxy, Database], model: ModelInfo, engine: DiffusersEngine, tmp_path: Path
-) -> None:
+async def _outage_mid_render(
+    proxied: tuple[FaultProxy, Database],
+    model: ModelInfo,
+    engine: DiffusersEngine,
+    tmp_path: Path,
+    *,
+    lease: float,
+    outage: float,
+) -> tuple[GenerationService, int, JobEvent]:
+    """A job rendering on a worker whose database goes away for ``outage`` seconds once its
+    first step is out; the job, and how it ended. The worker's loop must live through it."""
     proxy, db = proxied
     store, events = ImageStore(tmp_path / "store"), EventBus()
     service = GenerationService(db, model, Limits())
-    job_id = await submit(service, steps=30)
-    running = worker(db, Slow(engine, 0.1), store, events, lease_seconds=8)
+    job_id = await submit(service, steps=40)
+    running = worker(db, Slow(engine, 0.1), store, events, lease_seconds=lease)
     async with events.subscribe() as seen:
         task = asyncio.create_task(running.run())
         while not isinstance(await seen.get(), JobProgress):
             pass
-        proxy.outage(3)  # renewals fail for 3 s, less than the 8 s lease
-        done = await asyncio.wait_for(_first(seen, JobSucceeded, JobFailed), 90)
+        proxy.outage(outage)
+        done = await asyncio.wait_for(_first(seen, JobSucceeded, JobFailed), 120)
+    assert not task.done(), "the worker's loop survived the outage"
     running.stop()
     await asyncio.wait_for(task, 30)
+    assert proxy.refused > 0, "the outage did meet the worker"
+    return service, job_id, done
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_mid_render_is_ridden_out_and_the_job_finishes_once(
+    proxied: tuple[FaultProxy, Database], model: ModelInfo, engine: DiffusersEngine, tmp_path: Path
+) -> None:
+    # Renewals fail for 3 s, less than the 8 s lease.
+    service, job_id, done = await _outage_mid_render(
+        proxied, model, engine, tmp_path, lease=8, outage=3
+    )
     assert isinstance(done, JobSucceeded) and done.job_id == job_id
     job = (await service.job(job_id)).job
     assert (job.status, job.attempts) == ("succeeded", 1)
-    assert proxy.refused > 0, "the outage did meet the worker"
 
 
 @pytest.mark.postgres
 async def test_an_outage_longer_than_the_lease_costs_an_attempt_and_the_worker_goes_on(
     proxied: tuple[FaultProxy, Database], model: ModelInfo, engine: DiffusersEngine, tmp_path: Path
 ) -> None:
-    proxy, db = proxied
-    store, events = ImageStore(tmp_path / "store"), EventBus()
-    service = GenerationService(db, model, Limits())
-    job_id = await submit(service, steps=40)
-    running = worker(db, Slow(engine, 0.1), store, events, lease_seconds=2)
-    async with events.subscribe() as seen:
-        task = asyncio.create_task(running.run())
-        while not isinstance(await seen.get(), JobProgress):
-            pass
-        proxy.outage(3.5)  # longer than the lease: this worker must let the job go
-        done = await asyncio.wait_for(_first(seen, JobSucceeded, JobFailed), 120)
-    assert not task.done(), "the worker's loop survived the outage"
-    running.stop()
-    await asyncio.wait_for(task, 30)
+    # Longer than the lease: this worker must let the job go; another attempt finishes it.
+    service, job_id, done = await _outage_mid_render(
+        proxied, model, engine, tmp_path, lease=2, outage=3.5
+    )
     assert isinstance(done, JobSucceeded)
     job = (await service.job(job_id)).job
     assert (job.status, job.attempts) == ("succeeded", 2)

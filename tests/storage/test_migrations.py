@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from storage.db import Database
 from storage.models import Base
-from tests.conftest import _postgres_admin, _url
+from tests.postgres import admin, url
 
 
 async def test_migrated_schema_matches_the_models(db: Database) -> None:
@@ -45,8 +45,8 @@ async def test_five_processes_starting_together_on_a_fresh_database_all_come_up(
     """A bot and four workers started at once each migrate; the advisory lock makes them take
     turns (without it, all but one failed on tables that already existed)."""
     name = f"imagine_fresh_{uuid.uuid4().hex[:10]}"
-    await _postgres_admin(f'CREATE DATABASE "{name}"')
-    databases = [Database(_url(name)) for _ in range(5)]
+    await admin(f'CREATE DATABASE "{name}"')
+    databases = [Database(url(name)) for _ in range(5)]
     try:
         await asyncio.gather(*(database.upgrade() for database in databases))
         async with databases[0].engine.connect() as connection:
@@ -55,7 +55,7 @@ async def test_five_processes_starting_together_on_a_fresh_database_all_come_up(
     finally:
         for database in databases:
             await database.close()
-        await _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.parametrize(("setting", "pragma"), [("FULL", 2), ("NORMAL", 1)])
