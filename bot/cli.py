@@ -187,9 +187,11 @@ def jobs(
         click.echo(json.dumps(rows))
         return
     for row in rows:
+        delivery = row["delivery"]
+        result = f"  result {delivery['state']}" if delivery else ""
         click.echo(
             f"{row['job_id']:>6}  {row['status']:<9}  user {row['user_id']}  "
-            f"created {row['created_at']}  seed {row['seed']}  {row['prompt'][:60]!r}"
+            f"created {row['created_at']}  seed {row['seed']}  {row['prompt'][:60]!r}{result}"
         )
 
 

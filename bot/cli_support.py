@@ -13,6 +13,7 @@ from generation.errors import GenerationError
 from generation.imaging import recipe_dict
 from generation.rendering import grid_key
 from generation.service import GenerationService, JobView, Submission
+from storage.records import DeliveryRecord
 
 T = TypeVar("T")
 Submit = Callable[[GenerationService], Awaitable[Submission]]
@@ -51,6 +52,22 @@ def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
             for image in view.images
         ],
         "grid": store.location(grid_key(job.id, job.attempts)) if view.images else None,
+        "delivery": _delivery_json(view.delivery),
+    }
+
+
+def _delivery_json(delivery: DeliveryRecord | None) -> dict[str, Any] | None:
+    """Where the bot's result went (None for the command line's own jobs)."""
+    if delivery is None:
+        return None
+    return {
+        "state": delivery.state,
+        "via": delivery.delivered_via,
+        "attempts": delivery.attempts,
+        "last_error": delivery.last_error,
+        "next_try_at": delivery.next_try_at.isoformat() if delivery.next_try_at else None,
+        "delivered_at": delivery.delivered_at.isoformat() if delivery.delivered_at else None,
+        "message_id": delivery.result_message_id,
     }
 
 

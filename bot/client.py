@@ -15,7 +15,7 @@ from bot.commands import ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.runtime import Runtime
 from generation.faults import is_transient
-from generation.outbox import Outbox
+from generation.outbox import Backoff, Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ class ImagineBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self.runtime = runtime
-        self.outbox = Outbox(runtime.db)
+        settings = runtime.settings
+        self.outbox = Outbox(
+            runtime.db, Backoff(settings.delivery_retry_base, settings.delivery_retry_cap)
+        )
         self.deliveries = Deliveries(
             self,
             runtime.service,
@@ -54,6 +57,7 @@ class ImagineBot(commands.Bot):
             runtime.store,
             runtime.events,
             progress_interval=runtime.settings.progress_interval,
+            sweep_interval=runtime.settings.delivery_sweep_interval,
             safety=runtime.settings.safety(),
             moderation_channel_id=runtime.settings.moderation_channel_id,
         )

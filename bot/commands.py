@@ -392,13 +392,16 @@ class ImagineCog(commands.Cog):
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
+        owner = interaction.user.id == view.job.user_id
         if not full:
-            await answer(interaction, messages.job_details(view, parent, children))
+            await answer(interaction, messages.job_details(view, parent, children, owner=owner))
             return
         # Reading a file from the store may take longer than Discord's 3 s: answer first.
         await interaction.response.defer(thinking=True, ephemeral=True)
         files, note = await self._full_files(interaction, view)
-        details = messages.job_details(view, parent, children, full_files=files, full_note=note)
+        details = messages.job_details(
+            view, parent, children, full_files=files, full_note=note, owner=owner
+        )
         await interaction.edit_original_response(**details.edit_kwargs())
 
     async def _full_files(

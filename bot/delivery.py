@@ -1,5 +1,11 @@
-"""Progress and results to Discord: edit the interaction's response while its token answers,
-else post to the channel; the outbox makes each result go out once, across restarts."""
+"""Progress and results to Discord, driven by job events and by the outbox's due rows.
+
+A result goes out the first way that takes it (``bot.routes``: the response, the channel, a
+DM). A passing failure records the try and its backoff on the delivery row; a result no way
+takes is recorded undeliverable, with why; nothing is dropped unrecorded and nothing goes out
+twice (the row's state is fenced, channel posts carry a nonce). Progress is best-effort: it
+never holds a result up, and never paints over one.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,21 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import messages
 from bot.limits import DEFAULT_FILE_LIMIT, Message, Upload
+from bot.routes import (
+    NETWORK_ERRORS,
+    TOKEN_GONE,
+    ResultRoutes,
+    Undeliverable,
+    Way,
+    passing,
+    why,
+)
 from generation.events import (
     EventBus,
     JobCancelled,
@@ -23,14 +37,13 @@ from generation.events import (
     JobProgress,
     JobSucceeded,
 )
-from generation.imaging import TooLargeToFit, fit_file
+from generation.imaging import fit_file
 from generation.openai_engine import CONTENT_REFUSED
 from generation.outbox import Outbox, token_valid
-from generation.rendering import grid_key
 from generation.safety import SafetyPolicy
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
-from storage.models import JobStatus, Review, utcnow
+from storage.models import DeliveryState, utcnow
 from storage.records import DeliveryRecord
 
 if TYPE_CHECKING:
@@ -38,17 +51,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Answers meaning "this interaction token or its message is gone": post to the channel instead.
-GONE = frozenset({10008, 10015, 10062, 50027})
-MAX_FAILURES = 5
-FILE_TOO_LARGE = 40005  # Discord's code for a file over the upload limit
-FILE_TRIES = 3  # fitted files Discord may refuse before the result goes without one
-T = TypeVar("T")
-UNSETTLED = frozenset({Review.PENDING, Review.DELETED})
-
-
-def _gone(error: discord.HTTPException) -> bool:
-    return error.code in GONE or error.status == 401
+SWEEP_BATCH = 20  # due results taken per sweep
+CLAIM_SECONDS = 180.0  # a try's hold on its row (discord.py retries a webhook's 5xx ~25 s)
+UNEXPECTED_TRIES = 5  # a failure of ours (a bug, a file gone) ends the delivery after so many
+PROGRESS_SECONDS = 5.0  # a progress edit that takes longer is dropped: it never holds a result
+PROGRESS_PAUSE = 30.0  # no progress edits for this long after Discord failed one
 
 
 class Deliveries:
@@ -67,13 +74,12 @@ class Deliveries:
         safety: SafetyPolicy | None = None,
         moderation_channel_id: int | None = None,
     ) -> None:
-        self.safety = safety or SafetyPolicy()
         self.moderation_channel_id = moderation_channel_id
         self.bot = bot
         self.service = service
         self.outbox = outbox
-        self.store = store
         self.events = events
+        self.routes = ResultRoutes(bot, store, safety or SafetyPolicy())
         self.progress_interval = progress_interval
         self.sweep_interval = sweep_interval
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
@@ -83,8 +89,11 @@ class Deliveries:
         self._last_progress: dict[int, float] = {}
         self._progress_busy: set[int] = set()
         self._silent: set[int] = set()  # jobs whose token stopped answering progress edits
-        self._failures: collections.Counter[int] = collections.Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._delivering: set[int] = set()  # jobs with a delivery task under way
+        # Results Discord took whose delivery is not yet written down (the database was away).
+        self._sent: dict[int, tuple[Way, int | None, DeliveryRecord, JobView]] = {}
+        self._unexpected: collections.Counter[int] = collections.Counter()
         self._subscribed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -96,11 +105,11 @@ class Deliveries:
         self._spawn(self._sweep(), "deliveries-sweep")
 
     async def drain(self, seconds: float) -> None:
-        """Deliver what has ended before the bot goes; what is left goes out at the next start."""
+        """Deliver what is due before the bot goes; what is left goes out at the next start."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                for delivery in await self.outbox.pending():
-                    await self.deliver(delivery.job_id)
+                due = await self.outbox.due(SWEEP_BATCH)
+                await asyncio.gather(*(self.deliver(d.job_id) for d in due))
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -127,18 +136,28 @@ class Deliveries:
                 self._on_event(event)
 
     async def _sweep(self) -> None:
-        """Deliver every ended, undelivered job: at start, and then now and again, so a result
-        whose delivery failed (or that another process finished) still goes out."""
+        """Start delivering every due result (its job ended, its backoff is over), oldest due
+        first: at start, and then every ``sweep_interval``. Each goes in its own task, so one
+        slow try (discord.py retries a webhook's 5xx for ~25 s) holds up no other."""
         while True:
             try:
-                for delivery in await self.outbox.pending():
-                    if self._failures[delivery.job_id] < MAX_FAILURES:
-                        await self.deliver(delivery.job_id)
+                for job_id in list(self._sent):  # sent, not yet written down
+                    self._start_delivery(job_id)
+                due = await self.outbox.due(SWEEP_BATCH + len(self._delivering))
+                for delivery in due:
+                    self._start_delivery(delivery.job_id)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("delivery sweep failed; trying again")
+            except Exception as error:
+                logger.warning("delivery sweep failed (%s); trying again", error)
             await asyncio.sleep(self.sweep_interval)
+
+    def _start_delivery(self, job_id: int) -> None:
+        if job_id in self._delivering:
+            return
+        self._delivering.add(job_id)
+        task = self._spawn(self.deliver(job_id), f"deliver-{job_id}")
+        task.add_done_callback(lambda _: self._delivering.discard(job_id))
 
     def _on_event(self, event: JobEvent) -> None:
         if isinstance(event, JobProgress):
@@ -152,7 +171,7 @@ class Deliveries:
             self._progress_busy.add(job_id)
             self._spawn(self._progress(event), f"progress-{job_id}")
         elif isinstance(event, JobSucceeded | JobFailed | JobCancelled):
-            self._spawn(self.deliver(event.job_id), f"deliver-{event.job_id}")
+            self._start_delivery(event.job_id)
 
     # -- acknowledgements ------------------------------------------------------------------
 
@@ -173,22 +192,14 @@ class Deliveries:
 
     async def show_queued(self, job_id: int, message: Message) -> None:
         """Put the queue place on the response, unless the result got there first."""
-        async with self._locks[job_id]:
-            delivery = await self.outbox.get(job_id)
-            if delivery is None or delivery.delivered_at is not None:
-                return
-            with contextlib.suppress(discord.HTTPException):
-                await self._webhook(delivery).edit_message(
-                    delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                    **message.edit_kwargs(),
-                )
+        await self._best_effort(job_id, message)
 
     # -- progress --------------------------------------------------------------------------
 
     async def _progress(self, event: JobProgress) -> None:
         try:
             delivery = await self.outbox.get(event.job_id)
-            if delivery is None or delivery.delivered_at is not None:
+            if delivery is None or delivery.state != DeliveryState.PENDING:
                 return
             if not token_valid(delivery, utcnow()):
                 self._silent.add(event.job_id)
@@ -198,202 +209,202 @@ class Deliveries:
                 return  # not answered yet: the response does not exist to edit
             preview = None
             if event.preview_png:
-                fitted = await asyncio.to_thread(fit_file, event.preview_png, _edit_limit(delivery))
+                limit = delivery.attachment_size_limit or DEFAULT_FILE_LIMIT
+                fitted = await asyncio.to_thread(fit_file, event.preview_png, limit)
                 preview = Upload(f"preview.{fitted.extension}", fitted.data)
             message = messages.progress(job, event.step, event.total, preview)
-            async with self._locks[event.job_id]:
-                current = await self.outbox.get(event.job_id)
-                if current is None or current.delivered_at is not None:
-                    return  # the result got there first: never paint progress over it
-                await self._webhook(delivery).edit_message(
-                    delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                    **message.edit_kwargs(keep_files=True),  # no new preview: keep the last
-                )
-        except discord.HTTPException as error:
-            if _gone(error):
-                self._silent.add(event.job_id)
-            else:
-                logger.warning("progress edit for job %s failed: %s", event.job_id, error)
+            await self._best_effort(event.job_id, message, keep_files=True)
+        except Exception as error:  # a hint lost: the result does not depend on it
+            logger.info("progress of job %s not shown: %s", event.job_id, error)
         finally:
             self._progress_busy.discard(event.job_id)
+
+    async def _best_effort(
+        self, job_id: int, message: Message, *, keep_files: bool = False
+    ) -> None:
+        """Edit the response, unless the result is on its way or there: never waits for the
+        result, never holds it up (a slow edit is dropped), never paints over it."""
+        lock = self._locks[job_id]
+        if lock.locked():
+            return
+        async with lock:
+            delivery = await self.outbox.get(job_id)
+            if delivery is None or delivery.state != DeliveryState.PENDING or job_id in self._sent:
+                return
+            try:
+                async with asyncio.timeout(PROGRESS_SECONDS):
+                    await self.routes.webhook(delivery).edit_message(
+                        delivery.original_message_id or "@original",  # type: ignore[arg-type]
+                        **message.edit_kwargs(keep_files=keep_files),
+                    )
+            except (discord.HTTPException, *NETWORK_ERRORS) as error:
+                if isinstance(error, discord.HTTPException) and (
+                    error.code in TOKEN_GONE or error.status == 401
+                ):
+                    self._silent.add(job_id)
+                elif passing(error):  # Discord is away: no progress for a while
+                    self._last_progress[job_id] = time.monotonic() + PROGRESS_PAUSE
+                logger.info("job %s: progress not shown: %s", job_id, error)
 
     # -- results ---------------------------------------------------------------------------
 
     async def deliver(self, job_id: int) -> None:
-        """Send a finished job's result where it belongs, once."""
+        """Send a finished job's result where it belongs, once. A passing failure records the
+        try and when to try again; any other ends the delivery with the reason."""
         try:
             await self._deliver(job_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            self._failures[job_id] += 1
-            logger.exception(
-                "could not deliver job %s (attempt %d)", job_id, self._failures[job_id]
-            )
+        except Exception as error:
+            await self._later(job_id, error)
+
+    async def _later(self, job_id: int, error: Exception) -> None:
+        """A try failed: again after the backoff, however long Discord or the network is
+        away; an error of ours (not Discord's, not the network's) only ``UNEXPECTED_TRIES``
+        times in this process, then the delivery ends with it."""
+        expected = passing(error)
+        if not expected:
+            logger.error("could not deliver job %s", job_id, exc_info=error)
+            self._unexpected[job_id] += 1
+        why = f"{type(error).__name__}: {error}"[:500]
+        try:
+            delivery = await self.outbox.get(job_id)
+            if delivery is None or delivery.state != DeliveryState.PENDING:
+                return
+            if self._unexpected[job_id] >= UNEXPECTED_TRIES and job_id not in self._sent:
+                job = (await self.service.job(job_id)).job
+                await self.outbox.give_up(
+                    job, f"an error on our side, {UNEXPECTED_TRIES} times: {why}"
+                )
+                self._forget(job_id)
+                return
+            delay = await self.outbox.retry_later(delivery, why)
+        except Exception as recording:  # the database is away too: the row is still held
+            logger.warning("job %s: could not record the failed delivery: %s", job_id, recording)
+            return
+        logger.warning(
+            "job %s: delivery %d failed (%s); next try in %.0f s",
+            job_id,
+            delivery.attempts + 1,
+            error,
+            delay,
+        )
 
     async def _deliver(self, job_id: int) -> None:
         first = await self.outbox.get(job_id)
-        if first is None or first.delivered_at is not None:
-            return  # not the bot's (a command-line job), or already out: no state kept for it
+        if first is None or first.state != DeliveryState.PENDING:
+            return  # not the bot's (a command-line job), or already ended: nothing to do
         view = await self.service.job(job_id)
+        if not view.job.is_terminal:
+            return
         await self._wait_answered(view.job.interaction_id)
         async with self._locks[job_id]:
-            delivery = await self.outbox.get(job_id)
-            if delivery is None or delivery.delivered_at is not None:
+            sent = self._sent.get(job_id)
+            if sent is None:
+                # The try holds the row, so no other process (and no later sweep, should the
+                # write below fail) sends it meanwhile.
+                if not await self.outbox.claim(job_id, CLAIM_SECONDS):
+                    return  # not due (its backoff, another process), or no longer pending
+                delivery = await self.outbox.get(job_id)
+                assert delivery is not None
+                view = await self.service.job(job_id)
+                try:
+                    way, message_id = await self._send(delivery, view)
+                except Undeliverable as nowhere:
+                    await self._undeliverable(view, str(nowhere))
+                    return
+                except asyncio.CancelledError:  # stopping: due again now, not after the hold
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self.outbox.release(job_id))
+                    raise
+                # Sent: should the write fail, later tries only write it down.
+                sent = self._sent[job_id] = (way, message_id, delivery, view)
+            way, message_id, delivery, view = sent
+            marked = await self.outbox.mark_delivered(job_id, message_id, way)
+            del self._sent[job_id]
+            if not marked:  # another process delivered it, or a moderator deleted the job
+                await self._withdraw(job_id, way, message_id, delivery, view)
+                self._forget(job_id)
                 return
-            view = await self.service.job(job_id)
-            if not view.job.is_terminal:
-                return
-            message_id = None
             if (view.job.error or "").startswith(CONTENT_REFUSED):
-                await self._tell_requester_only(delivery, view)
+                await self.routes.remove_progress(delivery, way)
             else:
-                if token_valid(delivery, utcnow()):
-                    message_id = await self._edit_response(delivery, view)
-                if message_id is None:
-                    message_id = await self._post(delivery, view)
-            await self.outbox.mark_delivered(job_id, message_id)
-            if self._action(view) == "withhold":
+                await self.routes.replace_progress(delivery, view, way)
+            if self.routes.action(view) == "withhold":
                 await self._tell_moderators(view)
+        self._forget(job_id)
+        logger.info("job %s delivered by %s as message %s", job_id, way, message_id)
+
+    async def _send(self, delivery: DeliveryRecord, view: JobView) -> tuple[Way, int | None]:
+        if (view.job.error or "").startswith(CONTENT_REFUSED):
+            return await self._tell_requester_only(delivery, view)
+        return await self.routes.send(delivery, view)
+
+    async def _withdraw(
+        self, job_id: int, way: Way, message_id: int | None, delivery: DeliveryRecord, view: JobView
+    ) -> None:
+        """The row says the result went elsewhere, or must not go: what this try sent goes."""
+        now = await self.outbox.get(job_id)
+        if now is not None and now.result_message_id == message_id:
+            return
+        logger.warning("job %s: withdrawing a result sent twice or too late (%s)", job_id, way)
+        await self.routes.withdraw(delivery, view, way, message_id)
+
+    async def _undeliverable(self, view: JobView, reason: str) -> None:
+        """No way took the result: recorded with why (``/job``, ``/admin job``, the
+        ``delivery_failed`` event), and the moderators are told, the member cannot be."""
+        job = view.job
+        logger.error("job %s: no way to deliver its result: %s", job.id, reason)
+        if await self.outbox.give_up(job, reason):
+            await self._notify_moderators(messages.undeliverable_notice(job, reason), job.id)
+        self._forget(job.id)
+
+    def _forget(self, job_id: int) -> None:
+        self._unexpected.pop(job_id, None)
         self._locks.pop(job_id, None)
         self._last_progress.pop(job_id, None)
         self._silent.discard(job_id)
-        logger.info("job %s delivered as message %s", job_id, message_id)
 
-    async def _tell_requester_only(self, delivery: DeliveryRecord, view: JobView) -> None:
+    async def _tell_requester_only(
+        self, delivery: DeliveryRecord, view: JobView
+    ) -> tuple[Way, int | None]:
         """An image API refused the request: only the requester hears of it, without the
         reason. The public "thinking…" answer cannot turn ephemeral, so it goes."""
         message = messages.content_refused(view.job)
         if token_valid(delivery, utcnow()):
-            webhook = self._webhook(delivery)
-            with contextlib.suppress(discord.HTTPException):
+            webhook = self.routes.webhook(delivery)
+            try:
                 await webhook.delete_message(
                     delivery.original_message_id or "@original"  # type: ignore[arg-type]
                 )
-            with contextlib.suppress(discord.HTTPException):
-                await webhook.send(**message.send_kwargs(), ephemeral=True)
-                return
-        channel = await self.bot.create_dm(discord.Object(view.job.user_id))
-        await channel.send(**message.send_kwargs())
-
-    async def _edit_response(self, delivery: DeliveryRecord, view: JobView) -> int | None:
-        """Edit the interaction's response into the result; None if the token is refused."""
-        webhook = self._webhook(delivery)
-
-        def edit(result: Message) -> Awaitable[discord.WebhookMessage]:
-            return webhook.edit_message(
-                delivery.original_message_id or "@original",  # type: ignore[arg-type]
-                **result.edit_kwargs(),
-            )
-
-        try:
-            message = await self._send_result(view, _edit_limit(delivery), edit)
-        except discord.HTTPException as error:
-            if not _gone(error):
-                raise
-            logger.info("job %s: the interaction answered %s; posting instead", view.job.id, error)
-            return None
-        return message.id
-
-    async def _post(self, delivery: DeliveryRecord, view: JobView) -> int:
-        """A channel message replying to the request (or its parent's result)."""
-        job = view.job
-        if delivery.channel_id is None:
-            raise LookupError(f"job {job.id} has no channel to post its result to")
-        channel = self.bot.get_partial_messageable(delivery.channel_id)
-        reply_to = delivery.reply_to_message_id or delivery.original_message_id
-        reference = (
-            discord.MessageReference(
-                message_id=reply_to, channel_id=delivery.channel_id, fail_if_not_exists=False
-            )
-            if reply_to
-            else None
-        )
-        guild = self.bot.get_guild(job.guild_id) if job.guild_id else None
-        limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
-
-        def post(result: Message) -> Awaitable[discord.Message]:
-            return channel.send(
-                **result.send_kwargs(),
-                reference=reference or discord.utils.MISSING,
-                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
-                # Discord answers a repeated nonce with the first message: a retry after a
-                # crash between sending and recording cannot post twice.
-                nonce=f"imagine-job-{job.id}",
-            )
-
-        message = await self._send_result(view, limit, post, mention=f"<@{job.user_id}>")
-        return message.id
-
-    def _webhook(self, delivery: DeliveryRecord) -> discord.Webhook:
-        """The interaction's webhook: the application's own, so it may answer ephemerally."""
-        webhook = discord.Webhook.partial(
-            delivery.application_id, delivery.interaction_token, client=self.bot
-        )
-        webhook.type = discord.WebhookType.application
-        return webhook
-
-    def _action(self, view: JobView) -> str | None:
-        """The guild's safety action when an image of the job is flagged and not approved."""
-        if any(image.review in UNSETTLED for image in view.images):
-            return self.safety.for_guild(view.job.guild_id)
-        return None
-
-    async def _send_result(
-        self,
-        view: JobView,
-        limit: int,
-        send: Callable[[Message], Awaitable[T]],
-        mention: str | None = None,
-    ) -> T:
-        """Send the result with its file made to fit ``limit`` bytes. Should Discord still
-        answer that the file is too large (40005: the server lost its boosts, say), again at
-        half the size it refused, and at last without the file, saying so."""
-        action = self._action(view)
-        data = await self._file_bytes(view, action)
-        for attempt in range(FILE_TRIES + 1):
-            fitted = None
-            if data is not None and attempt < FILE_TRIES:
-                with contextlib.suppress(TooLargeToFit):
-                    fitted = await asyncio.to_thread(fit_file, data, limit)
-            result = messages.result(
-                view,
-                action=action,
-                fitted=fitted,
-                mention=mention,
-                unattached=data is not None and fitted is None,
-            )
-            try:
-                return await send(result)
             except discord.HTTPException as error:
-                if error.code != FILE_TOO_LARGE or fitted is None:
+                if passing(error):
                     raise
-                logger.warning(
-                    "job %s: Discord refused a %d-byte file; trying smaller",
-                    view.job.id,
-                    len(fitted.data),
-                )
-                limit = len(fitted.data) // 2
-        raise AssertionError("unreachable: the last try sends no file")
-
-    async def _file_bytes(self, view: JobView, action: str | None) -> bytes | None:
-        """The grid (or the one image) as stored, if the result shows one."""
-        job = view.job
-        if job.status != JobStatus.SUCCEEDED or not view.images or action == "withhold":
-            return None
-        key = view.images[0].path if len(view.images) == 1 else grid_key(job.id, job.attempts)
-        return await asyncio.to_thread(self.store.get, key)
+            try:
+                await webhook.send(**message.send_kwargs(), ephemeral=True)
+                return Way.RESPONSE, None
+            except discord.HTTPException as error:
+                if passing(error):
+                    raise
+                logger.info("job %s: the refusal cannot go as an answer: %s", view.job.id, error)
+        try:
+            channel = await self.bot.create_dm(discord.Object(view.job.user_id))
+            sent = await channel.send(**message.send_kwargs(), nonce=f"imagine-dm-{view.job.id}")
+        except discord.HTTPException as error:
+            if passing(error):
+                raise
+            raise Undeliverable(f"direct message: {why(error)}") from error
+        return Way.DM, sent.id
 
     async def _tell_moderators(self, view: JobView) -> None:
+        await self._notify_moderators(messages.moderators_notice(view), view.job.id)
+
+    async def _notify_moderators(self, message: Message, job_id: int) -> None:
+        """Best effort: the record (an event) is what keeps it."""
         if self.moderation_channel_id is None:
             return
         channel = self.bot.get_partial_messageable(self.moderation_channel_id)
         try:
-            await channel.send(**messages.moderators_notice(view).send_kwargs())
-        except discord.HTTPException as error:
-            logger.warning("could not tell the moderators about job %s: %s", view.job.id, error)
-
-
-def _edit_limit(delivery: DeliveryRecord) -> int:
-    """What a file may weigh in answers to the delivery's interaction."""
-    return delivery.attachment_size_limit or DEFAULT_FILE_LIMIT
+            await channel.send(**message.send_kwargs())
+        except (discord.HTTPException, *NETWORK_ERRORS) as error:
+            logger.warning("could not tell the moderators about job %s: %s", job_id, error)

@@ -7,6 +7,7 @@ are paged or capped, failures are told in short classified words.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import re
@@ -163,11 +164,14 @@ def result(
     fitted: FittedFile | None,
     mention: str | None = None,
     unattached: bool = False,
+    by_dm: bool = False,
 ) -> Message:
     """A finished job: its grid (or image) with U/V/🔄, or what happened to it; ``unattached``
-    when its file could not be made to fit."""
+    when its file could not be made to fit; ``by_dm`` when the channel would not take it."""
     job = view.job
     text = result_text(job, mention) + _safety_note(action)
+    if by_dm:
+        text += "\n✉ Sent to you here: the channel you asked in would not take it."
     uploads = []
     if fitted is not None:
         prefix = "SPOILER_" if action == "spoiler" else ""
@@ -178,6 +182,12 @@ def result(
         text += _unattached_note(job)
     buttons = None if action == "withhold" else result_view(job, [i.index for i in view.images])
     return Message(content=text, view=buttons, uploads=uploads)
+
+
+def went_elsewhere(job: JobRecord, *, dm: bool) -> Message:
+    """What the request's progress message says once the result went elsewhere."""
+    where = "was sent to you by direct message" if dm else "is in a message below"
+    return plain(f"{_headline(job)}: done; the result {where}.")
 
 
 def content_refused(job: JobRecord) -> Message:
@@ -194,6 +204,14 @@ def moderators_notice(view: JobView) -> Message:
         f"Job {job.id} by <@{job.user_id}> was withheld: the safety check flagged "
         f"{len(scores)} image(s) {clip(str(scores), SCORES_SHOWN)}. Review it with "
         "`/admin flagged`."
+    )
+
+
+def undeliverable_notice(job: JobRecord, reason: str) -> Message:
+    """For the moderators: a result the bot could deliver nowhere (its member cannot be told)."""
+    return plain(
+        f"The result of job {job.id} by <@{job.user_id}> could not be delivered: "
+        f"{quote(reason, 1200)}. `/admin job id:{job.id}` shows it."
     )
 
 
@@ -234,6 +252,16 @@ def _lineage(
     return lines
 
 
+def _delivery_lines(view: JobView, *, shown: bool) -> list[str]:
+    """Where the result went, or why not: escaped with Discord timestamps (``shown``), or
+    plain for the text file."""
+    if shown:
+        line = wording.delivery(view.delivery, view.job, when, escape)
+    else:
+        line = wording.delivery(view.delivery, view.job)
+    return [f"result: {line}"] if line else []
+
+
 def job_details(
     view: JobView,
     parent: JobRecord | None,
@@ -241,14 +269,22 @@ def job_details(
     *,
     full_files: Sequence[Upload] = (),
     full_note: str = "",
+    owner: bool = False,
 ) -> Message:
-    """/job: the recipe and lineage; the full images when asked for and they fit, else a note
-    (first, so it is never the part cut)."""
+    """/job: the recipe and lineage; where its result went, for its owner only; the full images
+    when asked for and they fit, else a note (first, so it is never the part cut)."""
     note = [full_note] if full_note else []
+    if not owner:
+        view = dataclasses.replace(view, delivery=None)
     family = _lineage(view.job, parent, children, CHILDREN_SHOWN)
-    lines = [*note, *_recipe_lines(view, shown=True), *family]
+    lines = [*note, *_recipe_lines(view, shown=True), *_delivery_lines(view, shown=True), *family]
     full = "\n".join(
-        [*note, *_recipe_lines(view, shown=False), *_lineage(view.job, parent, children, None)]
+        [
+            *note,
+            *_recipe_lines(view, shown=False),
+            *_delivery_lines(view, shown=False),
+            *_lineage(view.job, parent, children, None),
+        ]
     )
     message = _with_file(lines, full, "recipe.txt")
     message.uploads.extend(full_files)
@@ -340,6 +376,7 @@ def admin_job(report: JobReport) -> Message:
         text = escape if shown else str
         result = [
             *_recipe_lines(report.view, shown=shown),
+            *_delivery_lines(report.view, shown=shown),
             *_lineage(job, report.parent, report.children, cap),
         ]
         if job.error:

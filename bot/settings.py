@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(default=4096 * 4096, ge=1)
     # Edit a message with progress at most this often (Discord rate-limits edits).
     progress_interval: float = Field(default=2.0, ge=0)
+    # A result Discord did not take for a passing reason is tried again after this many
+    # seconds, doubling each time up to the cap (with jitter); every due result is looked at
+    # every delivery_sweep_interval seconds.
+    delivery_retry_base: float = Field(default=5.0, gt=0)
+    delivery_retry_cap: float = Field(default=300.0, gt=0)
+    delivery_sweep_interval: float = Field(default=5.0, gt=0)
     # On SIGTERM the job in hand gets this long to finish before it goes back to the queue.
     stop_grace_seconds: float = Field(default=20.0, ge=0, le=20)
     # The prompt filter: comma-separated terms, a file of one per line (``re:`` for a regex;

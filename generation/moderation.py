@@ -147,6 +147,10 @@ class Moderation:
                 raise JobStateError(f"job {job_id} has not ended ({job.status}): cancel it first")
             await uow.jobs.mark_deleted(job_id)
             await uow.images.set_job_review(job_id, Review.DELETED)
+            # A result not yet out never goes: recorded so, not left pending.
+            await uow.deliveries.give_up(
+                job_id, "the job was deleted before its result went out", tried=False
+            )
             moderator = is_admin and actor_id != job.user_id
             if moderator and job.init_image_path is not None:
                 await self._forget_upload(uow, job.init_image_path)
@@ -233,7 +237,8 @@ class Moderation:
             children = await uow.jobs.children(job_id)
             events = await uow.events.for_job(job_id)
             images = await uow.images.for_job(job_id)
-        return JobReport(JobView(job, images), parent, children, events)
+            delivery = await uow.deliveries.get(job_id)
+        return JobReport(JobView(job, images, delivery), parent, children, events)
 
     async def flagged(self, limit: int = 5) -> list[Flagged]:
         """Flagged images waiting for a moderator, oldest first."""

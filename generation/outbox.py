@@ -1,14 +1,21 @@
-"""The outbox: where each job's result goes, recorded with the job, delivered once."""
+"""The outbox: where each job's result goes, recorded with the job, delivered once.
+
+A delivery is pending until it is delivered or recorded undeliverable. It is due when its job
+ends (the queue sets ``next_try_at``); a try that meets a passing failure (Discord away, a
+timeout, a 5xx) sets the next try with exponential backoff and jitter, on the row, so a restart
+picks up where it was and an outage of any length ends with the result delivered; a result that
+can go nowhere is recorded undeliverable, with why, and a ``delivery_failed`` event.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+import random
 
 from storage.db import Database
-from storage.models import utcnow
-from storage.records import DeliveryRecord
+from storage.models import EventKind
+from storage.records import DeliveryRecord, JobRecord
 
 # An interaction token answers for 15 minutes; stop using it a little before.
 TOKEN_LIFETIME = dt.timedelta(minutes=15)
@@ -27,17 +34,30 @@ class DeliveryTarget:
     attachment_size_limit: int | None = None  # bytes a file may weigh in answers to it
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backoff:
+    """Seconds before try n + 1: ``base`` × 2ⁿ, at most ``cap``, with jitter (a half to the
+    whole), so results that failed together do not all come back at once."""
+
+    base: float = 5.0
+    cap: float = 300.0
+
+    def after(self, attempts: int) -> float:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempts - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
 def token_valid(delivery: DeliveryRecord, now: dt.datetime) -> bool:
     """Whether the interaction token should still answer (with a margin for the request)."""
     return now < delivery.interaction_at + TOKEN_LIFETIME - TOKEN_MARGIN
 
 
 class Outbox:
-    """Delivery records: read them, note the progress message, and mark a result delivered."""
+    """Delivery records: read them, note the progress message, and record how each try went."""
 
-    def __init__(self, db: Database, clock: Callable[[], dt.datetime] = utcnow) -> None:
+    def __init__(self, db: Database, backoff: Backoff | None = None) -> None:
         self.db = db
-        self.clock = clock
+        self.backoff = backoff or Backoff()
 
     async def get(self, job_id: int) -> DeliveryRecord | None:
         async with self.db.uow() as uow:
@@ -52,14 +72,59 @@ class Outbox:
             await uow.deliveries.set_original(job_id, message_id)
             await uow.commit()
 
-    async def mark_delivered(self, job_id: int, message_id: int | None) -> bool:
-        """Record that the result went out; False if that was already recorded."""
+    async def due(self, limit: int = 50) -> list[DeliveryRecord]:
+        """Results due now (on the database's clock), oldest due first."""
         async with self.db.uow() as uow:
-            marked = await uow.deliveries.mark_delivered(job_id, message_id, self.clock())
+            return await uow.deliveries.due(await uow.now(), limit)
+
+    async def claim(self, job_id: int, hold: float) -> bool:
+        """Take a due result for one try, for ``hold`` seconds at most; False if it is not due
+        (another process has it, its backoff is not over) or no longer pending."""
+        async with self.db.uow() as uow:
+            now = await uow.now()
+            taken = await uow.deliveries.claim(job_id, now, now + dt.timedelta(seconds=hold))
+            await uow.commit()
+        return taken
+
+    async def release(self, job_id: int) -> None:
+        """A try stopped half-way (the process is stopping): due again now."""
+        async with self.db.uow() as uow:
+            await uow.deliveries.release(job_id, await uow.now())
+            await uow.commit()
+
+    async def mark_delivered(self, job_id: int, message_id: int | None, via: str) -> bool:
+        """Record that the result went out (``via``: response, channel or dm); False if that
+        was already recorded."""
+        async with self.db.uow() as uow:
+            marked = await uow.deliveries.mark_delivered(job_id, message_id, await uow.now(), via)
             await uow.commit()
         return marked
 
-    async def pending(self) -> list[DeliveryRecord]:
-        """Results of ended jobs not yet delivered (after a restart, say)."""
+    async def retry_later(self, delivery: DeliveryRecord, error: str) -> float:
+        """A passing failure: the next try, after the backoff; its delay in seconds."""
+        delay = self.backoff.after(delivery.attempts + 1)
         async with self.db.uow() as uow:
-            return await uow.deliveries.undelivered()
+            when = await uow.now() + dt.timedelta(seconds=delay)
+            await uow.deliveries.tried(delivery.job_id, error[:1000], when)
+            await uow.commit()
+        return delay
+
+    async def give_up(self, job: JobRecord, reason: str) -> bool:
+        """The result can go nowhere: undeliverable, with why, and a ``delivery_failed`` event
+        (the requester's moderators and the host see it); False if no longer pending."""
+        async with self.db.uow() as uow:
+            now = await uow.now()
+            ended = await uow.deliveries.give_up(job.id, reason)
+            if ended:
+                await uow.events.add(
+                    kind=EventKind.DELIVERY_FAILED,
+                    actor_id=None,
+                    guild_id=job.guild_id,
+                    target_user_id=job.user_id,
+                    job_id=job.id,
+                    reason=reason,
+                    details={"channel_id": job.channel_id},
+                    created_at=now,
+                )
+                await uow.commit()
+        return ended

@@ -30,7 +30,7 @@ from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobKind, JobStatus, utcnow
 from storage.queue import Waiting
-from storage.records import ImageRecord, JobRecord, UserRecord
+from storage.records import DeliveryRecord, ImageRecord, JobRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class _Upload:
 class JobView:
     job: JobRecord
     images: list[ImageRecord]
+    # Where its result went, for a job the bot delivers (None for the command line's).
+    delivery: DeliveryRecord | None = None
 
 
 def _api_takes_images(model: ModelInfo) -> bool:
@@ -475,7 +477,7 @@ class GenerationService:
                 raise NotAllowed(f"job {job_id} is not yours to cancel")
             if job.is_terminal:
                 raise JobStateError(f"job {job_id} has already ended ({job.status})")
-            updated = await uow.queue.request_cancel(job_id, self.clock())
+            updated = await uow.queue.request_cancel(job_id, await uow.now())
             await uow.commit()
         assert updated is not None
         return updated
@@ -492,15 +494,18 @@ class GenerationService:
         async with self.db.uow() as uow:
             job = await self._get(uow, job_id)
             images = await uow.images.for_job(job_id)
-        return JobView(job, images)
+            delivery = await uow.deliveries.get(job_id)
+        return JobView(job, images, delivery)
 
     async def recent(
         self, *, user_id: int | None = None, status: str | None = None, limit: int = 20
     ) -> list[JobView]:
         async with self.db.uow() as uow:
             jobs = await uow.jobs.recent(user_id=user_id, status=status, limit=limit)
-            images = await uow.images.for_jobs([job.id for job in jobs])
-        return [JobView(job, images[job.id]) for job in jobs]
+            ids = [job.id for job in jobs]
+            images = await uow.images.for_jobs(ids)
+            deliveries = await uow.deliveries.for_jobs(ids)
+        return [JobView(job, images[job.id], deliveries.get(job.id)) for job in jobs]
 
     @staticmethod
     async def _get(uow: UnitOfWork, job_id: int) -> JobRecord:

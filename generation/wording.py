@@ -3,12 +3,14 @@ line, durations, what a job is, its recipe, and what a user is told when it fail
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from generation.openai_engine import CONTENT_REFUSED
-from storage.models import JobKind
+from storage.models import DeliveryState, JobKind
 from storage.queue import LEASE_EXPIRED_ERROR
-from storage.records import ImageRecord, JobRecord
+from storage.records import DeliveryRecord, ImageRecord, JobRecord
 
 if TYPE_CHECKING:
     from generation.service import JobView, Submission
@@ -95,3 +97,35 @@ def recipe_fields(view: JobView) -> list[tuple[str, str]]:
 
 def _image_field(image: ImageRecord) -> tuple[str, str]:
     return f"image {image.index + 1}", f"seed {image.seed}, sha256 {image.sha256}"
+
+
+DELIVERED_VIA = {
+    "response": "as the answer to the command",
+    "channel": "in the channel",
+    "dm": "by direct message",
+}
+
+
+def delivery(
+    record: DeliveryRecord | None,
+    job: JobRecord,
+    moment: Callable[[dt.datetime], str] = lambda at: at.isoformat(timespec="seconds"),
+    text: Callable[[str], str] = str,
+) -> str | None:
+    """Where a job's result went, or why it has not (None: nobody delivers it, or its job has
+    not ended). ``moment`` writes a time for the reader, ``text`` the errors recorded."""
+    if record is None:
+        return None
+    if record.state == DeliveryState.DELIVERED:
+        via = DELIVERED_VIA.get(record.delivered_via or "", "")
+        at = f" {moment(record.delivered_at)}" if record.delivered_at else ""
+        return f"delivered {via}{at}".replace("  ", " ")
+    if record.state == DeliveryState.UNDELIVERABLE:
+        return f"could not be delivered: {text(record.last_error or 'no reason recorded')}"
+    if not job.is_terminal:
+        return None
+    if record.attempts == 0:
+        return "on its way"
+    tries = "once" if record.attempts == 1 else f"{record.attempts} times"
+    later = f"; next try {moment(record.next_try_at)}" if record.next_try_at else ""
+    return f"not delivered yet: tried {tries} (last: {text(record.last_error or '')}){later}"

@@ -211,6 +211,7 @@ class EventKind(enum.StrEnum):
     CONTENT_REFUSED = "content_refused"  # an image API refused the request
     IMAGE_FLAGGED = "image_flagged"
     IMAGE_APPROVED = "image_approved"
+    DELIVERY_FAILED = "delivery_failed"  # a result Discord would take nowhere
     BAN = "ban"
     UNBAN = "unban"
     QUOTA = "quota"
@@ -228,6 +229,12 @@ class Usage(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    UNDELIVERABLE = "undeliverable"  # every way was refused: last_error says why
+
+
 class Delivery(Base):
     """Where a job's result goes, and whether it got there: the outbox of the Discord bot.
 
@@ -237,6 +244,7 @@ class Delivery(Base):
     """
 
     __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_state_next_try_at", "state", "next_try_at"),)
 
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     application_id: Mapped[int] = mapped_column(BigInteger)
@@ -252,6 +260,13 @@ class Delivery(Base):
     # The largest file Discord takes in answers to the interaction (it says so in each one);
     # None for rows from before it was kept.
     attachment_size_limit: Mapped[int | None] = mapped_column(BigInteger)
+    # The outbox's own state: due from next_try_at (set when the job ends, then by backoff),
+    # tried attempts times, the last error; where it went in the end.
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_try_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_via: Mapped[str | None] = mapped_column(String(16))
 
 
 class WorkerRow(Base):

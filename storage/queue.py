@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Job, JobStatus, User
+from storage.models import Delivery, DeliveryState, Job, JobStatus, User
 from storage.records import JobRecord, Lease, Renewal, to_record
 
 # The error of a job whose lease ran out on its last attempt.
@@ -110,6 +110,17 @@ class JobQueue:
         rows = [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in result]
         return fair_order(rows, self.policy)
 
+    async def due(self, job_ids: Sequence[int], now: dt.datetime) -> None:
+        """The jobs ended: their results (if the bot delivers them) are due now."""
+        if not job_ids:
+            return
+        await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id.in_(job_ids), Delivery.state == DeliveryState.PENDING)
+            .values(next_try_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
     async def waiting_count(self, model_ids: Sequence[str]) -> int:
         """Queued jobs for these models, held back or not."""
         count = await self._session.scalar(
@@ -165,7 +176,7 @@ class JobQueue:
         those out of attempts or runs. The ids of the jobs failed, for their users to hear."""
         expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
         # A job whose user cancelled it while its worker was silent ends cancelled.
-        await self._session.execute(
+        cancelled = await self._session.scalars(
             update(Job)
             .where(*expired, Job.cancel_requested.is_(True))
             .values(
@@ -174,8 +185,10 @@ class JobQueue:
                 lease_owner=None,
                 lease_expires_at=None,
             )
+            .returning(Job.id)
             .execution_options(synchronize_session=False)
         )
+        await self.due(list(cancelled), now)
         spent = (Job.attempts >= Job.max_attempts) | (Job.runs >= 2 * Job.max_attempts)
         failed = await self._session.scalars(
             update(Job)
@@ -191,6 +204,7 @@ class JobQueue:
             .execution_options(synchronize_session=False)
         )
         failed_ids = list(failed)
+        await self.due(failed_ids, now)
         await self._session.execute(
             update(Job)
             .where(*expired, ~spent)
@@ -299,6 +313,7 @@ class JobQueue:
         ended = result.one_or_none()
         if ended is None:
             return False
+        await self.due([lease.job_id], now)
         if unrun > 0:
             user_id, cost, weight = ended
             await self._session.execute(
@@ -346,6 +361,7 @@ class JobQueue:
             reason = TOO_MANY_RUNS_ERROR.format(runs=runs) + (f" ({error})" if error else "")
         if reason is not None:
             fields |= {"status": JobStatus.FAILED, "finished_at": now, "error": reason}
+            await self.due([lease.job_id], now)
         else:
             fields |= {"status": JobStatus.QUEUED, "not_before": not_before, "error": error}
         if not run_counts:  # an image API's wait: remember when the waiting began
@@ -362,12 +378,14 @@ class JobQueue:
 
     async def request_cancel(self, job_id: int, now: dt.datetime) -> JobRecord | None:
         """Cancel a waiting job at once; ask a running one to stop at its next step."""
-        await self._session.execute(
+        cancelled = await self._session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
             .values(status=JobStatus.CANCELLED, finished_at=now)
             .execution_options(synchronize_session=False)
         )
+        if getattr(cancelled, "rowcount", 0):
+            await self.due([job_id], now)
         await self._session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)

@@ -116,6 +116,11 @@ class DeliveryRecord:
     result_message_id: int | None
     delivered_at: dt.datetime | None
     attachment_size_limit: int | None
+    state: str
+    attempts: int
+    next_try_at: dt.datetime | None
+    last_error: str | None
+    delivered_via: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import (
-    TERMINAL_STATUSES,
     Base,
     Delivery,
+    DeliveryState,
     Guild,
     Image,
     Job,
@@ -348,6 +348,10 @@ class DeliveryRepository:
         row = await self._session.get(Delivery, job_id, populate_existing=True)
         return to_record(DeliveryRecord, row) if row else None
 
+    async def for_jobs(self, job_ids: Sequence[int]) -> dict[int, DeliveryRecord]:
+        rows = await self._session.scalars(select(Delivery).where(Delivery.job_id.in_(job_ids)))
+        return {row.job_id: to_record(DeliveryRecord, row) for row in rows}
+
     async def by_message(self, message_id: int) -> DeliveryRecord | None:
         """The delivery whose result (or progress) message this is."""
         row = await self._session.scalar(
@@ -363,25 +367,77 @@ class DeliveryRepository:
             update(Delivery).where(Delivery.job_id == job_id).values(original_message_id=message_id)
         )
 
-    async def mark_delivered(self, job_id: int, message_id: int | None, at: dt.datetime) -> bool:
-        """Record the delivery once; False if it was already recorded."""
+    async def mark_delivered(
+        self, job_id: int, message_id: int | None, at: dt.datetime, via: str = "response"
+    ) -> bool:
+        """Record the delivery once; False if it was already recorded (fenced on the state)."""
         result = await self._session.execute(
             update(Delivery)
-            .where(Delivery.job_id == job_id, Delivery.delivered_at.is_(None))
-            .values(delivered_at=at, result_message_id=message_id)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+            .values(
+                state=DeliveryState.DELIVERED,
+                delivered_at=at,
+                result_message_id=message_id,
+                delivered_via=via,
+                next_try_at=None,
+            )
         )
         return bool(getattr(result, "rowcount", 0))
 
-    async def undelivered(self) -> list[DeliveryRecord]:
-        """Deliveries of jobs that have ended but whose result has not gone out."""
+    async def give_up(self, job_id: int, reason: str, *, tried: bool = True) -> bool:
+        """Record that the result can go nowhere, and why (``tried``: a try found so); False
+        if it was no longer pending."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+            .values(
+                state=DeliveryState.UNDELIVERABLE,
+                last_error=reason,
+                delivered_at=None,
+                next_try_at=None,
+                attempts=Delivery.attempts + int(tried),
+            )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def claim(self, job_id: int, now: dt.datetime, until: dt.datetime) -> bool:
+        """Take a due delivery for one try: not due again before ``until`` (so another process,
+        or this one after a lost write, does not send it meanwhile); False if it is not due or
+        not pending."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(
+                Delivery.job_id == job_id,
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_try_at <= now,
+            )
+            .values(next_try_at=until)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def release(self, job_id: int, now: dt.datetime) -> None:
+        await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+            .values(next_try_at=now)
+        )
+
+    async def tried(self, job_id: int, error: str, next_try_at: dt.datetime) -> None:
+        """A try that met a passing failure: when to try again, and what it met."""
+        await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
+            .values(attempts=Delivery.attempts + 1, last_error=error, next_try_at=next_try_at)
+        )
+
+    async def due(self, now: dt.datetime, limit: int = 50) -> list[DeliveryRecord]:
+        """Pending results that are due (their job ended; their backoff is over), oldest due
+        first, through the (state, next_try_at) index."""
         rows = await self._session.scalars(
             select(Delivery)
-            .join(Job, Job.id == Delivery.job_id)
-            .where(
-                Delivery.delivered_at.is_(None),
-                Job.status.in_(TERMINAL_STATUSES - {JobStatus.DELETED}),
-            )
-            .order_by(Delivery.job_id)
+            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_try_at <= now)
+            .order_by(Delivery.next_try_at, Delivery.job_id)
+            .limit(limit)
         )
         return [to_record(DeliveryRecord, row) for row in rows]
 

@@ -95,6 +95,20 @@ async def running_bot(
             runtime.engine = None  # the session's engine outlives this bot
 
 
+async def settled_delivery(running: RunningBot, job_id: int, seconds: float = 60.0) -> Any:
+    """A job's delivery row once it is no longer pending: it is marked just after Discord
+    answered, so a test that saw the message must wait for the row."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        delivery = await running.bot.outbox.get(job_id)
+        assert delivery is not None, f"job {job_id} has no delivery row"
+        if delivery.state != "pending":
+            return delivery
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"job {job_id}'s delivery still pending after {seconds:g} s")
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def api() -> AsyncIterator[FakeImagesAPI]:
     """The local image API (OpenAI's images endpoints)."""
@@ -115,4 +129,4 @@ async def bot(
         yield running
 
 
-__all__ = ["RunningBot", "bot_settings", "running_bot", "yarl"]
+__all__ = ["RunningBot", "bot_settings", "running_bot", "settled_delivery", "yarl"]

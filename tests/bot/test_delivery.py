@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.bot.conftest import RunningBot
+from tests.bot.conftest import RunningBot, settled_delivery
 from tests.bot.test_imagine import png_of
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import Interaction
@@ -55,8 +55,8 @@ async def test_a_result_whose_token_died_is_posted_to_the_channel_as_a_reply_whe
     job_id = json.loads(png_of(server, message).text["imagine-bot"])["job_id"]
     assert len(server.buttons(message)) == 9
     assert results_for(server, job_id) == [message]
-    delivery = await bot.bot.outbox.get(job_id)
-    assert delivery is not None and delivery.result_message_id == int(message["id"])
+    delivery = await settled_delivery(bot, job_id)
+    assert (delivery.result_message_id, delivery.delivered_via) == (int(message["id"]), "channel")
 
 
 async def test_429s_a_502_and_a_dropped_gateway_mid_job_still_deliver_exactly_once(

@@ -15,7 +15,7 @@ from PIL import Image
 from bot.settings import Settings
 from generation.embedded.world import Scene, draw
 from generation.imaging import read_recipe
-from tests.bot.conftest import RunningBot, bot_settings, running_bot
+from tests.bot.conftest import RunningBot, bot_settings, running_bot, settled_delivery
 from tests.bot.test_imagine import NINE_BUTTONS
 from tests.bot.test_moderation import FixedScores
 from tests.bot.test_openai import with_dall_e_2
@@ -115,8 +115,8 @@ async def test_a_file_discord_still_refuses_goes_smaller_and_at_last_without_a_f
         assert "could not be attached" in result["content"]
         assert len(refused) == 3, "three smaller files, then none"
     assert sorted(server.buttons(result)) == sorted(NINE_BUTTONS)
-    delivery = await bot.bot.outbox.get(1)
-    assert delivery is not None and delivery.delivered_at is not None
+    delivery = await settled_delivery(bot, 1)
+    assert delivery.delivered_at is not None
 
 
 async def test_an_api_grid_and_upscale_over_64_kib_arrive_within_it_carrying_their_recipe(

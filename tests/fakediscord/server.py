@@ -156,6 +156,11 @@ class FakeDiscord:
         self.attachment_size_limit = rules.DEFAULT_FILE_LIMIT
         self.premium_tier = 0  # no boosts: 10 MiB files in its channels
         self.injections: list[Injection] = []
+        # Discord away: until this time.monotonic(), every REST route answers 503.
+        self.outage_until = 0.0
+        self.forbidden_channels: set[int] = set()  # the bot lost Send Messages there
+        self.deleted_channels: set[int] = set()
+        self.closed_dms: set[int] = set()  # users who take no DMs from the server's members
         self.identifies = 0
         self.resumes = 0
         self.frames: list[dict[str, Any]] = []
@@ -204,6 +209,31 @@ class FakeDiscord:
     ) -> None:
         """Answer the next ``times`` requests matching ``path`` (a regex) with ``status``."""
         self.injections.append(Injection(method, re.compile(path), status, times, retry_after))
+
+    def outage(self, seconds: float) -> None:
+        """Discord is away for ``seconds``: every REST route answers 503, as its edge does."""
+        self.outage_until = time.monotonic() + seconds
+
+    @property
+    def away(self) -> bool:
+        return time.monotonic() < self.outage_until
+
+    def forbid(self, channel_id: int) -> None:
+        """The bot loses Send Messages in the channel: posts there answer 403/50013. (An
+        interaction's own response is not a channel post, and still works.)"""
+        self.forbidden_channels.add(channel_id)
+
+    def delete_channel(self, channel_id: int) -> None:
+        """The channel is deleted, with its messages: its routes answer 404/10003, and the
+        responses of interactions made there are gone (10008)."""
+        self.deleted_channels.add(channel_id)
+        for message_id, stored in list(self.messages.items()):
+            if int(stored["channel_id"]) == channel_id:
+                self._remove(message_id)
+
+    def close_dms(self, user: FakeUser) -> None:
+        """The member takes no direct messages from the server's members: 403/50007."""
+        self.closed_dms.add(user.id)
 
     def expire(self, interaction: Interaction, *, refused: bool = False) -> None:
         """Make an interaction's token dead: expired (15 minutes passed) or refused (401)."""
@@ -328,6 +358,12 @@ class FakeDiscord:
         ):
             call.status = 401
             return api_error(401, 0, "401: Unauthorized")
+        if self.away:
+            call.status = 503
+            # Discord's edge, not its API, answers: plain text, no JSON error.
+            return web.Response(
+                status=503, text="upstream connect error or disconnect/reset before headers"
+            )
         for injection in self.injections:
             if (
                 injection.times > 0
@@ -592,6 +628,7 @@ class FakeDiscord:
 
     def _channel_message(self, match: re.Match[str]) -> int:
         """A message through the channel routes: ephemeral ones are not there for the bot."""
+        self._open_channel(match)
         message_id = int(match["message"])
         stored = self.messages.get(message_id)
         if stored is None or stored["flags"] & EPHEMERAL:
@@ -679,6 +716,8 @@ class FakeDiscord:
             raise ApiError(404, 10015, "Unknown Webhook")
         if interaction.refused or not interaction.alive():
             raise ApiError(401, 50027, "Invalid Webhook Token")
+        if interaction.channel_id in self.deleted_channels:
+            raise ApiError(404, 10003, "Unknown Channel")
         return interaction
 
     def _webhook_message(self, match: re.Match[str]) -> int:
@@ -718,10 +757,16 @@ class FakeDiscord:
         )
         return json_response(created)
 
+    def _open_channel(self, match: re.Match[str]) -> int:
+        channel_id = int(match["channel"])
+        if channel_id in self.deleted_channels:
+            raise ApiError(404, 10003, "Unknown Channel")
+        return channel_id
+
     async def _channel(
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
-        channel_id = int(match["channel"])
+        channel_id = self._open_channel(match)
         if channel_id == self.channel_id:
             return json_response(text_channel(channel_id, self.guild_id, "imagine"))
         if channel_id in self.dm_channels:
@@ -730,9 +775,13 @@ class FakeDiscord:
         return api_error(404, 10003, "Unknown Channel")
 
     async def _send(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
-        channel_id = int(match["channel"])
+        channel_id = self._open_channel(match)
         if channel_id != self.channel_id and channel_id not in self.dm_channels:
             return api_error(404, 10003, "Unknown Channel")
+        if channel_id in self.forbidden_channels:
+            return api_error(403, 50013, "Missing Permissions")
+        if self.dm_channels.get(channel_id) in self.closed_dms:
+            return api_error(403, 50007, "Cannot send messages to this user")
         body = call.json or {}
         self.check(call, body, file_limit=self._channel_file_limit(channel_id))
         nonce = body.get("nonce")

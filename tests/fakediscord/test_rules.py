@@ -389,3 +389,70 @@ async def test_an_ephemeral_message_is_not_in_the_channel_for_the_bot(
         assert (status, answer["code"]) == (404, 10008), method
     webhook = f"/webhooks/{server.application_id}/{asked.token}/messages/@original"
     assert (await _request(http, server, "PATCH", webhook, {"content": "edited"}))[0] == 200
+
+
+async def test_an_outage_answers_503_on_every_route_until_it_ends(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    server.outage(0.5)
+    for method, path in [
+        ("POST", f"/channels/{server.channel_id}/messages"),
+        ("PATCH", f"/webhooks/{server.application_id}/token/messages/@original"),
+        ("POST", "/users/@me/channels"),
+        ("GET", "/users/@me"),
+    ]:
+        async with http.request(
+            method, server.api_base + path, json={"content": "x"}, headers=AUTH
+        ) as response:
+            assert response.status == 503, (method, path)
+            assert response.content_type == "text/plain", "the edge answers, not the API"
+    await asyncio.sleep(0.6)
+    assert (await _send(http, server, {"content": "back"}))[0] == 200
+
+
+async def test_a_channel_the_bot_may_not_post_in_refuses_posts_but_not_the_response(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    asked = await server.invoke("imagine", server.alice)
+    assert (await _callback(http, server, asked, {"type": 5}))[0] == 200
+    server.forbid(server.channel_id)
+    status, answer = await _send(http, server, {"content": "hello"})
+    assert (status, answer["code"]) == (403, 50013)
+    webhook = f"/webhooks/{server.application_id}/{asked.token}/messages/@original"
+    status, _ = await _request(http, server, "PATCH", webhook, {"content": "done"})
+    assert status == 200, "an interaction's response needs no channel permission"
+
+
+async def test_a_deleted_channel_takes_its_messages_and_interaction_responses_with_it(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    asked = await server.invoke("imagine", server.alice)
+    assert (await _callback(http, server, asked, {"type": 5}))[0] == 200
+    original = asked.original_id
+    server.delete_channel(server.channel_id)
+    assert original not in server.messages
+    status, answer = await _send(http, server, {"content": "hello"})
+    assert (status, answer["code"]) == (404, 10003)
+    path = f"/channels/{server.channel_id}/messages/{original}"
+    assert (await _request(http, server, "PATCH", path, {"content": "x"}))[1]["code"] == 10003
+    webhook = f"/webhooks/{server.application_id}/{asked.token}/messages/@original"
+    status, answer = await _request(http, server, "PATCH", webhook, {"content": "done"})
+    assert (status, answer["code"]) == (404, 10003)
+
+
+async def test_a_member_who_closed_dms_can_be_opened_but_not_written_to(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    server.close_dms(server.alice)
+    status, channel = await _request(
+        http, server, "POST", "/users/@me/channels", {"recipient_id": str(server.alice.id)}
+    )
+    assert status == 200
+    path = f"/channels/{channel['id']}/messages"
+    status, answer = await _request(http, server, "POST", path, {"content": "your image"})
+    assert (status, answer["code"]) == (403, 50007)
+    status, channel = await _request(
+        http, server, "POST", "/users/@me/channels", {"recipient_id": str(server.bob.id)}
+    )
+    path = f"/channels/{channel['id']}/messages"
+    assert (await _request(http, server, "POST", path, {"content": "yours"}))[0] == 200
