@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from bot.cli_admin import admin
 from bot.cli_jobs import cancel, generate, reroll, upscale, vary
@@ -36,6 +37,8 @@ def main(context: click.Context, log_level: str | None) -> None:
             f"IMAGINE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in error.errors()
         )
         raise click.ClickException(f"bad setting: {problems}") from error
+    except SettingsError as error:  # a JSON setting that is not JSON
+        raise click.ClickException(f"bad setting: {error}") from error
     logging.basicConfig(
         level=(log_level or settings.log_level).upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

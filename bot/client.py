@@ -88,12 +88,27 @@ class ImagineBot(commands.Bot):
         guild_ids = self.runtime.settings.guild_ids
         if guild_ids:
             for guild_id in guild_ids:
-                guild = discord.Object(guild_id)
-                self.tree.copy_global_to(guild=guild)
-                await self.tree.sync(guild=guild)
+                await self._sync(guild_id)
         else:
             await self.tree.sync()
         await self.deliveries.start()
+
+    async def _sync(self, guild_id: int) -> None:
+        """Register the commands in one server; one that refuses (the bot was removed from it,
+        or the id is wrong) is logged, and the bot serves the rest."""
+        guild = discord.Object(guild_id)
+        self.tree.copy_global_to(guild=guild)
+        try:
+            await self.tree.sync(guild=guild)
+        except discord.HTTPException as error:
+            logger.error(
+                "could not register the commands in server %s (%s %s: %s); serving the others. "
+                "Is the bot in that server, invited with the applications.commands scope?",
+                guild_id,
+                error.status,
+                error.code,
+                error.text,
+            )
 
     async def close(self) -> None:
         await self.deliveries.close()

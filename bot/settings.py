@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generation.prompt_filter import PromptFilter, read_blocklist
 from generation.quotas import Quotas
@@ -18,6 +20,19 @@ from generation.worker import WorkerConfig
 from storage.queue import Policy
 
 DEFAULT_QUOTAS = Quotas()
+# Discord ids, written as hosts write them: 123, "123,456", "123 456" or [123, 456].
+IdList = Annotated[list[int], NoDecode]
+
+
+def id_list(value: Any) -> Any:
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part for part in re.split(r"[\s,;]+", text) if part]
+    return value
 
 
 class Settings(BaseSettings):
@@ -87,9 +102,9 @@ class Settings(BaseSettings):
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
     # Guilds whose command list is synced at start (at once); empty: global commands.
-    guild_ids: list[int] = Field(default_factory=list)
-    admin_user_ids: list[int] = Field(default_factory=list)
-    admin_role_ids: list[int] = Field(default_factory=list)
+    guild_ids: IdList = Field(default_factory=list)
+    admin_user_ids: IdList = Field(default_factory=list)
+    admin_role_ids: IdList = Field(default_factory=list)
     # Attached start images: the largest file and the most pixels accepted.
     max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1)
     max_upload_pixels: int = Field(default=4096 * 4096, ge=1)
@@ -121,6 +136,11 @@ class Settings(BaseSettings):
     # Where the bot tells moderators about withheld images (a channel id); empty: nowhere.
     moderation_channel_id: int | None = None
     log_level: str = "WARNING"
+
+    @field_validator("guild_ids", "admin_user_ids", "admin_role_ids", mode="before")
+    @classmethod
+    def _ids(cls, value: Any) -> Any:
+        return id_list(value)
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

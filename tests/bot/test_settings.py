@@ -55,3 +55,40 @@ def test_a_bad_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGINE_MAX_COUNT", "9")
     with pytest.raises(ValueError, match="max_count"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "written", ["123", "123,456", "123, 456", "123 456", "[123, 456]", "123;456"]
+)
+def test_id_lists_are_read_as_hosts_write_them(
+    monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    for name in ("GUILD_IDS", "ADMIN_USER_IDS", "ADMIN_ROLE_IDS"):
+        monkeypatch.setenv(f"IMAGINE_{name}", written)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    expected = [123] if written == "123" else [123, 456]
+    assert settings.guild_ids == settings.admin_user_ids == settings.admin_role_ids == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "named"),
+    [
+        ("IMAGINE_ADMIN_USER_IDS", "123,bob", "IMAGINE_ADMIN_USER_IDS"),
+        ("IMAGINE_GUILD_IDS", "[1,", "IMAGINE_GUILD_IDS"),
+        ("IMAGINE_ROLE_WEIGHTS", "123=2", "role_weights"),
+    ],
+)
+def test_the_command_line_names_a_bad_setting_without_a_traceback(
+    tmp_path: Path, name: str, value: str, named: str
+) -> None:
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    result = CliRunner().invoke(
+        main, ["jobs"], env={name: value, "IMAGINE_DATA_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 1, result.output
+    assert "bad setting" in result.output and named in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), "a clean exit, not an error raised"

@@ -142,6 +142,7 @@ class FakeDiscord:
         self.callbacks: list[tuple[int, int, dict[str, Any]]] = []  # interaction id, type, body
         self.interactions: dict[str, Interaction] = {}
         self.commands: dict[str, dict[str, Any]] = {}
+        self.synced: list[int | None] = []  # the guild (None: global) of each command sync
         self.files: dict[int, tuple[str, bytes]] = {}
         self.dm_channels: dict[int, int] = {}  # channel id -> user id
         # Discord returns the first message for a repeated nonce of the same author, for a few
@@ -464,7 +465,7 @@ class FakeDiscord:
         self._route("GET", "/oauth2/applications/@me", self._application)
         self._route("GET", "/users/" + snow.format("user"), self._user)
         self._route("PUT", r"/applications/\d+/commands", self._sync)
-        self._route("PUT", r"/applications/\d+/guilds/\d+/commands", self._sync)
+        self._route("PUT", r"/applications/\d+/guilds/(?P<guild>\d+)/commands", self._sync)
         self._route("POST", r"/interactions/(?P<id>\d+)/(?P<token>[^/]+)/callback", self._callback)
         webhook = r"/webhooks/\d+/(?P<token>[^/]+)"
         message_ref = r"/messages/(?P<message>@original|\d+)"
@@ -505,6 +506,11 @@ class FakeDiscord:
         return json_response(user.payload())
 
     async def _sync(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        guild = match.groupdict().get("guild")
+        if guild is not None and int(guild) != self.guild_id:
+            # A server the bot is not in (it was kicked, or the id is wrong).
+            raise ApiError(403, 50001, "Missing Access")
+        self.synced.append(int(guild) if guild else None)
         result = []
         for command in call.json:
             stored = {
