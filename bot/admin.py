@@ -18,10 +18,12 @@ from discord.ext import commands
 from bot import messages
 from bot.commands import answer, refuse
 from bot.limits import Message, Upload
-from generation.errors import GenerationError, InvalidRequest
+from generation.access import Actor, may_manage_users, may_moderate_job
+from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.imaging import fit_file
 from generation.moderation import Flagged, parse_duration
 from storage.models import utcnow
+from storage.records import JobRecord
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -30,7 +32,14 @@ logger = logging.getLogger(__name__)
 
 # What the images of one review may weigh together: well under Discord's 25 MiB request.
 REVIEW_BYTES = 8 * 1024 * 1024
-NOT_ALLOWED = "Only moderators may do that (admins in IMAGINE_ADMIN_USER_IDS or _ROLE_IDS)."
+NOT_ALLOWED = (
+    "Only this server's moderators may do that (a role in IMAGINE_ADMIN_ROLE_IDS, or the "
+    "Administrator permission here) and the host's admins (IMAGINE_ADMIN_USER_IDS)."
+)
+HOST_ONLY = (
+    "Bans, quotas and weights apply on every server this bot serves, so only the host's "
+    "admins (IMAGINE_ADMIN_USER_IDS) set them. Ask the bot's host."
+)
 
 
 def _since(text: str | None) -> dt.datetime | None:
@@ -45,17 +54,47 @@ def _snowflake(option: str, text: str | None) -> int | None:
     return int(text)
 
 
+def _scoped(actor: Actor, guild_id: int | None) -> int | None:
+    """The server whose records a listing shows: a server's moderator sees only their own."""
+    if actor.scope is None:
+        return guild_id
+    if guild_id not in (None, actor.scope):
+        raise InvalidRequest("guild", "must be this server: you moderate this server only")
+    return actor.scope
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_messages=True)
 class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderator tools."):
+    """Hidden by default from members without Manage Messages, and never offered in DMs (a
+    server may show it to more members: the checks here hold all the same)."""
+
     def __init__(self, bot: ImagineBot) -> None:
         super().__init__()
         self.bot = bot
         self.moderation = bot.runtime.moderation
         self.service = bot.runtime.service
 
-    async def _allowed(self, interaction: discord.Interaction[ImagineBot]) -> bool:
-        if self.bot.is_admin(interaction.user, interaction.permissions):
-            return True
+    async def _allowed(self, interaction: discord.Interaction[ImagineBot]) -> Actor | None:
+        """The moderator acting (a host admin, or a moderator of this server), or None once
+        refused."""
+        actor = self.bot.actor(interaction.user, interaction.guild_id, interaction.permissions)
+        if actor.may_moderate:
+            return actor
         await refuse(interaction, NOT_ALLOWED)
+        return None
+
+    async def _job(self, actor: Actor, job_id: int) -> JobRecord:
+        """A job this moderator moderates; another server's is as if there were none."""
+        job = (await self.service.job(job_id)).job
+        if not may_moderate_job(actor, job):
+            raise JobNotFound(job_id)
+        return job
+
+    async def _host_only(self, interaction: discord.Interaction[ImagineBot], actor: Actor) -> bool:
+        if may_manage_users(actor):
+            return True
+        await refuse(interaction, HOST_ONLY)
         return False
 
     async def _answer(self, interaction: discord.Interaction[ImagineBot], text: str) -> None:
@@ -78,11 +117,13 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         flagged: bool = False,
         guild: str | None = None,
     ) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None:
             return
         try:
             since_at = _since(since)
             guild_id = _snowflake("guild", guild)
+            guild_id = _scoped(actor, guild_id)
         except InvalidRequest as error:
             await refuse(interaction, f"**{error.option}** {error.message}")
             return
@@ -114,9 +155,11 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
 
     @app_commands.command(name="job", description="A job's recipe, lineage, events and images.")
     async def job(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None:
             return
         try:
+            await self._job(actor, id)
             report = await self.moderation.report(id)
         except GenerationError as error:
             await refuse(interaction, str(error))
@@ -132,7 +175,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         reason: str | None = None,
         duration: str | None = None,
     ) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None or not await self._host_only(interaction, actor):
             return
         try:
             length = parse_duration(duration) if duration else None
@@ -151,7 +195,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
 
     @app_commands.command(name="unban", description="Let a member generate again.")
     async def unban(self, interaction: discord.Interaction[ImagineBot], user: discord.User) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None or not await self._host_only(interaction, actor):
             return
         await self.moderation.unban(interaction.user.id, user.id, guild_id=interaction.guild_id)
         await self._answer(interaction, f"<@{user.id}> may generate again.")
@@ -166,7 +211,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         images_per_user_day: int | None = None,
         reset: bool = False,
     ) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None or not await self._host_only(interaction, actor):
             return
         overrides = {
             name: value
@@ -207,9 +253,11 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         job: int,
         reason: str | None = None,
     ) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None:
             return
         try:
+            await self._job(actor, job)
             await self._delete_job(interaction, job, reason or "")
         except GenerationError as error:
             await refuse(interaction, str(error))
@@ -234,9 +282,10 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
 
     @app_commands.command(name="flagged", description="Images the safety check flagged.")
     async def flagged(self, interaction: discord.Interaction[ImagineBot]) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None:
             return
-        waiting = await self.moderation.flagged(limit=messages.REVIEWED)
+        waiting = await self.moderation.flagged(limit=messages.REVIEWED, guild_id=actor.scope)
         if not waiting:
             await self._answer(interaction, "Nothing is waiting for review.")
             return
@@ -261,22 +310,30 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
     async def button(
         self, interaction: discord.Interaction[ImagineBot], action: str, args: tuple[int, ...]
     ) -> None:
-        if not await self._allowed(interaction):
+        actor = await self._allowed(interaction)
+        if actor is None:
             return
         try:
             if action == "logs":
-                page = await self._logs_page(args[0], args[1:])
+                if len(args) != 5:
+                    raise InvalidRequest("button", "is not a logs page")
+                guild_id = _scoped(actor, args[4] or None)
+                page = await self._logs_page(args[0], (*args[1:4], guild_id or 0))
                 await interaction.response.edit_message(**page.edit_kwargs())
                 return
             if action == "approve":
+                await self._job(actor, await self.moderation.job_of_image(args[0]))
                 image = await self.moderation.approve(
                     interaction.user.id, args[0], guild_id=interaction.guild_id
                 )
                 text = f"Image {image.index + 1} of job {image.job_id} approved."
             elif action == "delete":
+                await self._job(actor, args[0])
                 await self._delete_job(interaction, args[0], "from the review of flagged images")
                 text = f"Job {args[0]} deleted."
             elif action == "ban":
+                if not await self._host_only(interaction, actor):
+                    return
                 await self.moderation.ban(
                     interaction.user.id,
                     args[0],

@@ -14,6 +14,7 @@ from bot.buttons import AdminButton, JobButton, QueuePageButton
 from bot.commands import ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.runtime import Runtime
+from generation.access import Access, Actor
 from generation.faults import is_transient
 from generation.outbox import Backoff, Outbox
 
@@ -47,6 +48,7 @@ class ImagineBot(commands.Bot):
         )
         self.runtime = runtime
         settings = runtime.settings
+        self.access = Access.of(settings.admin_user_ids, settings.admin_role_ids)
         self.outbox = Outbox(
             runtime.db, Backoff(settings.delivery_retry_base, settings.delivery_retry_cap)
         )
@@ -64,19 +66,21 @@ class ImagineBot(commands.Bot):
         self.handlers: ImagineCog
         self.admin: AdminCog
 
-    def is_admin(
-        self, user: discord.abc.User, permissions: discord.Permissions | None = None
-    ) -> bool:
-        """A moderator: listed by id or role in the settings, or a server Administrator."""
-        settings = self.runtime.settings
-        if user.id in settings.admin_user_ids:
-            return True
-        roles = {role.id for role in getattr(user, "roles", ())}
-        if roles & set(settings.admin_role_ids):
-            return True
+    def actor(
+        self,
+        user: discord.abc.User,
+        guild_id: int | None,
+        permissions: discord.Permissions | None = None,
+    ) -> Actor:
+        """Who is acting, from which server, with what standing (``generation.access``
+        decides what that allows). ``permissions``: the member's in the channel, as the
+        interaction says; else computed from the cached member."""
         if permissions is None:
             permissions = getattr(user, "guild_permissions", None)
-        return bool(permissions and permissions.administrator)
+        roles = [role.id for role in getattr(user, "roles", ())]
+        return self.access.actor(
+            user.id, guild_id, roles, permissions.value if permissions is not None else 0
+        )
 
     async def setup_hook(self) -> None:
         self.handlers = ImagineCog(self)

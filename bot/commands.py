@@ -18,7 +18,8 @@ from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
 from bot.uploads import check_attachment, read_start_image
 from generation import wording
-from generation.errors import GenerationError, InvalidRequest
+from generation.access import Actor, may_act_on_job, may_moderate_job, may_see_job
+from generation.errors import GenerationError, InvalidRequest, JobNotFound, NotAllowed
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.reproduce import reproduce
@@ -283,6 +284,11 @@ class ImagineCog(commands.Cog):
         if action is Action.CANCEL:
             await self._cancel(interaction, job_id)
             return
+        try:
+            await self._visible(interaction, job_id)
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
         kind, strength = {
             Action.UPSCALE: (JobKind.UPSCALE, None),
             Action.VARY: (JobKind.VARIATION, None),
@@ -306,13 +312,24 @@ class ImagineCog(commands.Cog):
 
         await self._submit(interaction, derive)
 
+    def _actor(self, interaction: discord.Interaction[ImagineBot]) -> Actor:
+        return self.bot.actor(interaction.user, interaction.guild_id, interaction.permissions)
+
+    async def _visible(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> JobView:
+        """The job, if the member may see it; one they may not is as if there were none."""
+        view = await self.service.job(job_id)
+        actor = self._actor(interaction)
+        if may_see_job(actor, view.job, view.images):
+            return view
+        if view.job.guild_id is not None and view.job.guild_id == actor.guild_id:
+            raise NotAllowed(f"job {job_id} was deleted or is held for the moderators' review")
+        raise JobNotFound(job_id)
+
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
         try:
-            await self.service.cancel(
-                job_id,
-                interaction.user.id,
-                is_admin=self.bot.is_admin(interaction.user, interaction.permissions),
-            )
+            job = (await self._visible(interaction, job_id)).job
+            moderator = may_moderate_job(self._actor(interaction), job)
+            await self.service.cancel(job_id, interaction.user.id, is_admin=moderator)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
@@ -332,25 +349,30 @@ class ImagineCog(commands.Cog):
             return
         try:
             if emoji == ENVELOPE:
-                await self._send_recipe(payload.user_id, delivery.job_id)
+                await self._send_recipe(payload, delivery.job_id)
             else:
                 await self._delete(payload, delivery.job_id)
         except (GenerationError, discord.HTTPException) as error:
             logger.info("reaction %s on job %s: %s", emoji, delivery.job_id, error)
 
-    async def _send_recipe(self, user_id: int, job_id: int) -> None:
+    async def _send_recipe(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         view = await self.service.job(job_id)
-        if view.job.status == JobStatus.DELETED:
-            return
+        user_id = payload.user_id
+        reacting = payload.member or discord.Object(user_id)
+        actor = self.bot.actor(reacting, payload.guild_id)  # type: ignore[arg-type]
+        if view.job.status == JobStatus.DELETED or not may_see_job(actor, view.job, view.images):
+            return  # deleted, or held for review: not for every member who reacts
         channel = await self.bot.create_dm(discord.Object(user_id))
         await channel.send(**messages.recipe(view).send_kwargs())
 
     async def _delete(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         member = payload.member
-        is_admin = member is not None and self.bot.is_admin(member)
         job = (await self.service.job(job_id)).job
+        is_admin = member is not None and may_moderate_job(
+            self.bot.actor(member, payload.guild_id), job
+        )
         if job.user_id != payload.user_id and not is_admin:
-            return  # someone else's ❌ does nothing
+            return  # someone else's ❌ (another server's moderator's too) does nothing
         await self.bot.runtime.moderation.delete_job(
             payload.user_id, job_id, is_admin=is_admin, reason="❌ reaction"
         )
@@ -387,7 +409,7 @@ class ImagineCog(commands.Cog):
         self, interaction: discord.Interaction[ImagineBot], id: int, full: bool = False
     ) -> None:
         try:
-            view = await self.service.job(id)
+            view = await self._visible(interaction, id)
             parent, children = await self.service.lineage(id)
         except GenerationError as error:
             await refuse(interaction, str(error))
@@ -410,10 +432,6 @@ class ImagineCog(commands.Cog):
         """The job's full PNG (its grid, or its one image) if the asker may have it and it
         fits the upload limit, else why not."""
         job, limit = view.job, interaction.filesize_limit
-        user = interaction.user
-        own_server = job.guild_id is not None and job.guild_id == interaction.guild_id
-        if not (own_server or job.user_id == user.id or self.bot.is_admin(user)):
-            return [], "The full PNG goes only to its owner and to the server it was made in."
         if job.status != JobStatus.SUCCEEDED or not view.images:
             return [], f"Job {job.id} has no images ({job.status})."
         if any(image.review is not None and image.review != "approved" for image in view.images):
@@ -438,6 +456,13 @@ class ImagineCog(commands.Cog):
                 "This bot runs without a worker; run `imagine-bot reproduce "
                 f"{id}` on a worker host.",
             )
+            return
+        try:
+            job = (await self._visible(interaction, id)).job
+            if not may_act_on_job(self._actor(interaction), job):
+                raise NotAllowed(f"job {id} is not yours to reproduce")
+        except GenerationError as error:
+            await refuse(interaction, str(error))
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
         try:

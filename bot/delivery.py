@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SWEEP_BATCH = 20  # due results taken per sweep
-CLAIM_SECONDS = 180.0  # a try's hold on its row (discord.py retries a webhook's 5xx ~25 s)
+CLAIM_SECONDS = 30.0  # a try's hold on its row (discord.py retries a webhook's 5xx ~25 s)
 UNEXPECTED_TRIES = 5  # a failure of ours (a bug, a file gone) ends the delivery after so many
 PROGRESS_SECONDS = 5.0  # a progress edit that takes longer is dropped: it never holds a result
 PROGRESS_PAUSE = 30.0  # no progress edits for this long after Discord failed one
@@ -94,6 +94,7 @@ class Deliveries:
         # Results Discord took whose delivery is not yet written down (the database was away).
         self._sent: dict[int, tuple[Way, int | None, DeliveryRecord, JobView]] = {}
         self._unexpected: collections.Counter[int] = collections.Counter()
+        self._held: set[int] = set()  # rows this process claimed whose try is not recorded
         self._subscribed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -141,7 +142,8 @@ class Deliveries:
         slow try (discord.py retries a webhook's 5xx for ~25 s) holds up no other."""
         while True:
             try:
-                for job_id in list(self._sent):  # sent, not yet written down
+                # Sent but not written down, or held by a try that could not be recorded.
+                for job_id in [*self._sent, *self._held]:
                     self._start_delivery(job_id)
                 due = await self.outbox.due(SWEEP_BATCH + len(self._delivering))
                 for delivery in due:
@@ -279,7 +281,9 @@ class Deliveries:
                 self._forget(job_id)
                 return
             delay = await self.outbox.retry_later(delivery, why)
-        except Exception as recording:  # the database is away too: the row is still held
+            self._held.discard(job_id)
+        except Exception as recording:  # the database is away too: tried again next sweep
+            self._held.add(job_id)  # (its claim may have gone through with its answer lost)
             logger.warning("job %s: could not record the failed delivery: %s", job_id, recording)
             return
         logger.warning(
@@ -302,9 +306,12 @@ class Deliveries:
             sent = self._sent.get(job_id)
             if sent is None:
                 # The try holds the row, so no other process (and no later sweep, should the
-                # write below fail) sends it meanwhile.
-                if not await self.outbox.claim(job_id, CLAIM_SECONDS):
+                # write below fail) sends it meanwhile; a row this process holds already (its
+                # last try could not be recorded) is tried again without waiting for the hold.
+                held = job_id in self._held
+                if not held and not await self.outbox.claim(job_id, CLAIM_SECONDS):
                     return  # not due (its backoff, another process), or no longer pending
+                self._held.add(job_id)
                 delivery = await self.outbox.get(job_id)
                 assert delivery is not None
                 view = await self.service.job(job_id)
@@ -322,6 +329,7 @@ class Deliveries:
             way, message_id, delivery, view = sent
             marked = await self.outbox.mark_delivered(job_id, message_id, way)
             del self._sent[job_id]
+            self._held.discard(job_id)
             if not marked:  # another process delivered it, or a moderator deleted the job
                 await self._withdraw(job_id, way, message_id, delivery, view)
                 self._forget(job_id)
@@ -360,6 +368,7 @@ class Deliveries:
         self._forget(job.id)
 
     def _forget(self, job_id: int) -> None:
+        self._held.discard(job_id)
         self._unexpected.pop(job_id, None)
         self._locks.pop(job_id, None)
         self._last_progress.pop(job_id, None)

@@ -178,6 +178,14 @@ class Moderation:
         if not await uow.jobs.using_upload(path):
             await asyncio.to_thread(self.store.delete, path)
 
+    async def job_of_image(self, image_id: int) -> int:
+        """The job a flagged image belongs to (to decide who may review it)."""
+        async with self.db.uow() as uow:
+            image = await uow.images.get(image_id)
+        if image is None:
+            raise InvalidRequest("image", f"{image_id} is not a flagged image")
+        return image.job_id
+
     async def approve(
         self, actor_id: int | None, image_id: int, *, guild_id: int | None = None
     ) -> ImageRecord:
@@ -240,10 +248,10 @@ class Moderation:
             delivery = await uow.deliveries.get(job_id)
         return JobReport(JobView(job, images, delivery), parent, children, events)
 
-    async def flagged(self, limit: int = 5) -> list[Flagged]:
-        """Flagged images waiting for a moderator, oldest first."""
+    async def flagged(self, limit: int = 5, guild_id: int | None = None) -> list[Flagged]:
+        """Flagged images waiting for a moderator, oldest first (one server's, or all)."""
         async with self.db.uow() as uow:
-            images = await uow.images.pending_review(limit)
+            images = await uow.images.pending_review(limit, guild_id)
             jobs = await uow.jobs.get_many([image.job_id for image in images])
         return [Flagged(image, jobs[image.job_id]) for image in images]
 

@@ -287,10 +287,14 @@ class ImageRepository:
             .values(review=review)
         )
 
-    async def pending_review(self, limit: int = 25) -> list[ImageRecord]:
-        rows = await self._session.scalars(
-            select(Image).where(Image.review == Review.PENDING).order_by(Image.id).limit(limit)
-        )
+    async def pending_review(
+        self, limit: int = 25, guild_id: int | None = None
+    ) -> list[ImageRecord]:
+        """Images waiting for a moderator, oldest first; only one server's with ``guild_id``."""
+        query = select(Image).where(Image.review == Review.PENDING)
+        if guild_id is not None:
+            query = query.join(Job, Job.id == Image.job_id).where(Job.guild_id == guild_id)
+        rows = await self._session.scalars(query.order_by(Image.id).limit(limit))
         return [to_record(ImageRecord, row) for row in rows]
 
     async def for_jobs(self, job_ids: Sequence[int]) -> dict[int, list[ImageRecord]]:

@@ -67,6 +67,8 @@ async def test_job_shows_recipe_and_lineage_and_reproduce_matches_the_bytes(
     assert f"parent: job {job_id}" in text
 
     text = await _answer(server, await server.invoke("reproduce", server.bob, id=job_id))
+    assert text == f"job {job_id} is not yours to reproduce", "full renders: owner, moderators"
+    text = await _answer(server, await server.invoke("reproduce", server.alice, id=job_id))
     assert f"Job {job_id}: identical (4 of 4 images match bit for bit)" in text
     text = await _answer(server, await server.invoke("job", server.bob, id=999))
     assert "there is no job 999" in text

@@ -16,7 +16,6 @@ from tests.bot.test_delivery import results_for
 from tests.bot.test_imagine import png_of
 from tests.bot.test_process import environment, start_bot, start_process
 from tests.fakediscord.actions import LocalDiscord
-from tests.fakediscord.payloads import FakeUser, snowflake
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(900)]
 
@@ -44,7 +43,7 @@ async def test_two_workers_and_a_bot_deliver_twenty_jobs_once_in_fair_order_thro
     shared = {"database_url": postgres_url, "lease_seconds": "3", "safety_checker": "off"}
     bot = await start_bot(server, data, "--no-worker", **shared)
     workers: list[asyncio.subprocess.Process] = []
-    carol = FakeUser(snowflake(), "carol")
+    carol = server.add_member("carol of the first server")
     settings = bot_settings(server, data, database_url=postgres_url)
     asked = []
     try:

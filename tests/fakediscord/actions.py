@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.fakediscord.payloads import FakeUser, snowflake, text_channel
+from tests.fakediscord.payloads import FakeUser, dm_channel, snowflake, text_channel
 from tests.fakediscord.server import EPHEMERAL, LOADING, FakeDiscord, Interaction
 
 T = TypeVar("T")
@@ -26,13 +26,25 @@ def _text(message: dict[str, Any]) -> str:
 class LocalDiscord(FakeDiscord):
     """The local Discord with helpers that read like a user."""
 
-    def _interaction(self, kind: int, user: FakeUser, data: dict[str, Any]) -> Interaction:
+    def channel_of(self, user: FakeUser) -> int:
+        """The channel a user uses the bot in: their own server's."""
+        home = self.home.get(user.id, self.guild_id)
+        return next(c for c, g in self.channel_guilds.items() if g == home)
+
+    def _interaction(
+        self, kind: int, user: FakeUser, data: dict[str, Any], channel_id: int | None = None
+    ) -> Interaction:
+        channel_id = channel_id or self.channel_of(user)
+        guild_id = self.channel_guilds.get(channel_id)
+        if guild_id is not None and self.home.get(user.id) != guild_id:
+            # Discord shows a server's messages (and their buttons) to its members only.
+            raise AssertionError(f"{user.name} is not a member of the server of {channel_id}")
         interaction = Interaction(
             id=snowflake(),
             token=secrets.token_urlsafe(24),
             type=kind,
             user=user,
-            channel_id=self.channel_id,
+            channel_id=channel_id,
             created=time.monotonic(),
             attachment_size_limit=self.attachment_size_limit,
         )
@@ -40,22 +52,42 @@ class LocalDiscord(FakeDiscord):
         return interaction
 
     def _payload(self, interaction: Interaction, data: dict[str, Any]) -> dict[str, Any]:
+        channel_id = interaction.channel_id
+        if channel_id in self.dm_channels:  # a button on a message in the bot's DM
+            return {
+                "id": str(interaction.id),
+                "application_id": str(self.application_id),
+                "type": interaction.type,
+                "token": interaction.token,
+                "version": 1,
+                "channel_id": str(channel_id),
+                "channel": dm_channel(channel_id, interaction.user.payload()),
+                "user": interaction.user.payload(),
+                "data": data,
+                "locale": "en-US",
+                "app_permissions": str((1 << 53) - 1),
+                "entitlements": [],
+                "authorizing_integration_owners": {"0": str(self.guild_id)},
+                "context": 1,
+                "attachment_size_limit": interaction.attachment_size_limit,
+            }
+        guild_id = self.channel_guilds[channel_id]
         return {
             "id": str(interaction.id),
             "application_id": str(self.application_id),
             "type": interaction.type,
             "token": interaction.token,
             "version": 1,
-            "guild_id": str(self.guild_id),
-            "channel_id": str(self.channel_id),
-            "channel": text_channel(self.channel_id, self.guild_id, "imagine"),
+            "guild_id": str(guild_id),
+            "channel_id": str(channel_id),
+            "channel": text_channel(channel_id, guild_id, "imagine"),
             "member": interaction.user.interaction_member(),
             "data": data,
             "locale": "en-US",
             "guild_locale": "en-US",
             "app_permissions": str((1 << 53) - 1),
             "entitlements": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "authorizing_integration_owners": {"0": str(guild_id)},
             "context": 0,
             "attachment_size_limit": interaction.attachment_size_limit,
         }
@@ -98,7 +130,7 @@ class LocalDiscord(FakeDiscord):
             "name": top,
             "type": 1,
             "options": values,
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self.home.get(user.id, self.guild_id)),
         }
         if resolved:
             data["resolved"] = resolved
@@ -114,7 +146,7 @@ class LocalDiscord(FakeDiscord):
                 emoji = (component.get("emoji") or {}).get("name")
                 if label in (component.get("label"), emoji):
                     data = {"custom_id": component["custom_id"], "component_type": 2}
-                    interaction = self._interaction(3, user, data)
+                    interaction = self._interaction(3, user, data, int(stored["channel_id"]))
                     interaction.message_id = message_id
                     payload = self._payload(interaction, data)
                     payload["message"] = stored
@@ -126,13 +158,14 @@ class LocalDiscord(FakeDiscord):
 
     async def react(self, message_id: int, emoji: str, user: FakeUser) -> None:
         stored = self.messages.get(message_id)
+        channel_id = int(stored["channel_id"]) if stored else self.channel_of(user)
         await self.dispatch(
             "MESSAGE_REACTION_ADD",
             {
                 "user_id": str(user.id),
-                "channel_id": str(self.channel_id),
+                "channel_id": str(channel_id),
                 "message_id": str(message_id),
-                "guild_id": str(self.guild_id),
+                "guild_id": str(self.channel_guilds[channel_id]),
                 "member": user.member(),
                 "emoji": {"id": None, "name": emoji},
                 "message_author_id": stored["author"]["id"] if stored else None,

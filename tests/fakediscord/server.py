@@ -134,6 +134,25 @@ class FakeDiscord:
         self.admin = FakeUser(snowflake(), "moderator", roles=(self.admin_role,))
         self.owner = FakeUser(snowflake(), "owner", permissions=ADMINISTRATOR)
         self.users = {u.id: u for u in (self.bot, self.alice, self.bob, self.admin, self.owner)}
+        # A second server on the same bot, with its own members, moderator role and channel:
+        # carol is a member, dave holds its moderator role, erin is its Administrator.
+        self.other_guild_id = snowflake()
+        self.other_admin_role = snowflake()
+        self.other_channel_id = snowflake()
+        self.carol = FakeUser(snowflake(), "carol")
+        self.dave = FakeUser(snowflake(), "dave", roles=(self.other_admin_role,))
+        self.erin = FakeUser(snowflake(), "erin", permissions=ADMINISTRATOR)
+        # The host's own account (a test lists it in IMAGINE_ADMIN_USER_IDS), in the first server.
+        self.host = FakeUser(snowflake(), "host")
+        for user in (self.carol, self.dave, self.erin, self.host):
+            self.users[user.id] = user
+        # Which server each channel is in, and each user's own server (the bot is in both).
+        self.channel_guilds = {
+            self.channel_id: self.guild_id,
+            self.other_channel_id: self.other_guild_id,
+        }
+        self.home = {user.id: self.guild_id for user in self.users.values()}
+        self.home.update({u.id: self.other_guild_id for u in (self.carol, self.dave, self.erin)})
         self.messages: dict[int, dict[str, Any]] = {}
         self.deleted: list[int] = []
         self.edits: list[tuple[int, dict[str, Any]]] = []
@@ -271,6 +290,7 @@ class FakeDiscord:
                 self._dispatched.clear()
                 await self.dispatch("READY", self._ready())
                 await self.dispatch("GUILD_CREATE", self._guild())
+                await self.dispatch("GUILD_CREATE", self._other_guild())
             elif op == 6:
                 if data["d"]["session_id"] != self._session_id:
                     await socket.send_json({"op": 9, "d": False, "s": None, "t": None})
@@ -307,7 +327,10 @@ class FakeDiscord:
         return {
             "v": 10,
             "user": self.bot.payload(),
-            "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+            "guilds": [
+                {"id": str(guild_id), "unavailable": True}
+                for guild_id in (self.guild_id, self.other_guild_id)
+            ],
             "session_id": self._session_id,
             "resume_gateway_url": self.gateway_url,
             "application": {"id": str(self.application_id), "flags": 0},
@@ -316,16 +339,44 @@ class FakeDiscord:
         }
 
     def _guild(self) -> dict[str, Any]:
-        members = [user.member() for user in self.users.values()]
+        return self._guild_payload(
+            self.guild_id, "the test server", self.owner, self.admin_role, self.channel_id
+        )
+
+    def _other_guild(self) -> dict[str, Any]:
+        return self._guild_payload(
+            self.other_guild_id,
+            "another server",
+            self.erin,
+            self.other_admin_role,
+            self.other_channel_id,
+        )
+
+    def add_member(self, name: str, guild_id: int | None = None) -> FakeUser:
+        """A new member of a server (the first by default)."""
+        user = FakeUser(snowflake(), name)
+        self.users[user.id] = user
+        self.home[user.id] = guild_id or self.guild_id
+        return user
+
+    def members_of(self, guild_id: int) -> list[FakeUser]:
+        return [
+            user for user in self.users.values() if user.bot or self.home.get(user.id) == guild_id
+        ]
+
+    def _guild_payload(
+        self, guild_id: int, name: str, owner: FakeUser, admin_role: int, channel_id: int
+    ) -> dict[str, Any]:
+        members = [user.member() for user in self.members_of(guild_id)]
         return {
-            "id": str(self.guild_id),
-            "name": "the test server",
-            "owner_id": str(self.owner.id),
+            "id": str(guild_id),
+            "name": name,
+            "owner_id": str(owner.id),
             "roles": [
-                role(self.guild_id, "@everyone", 0, 0),
-                role(self.admin_role, "moderators", 0, 1),
+                role(guild_id, "@everyone", 0, 0),
+                role(admin_role, "moderators", 0, 1),
             ],
-            "channels": [text_channel(self.channel_id, self.guild_id, "imagine")],
+            "channels": [text_channel(channel_id, guild_id, "imagine")],
             "members": members,
             "member_count": len(members),
             "emojis": [],
@@ -507,7 +558,7 @@ class FakeDiscord:
 
     async def _sync(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
         guild = match.groupdict().get("guild")
-        if guild is not None and int(guild) != self.guild_id:
+        if guild is not None and int(guild) not in (self.guild_id, self.other_guild_id):
             # A server the bot is not in (it was kicked, or the id is wrong).
             raise ApiError(403, 50001, "Missing Access")
         self.synced.append(int(guild) if guild else None)
@@ -544,12 +595,13 @@ class FakeDiscord:
             reference = {
                 "message_id": str(interaction.message_id),
                 "channel_id": str(channel_id),
-                "guild_id": str(self.guild_id),
             }
+            if channel_id in self.channel_guilds:
+                reference["guild_id"] = str(self.channel_guilds[channel_id])
         data = message(
             message_id=snowflake(),
             channel_id=channel_id,
-            guild_id=None if channel_id in self.dm_channels else self.guild_id,
+            guild_id=self.channel_guilds.get(channel_id),
             author=(author or self.bot).payload(),
             body=body,
             attachments=self._attachments(call, []),
@@ -773,8 +825,9 @@ class FakeDiscord:
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
         channel_id = self._open_channel(match)
-        if channel_id == self.channel_id:
-            return json_response(text_channel(channel_id, self.guild_id, "imagine"))
+        if channel_id in self.channel_guilds:
+            guild_id = self.channel_guilds[channel_id]
+            return json_response(text_channel(channel_id, guild_id, "imagine"))
         if channel_id in self.dm_channels:
             user = self.users[self.dm_channels[channel_id]]
             return json_response(dm_channel(channel_id, user.payload()))
@@ -782,7 +835,7 @@ class FakeDiscord:
 
     async def _send(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
         channel_id = self._open_channel(match)
-        if channel_id != self.channel_id and channel_id not in self.dm_channels:
+        if channel_id not in self.channel_guilds and channel_id not in self.dm_channels:
             return api_error(404, 10003, "Unknown Channel")
         if channel_id in self.forbidden_channels:
             return api_error(403, 50013, "Missing Permissions")

@@ -1,0 +1,197 @@
+"""Who may do what, with two servers on one bot: each server's moderators act on their own
+server's records only; host admins on everything; members on what their server shows.
+
+alice and bob are members of the first server (its moderators: ``admin`` by role, ``owner`` as
+Administrator); carol is a member of the second (``dave`` by role, ``erin`` as Administrator);
+``host`` is listed in IMAGINE_ADMIN_USER_IDS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.admin import HOST_ONLY, NOT_ALLOWED
+from tests.bot.conftest import RunningBot, bot_settings, running_bot
+from tests.bot.test_imagine import png_of
+from tests.bot.test_moderation import FixedScores
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.payloads import FakeUser
+
+
+def _settings(server: LocalDiscord, tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
+    return bot_settings(
+        server,
+        tmp_path / "data",
+        guild_ids=[server.guild_id, server.other_guild_id],
+        admin_role_ids=[server.admin_role, server.other_admin_role],
+        admin_user_ids=[server.host.id],
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def two_servers(
+    local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
+) -> AsyncIterator[tuple[RunningBot, int, int]]:
+    """The bot, alice's job in the first server and carol's in the second."""
+    server = local_discord
+    async with running_bot(_settings(server, tmp_path), trained_engine) as running:
+        jobs = []
+        for user in (server.alice, server.carol):
+            asked = await server.invoke("imagine", user, prompt=f"{user.name}'s circle", steps=8)
+            result = await server.wait_for_result(asked)
+            jobs.append(json.loads(png_of(server, result).text["imagine-bot"])["job_id"])
+        yield running, jobs[0], jobs[1]
+
+
+async def _said(server: LocalDiscord, who: FakeUser, command: str, /, **options: Any) -> str:
+    asked = await server.invoke(command, who, **options)
+    return await server.wait_for(lambda: server.ephemeral_answer(asked), what=f"/{command}")
+
+
+async def _listed(server: LocalDiscord, who: FakeUser, /, **options: Any) -> set[int] | str:
+    """The job ids /admin logs shows ``user``, or the refusal."""
+    asked = await server.invoke("admin logs", who, **options)
+    stored = await server.wait_for(
+        lambda: (m := server.original(asked)) and (m["embeds"] or m["content"]) and m,
+        what="/admin logs",
+    )
+    if not stored["embeds"]:
+        return str(stored["content"])
+    fields = stored["embeds"][0].get("fields", [])
+    return {int(f["name"].split(" ")[1]) for f in fields}
+
+
+async def test_each_server_sees_and_moderates_its_own_jobs_only(
+    local_discord: LocalDiscord, two_servers: tuple[RunningBot, int, int]
+) -> None:
+    server = local_discord
+    running, alices, carols = two_servers
+    s = server
+
+    # /job: the owner, members of the same server, its moderators, host admins.
+    for user, sees in [
+        (s.alice, True),
+        (s.bob, True),
+        (s.admin, True),
+        (s.owner, True),
+        (s.host, True),
+        (s.carol, False),
+        (s.dave, False),
+        (s.erin, False),
+    ]:
+        text = await _said(server, user, "job", id=alices)
+        assert (f"Job {alices}" in text) is sees, (user.name, text)
+        if not sees:
+            assert f"there is no job {alices}" in text, "as if it did not exist"
+
+    # /admin job: that server's moderators and host admins; another server's are told nothing.
+    for user, sees in [(s.admin, True), (s.owner, True), (s.host, True), (s.dave, False)]:
+        text = await _said(server, user, "admin job", id=alices)
+        assert (f"Job {alices}" in text) is sees, (user.name, text)
+    assert await _said(server, s.erin, "admin job", id=alices) == f"there is no job {alices}"
+    for member in (s.alice, s.bob, s.carol):
+        assert await _said(server, member, "admin job", id=alices) == NOT_ALLOWED
+
+    # /admin logs: a server's moderators list their server's jobs; host admins every server's.
+    assert await _listed(server, s.admin) == {alices}
+    assert await _listed(server, s.dave) == {carols}
+    assert await _listed(server, s.erin) == {carols}
+    assert await _listed(server, s.host) == {alices, carols}
+    refused = await _listed(server, s.erin, guild=str(server.guild_id))
+    assert isinstance(refused, str) and "you moderate this server only" in refused
+
+    # Bans, quotas and weights are host-wide: host admins only.
+    assert await _said(server, s.erin, "admin ban", user=s.alice) == HOST_ONLY
+    assert await _said(server, s.admin, "admin quota", user=s.bob, weight=100.0) == HOST_ONLY
+    assert await _said(server, s.erin, "admin quota", user=s.erin, weight=100.0) == HOST_ONLY
+    service = running.runtime.service
+    assert (await service.usage(s.erin.id)).user.weight is None
+    assert not (await service.usage(s.alice.id)).user.banned
+    assert "is banned" in await _said(server, s.host, "admin ban", user=s.carol, reason="spam")
+
+    # Another server's moderator cannot delete, nor ❌, nor reproduce a job.
+    text = await _said(server, s.erin, "admin delete", job=alices)
+    assert text == f"there is no job {alices}"
+    delivery = await running.bot.outbox.get(alices)
+    assert delivery is not None and delivery.result_message_id is not None
+    await server.react(delivery.result_message_id, "❌", s.erin)
+    assert await _said(server, s.dave, "reproduce", id=alices) == f"there is no job {alices}"
+    text = await _said(server, s.bob, "reproduce", id=alices)
+    assert f"job {alices} is not yours to reproduce" in text
+    assert (await service.job(alices)).job.status == "succeeded"
+    assert delivery.result_message_id in server.messages
+
+    # The server's own moderator can.
+    assert "deleted" in await _said(server, s.admin, "admin delete", job=alices)
+    assert (await service.job(alices)).job.status == "deleted"
+
+
+async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_moderators(
+    local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
+) -> None:
+    server = local_discord
+    settings = _settings(server, tmp_path, safety_policy="spoiler")
+    checker = FixedScores({"BUTTOCKS_EXPOSED": 0.91})
+    async with running_bot(settings, trained_engine, checker) as running:
+        jobs = {}
+        for user in (server.alice, server.carol):
+            asked = await server.invoke("imagine", user, prompt="a circle", steps=8, count=1)
+            await server.wait_for(
+                lambda a=asked: (m := server.original(a)) and "safety check" in m["content"],
+                what="the flagged result",
+            )
+            jobs[user.name] = next(
+                v.job.id
+                for v in await running.runtime.service.recent()
+                if v.job.interaction_id == asked.id
+            )
+
+        async def reviewed(user: FakeUser) -> set[int]:
+            asked = await server.invoke("admin flagged", user)
+            stored = await server.wait_for(
+                lambda: (m := server.original(asked)) and not m["flags"] & 128 and m,
+                what="/admin flagged",
+            )
+            return {int(a["filename"].split("_")[1].split("-")[0]) for a in stored["attachments"]}
+
+        assert await reviewed(server.admin) == {jobs["alice"]}
+        assert await reviewed(server.erin) == {jobs["carol"]}
+        assert await reviewed(server.host) == {jobs["alice"], jobs["carol"]}
+        # A flagged job is hidden from other members of its server, not from its moderators:
+        # /job, ✉️ and the buttons on its (spoilered) result refuse them.
+        text = await _said(server, server.bob, "job", id=jobs["alice"])
+        assert f"job {jobs['alice']} was deleted or is held for the moderators' review" in text
+        delivery = await running.bot.outbox.get(jobs["alice"])
+        assert delivery is not None and delivery.result_message_id is not None
+        await server.react(delivery.result_message_id, "✉️", server.bob)
+        pressed = await server.click(delivery.result_message_id, "U1", server.bob)
+        text = await server.wait_for(lambda: server.ephemeral_answer(pressed), what="U1")
+        assert "held for the moderators' review" in text
+        assert server.dms(server.bob) == [], "no recipe of a held job by ✉️"
+        assert f"Job {jobs['alice']}" in await _said(server, server.admin, "job", id=jobs["alice"])
+        # The server's own moderator approves it.
+        review = await server.invoke("admin flagged", server.admin)
+        stored = await server.wait_for(
+            lambda: (m := server.original(review)) and m["components"] and m,
+            what="the review",
+        )
+        approved = await server.click(int(stored["id"]), "Approve 1", server.admin)
+        text = await server.wait_for(lambda: server.ephemeral_answer(approved), what="approval")
+        assert text == f"Image 1 of job {jobs['alice']} approved."
+        assert await reviewed(server.host) == {jobs["carol"]}
+
+
+async def test_admin_is_hidden_from_members_by_default_and_never_offered_in_dms(
+    local_discord: LocalDiscord, bot: RunningBot
+) -> None:
+    registered = local_discord.commands["admin"]
+    manage_messages = 1 << 13
+    assert int(registered["default_member_permissions"]) == manage_messages
+    assert registered.get("contexts") == [0] or registered.get("dm_permission") is False
+    assert local_discord.commands["imagine"].get("default_member_permissions") is None
