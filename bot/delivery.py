@@ -90,7 +90,7 @@ class Deliveries:
         self._progress_busy: set[int] = set()
         self._silent: set[int] = set()  # jobs whose token stopped answering progress edits
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._delivering: set[int] = set()  # jobs with a delivery task under way
+        self._delivering: dict[int, asyncio.Task[None]] = {}  # delivery tasks under way
         # Results Discord took whose delivery is not yet written down (the database was away).
         self._sent: dict[int, tuple[Way, int | None, DeliveryRecord, JobView]] = {}
         self._unexpected: collections.Counter[int] = collections.Counter()
@@ -106,11 +106,17 @@ class Deliveries:
         self._spawn(self._sweep(), "deliveries-sweep")
 
     async def drain(self, seconds: float) -> None:
-        """Deliver what is due before the bot goes; what is left goes out at the next start."""
+        """Deliver what is due, and finish the deliveries under way, before the bot goes;
+        what is left goes out at the next start."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                due = await self.outbox.due(SWEEP_BATCH)
-                await asyncio.gather(*(self.deliver(d.job_id) for d in due))
+                for delivery in await self.outbox.due(SWEEP_BATCH):
+                    self._start_delivery(delivery.job_id)
+                for job_id in [*self._sent, *self._held]:
+                    self._start_delivery(job_id)
+                under_way = list(self._delivering.values())
+                if under_way:
+                    await asyncio.wait(under_way)
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -157,9 +163,9 @@ class Deliveries:
     def _start_delivery(self, job_id: int) -> None:
         if job_id in self._delivering:
             return
-        self._delivering.add(job_id)
         task = self._spawn(self.deliver(job_id), f"deliver-{job_id}")
-        task.add_done_callback(lambda _: self._delivering.discard(job_id))
+        self._delivering[job_id] = task
+        task.add_done_callback(lambda _: self._delivering.pop(job_id, None))
 
     def _on_event(self, event: JobEvent) -> None:
         if isinstance(event, JobProgress):
