@@ -32,7 +32,17 @@ SUBTLE_STRENGTH = 0.35
 STRONG_STRENGTH = 0.75
 
 
+class Served:
+    """A button of the bot's answers only in the servers the bot serves (see
+    ``ImagineBot.admit``): a message that stayed in a server the host dropped does nothing."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        client: ImagineBot = interaction.client
+        return await client.admit(interaction)
+
+
 class JobButton(
+    Served,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagine:(?P<action>[a-z]+):(?P<job>\d+)(?::(?P<index>\d+))?",
 ):
@@ -107,7 +117,9 @@ def result_view(job: JobRecord, indices: list[int]) -> discord.ui.View | None:
 
 
 class QueuePageButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine-queue:(?P<page>\d+)"
+    Served,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine-queue:(?P<page>\d+)",
 ):
     """◀ / ▶ under /queue: shows that page of the presser's own queue."""
 
@@ -137,6 +149,7 @@ class QueuePageButton(
 
 
 class AdminButton(
+    Served,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagine-admin:(?P<action>[a-z]+):(?P<args>[0-9:]*)",
 ):

@@ -78,6 +78,12 @@ def run(settings: Settings, no_worker: bool) -> None:
             "IMAGINE_DISCORD_TOKEN is not set: put the bot token of your Discord application "
             "in the environment or in .env (see the README's Discord section)"
         )
+    if not settings.guild_ids and not settings.open_to_all_servers:
+        raise click.ClickException(
+            "the bot serves no server: set IMAGINE_GUILD_IDS to your servers' ids, or "
+            "IMAGINE_OPEN_TO_ALL_SERVERS=true to serve every server that adds it (then turn "
+            "Public Bot off in the developer portal)"
+        )
     from bot.service_runner import run_bot, serve
 
     serve(run_bot(settings, with_worker=not no_worker))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import discord
 import yarl
+from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
@@ -37,6 +39,15 @@ def point_at(api_base: str | None, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
+NOT_SERVED = "This bot serves only the servers its host chose; ask your server's admins."
+NO_DMS = "This bot takes commands in its servers, not in direct messages."
+
+
+class ImagineTree(app_commands.CommandTree["ImagineBot"]):
+    async def interaction_check(self, interaction: discord.Interaction[ImagineBot], /) -> bool:
+        return await interaction.client.admit(interaction)
+
+
 class ImagineBot(commands.Bot):
     def __init__(self, runtime: Runtime, *, guild_ready_timeout: float = 2.0) -> None:
         super().__init__(
@@ -45,6 +56,11 @@ class ImagineBot(commands.Bot):
             help_command=None,
             guild_ready_timeout=guild_ready_timeout,
             allowed_mentions=discord.AllowedMentions.none(),
+            tree_cls=ImagineTree,
+            allowed_contexts=app_commands.AppCommandContext(
+                guild=True, dm_channel=runtime.settings.allow_dms, private_channel=False
+            ),
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=False),
         )
         self.runtime = runtime
         settings = runtime.settings
@@ -65,6 +81,33 @@ class ImagineBot(commands.Bot):
         )
         self.handlers: ImagineCog
         self.admin: AdminCog
+
+    def serves(self, guild_id: int | None, *, dm_commands: bool = True) -> bool:
+        """Whether the bot serves this server (``IMAGINE_GUILD_IDS``, or every server when
+        open to all); a direct message (None): when DMs are allowed, or not a command."""
+        settings = self.runtime.settings
+        if guild_id is None:
+            return settings.allow_dms or not dm_commands
+        return settings.open_to_all_servers or guild_id in settings.guild_ids
+
+    async def admit(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+        """Every command and button passes here first: from a server the bot does not serve
+        (or a command in a DM, unless allowed), one line back, a line in the log, nothing
+        done."""
+        command = interaction.type is discord.InteractionType.application_command
+        if self.serves(interaction.guild_id, dm_commands=command):
+            return True
+        where = f"server {interaction.guild_id}" if interaction.guild_id else "a direct message"
+        logger.warning(
+            "ignored an interaction from %s by user %s: not a server in IMAGINE_GUILD_IDS "
+            "(or DMs are off)",
+            where,
+            interaction.user.id,
+        )
+        text = NOT_SERVED if interaction.guild_id else NO_DMS
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.send_message(text, ephemeral=True)
+        return False
 
     def actor(
         self,
@@ -89,12 +132,12 @@ class ImagineBot(commands.Bot):
         await self.add_cog(self.admin)
         self.add_dynamic_items(JobButton, AdminButton, QueuePageButton)
         self.tree.on_error = self._command_error  # type: ignore[method-assign]
-        guild_ids = self.runtime.settings.guild_ids
-        if guild_ids:
-            for guild_id in guild_ids:
-                await self._sync(guild_id)
+        settings = self.runtime.settings
+        if settings.open_to_all_servers or not settings.guild_ids:
+            await self.tree.sync()  # global: every server that adds the bot
         else:
-            await self.tree.sync()
+            for guild_id in settings.guild_ids:
+                await self._sync(guild_id)
         await self.deliveries.start()
 
     async def _sync(self, guild_id: int) -> None:

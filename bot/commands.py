@@ -341,6 +341,8 @@ class ImagineCog(commands.Cog):
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         if self.bot.user is not None and payload.user_id == self.bot.user.id:
             return
+        if not self.bot.serves(payload.guild_id, dm_commands=False):
+            return  # a server the host does not serve (any more)
         emoji = (payload.emoji.name or "").replace("\ufe0f", "")
         if emoji not in {ENVELOPE, CROSS}:
             return

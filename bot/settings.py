@@ -101,8 +101,13 @@ class Settings(BaseSettings):
     # A Discord-compatible REST proxy and gateway (large bots run one; the tests run a local one).
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
-    # Guilds whose command list is synced at start (at once); empty: global commands.
+    # The servers the bot serves (their commands are registered at start, at once): anything
+    # from another server gets one line and is ignored. open_to_all_servers serves every
+    # server that adds the bot (global commands); `run` refuses to start with neither.
     guild_ids: IdList = Field(default_factory=list)
+    open_to_all_servers: bool = False
+    # Slash commands in a direct message with the bot (buttons on its own DMs always work).
+    allow_dms: bool = False
     admin_user_ids: IdList = Field(default_factory=list)
     admin_role_ids: IdList = Field(default_factory=list)
     # Attached start images: the largest file and the most pixels accepted.

@@ -200,6 +200,10 @@ async def test_a_channel_that_lost_send_messages_sends_the_result_by_dm(
             what="the progress message replaced",
         )
         assert not server.original(asked)["attachments"]  # type: ignore[index]
+        # Its buttons work there (DM commands are off; the bot's own DM buttons are not).
+        pressed = await server.click(int(dm[0]["id"]), "U1", server.alice)
+        upscaled = await server.wait_for_result(pressed)
+        assert upscaled["attachments"] and int(upscaled["channel_id"]) in server.dm_channels
 
 
 async def test_a_deleted_channel_sends_the_result_by_dm(
