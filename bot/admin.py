@@ -37,8 +37,8 @@ NOT_ALLOWED = (
     "Administrator permission here) and the host's admins (IMAGINE_ADMIN_USER_IDS)."
 )
 HOST_ONLY = (
-    "Bans, quotas and weights apply on every server this bot serves, so only the host's "
-    "admins (IMAGINE_ADMIN_USER_IDS) set them. Ask the bot's host."
+    "Quotas and weights apply on every server this bot serves, so only the host's admins "
+    "(IMAGINE_ADMIN_USER_IDS) set them. Ask the bot's host."
 )
 
 
@@ -176,30 +176,40 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         duration: str | None = None,
     ) -> None:
         actor = await self._allowed(interaction)
-        if actor is None or not await self._host_only(interaction, actor):
+        if actor is None:
             return
         try:
             length = parse_duration(duration) if duration else None
         except InvalidRequest as error:
             await refuse(interaction, f"**{error.option}** {error.message}")
             return
-        banned = await self.moderation.ban(
+        in_server = not may_manage_users(actor)  # a server's moderators ban in their server
+        await self.moderation.ban(
             interaction.user.id,
             user.id,
             reason=reason or "",
             duration=length,
             guild_id=interaction.guild_id,
+            in_server=in_server,
         )
-        end = messages.when(banned.banned_until) if banned.banned_until else "until unbanned"
-        await self._answer(interaction, f"<@{user.id}> is banned {end}: {banned.ban_reason}")
+        end = messages.when(utcnow() + length) if length else "until unbanned"
+        where = "in this server" if in_server else "on every server"
+        await self._answer(
+            interaction,
+            f"<@{user.id}> is banned {where} {end}: {reason or 'no reason given'}",
+        )
 
     @app_commands.command(name="unban", description="Let a member generate again.")
     async def unban(self, interaction: discord.Interaction[ImagineBot], user: discord.User) -> None:
         actor = await self._allowed(interaction)
-        if actor is None or not await self._host_only(interaction, actor):
+        if actor is None:
             return
-        await self.moderation.unban(interaction.user.id, user.id, guild_id=interaction.guild_id)
-        await self._answer(interaction, f"<@{user.id}> may generate again.")
+        in_server = not may_manage_users(actor)
+        await self.moderation.unban(
+            interaction.user.id, user.id, guild_id=interaction.guild_id, in_server=in_server
+        )
+        where = "in this server" if in_server else "on every server"
+        await self._answer(interaction, f"<@{user.id}> may generate again ({where}).")
 
     @app_commands.command(name="quota", description="Show or set a member's limits and weight.")
     async def quota(  # noqa: PLR0917 - discord.py passes each option as an argument
@@ -332,15 +342,16 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                 await self._delete_job(interaction, args[0], "from the review of flagged images")
                 text = f"Job {args[0]} deleted."
             elif action == "ban":
-                if not await self._host_only(interaction, actor):
-                    return
+                in_server = not may_manage_users(actor)
                 await self.moderation.ban(
                     interaction.user.id,
                     args[0],
                     reason=f"from the review of job {args[1]}" if len(args) > 1 else "",
                     guild_id=interaction.guild_id,
+                    in_server=in_server,
                 )
-                text = f"<@{args[0]}> is banned until unbanned."
+                where = "in this server" if in_server else "on every server"
+                text = f"<@{args[0]}> is banned {where} until unbanned."
             else:
                 raise InvalidRequest("button", f"{action!r} is not an admin action")
         except GenerationError as error:

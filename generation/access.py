@@ -2,10 +2,10 @@
 bot, the command line, the web console to come) asks here, and none decides for itself.
 
 - **Host admins** (``IMAGINE_ADMIN_USER_IDS``, and the host at the command line) see and act on
-  everything, and alone set fair-share weights, bans and quotas (these are host-wide).
+  everything, ban on every server, and alone set fair-share weights and quotas (host-wide).
 - **Server moderators** (a role in ``IMAGINE_ADMIN_ROLE_IDS``, or Discord's Administrator
   permission, *in the server they act from*) see and act on that server's jobs, events and
-  flagged images only.
+  flagged images only, and ban in that server only.
 - **Members** see their own jobs, and other members' jobs of the server they are in, except
   deleted ones and ones with an image held for review.
 """
@@ -109,5 +109,6 @@ def may_moderate_job(actor: Actor, job: JobRecord) -> bool:
 
 
 def may_manage_users(actor: Actor) -> bool:
-    """Bans, quotas and fair-share weights: host-wide, so host admins only."""
+    """Host-wide bans, quotas and fair-share weights: host admins only (a server's
+    moderators ban in their server)."""
     return actor.host

@@ -19,10 +19,13 @@ class InvalidRequest(GenerationError):
 
 
 class UserBanned(GenerationError):
-    def __init__(self, reason: str | None, until: dt.datetime | None) -> None:
+    def __init__(
+        self, reason: str | None, until: dt.datetime | None, *, in_server: bool = False
+    ) -> None:
         end = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "with no end date"
+        where = " in this server" if in_server else ""
         super().__init__(
-            f"you are banned from generating images {end}: {reason or 'no reason given'}"
+            f"you are banned from generating images{where} {end}: {reason or 'no reason given'}"
         )
         self.reason = reason
         self.until = until

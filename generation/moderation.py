@@ -88,13 +88,19 @@ class Moderation:
         reason: str = "",
         duration: dt.timedelta | None = None,
         guild_id: int | None = None,
+        in_server: bool = False,
     ) -> UserRecord:
-        """Ban a user from generating, for ``duration`` or until unbanned."""
+        """Ban a user from generating, for ``duration`` or until unbanned: on every server, or
+        (``in_server``) in ``guild_id`` only, as a server's moderators do."""
         until = self.clock() + duration if duration is not None else None
+        why = reason or "no reason given"
         async with self.db.uow() as uow:
-            await uow.users.set_ban(
-                user_id, banned=True, reason=reason or "no reason given", until=until
-            )
+            if in_server:
+                if guild_id is None:
+                    raise InvalidRequest("server", "a server ban needs the server")
+                await uow.users.set_guild_ban(guild_id, user_id, reason=why, until=until)
+            else:
+                await uow.users.set_ban(user_id, banned=True, reason=why, until=until)
             await self._event(
                 uow,
                 EventKind.BAN,
@@ -102,17 +108,32 @@ class Moderation:
                 guild_id=guild_id,
                 target_user_id=user_id,
                 reason=reason,
-                details={"until": until.isoformat() if until else None},
+                details={
+                    "until": until.isoformat() if until else None,
+                    "scope": "server" if in_server else "host",
+                },
             )
             user = await uow.users.ensure(user_id)
             await uow.commit()
         return user
 
     async def unban(
-        self, actor_id: int | None, user_id: int, *, reason: str = "", guild_id: int | None = None
+        self,
+        actor_id: int | None,
+        user_id: int,
+        *,
+        reason: str = "",
+        guild_id: int | None = None,
+        in_server: bool = False,
     ) -> UserRecord:
+        """Lift a ban: the host-wide one, or (``in_server``) the one in ``guild_id``."""
         async with self.db.uow() as uow:
-            await uow.users.set_ban(user_id, banned=False)
+            if in_server:
+                if guild_id is None:
+                    raise InvalidRequest("server", "a server ban needs the server")
+                await uow.users.clear_guild_ban(guild_id, user_id)
+            else:
+                await uow.users.set_ban(user_id, banned=False)
             await self._event(
                 uow,
                 EventKind.UNBAN,
@@ -120,6 +141,7 @@ class Moderation:
                 guild_id=guild_id,
                 target_user_id=user_id,
                 reason=reason,
+                details={"scope": "server" if in_server else "host"},
             )
             user = await uow.users.ensure(user_id)
             await uow.commit()

@@ -237,6 +237,10 @@ class GenerationService:
             user = await uow.users.lock(request.user_id)
             if user.banned and (user.banned_until is None or user.banned_until > now):
                 raise UserBanned(user.ban_reason, user.banned_until)
+            if request.guild_id is not None:
+                here = await uow.users.guild_ban(request.guild_id, user.id)
+                if here is not None and here.active(now):
+                    raise UserBanned(here.reason, here.until, in_server=True)
             if blocked is not None:
                 refusal = await strike(
                     uow,

@@ -47,12 +47,18 @@ async def strike(
         },
         created_at=now,
     )
-    strikes = await uow.events.count(EventKind.PROMPT_BLOCKED, user_id, now - policy.window)
+    # Strikes count, and ban, in the server they were made in (host-wide outside any server).
+    strikes = await uow.events.count(
+        EventKind.PROMPT_BLOCKED, user_id, now - policy.window, guild_id
+    )
     if strikes < policy.strikes_to_ban:
         return PromptBlocked(blocked.option, strikes, policy.strikes_to_ban)
     until = now + policy.ban_for
     reason = f"automatic: {strikes} blocked prompts within {_span(policy.window)}"
-    await uow.users.set_ban(user_id, banned=True, reason=reason, until=until)
+    if guild_id is not None:
+        await uow.users.set_guild_ban(guild_id, user_id, reason=reason, until=until)
+    else:
+        await uow.users.set_ban(user_id, banned=True, reason=reason, until=until)
     await uow.events.add(
         kind=EventKind.BAN,
         actor_id=None,

@@ -108,6 +108,19 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class GuildBan(Base):
+    """A ban in one server, by its moderators or its strikes: the member may not generate there,
+    and other servers are not touched. (A host-wide ban is on the user.)"""
+
+    __tablename__ = "guild_bans"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Guild(Base):
     __tablename__ = "guilds"
 

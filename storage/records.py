@@ -25,6 +25,18 @@ class UserRecord:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GuildBanRecord:
+    guild_id: int
+    user_id: int
+    reason: str
+    until: dt.datetime | None
+    created_at: dt.datetime
+
+    def active(self, now: dt.datetime) -> bool:
+        return self.until is None or self.until > now
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JobRecord:
     id: int
     kind: str

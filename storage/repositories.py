@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,6 +17,7 @@ from storage.models import (
     Delivery,
     DeliveryState,
     Guild,
+    GuildBan,
     Image,
     Job,
     JobStatus,
@@ -29,6 +30,7 @@ from storage.models import (
 )
 from storage.records import (
     DeliveryRecord,
+    GuildBanRecord,
     ImageRecord,
     JobRecord,
     ModerationEventRecord,
@@ -99,6 +101,26 @@ class UserRepository:
         row = await self._session.get(User, user_id, populate_existing=True)
         assert row is not None
         return to_record(UserRecord, row)
+
+    async def guild_ban(self, guild_id: int, user_id: int) -> GuildBanRecord | None:
+        row = await self._session.get(GuildBan, (guild_id, user_id), populate_existing=True)
+        return to_record(GuildBanRecord, row) if row else None
+
+    async def set_guild_ban(
+        self, guild_id: int, user_id: int, *, reason: str, until: dt.datetime | None
+    ) -> None:
+        """Ban (or ban again, replacing the last) in one server."""
+        await self._session.execute(
+            delete(GuildBan).where(GuildBan.guild_id == guild_id, GuildBan.user_id == user_id)
+        )
+        self._session.add(GuildBan(guild_id=guild_id, user_id=user_id, reason=reason, until=until))
+        await self._session.flush()
+
+    async def clear_guild_ban(self, guild_id: int, user_id: int) -> bool:
+        result = await self._session.execute(
+            delete(GuildBan).where(GuildBan.guild_id == guild_id, GuildBan.user_id == user_id)
+        )
+        return bool(getattr(result, "rowcount", 0))
 
     async def set_ban(
         self,
@@ -461,12 +483,21 @@ class ModerationEventRepository:
         await self._session.flush()
         return to_record(ModerationEventRecord, row)
 
-    async def count(self, kind: str, target_user_id: int, since: dt.datetime) -> int:
+    async def count(
+        self,
+        kind: str,
+        target_user_id: int,
+        since: dt.datetime,
+        guild_id: int | None = None,
+    ) -> int:
+        """Events of a kind about a user since a time (in one server with ``guild_id``)."""
         query = select(func.count()).where(
             ModerationEvent.kind == kind,
             ModerationEvent.target_user_id == target_user_id,
             ModerationEvent.created_at >= since,
         )
+        if guild_id is not None:
+            query = query.where(ModerationEvent.guild_id == guild_id)
         return int(await self._session.scalar(query) or 0)
 
     async def for_job(self, job_id: int) -> list[ModerationEventRecord]:

@@ -106,14 +106,23 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
     refused = await _listed(server, s.erin, guild=str(server.guild_id))
     assert isinstance(refused, str) and "you moderate this server only" in refused
 
-    # Bans, quotas and weights are host-wide: host admins only.
-    assert await _said(server, s.erin, "admin ban", user=s.alice) == HOST_ONLY
+    # Quotas and weights are host-wide: host admins only. A server's moderators ban in their
+    # server; host admins on every server.
     assert await _said(server, s.admin, "admin quota", user=s.bob, weight=100.0) == HOST_ONLY
     assert await _said(server, s.erin, "admin quota", user=s.erin, weight=100.0) == HOST_ONLY
     service = running.runtime.service
     assert (await service.usage(s.erin.id)).user.weight is None
-    assert not (await service.usage(s.alice.id)).user.banned
-    assert "is banned" in await _said(server, s.host, "admin ban", user=s.carol, reason="spam")
+    said = await _said(server, s.erin, "admin ban", user=s.alice, reason="spam")
+    assert said.startswith(f"<@{s.alice.id}> is banned in this server")
+    assert not (await service.usage(s.alice.id)).user.banned, "not on every server"
+    said = await _said(server, s.dave, "admin ban", user=s.carol, reason="spam")
+    assert "is banned in this server" in said
+    refused = await _said(server, s.carol, "imagine", prompt="a red circle")
+    assert "you are banned from generating images in this server" in refused
+    assert "is banned on every server" in await _said(
+        server, s.host, "admin ban", user=s.bob, reason="spam"
+    )
+    assert (await service.usage(s.bob.id)).user.banned
 
     # Another server's moderator cannot delete, nor ❌, nor reproduce a job.
     text = await _said(server, s.erin, "admin delete", job=alices)

@@ -278,3 +278,37 @@ async def test_deleting_the_last_job_of_an_upload_waits_for_a_submit_of_the_same
     await asyncio.wait_for(second, 30)
     await asyncio.wait_for(deleting, 30)
     assert first.init_image_path is not None and store.exists(first.init_image_path)
+
+
+async def test_strikes_and_a_moderators_ban_in_a_server_hold_in_that_server_only(
+    db: Database, store: ImageStore, strict: GenerationService, clock: Clock
+) -> None:
+    one, two = 101, 202
+    for _ in range(2):
+        with pytest.raises(PromptBlocked):
+            await strict.submit(GenerationRequest("gore", user_id=8, guild_id=one))
+    with pytest.raises(PromptBlocked) as refused:
+        await strict.submit(GenerationRequest("gore", user_id=8, guild_id=two))
+    assert refused.value.strikes == 1, "strikes count in the server they were made in"
+    with pytest.raises(PromptBlocked) as refused:
+        await strict.submit(GenerationRequest("gore", user_id=8, guild_id=one))
+    assert refused.value.banned_until is not None
+    with pytest.raises(UserBanned, match="in this server"):
+        await strict.submit(GenerationRequest("a red circle", user_id=8, guild_id=one))
+    elsewhere = await strict.submit(GenerationRequest("a red circle", user_id=8, guild_id=two))
+    assert elsewhere.job.status == JobStatus.QUEUED, "another server is not touched"
+
+    moderation = Moderation(db, store, clock)
+    await moderation.ban(55, 9, reason="spam", guild_id=two, in_server=True)
+    with pytest.raises(UserBanned, match=r"in this server .* spam"):
+        await strict.submit(GenerationRequest("a red circle", user_id=9, guild_id=two))
+    await strict.submit(GenerationRequest("a red circle", user_id=9, guild_id=one))
+    assert not (await strict.usage(9)).user.banned, "not a host-wide ban"
+    await moderation.unban(55, 9, guild_id=two, in_server=True)
+    await strict.submit(GenerationRequest("a blue circle", user_id=9, guild_id=two))
+    async with db.uow() as uow:
+        events = await uow.events.recent(target_user_id=9)
+    assert [(e.kind, e.details.get("scope")) for e in reversed(events)] == [
+        ("ban", "server"),
+        ("unban", "server"),
+    ]
