@@ -208,8 +208,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         await self.moderation.unban(
             interaction.user.id, user.id, guild_id=interaction.guild_id, in_server=in_server
         )
-        where = "in this server" if in_server else "on every server"
-        await self._answer(interaction, f"<@{user.id}> may generate again ({where}).")
+        lifted = "their ban in this server is lifted" if in_server else "every ban is lifted"
+        await self._answer(interaction, f"<@{user.id}>: {lifted}.")
 
     @app_commands.command(name="quota", description="Show or set a member's limits and weight.")
     async def quota(  # noqa: PLR0917 - discord.py passes each option as an argument

@@ -39,10 +39,6 @@ def point_at(api_base: str | None, gateway_url: str | None) -> None:
         discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
 
-NOT_SERVED = "This bot serves only the servers its host chose; ask your server's admins."
-NO_DMS = "This bot takes commands in its servers, not in direct messages."
-
-
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     async def interaction_check(self, interaction: discord.Interaction[ImagineBot], /) -> bool:
         return await interaction.client.admit(interaction)
@@ -104,7 +100,7 @@ class ImagineBot(commands.Bot):
             where,
             interaction.user.id,
         )
-        text = NOT_SERVED if interaction.guild_id else NO_DMS
+        text = messages.NOT_SERVED if interaction.guild_id else messages.NO_DMS
         with contextlib.suppress(discord.HTTPException):
             await interaction.response.send_message(text, ephemeral=True)
         return False

@@ -285,9 +285,13 @@ class ImagineCog(commands.Cog):
             await self._cancel(interaction, job_id)
             return
         try:
-            await self._visible(interaction, job_id)
+            parent = await self._visible(interaction, job_id)
         except GenerationError as error:
             await refuse(interaction, str(error))
+            return
+        if not self.bot.serves(parent.job.guild_id, dm_commands=False):
+            # A result (in a DM, say) of a server the host no longer serves.
+            await refuse(interaction, messages.NOT_SERVED)
             return
         kind, strength = {
             Action.UPSCALE: (JobKind.UPSCALE, None),
@@ -463,6 +467,8 @@ class ImagineCog(commands.Cog):
             job = (await self._visible(interaction, id)).job
             if not may_act_on_job(self._actor(interaction), job):
                 raise NotAllowed(f"job {id} is not yours to reproduce")
+            # A full render outside the queue: never for someone banned here or everywhere.
+            await runtime.moderation.check_not_banned(interaction.user.id, interaction.guild_id)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return

@@ -40,6 +40,8 @@ SHORT_SHA256 = r"sha256 \1" + MORE
 
 BROKE = "Sorry, that failed on our side; the host's log has the details."
 AWAY = "The bot cannot reach its database just now, so nothing was done: try again in a minute."
+NOT_SERVED = "This bot serves only the servers its host chose; ask your server's admins."
+NO_DMS = "This bot takes commands in its servers, not in direct messages."
 
 
 def when(moment: dt.datetime) -> str:

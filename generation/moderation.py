@@ -17,6 +17,7 @@ from generation.errors import (
     JobNotFound,
     JobStateError,
     NotAllowed,
+    UserBanned,
 )
 from generation.service import JobView
 from storage.db import Database
@@ -132,8 +133,9 @@ class Moderation:
                 if guild_id is None:
                     raise InvalidRequest("server", "a server ban needs the server")
                 await uow.users.clear_guild_ban(guild_id, user_id)
-            else:
+            else:  # a host admin's unban lifts every ban, the servers' too
                 await uow.users.set_ban(user_id, banned=False)
+                await uow.users.clear_guild_bans(user_id)
             await self._event(
                 uow,
                 EventKind.UNBAN,
@@ -199,6 +201,22 @@ class Moderation:
         await uow.jobs.lock_upload(path)
         if not await uow.jobs.using_upload(path):
             await asyncio.to_thread(self.store.delete, path)
+
+    async def check_not_banned(self, user_id: int, guild_id: int | None) -> None:
+        """Raise ``UserBanned`` if the user may not generate, on every server or in this one
+        (for what renders outside the queue's submit, such as /reproduce)."""
+        now = self.clock()
+        async with self.db.uow() as uow:
+            user = await uow.users.get(user_id)
+            here = await uow.users.guild_ban(guild_id, user_id) if guild_id else None
+        if (
+            user is not None
+            and user.banned
+            and (user.banned_until is None or user.banned_until > now)
+        ):
+            raise UserBanned(user.ban_reason, user.banned_until)
+        if here is not None and here.active(now):
+            raise UserBanned(here.reason, here.until, in_server=True)
 
     async def job_of_image(self, image_id: int) -> int:
         """The job a flagged image belongs to (to decide who may review it)."""

@@ -49,7 +49,7 @@ async def strike(
     )
     # Strikes count, and ban, in the server they were made in (host-wide outside any server).
     strikes = await uow.events.count(
-        EventKind.PROMPT_BLOCKED, user_id, now - policy.window, guild_id
+        EventKind.PROMPT_BLOCKED, user_id, now - policy.window, guild_id, per_server=True
     )
     if strikes < policy.strikes_to_ban:
         return PromptBlocked(blocked.option, strikes, policy.strikes_to_ban)

@@ -109,18 +109,34 @@ class UserRepository:
     async def set_guild_ban(
         self, guild_id: int, user_id: int, *, reason: str, until: dt.datetime | None
     ) -> None:
-        """Ban (or ban again, replacing the last) in one server."""
-        await self._session.execute(
-            delete(GuildBan).where(GuildBan.guild_id == guild_id, GuildBan.user_id == user_id)
+        """Ban (or ban again, replacing the last) in one server: one upsert, so two moderators
+        banning at once both succeed."""
+        dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        statement = insert(GuildBan).values(
+            guild_id=guild_id, user_id=user_id, reason=reason, until=until, created_at=utcnow()
         )
-        self._session.add(GuildBan(guild_id=guild_id, user_id=user_id, reason=reason, until=until))
-        await self._session.flush()
+        await self._session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[GuildBan.guild_id, GuildBan.user_id],
+                set_={
+                    "reason": reason,
+                    "until": until,
+                    "created_at": statement.excluded.created_at,
+                },
+            )
+        )
 
     async def clear_guild_ban(self, guild_id: int, user_id: int) -> bool:
         result = await self._session.execute(
             delete(GuildBan).where(GuildBan.guild_id == guild_id, GuildBan.user_id == user_id)
         )
         return bool(getattr(result, "rowcount", 0))
+
+    async def clear_guild_bans(self, user_id: int) -> int:
+        """Lift the user's bans in every server (a host admin's unban)."""
+        result = await self._session.execute(delete(GuildBan).where(GuildBan.user_id == user_id))
+        return int(getattr(result, "rowcount", 0))
 
     async def set_ban(
         self,
@@ -489,8 +505,11 @@ class ModerationEventRepository:
         target_user_id: int,
         since: dt.datetime,
         guild_id: int | None = None,
+        *,
+        per_server: bool = False,
     ) -> int:
-        """Events of a kind about a user since a time (in one server with ``guild_id``)."""
+        """Events of a kind about a user since a time: in one server with ``guild_id``; with
+        ``per_server``, those made outside any server when ``guild_id`` is None."""
         query = select(func.count()).where(
             ModerationEvent.kind == kind,
             ModerationEvent.target_user_id == target_user_id,
@@ -498,6 +517,8 @@ class ModerationEventRepository:
         )
         if guild_id is not None:
             query = query.where(ModerationEvent.guild_id == guild_id)
+        elif per_server:
+            query = query.where(ModerationEvent.guild_id.is_(None))
         return int(await self._session.scalar(query) or 0)
 
     async def for_job(self, job_id: int) -> list[ModerationEventRecord]:

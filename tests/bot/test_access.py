@@ -136,6 +136,10 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
     assert (await service.job(alices)).job.status == "succeeded"
     assert delivery.result_message_id in server.messages
 
+    # A member banned in the server renders nothing there, /reproduce included.
+    assert "is banned in this server" in await _said(server, s.admin, "admin ban", user=s.alice)
+    text = await _said(server, s.alice, "reproduce", id=alices)
+    assert "you are banned from generating images in this server" in text
     # The server's own moderator can.
     assert "deleted" in await _said(server, s.admin, "admin delete", job=alices)
     assert (await service.job(alices)).job.status == "deleted"

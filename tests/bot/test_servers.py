@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.client import NOT_SERVED
+from bot.messages import NOT_SERVED
 from tests.bot.conftest import bot_settings, running_bot
 from tests.fakediscord.actions import LocalDiscord
 

@@ -312,3 +312,16 @@ async def test_strikes_and_a_moderators_ban_in_a_server_hold_in_that_server_only
         ("ban", "server"),
         ("unban", "server"),
     ]
+    # Strikes outside any server count only there: two in server one and one in a DM are
+    # not three.
+    with pytest.raises(PromptBlocked) as refused:
+        await strict.submit(GenerationRequest("gore", user_id=8))
+    assert refused.value.strikes == 1 and refused.value.banned_until is None
+    # A host admin's unban lifts every ban, the servers' too.
+    await moderation.unban(None, 8)
+    await strict.submit(GenerationRequest("a green circle", user_id=8, guild_id=one))
+    await moderation.ban(55, 9, reason="spam", guild_id=two, in_server=True)
+    await moderation.ban(56, 9, reason="spam again", guild_id=two, in_server=True)
+    with pytest.raises(UserBanned, match="spam again"):
+        await moderation.check_not_banned(9, two)
+    await moderation.check_not_banned(9, one)
