@@ -17,9 +17,8 @@ from generation.errors import (
     JobNotFound,
     JobStateError,
     NotAllowed,
-    UserBanned,
 )
-from generation.service import JobView
+from generation.service import JobView, refuse_if_banned
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, Review, utcnow
@@ -205,18 +204,8 @@ class Moderation:
     async def check_not_banned(self, user_id: int, guild_id: int | None) -> None:
         """Raise ``UserBanned`` if the user may not generate, on every server or in this one
         (for what renders outside the queue's submit, such as /reproduce)."""
-        now = self.clock()
         async with self.db.uow() as uow:
-            user = await uow.users.get(user_id)
-            here = await uow.users.guild_ban(guild_id, user_id) if guild_id else None
-        if (
-            user is not None
-            and user.banned
-            and (user.banned_until is None or user.banned_until > now)
-        ):
-            raise UserBanned(user.ban_reason, user.banned_until)
-        if here is not None and here.active(now):
-            raise UserBanned(here.reason, here.until, in_server=True)
+            await refuse_if_banned(uow, await uow.users.get(user_id), guild_id, self.clock())
 
     async def job_of_image(self, image_id: int) -> int:
         """The job a flagged image belongs to (to decide who may review it)."""

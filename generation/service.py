@@ -73,6 +73,20 @@ def _api_takes_images(model: ModelInfo) -> bool:
     return spec.variations or spec.edits
 
 
+async def refuse_if_banned(
+    uow: UnitOfWork, user: UserRecord | None, guild_id: int | None, now: dt.datetime
+) -> None:
+    """Raise ``UserBanned`` if the user is banned on every server, or in ``guild_id``."""
+    if user is None:
+        return
+    if user.banned and (user.banned_until is None or user.banned_until > now):
+        raise UserBanned(user.ban_reason, user.banned_until)
+    if guild_id is not None:
+        here = await uow.users.guild_ban(guild_id, user.id)
+        if here is not None and here.active(now):
+            raise UserBanned(here.reason, here.until, in_server=True)
+
+
 def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) -> float:
     """Cost in megapixel-steps: width × height × steps run × images × the model's factor.
 
@@ -235,12 +249,7 @@ class GenerationService:
             now = self.clock()
             await uow.users.ensure(request.user_id, request.user_name)
             user = await uow.users.lock(request.user_id)
-            if user.banned and (user.banned_until is None or user.banned_until > now):
-                raise UserBanned(user.ban_reason, user.banned_until)
-            if request.guild_id is not None:
-                here = await uow.users.guild_ban(request.guild_id, user.id)
-                if here is not None and here.active(now):
-                    raise UserBanned(here.reason, here.until, in_server=True)
+            await refuse_if_banned(uow, user, request.guild_id, now)
             if blocked is not None:
                 refusal = await strike(
                     uow,
