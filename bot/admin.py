@@ -1,4 +1,4 @@
-"""/admin: logs, job, ban, unban, quota, delete and flagged, with their buttons.
+"""/admin: logs, job, ban, unban, quota, settings, delete and flagged, with their buttons.
 
 Discord's ``default_member_permissions`` only hides commands; a server can change that, so
 every command and every button here checks the member itself.
@@ -22,6 +22,7 @@ from generation.access import Actor, may_manage_users, may_moderate_job
 from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.imaging import fit_file
 from generation.moderation import Flagged, parse_duration
+from generation.quotas import SERVER_QUOTAS
 from storage.models import utcnow
 from storage.records import JobRecord
 
@@ -52,6 +53,10 @@ def _snowflake(option: str, text: str | None) -> int | None:
     if not text.strip().isdigit():
         raise InvalidRequest(option, f"must be an id (digits only), not {text!r}")
     return int(text)
+
+
+def _terms(text: str | None) -> list[str]:
+    return [term.strip() for term in (text or "").split(",") if term.strip()]
 
 
 def _scoped(actor: Actor, guild_id: int | None) -> int | None:
@@ -256,6 +261,58 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             f"{limits.images_per_user_day}",
         )
 
+    @app_commands.command(name="settings", description="Show or change this server's settings.")
+    @app_commands.describe(
+        safety="What a flagged image gets here: spoiler, withhold, off, or host (the host's).",
+        block="Terms to block here, comma-separated (on top of the host's).",
+        unblock="Terms of this server's own to block no more, comma-separated.",
+        age_restricted_only="Allow /imagine only in channels marked age-restricted.",
+        quota="A limit to set for this server (no looser than the host's).",
+        limit="Its value here; leave empty to take the host's again.",
+    )
+    @app_commands.choices(
+        safety=[
+            app_commands.Choice(name=n, value=n) for n in ("spoiler", "withhold", "off", "host")
+        ],
+        quota=[app_commands.Choice(name=n, value=n) for n in SERVER_QUOTAS],
+    )
+    async def settings(  # noqa: PLR0917 - discord.py passes each option as an argument
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        safety: str | None = None,
+        block: str | None = None,
+        unblock: str | None = None,
+        age_restricted_only: bool | None = None,
+        quota: str | None = None,
+        limit: float | None = None,
+    ) -> None:
+        actor = await self._allowed(interaction)
+        if actor is None or interaction.guild_id is None:
+            return
+        servers = self.service.servers
+        changes = (safety, block, unblock, age_restricted_only, quota)
+        try:
+            if any(change is not None for change in changes):
+                rules = await servers.update(
+                    interaction.guild_id,
+                    actor,
+                    safety_policy=None if safety in (None, "host") else safety,
+                    host_safety_policy=safety == "host",
+                    block=_terms(block),
+                    unblock=_terms(unblock),
+                    age_restricted_only=age_restricted_only,
+                    quotas={quota: limit} if quota and limit is not None else None,
+                    clear_quotas=(quota,) if quota and limit is None else (),
+                )
+            else:
+                rules = await servers.rules(interaction.guild_id)
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        await answer(
+            interaction, messages.server_settings(rules, servers.host_rules(), servers.quotas)
+        )
+
     @app_commands.command(name="delete", description="Delete a job's result and image files.")
     async def delete(
         self,
@@ -280,15 +337,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         await self.moderation.delete_job(
             interaction.user.id, job_id, is_admin=True, reason=reason, guild_id=interaction.guild_id
         )
-        delivery = await self.bot.outbox.get(job_id)
-        if delivery is not None and delivery.result_message_id and delivery.channel_id:
-            message = self.bot.get_partial_messageable(delivery.channel_id).get_partial_message(
-                delivery.result_message_id
-            )
-            try:
-                await message.delete()
-            except discord.HTTPException as error:  # the record is deleted all the same
-                logger.warning("could not delete the message of job %s: %s", job_id, error)
+        # Every message of the job goes (best effort: the record is deleted all the same).
+        await self.bot.deliveries.routes.remove_all(await self.service.job(job_id))
 
     @app_commands.command(name="flagged", description="Images the safety check flagged.")
     async def flagged(self, interaction: discord.Interaction[ImagineBot]) -> None:
@@ -337,6 +387,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                     interaction.user.id, args[0], guild_id=interaction.guild_id
                 )
                 text = f"Image {image.index + 1} of job {image.job_id} approved."
+                self.bot.deliveries.deliver_now(image.job_id)  # shown now if none is held back
             elif action == "delete":
                 await self._job(actor, args[0])
                 await self._delete_job(interaction, args[0], "from the review of flagged images")

@@ -1,7 +1,8 @@
-"""Moderation for hosts: ``imagine-bot admin logs|job|ban|unban|quota|delete|flagged``."""
+"""Moderation for hosts: ``imagine-bot admin logs|job|ban|unban|quota|delete|flagged|settings``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -11,8 +12,10 @@ from bot.cli_queue import quota
 from bot.cli_support import job_json, run_async
 from bot.runtime import open_runtime
 from bot.settings import Settings
+from generation.access import HOST
 from generation.errors import GenerationError
 from generation.moderation import parse_duration
+from generation.quotas import SERVER_QUOTAS
 from storage.models import utcnow
 
 ACTOR = click.option(
@@ -180,3 +183,81 @@ def delete(settings: Settings, job_id: int, reason: str, actor: int | None) -> N
 
 
 admin.add_command(quota)
+
+
+@admin.command(name="settings")
+@click.argument("guild_id", type=int)
+@click.option(
+    "--safety",
+    type=click.Choice(["spoiler", "withhold", "off", "host"]),
+    default=None,
+    help="What a flagged image gets in this server (host: the host's policy).",
+)
+@click.option("--block", multiple=True, help="A term to block in this server (repeatable).")
+@click.option("--unblock", multiple=True, help="A term of its own to block no more.")
+@click.option(
+    "--age-restricted-only/--any-channel",
+    default=None,
+    help="Allow /imagine only in channels marked age-restricted.",
+)
+@click.option("--quota", "quotas", multiple=True, help="NAME=VALUE: a limit for this server.")
+@click.option("--clear-quota", multiple=True, help="NAME: take the host's limit again.")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@ACTOR
+@click.pass_obj
+def server_settings(
+    settings: Settings,
+    guild_id: int,
+    safety: str | None,
+    block: tuple[str, ...],
+    unblock: tuple[str, ...],
+    age_restricted_only: bool | None,
+    quotas: tuple[str, ...],
+    clear_quota: tuple[str, ...],
+    as_json: bool,
+    actor: int | None,
+) -> None:
+    """Show or change GUILD_ID's own settings (the host may set any, looser than its own
+    defaults too); every change is recorded."""
+    limits: dict[str, str] = {}
+    for item in quotas:
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--quota")
+        limits[name.strip()] = value.strip()
+
+    async def _settings() -> dict[str, Any]:
+        async with open_runtime(settings) as runtime:
+            servers = runtime.service.servers
+            changing = safety or block or unblock or limits or clear_quota
+            if changing or age_restricted_only is not None:
+                rules = await servers.update(
+                    guild_id,
+                    dataclasses.replace(HOST, user_id=actor),
+                    safety_policy=None if safety in (None, "host") else safety,
+                    host_safety_policy=safety == "host",
+                    block=block,
+                    unblock=unblock,
+                    age_restricted_only=age_restricted_only,
+                    quotas=limits,
+                    clear_quotas=clear_quota,
+                )
+            else:
+                rules = await servers.rules(guild_id)
+            effective = servers.quotas.within(rules.quotas)
+        return {
+            "guild_id": guild_id,
+            "safety_policy": rules.safety_policy,
+            "safety_policy_is_servers": bool(rules.stored and rules.stored.safety_policy),
+            "age_restricted_only": rules.age_restricted_only,
+            "blocked_terms": list(rules.blocked_terms),
+            "quotas": dict(rules.quotas),
+            "limits": {name: getattr(effective, name) for name in SERVER_QUOTAS},
+        }
+
+    shown = _run(_settings())
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    for key, value in shown.items():
+        click.echo(f"{key}: {value}")

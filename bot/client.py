@@ -72,7 +72,6 @@ class ImagineBot(commands.Bot):
             runtime.events,
             progress_interval=runtime.settings.progress_interval,
             sweep_interval=runtime.settings.delivery_sweep_interval,
-            safety=runtime.settings.safety(),
             moderation_channel_id=runtime.settings.moderation_channel_id,
         )
         self.handlers: ImagineCog

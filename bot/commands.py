@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -19,7 +20,13 @@ from bot.limits import Message, Upload
 from bot.uploads import check_attachment, read_start_image
 from generation import wording
 from generation.access import Actor, may_act_on_job, may_moderate_job, may_see_job
-from generation.errors import GenerationError, InvalidRequest, JobNotFound, NotAllowed
+from generation.errors import (
+    GenerationError,
+    InvalidRequest,
+    JobNotFound,
+    JobStateError,
+    NotAllowed,
+)
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.reproduce import reproduce
@@ -41,6 +48,8 @@ ASPECTS = {
     "16:9": (16, 9),
     "9:16": (9, 16),
 }
+UNKNOWN_INTERACTION = 10062
+UNKNOWN = object()  # the interaction was unknown to Discord when the bot answered it
 ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+FE0F
 CROSS = "\u274c"
 
@@ -104,6 +113,23 @@ def _invalid(error: GenerationError, aspect: str | None) -> str:
     return f"**{option}** {error.message}. Nothing was queued."
 
 
+def channel_flags(channel: Any) -> tuple[bool | None, bool | None]:
+    """The channel an interaction came from: age-restricted (a thread: its parent), and
+    visible to @everyone (a private thread never is). None where it cannot be told."""
+    guild = getattr(channel, "guild", None)
+    if guild is None:
+        return None, None
+    is_nsfw = getattr(channel, "is_nsfw", None)
+    nsfw = bool(is_nsfw()) if is_nsfw is not None else None
+    try:
+        public: bool | None = channel.permissions_for(guild.default_role).view_channel
+    except (AttributeError, discord.ClientException):  # a thread whose parent is not known
+        public = None
+    if isinstance(channel, discord.Thread) and channel.is_private():
+        public = False
+    return nsfw, public
+
+
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()))
 
@@ -164,6 +190,7 @@ class ImagineCog(commands.Cog):
         # before answering, so bad input gets a plain ephemeral reply.
         chosen = self.service.model_for(model) if model in self._model_names() else None
         settings = self.bot.runtime.settings
+        nsfw, public = channel_flags(interaction.channel)
         width = height = None
         try:
             if aspect is not None:
@@ -191,6 +218,8 @@ class ImagineCog(commands.Cog):
                 init_image=b"" if image is not None else None,  # downloaded once answered
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
+                channel_nsfw=nsfw,
+                channel_public=public,
                 interaction_id=interaction.id,
             )
             self.service.check(request)
@@ -199,9 +228,10 @@ class ImagineCog(commands.Cog):
             return
 
         # A blocked prompt is refused (and its strike recorded) before any public answer.
-        blocked = self.service.prompt_filter.check(
-            request.prompt, request.negative_prompt, request.guild_id
-        )
+        # (Read without waiting on the database: Discord wants an answer within 3 s; the
+        # submit checks again with the server's settings as they are now.)
+        rules = self.service.servers.known(request.guild_id)
+        blocked = rules.check_prompt(request.prompt, request.negative_prompt)
 
         async def submit(target: DeliveryTarget) -> Submission:
             queued = request
@@ -250,24 +280,37 @@ class ImagineCog(commands.Cog):
         except BaseException:
             deliveries.answered(interaction.id)
             raise
+        job = submission.job
         try:
-            message_id = await acknowledging
-            if not interaction.response.is_done():
-                message_id = await self._acknowledge(interaction)
-            if message_id is not None:
-                await self.bot.outbox.set_original(submission.job.id, message_id)
+            acknowledged = await acknowledging
+            if not interaction.response.is_done() and acknowledged is not UNKNOWN:
+                acknowledged = await self._acknowledge(interaction)
+            if acknowledged is UNKNOWN:
+                # Discord had given up on the command (its 3 s passed) and told the member it
+                # failed: the job must not run, be charged or be posted.
+                logger.warning("interaction %s expired before it was answered", interaction.id)
+                with contextlib.suppress(JobStateError):
+                    await self.service.cancel(
+                        job.id, job.user_id, withdraw=messages.EXPIRED_BEFORE_ANSWERED
+                    )
+                return
+            if isinstance(acknowledged, int):
+                await self.bot.outbox.set_original(job.id, acknowledged)
         finally:
             deliveries.answered(interaction.id)
-        await deliveries.show_queued(submission.job.id, messages.queued(submission))
+        await deliveries.show_queued(job.id, messages.queued(submission))
 
     @staticmethod
-    async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | None:
-        """Defer with "thinking…"; the response message's id, if Discord said it."""
+    async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | object | None:
+        """Defer with "thinking…": the response message's id, if Discord said it; ``UNKNOWN``
+        if Discord no longer knows the interaction (10062: it told the member it failed)."""
         try:
             response = await interaction.response.defer(thinking=True)
         except discord.HTTPException as error:
-            # The job (if any) is committed all the same; its result goes to the channel.
             logger.warning("could not answer interaction %s: %s", interaction.id, error)
+            if error.code == UNKNOWN_INTERACTION:
+                return UNKNOWN
+            # The job (if any) is committed all the same; its result goes to the channel.
             return None
         return None if response is None else response.message_id
 
@@ -326,7 +369,10 @@ class ImagineCog(commands.Cog):
         if may_see_job(actor, view.job, view.images):
             return view
         if view.job.guild_id is not None and view.job.guild_id == actor.guild_id:
-            raise NotAllowed(f"job {job_id} was deleted or is held for the moderators' review")
+            raise NotAllowed(
+                f"job {job_id} is not shown to you: it was made in a channel not everyone here "
+                "can see, was deleted, or is held for the moderators' review"
+            )
         raise JobNotFound(job_id)
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
@@ -372,6 +418,8 @@ class ImagineCog(commands.Cog):
         await channel.send(**messages.recipe(view).send_kwargs())
 
     async def _delete(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
+        """❌ by its owner or its server's moderator: every message of the job goes, and a
+        job still waiting or running is cancelled (nothing more is posted for it)."""
         member = payload.member
         job = (await self.service.job(job_id)).job
         is_admin = member is not None and may_moderate_job(
@@ -379,13 +427,21 @@ class ImagineCog(commands.Cog):
         )
         if job.user_id != payload.user_id and not is_admin:
             return  # someone else's ❌ (another server's moderator's too) does nothing
-        await self.bot.runtime.moderation.delete_job(
-            payload.user_id, job_id, is_admin=is_admin, reason="❌ reaction"
+        try:
+            await self.service.cancel(
+                job_id,
+                payload.user_id,
+                is_admin=is_admin,
+                withdraw="removed with ❌ before it ended",
+            )
+        except JobStateError:  # it has ended (perhaps just now): deleted, as a finished job
+            await self.bot.runtime.moderation.delete_job(
+                payload.user_id, job_id, is_admin=is_admin, reason="❌ reaction"
+            )
+        view = await self.service.job(job_id)
+        await self.bot.deliveries.routes.remove_all(
+            view, also=(payload.channel_id, payload.message_id)
         )
-        message = self.bot.get_partial_messageable(payload.channel_id).get_partial_message(
-            payload.message_id
-        )
-        await message.delete()
 
     # -- /queue /quota /job /reproduce -------------------------------------------------------
 

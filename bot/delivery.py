@@ -40,7 +40,6 @@ from generation.events import (
 from generation.imaging import fit_file
 from generation.openai_engine import CONTENT_REFUSED
 from generation.outbox import Outbox, token_valid
-from generation.safety import SafetyPolicy
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import DeliveryState, utcnow
@@ -71,7 +70,6 @@ class Deliveries:
         *,
         progress_interval: float = 2.0,
         sweep_interval: float = 5.0,
-        safety: SafetyPolicy | None = None,
         moderation_channel_id: int | None = None,
     ) -> None:
         self.moderation_channel_id = moderation_channel_id
@@ -79,7 +77,7 @@ class Deliveries:
         self.service = service
         self.outbox = outbox
         self.events = events
-        self.routes = ResultRoutes(bot, store, safety or SafetyPolicy())
+        self.routes = ResultRoutes(bot, store, service.servers)
         self.progress_interval = progress_interval
         self.sweep_interval = sweep_interval
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(
@@ -160,6 +158,10 @@ class Deliveries:
                 logger.warning("delivery sweep failed (%s); trying again", error)
             await asyncio.sleep(self.sweep_interval)
 
+    def deliver_now(self, job_id: int) -> None:
+        """Deliver the job's result now if it is due (rather than at the next sweep)."""
+        self._start_delivery(job_id)
+
     def _start_delivery(self, job_id: int) -> None:
         if job_id in self._delivering:
             return
@@ -216,10 +218,12 @@ class Deliveries:
             if job.interaction_id in self._acks:
                 return  # not answered yet: the response does not exist to edit
             preview = None
-            if event.preview_png:
+            shown = await self.routes.preview(job) if event.preview_png else None
+            if event.preview_png and shown is not None:
                 limit = delivery.attachment_size_limit or DEFAULT_FILE_LIMIT
                 fitted = await asyncio.to_thread(fit_file, event.preview_png, limit)
-                preview = Upload(f"preview.{fitted.extension}", fitted.data)
+                prefix = "SPOILER_" if shown == "spoiler" else ""
+                preview = Upload(f"{prefix}preview.{fitted.extension}", fitted.data)
             message = messages.progress(job, event.step, event.total, preview)
             await self._best_effort(event.job_id, message, keep_files=True)
         except Exception as error:  # a hint lost: the result does not depend on it
@@ -333,7 +337,8 @@ class Deliveries:
                 # Sent: should the write fail, later tries only write it down.
                 sent = self._sent[job_id] = (way, message_id, delivery, view)
             way, message_id, delivery, view = sent
-            marked = await self.outbox.mark_delivered(job_id, message_id, way)
+            withheld = await self.routes.action(view) == "withhold"
+            marked = await self.outbox.mark_delivered(job_id, message_id, way, withheld=withheld)
             del self._sent[job_id]
             self._held.discard(job_id)
             if not marked:  # another process delivered it, or a moderator deleted the job
@@ -344,10 +349,20 @@ class Deliveries:
                 await self.routes.remove_progress(delivery, way)
             else:
                 await self.routes.replace_progress(delivery, view, way)
-            if self.routes.action(view) == "withhold":
+            if withheld:
                 await self._tell_moderators(view)
+            await self._replace_withheld(delivery, view, message_id)
         self._forget(job_id)
         logger.info("job %s delivered by %s as message %s", job_id, way, message_id)
+
+    async def _replace_withheld(
+        self, delivery: DeliveryRecord, view: JobView, message_id: int | None
+    ) -> None:
+        """Approved images went out: the message that said they were held back goes (unless
+        it was edited into the result)."""
+        old, via = delivery.result_message_id, delivery.delivered_via
+        if delivery.withheld and old and old != message_id and via in (Way.CHANNEL, Way.DM):
+            await self.routes.withdraw(delivery, view, Way(via), old)
 
     async def _send(self, delivery: DeliveryRecord, view: JobView) -> tuple[Way, int | None]:
         if (view.job.error or "").startswith(CONTENT_REFUSED):

@@ -20,10 +20,11 @@ from bot.limits import CONTENT, MORE, ROWS, Message, Upload, clip, escape, quote
 from generation import wording
 from generation.imaging import FittedFile
 from generation.moderation import Flagged, JobReport, LogPage
-from generation.quotas import Usage
+from generation.quotas import SERVER_QUOTAS, Quotas, Usage
 from generation.reproduce import ReproduceReport
+from generation.server_settings import ServerRules
 from generation.service import JobView, Submission
-from storage.models import JobStatus
+from storage.models import JobStatus, Review
 from storage.records import JobRecord
 
 PROMPT_SHOWN = 200  # a prompt's share of a progress or result line
@@ -90,6 +91,13 @@ def _with_file(lines: Sequence[str], full_text: str, filename: str) -> Message:
 
 def _headline(job: JobRecord) -> str:
     return f"**{quote(job.prompt, PROMPT_SHOWN)}** — {wording.what(job)}"
+
+
+# Why a job was cancelled before it ran: Discord had already told the member it failed.
+EXPIRED_BEFORE_ANSWERED = (
+    "Discord gave up on the command before the bot answered it (10062), and told the member "
+    "it failed; so the job was cancelled and not charged"
+)
 
 
 def queued(submission: Submission) -> Message:
@@ -172,6 +180,8 @@ def result(
     when its file could not be made to fit; ``by_dm`` when the channel would not take it."""
     job = view.job
     text = result_text(job, mention) + _safety_note(action)
+    if action is None and any(image.review == Review.APPROVED for image in view.images):
+        text += "\n✅ The safety check flagged this, and a moderator reviewed and approved it."
     if by_dm:
         text += "\n✉ Sent to you here: the channel you asked in would not take it."
     uploads = []
@@ -184,6 +194,30 @@ def result(
         text += _unattached_note(job)
     buttons = None if action == "withhold" else result_view(job, [i.index for i in view.images])
     return Message(content=text, view=buttons, uploads=uploads)
+
+
+def server_settings(rules: ServerRules, host: ServerRules, quotas: Quotas) -> Message:
+    """/admin settings: what holds in this server, and what is the host's."""
+
+    def mark(own: bool) -> str:
+        return "this server's" if own else "the host's"
+
+    stored = rules.stored
+    lines = [
+        f"**Safety policy:** {rules.safety_policy} "
+        f"({mark(bool(stored and stored.safety_policy))}; the host's is {host.safety_policy})",
+        "**/imagine:** "
+        + ("only in age-restricted channels" if rules.age_restricted_only else "in any channel"),
+        "**Blocked here, on top of the host's:** "
+        + (", ".join(quote(t, 60) for t in rules.blocked_terms) or "nothing"),
+    ]
+    limits = quotas.within(rules.quotas)
+    shown = [
+        f"{name} {getattr(limits, name):g}" + (" (this server's)" if name in rules.quotas else "")
+        for name in SERVER_QUOTAS
+    ]
+    lines.append("**Limits:** " + ", ".join(shown))
+    return Message(content=clip("\n".join(lines), CONTENT))
 
 
 def went_elsewhere(job: JobRecord, *, dm: bool) -> Message:

@@ -30,11 +30,11 @@ from generation.faults import is_transient
 from generation.imaging import TooLargeToFit, fit_file
 from generation.outbox import token_valid
 from generation.rendering import grid_key
-from generation.safety import SafetyPolicy
+from generation.server_settings import ServerSettings
 from generation.service import JobView
 from storage.image_store import ImageStore
 from storage.models import JobStatus, Review, utcnow
-from storage.records import DeliveryRecord
+from storage.records import DeliveryRecord, JobRecord
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -106,16 +106,46 @@ def why(error: discord.HTTPException) -> str:
 class ResultRoutes:
     """Sends one finished job's result the first way that takes it."""
 
-    def __init__(self, bot: ImagineBot, store: ImageStore, safety: SafetyPolicy) -> None:
+    def __init__(self, bot: ImagineBot, store: ImageStore, servers: ServerSettings) -> None:
         self.bot = bot
         self.store = store
-        self.safety = safety
+        self.servers = servers
 
-    def action(self, view: JobView) -> str | None:
-        """The guild's safety action when an image of the job is flagged and not approved."""
-        if any(image.review in UNSETTLED for image in view.images):
-            return self.safety.for_guild(view.job.guild_id)
+    async def action(self, view: JobView) -> str | None:
+        """What a result with a flagged image not yet approved gets (None: nothing flagged).
+        Discord keeps sexual content to age-restricted channels, so a flagged image is shown
+        (behind a spoiler, under the ``spoiler`` policy) only in a channel marked
+        age-restricted; anywhere else, and under ``withhold``, it is held back for review. (By
+        direct message it never goes: see ``_dm``.)"""
+        if not any(image.review in UNSETTLED for image in view.images):
+            return None
+        policy = await self.servers.safety_policy(view.job.guild_id)
+        if policy != "withhold" and self.age_restricted(view.job):
+            return "spoiler"
+        return "withhold"
+
+    async def preview(self, job: JobRecord) -> str | None:
+        """How a running job's previews are shown: ``clear`` where images are not checked,
+        ``spoiler`` where a flagged result would be shown behind one, None (not at all) where
+        the result could be withheld: a preview shows what the check has not seen."""
+        policy = await self.servers.safety_policy(job.guild_id)
+        if policy == "off":
+            return "clear"
+        if policy == "spoiler" and self.age_restricted(job):
+            return "spoiler"
         return None
+
+    def age_restricted(self, job: JobRecord) -> bool:
+        """Whether the job's channel is marked age-restricted: as the bot sees it now (a
+        thread: its parent), else as it was when asked."""
+        if job.guild_id is None or job.channel_id is None:
+            return False
+        channel = self.bot.get_channel(job.channel_id)
+        is_nsfw = getattr(channel, "is_nsfw", None)
+        if is_nsfw is not None:
+            with contextlib.suppress(Exception):  # a thread whose parent is not known
+                return bool(is_nsfw())
+        return bool(job.channel_nsfw)
 
     async def send(self, delivery: DeliveryRecord, view: JobView) -> tuple[Way, int | None]:
         """The way that took the result, and its message."""
@@ -180,7 +210,7 @@ class ResultRoutes:
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
                 # Discord answers a repeated nonce with the first message: a retry after a
                 # crash between sending and recording cannot post twice.
-                nonce=f"imagine-job-{job.id}",
+                nonce=f"imagine-job-{job.id}" + ("-approved" if delivery.withheld else ""),
             )
 
         limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
@@ -195,7 +225,7 @@ class ResultRoutes:
     async def _dm(self, view: JobView) -> int:
         """A direct message to the requester: the channel would not take it."""
         job = view.job
-        if self.action(view) is not None:
+        if await self.action(view) is not None:
             raise Closed("a flagged image is never sent by direct message")
         try:
             channel = await self.bot.create_dm(discord.Object(job.user_id))
@@ -232,7 +262,7 @@ class ResultRoutes:
         """Send the result with its file made to fit ``limit`` bytes. Should Discord still
         answer that the file is too large (40005: the server lost its boosts, say), again at
         half the size it refused, and at last without the file, saying so."""
-        action = self.action(view)
+        action = await self.action(view)
         data = await self._file_bytes(view, action)  # b"": there is one, but it is gone
         limit = limit or DEFAULT_FILE_LIMIT
         for attempt in range(FILE_TRIES + 1):
@@ -305,6 +335,23 @@ class ResultRoutes:
             elif way is Way.DM and message_id:
                 dm = await self.bot.create_dm(discord.Object(view.job.user_id))
                 await dm.get_partial_message(message_id).delete()
+
+    async def remove_all(self, view: JobView, also: tuple[int, int] | None = None) -> None:
+        """Every message of the job goes: its result (in the channel or a DM), the request's
+        own message, and ``also`` (a channel id and message id: the one reacted to). Best
+        effort: one that is gone already, or that Discord will not delete now, stays gone or
+        stays."""
+        delivery = view.delivery
+        if delivery is not None:
+            via, result = delivery.delivered_via, delivery.result_message_id
+            if via in (Way.CHANNEL, Way.DM) and result:
+                await self.withdraw(delivery, view, Way(via), result)
+            await self._on_original(delivery, edit=None)
+        if also is not None:
+            with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+                channel_id, message_id = also
+                channel = self.bot.get_partial_messageable(channel_id)
+                await channel.get_partial_message(message_id).delete()
 
     async def _on_original(self, delivery: DeliveryRecord, *, edit: dict[str, Any] | None) -> None:
         """Edit (``edit``) or delete (None) the request's own message: through the token while

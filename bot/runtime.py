@@ -19,6 +19,7 @@ from generation.moderation import Moderation
 from generation.reaper import Reaper
 from generation.relay import EventRelay
 from generation.safety import load_checker
+from generation.server_settings import ServerSettings
 from generation.service import GenerationService
 from generation.worker import Worker
 from storage.db import Database
@@ -108,7 +109,7 @@ class Runtime:
                 self.events,
                 self.settings.worker_config(),
                 checker=checker,
-                safety=self.settings.safety(),
+                servers=self.service.servers,
             )
         return self.worker
 
@@ -149,21 +150,25 @@ async def open_runtime(
             upscaler = await asyncio.to_thread(
                 describe_model, settings.upscaler, settings.models_dir
             )
+        prompt_filter, quotas = settings.prompt_filter(), settings.quotas()
         service = GenerationService(
             db,
             model,
             settings.limits(),
             max_attempts=settings.max_attempts,
             upscaler=upscaler,
-            quotas=settings.quotas(),
+            quotas=quotas,
             role_weights=settings.role_weights,
             cost_factors=settings.model_cost_factors,
             store=store,
-            prompt_filter=settings.prompt_filter(),
+            prompt_filter=prompt_filter,
             strikes=settings.strike_policy(),
             more_models=api_models,
             prices=settings.openai_prices,
             cost_per_dollar=settings.openai_cost_per_dollar,
+            server_settings=ServerSettings(
+                db, safety=settings.safety(), prompt_filter=prompt_filter, quotas=quotas
+            ),
         )
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime

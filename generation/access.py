@@ -6,8 +6,9 @@ bot, the command line, the web console to come) asks here, and none decides for 
 - **Server moderators** (a role in ``IMAGINE_ADMIN_ROLE_IDS``, or Discord's Administrator
   permission, *in the server they act from*) see and act on that server's jobs, events and
   flagged images only, and ban in that server only.
-- **Members** see their own jobs, and other members' jobs of the server they are in, except
-  deleted ones and ones with an image held for review.
+- **Members** see their own jobs, and other members' jobs made in the server they are in, in
+  a channel everyone there can see, except deleted ones and ones with an image held for
+  review.
 """
 
 from __future__ import annotations
@@ -92,10 +93,16 @@ def hidden(job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
 
 def may_see_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
     """/job: the owner; the moderators of its server; members of the server it was made in,
-    unless it is hidden."""
+    when it was made in a channel @everyone can see (not a private channel or thread, nor a
+    job whose channel is not known), unless it is hidden."""
     if actor.user_id == job.user_id or actor.moderates(job.guild_id):
         return True
-    return job.guild_id is not None and job.guild_id == actor.guild_id and not hidden(job, images)
+    return (
+        job.guild_id is not None
+        and job.guild_id == actor.guild_id
+        and job.channel_public is True
+        and not hidden(job, images)
+    )
 
 
 def may_act_on_job(actor: Actor, job: JobRecord) -> bool:
@@ -106,6 +113,11 @@ def may_act_on_job(actor: Actor, job: JobRecord) -> bool:
 def may_moderate_job(actor: Actor, job: JobRecord) -> bool:
     """Its full report, its review, a moderator's delete: its server's moderators."""
     return actor.moderates(job.guild_id)
+
+
+def may_edit_settings(actor: Actor, guild_id: int | None) -> bool:
+    """A server's own settings: its moderators and host admins (within the host's limits)."""
+    return guild_id is not None and actor.moderates(guild_id)
 
 
 def may_manage_users(actor: Actor) -> bool:

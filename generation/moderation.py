@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from generation.access import HIDDEN_REVIEWS
 from generation.errors import (
     InvalidRequest,
     JobNotFound,
@@ -21,7 +22,7 @@ from generation.errors import (
 from generation.service import JobView, refuse_if_banned
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import EventKind, Review, utcnow
+from storage.models import EventKind, JobStatus, Review, utcnow
 from storage.records import ImageRecord, JobRecord, ModerationEventRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
@@ -218,7 +219,9 @@ class Moderation:
     async def approve(
         self, actor_id: int | None, image_id: int, *, guild_id: int | None = None
     ) -> ImageRecord:
-        """A flagged image judged fine: it leaves the review queue."""
+        """A flagged image judged fine: it leaves the review queue; once none of the job's
+        images is held back, a result that went out without them is delivered again, with
+        them (the bot's delivery sweep sends it)."""
         async with self.db.uow() as uow:
             image = await uow.images.get(image_id)
             if image is None or image.review is None:
@@ -226,6 +229,10 @@ class Moderation:
             job = await uow.jobs.get(image.job_id)
             assert job is not None
             await uow.images.set_review(image_id, Review.APPROVED)
+            unsettled = [i for i in await uow.images.for_job(job.id) if i.review in HIDDEN_REVIEWS]
+            if not unsettled and job.status == JobStatus.SUCCEEDED:
+                # None held back any more: a result that went out without them now shows them.
+                await uow.deliveries.reopen(job.id, await uow.now())
             await self._event(
                 uow,
                 EventKind.IMAGE_APPROVED,

@@ -92,11 +92,15 @@ class Outbox:
             await uow.deliveries.release(job_id, await uow.now())
             await uow.commit()
 
-    async def mark_delivered(self, job_id: int, message_id: int | None, via: str) -> bool:
-        """Record that the result went out (``via``: response, channel or dm); False if that
-        was already recorded."""
+    async def mark_delivered(
+        self, job_id: int, message_id: int | None, via: str, *, withheld: bool = False
+    ) -> bool:
+        """Record that the result went out (``via``: response, channel or dm; ``withheld``:
+        without its flagged images); False if that was already recorded."""
         async with self.db.uow() as uow:
-            marked = await uow.deliveries.mark_delivered(job_id, message_id, await uow.now(), via)
+            marked = await uow.deliveries.mark_delivered(
+                job_id, message_id, await uow.now(), via, withheld=withheld
+            )
             await uow.commit()
         return marked
 

@@ -114,6 +114,15 @@ class PromptFilter:
             for guild, guild_terms in (per_guild or {}).items()
         }
 
+    def with_terms(self, guild_id: int, terms: Iterable[str]) -> PromptFilter:
+        """This filter with more terms for one server (a server's own, from its settings)."""
+        joined = PromptFilter()
+        joined.terms = self.terms
+        joined.per_guild = dict(self.per_guild)
+        own = [Term.parse(t) for t in terms if t.strip()]
+        joined.per_guild[guild_id] = [*self.per_guild.get(guild_id, []), *own]
+        return joined
+
     def check(
         self, prompt: str, negative_prompt: str = "", guild_id: int | None = None
     ) -> Blocked | None:

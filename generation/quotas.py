@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Mapping
+from typing import Any
 
 from generation.errors import GenerationError, InvalidRequest
-from storage.models import JobKind
 from storage.records import UserRecord
 from storage.unit_of_work import UnitOfWork
-
-# Jobs a user starts by pressing a button under a result: what the token bucket limits.
-BUTTON_KINDS = frozenset({JobKind.REROLL, JobKind.VARIATION, JobKind.UPSCALE})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +33,17 @@ class Quotas:
         overrides = {k: v for k, v in user.quota_overrides.items() if k in USER_QUOTAS}
         return dataclasses.replace(self, **overrides)
 
+    def within(self, server: Mapping[str, int | float]) -> Quotas:
+        """These limits, tightened by a server's own where it is stricter (a server never
+        loosens them, whatever its row says)."""
+        tighter: dict[str, Any] = {}
+        for name, value in server.items():
+            if name not in SERVER_QUOTAS:
+                continue
+            mine = getattr(self, name)
+            tighter[name] = max(mine, value) if name in LONGER_IS_STRICTER else min(mine, value)
+        return dataclasses.replace(self, **tighter)
+
 
 USER_QUOTAS = (
     "queued_per_user",
@@ -42,6 +51,9 @@ USER_QUOTAS = (
     "bucket_size",
     "bucket_refill_seconds",
 )
+# What a server's moderators may tighten for their server.
+SERVER_QUOTAS = (*USER_QUOTAS, "queued_per_guild", "images_per_guild_day")
+LONGER_IS_STRICTER = frozenset({"bucket_refill_seconds"})
 
 
 class QuotaExceeded(GenerationError):
@@ -54,11 +66,15 @@ class QuotaExceeded(GenerationError):
         self.resets_at = resets_at
 
 
-def check_override(name: str, value: object) -> int | float:
-    """Validate one per-user override; raises InvalidRequest naming it."""
-    if name not in USER_QUOTAS:
-        raise InvalidRequest(name, f"is not a per-user quota; use one of {', '.join(USER_QUOTAS)}")
+def check_override(name: str, value: object, names: tuple[str, ...] = USER_QUOTAS) -> int | float:
+    """Validate one override (per user, or a server's with ``SERVER_QUOTAS``); raises
+    InvalidRequest naming it."""
+    if name not in names:
+        which = "per-user" if names == USER_QUOTAS else "server"
+        raise InvalidRequest(name, f"is not a {which} quota; use one of {', '.join(names)}")
     kind = float if name == "bucket_refill_seconds" else int
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # a whole number given as a float (Discord's number option)
     try:
         number: int | float = kind(str(value).strip())
     except ValueError:
@@ -124,13 +140,16 @@ async def admit(
     *,
     guild_id: int | None,
     images: int,
-    kind: JobKind,
+    button: bool,
     now: dt.datetime,
+    server: Mapping[str, int | float] | None = None,
 ) -> Usage:
-    """Refuse the job if any limit is hit; otherwise take a bucket token for a button job.
-    Returns where the user stood before this job."""
+    """Refuse the job if any limit (the host's, the user's overrides, tightened by the
+    server's own) is hit; otherwise take a bucket token for a job a button made (``button``:
+    every job made from another, whatever kind it became). Returns where the user stood
+    before this job."""
     mine = await usage(uow, quotas, user, now)
-    limits = mine.limits
+    limits = mine.limits.within(server or {})
     tomorrow = mine.day_resets_at
     if mine.queued >= limits.queued_per_user:
         raise QuotaExceeded(
@@ -165,8 +184,8 @@ async def admit(
                 f"it resets at 00:00 UTC (in {_in(tomorrow - now)})",
                 tomorrow,
             )
-    if kind in BUTTON_KINDS:
-        tokens = mine.bucket_tokens
+    if button:
+        tokens = _bucket(user, limits, now)
         if tokens < 1:
             wait = dt.timedelta(seconds=(1 - tokens) * limits.bucket_refill_seconds)
             raise QuotaExceeded(

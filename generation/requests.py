@@ -59,6 +59,10 @@ class GenerationRequest:
     role_ids: tuple[int, ...] = ()  # the member's Discord roles, for their fair-share weight
     guild_id: int | None = None
     channel_id: int | None = None
+    # The channel as Discord describes it: age-restricted; visible to @everyone. None: not
+    # known (a DM, the command line).
+    channel_nsfw: bool | None = None
+    channel_public: bool | None = None
     interaction_id: int | None = None
 
 

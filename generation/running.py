@@ -28,7 +28,8 @@ from generation.imaging import encode_png, make_grid, pixel_sha256
 from generation.lease import LeaseKeeper
 from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
 from generation.rendering import attempt_prefix, grid_key, image_key, load_init_image, spec_for_job
-from generation.safety import SafetyChecker, SafetyPolicy, checker_name
+from generation.safety import SafetyChecker, checker_name
+from generation.server_settings import ServerSettings
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus
@@ -75,7 +76,7 @@ class RunSettings:
     hang_seconds: float
     api_give_up_seconds: float
     checker: SafetyChecker | None
-    safety: SafetyPolicy
+    servers: ServerSettings  # each server's safety policy (off: its images are not checked)
     pause_models: Callable[[str, float], None]  # an engine's trouble: its models wait
 
 
@@ -426,10 +427,11 @@ class JobRun:
             library_versions=runtime.library_versions,
         )
         images = rendered.images
+        check = await settings.servers.safety_policy(job.guild_id) != "off"
         try:
             new_images = await self._watched(
                 self._write(
-                    lambda: asyncio.to_thread(self._write_files, ran, images),
+                    lambda: asyncio.to_thread(self._write_files, ran, images, check=check),
                     "writing its images",
                 )
             )
@@ -510,14 +512,15 @@ class JobRun:
             "created_at": now,
         }
 
-    def _write_files(self, job: JobRecord, images: list[Image.Image]) -> list[NewImage]:
+    def _write_files(
+        self, job: JobRecord, images: list[Image.Image], *, check: bool
+    ) -> list[NewImage]:
         """The PNGs (with their recipe) into the store, each image checked first; runs in a
         thread. A checker that fails flags the image for review rather than pass it."""
         settings, attempt = self.settings, self.lease.attempt
         model = settings.engine.models.get(job.model_id)
         name = model.name if model else job.model_id
         checker = settings.checker
-        check = checker is not None and settings.safety.for_guild(job.guild_id) != "off"
         written = []
         for index, image in enumerate(images):
             self.progress.last_at = time.monotonic()  # each image written is progress
@@ -541,7 +544,7 @@ class JobRun:
                     width=image.width,
                     height=image.height,
                     scores=scores,
-                    flagged=check_error is not None or settings.safety.flagged(scores),
+                    flagged=check_error is not None or settings.servers.safety.flagged(scores),
                     check_error=check_error,
                 )
             )

@@ -25,6 +25,7 @@ from generation.outbox import DeliveryTarget
 from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.requests import GenerationRequest, Limits, Recipe, nearest_size, validate
+from generation.server_settings import ServerRules, ServerSettings
 from generation.strikes import StrikePolicy, strike
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -87,6 +88,15 @@ async def refuse_if_banned(
             raise UserBanned(here.reason, here.until, in_server=True)
 
 
+def refuse_outside_age_restricted(rules: ServerRules, request: GenerationRequest) -> None:
+    """A server that keeps /imagine to age-restricted channels refuses it anywhere else."""
+    if rules.age_restricted_only and request.guild_id is not None and not request.channel_nsfw:
+        raise NotAllowed(
+            "this server's moderators allow /imagine only in age-restricted channels; "
+            "ask again in one of those"
+        )
+
+
 def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) -> float:
     """Cost in megapixel-steps: width × height × steps run × images × the model's factor.
 
@@ -118,6 +128,7 @@ class GenerationService:
         more_models: Sequence[ModelInfo] = (),
         prices: Mapping[str, float] | None = None,
         cost_per_dollar: float = 250.0,
+        server_settings: ServerSettings | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -137,6 +148,10 @@ class GenerationService:
         self.store = store
         self.prompt_filter = prompt_filter or PromptFilter()
         self.strikes = strikes or StrikePolicy()
+        # Each server's own rules over these (the host's) defaults.
+        self.servers = server_settings or ServerSettings(
+            db, prompt_filter=self.prompt_filter, quotas=self.quotas
+        )
 
     def weight(self, user: UserRecord, role_ids: tuple[int, ...]) -> float:
         """The user's fair-share weight: an admin's override, else their best role's, else 1."""
@@ -180,14 +195,21 @@ class GenerationService:
         recipe = self.check(request)
         # The filter runs before the transaction (only a strike is written inside it), and an
         # uploaded start image is hashed now but stored only once the job is admitted.
-        blocked = self.prompt_filter.check(
-            request.prompt, request.negative_prompt, request.guild_id
-        )
+        rules = await self.servers.rules(request.guild_id)
+        refuse_outside_age_restricted(rules, request)
+        blocked = rules.check_prompt(request.prompt, request.negative_prompt)
+        if blocked is not None and request.parent_job_id is not None:
+            # Made from another job: the prompt is its parent's, not the presser's, so no
+            # strike; the server blocked it since.
+            raise NotAllowed(
+                f"job {request.parent_job_id}'s prompt is not allowed in this server any more, "
+                "so nothing was made"
+            )
         upload = None
         if request.init_image is not None:
             upload = await asyncio.to_thread(self._start_image, request.init_image)
         try:
-            return await self._insert(request, recipe, delivery, upload, blocked)
+            return await self._insert(request, recipe, delivery, upload, blocked, rules=rules)
         except IntegrityError:
             # The same interaction raced itself; the unique index let one through: that one.
             if request.interaction_id is None:
@@ -240,6 +262,8 @@ class GenerationService:
         delivery: DeliveryTarget | None,
         upload: _Upload | None,
         blocked: Blocked | None,
+        *,
+        rules: ServerRules,
     ) -> Submission:
         async with self.db.uow() as uow:
             if request.interaction_id is not None:
@@ -269,8 +293,9 @@ class GenerationService:
                 user,
                 guild_id=request.guild_id,
                 images=recipe.count,
-                kind=recipe.kind,
+                button=request.parent_job_id is not None,
                 now=now,
+                server=rules.quotas,
             )
             if request.guild_id is not None:
                 await uow.guilds.ensure(request.guild_id)
@@ -284,6 +309,8 @@ class GenerationService:
                 user_id=request.user_id,
                 guild_id=request.guild_id,
                 channel_id=request.channel_id,
+                channel_nsfw=request.channel_nsfw,
+                channel_public=request.channel_public,
                 interaction_id=request.interaction_id,
                 cost=self._cost(recipe, upscaler),
                 weight=self.weight(user, request.role_ids),
@@ -471,6 +498,8 @@ class GenerationService:
                 init_image=init_image,
                 guild_id=recipe.guild_id,
                 channel_id=recipe.channel_id,
+                channel_nsfw=recipe.channel_nsfw,
+                channel_public=recipe.channel_public,
                 interaction_id=interaction_id,
                 user_name=user_name,
                 role_ids=role_ids,
@@ -482,8 +511,12 @@ class GenerationService:
         """A derived job runs on its parent's model (an upscaler's job: on the default)."""
         return parent.model_id if parent.model_id in self.models else None
 
-    async def cancel(self, job_id: int, user_id: int, *, is_admin: bool = False) -> JobRecord:
-        """Cancel a waiting job now, or stop a running one at its next step."""
+    async def cancel(
+        self, job_id: int, user_id: int, *, is_admin: bool = False, withdraw: str | None = None
+    ) -> JobRecord:
+        """Cancel a waiting job now, or stop a running one at its next step. ``withdraw``
+        (a reason): nothing is delivered for it either, not even that it was cancelled (its
+        messages were removed)."""
         async with self.db.uow() as uow:
             job = await self._get(uow, job_id)
             if job.user_id != user_id and not is_admin:
@@ -491,6 +524,8 @@ class GenerationService:
             if job.is_terminal:
                 raise JobStateError(f"job {job_id} has already ended ({job.status})")
             updated = await uow.queue.request_cancel(job_id, await uow.now())
+            if withdraw is not None:
+                await uow.deliveries.give_up(job_id, withdraw, tried=False)
             await uow.commit()
         assert updated is not None
         return updated

@@ -22,6 +22,7 @@ from generation.events import EventBus, JobClaimed, JobFailed
 from generation.faults import backoff, is_transient
 from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
+from generation.server_settings import ServerSettings
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
@@ -65,6 +66,7 @@ class Worker:
         *,
         checker: SafetyChecker | None = None,
         safety: SafetyPolicy | None = None,
+        servers: ServerSettings | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
@@ -83,7 +85,7 @@ class Worker:
             hang_seconds=self.config.hang_seconds,
             api_give_up_seconds=self.config.api_give_up_seconds,
             checker=checker,
-            safety=safety or SafetyPolicy(),
+            servers=servers or ServerSettings(db, safety=safety or SafetyPolicy()),
             pause_models=self.pause_models,
         )
         self._stopping = asyncio.Event()

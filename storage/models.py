@@ -129,6 +129,25 @@ class Guild(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class GuildSettings(Base):
+    """One server's own settings, edited by host admins and the server's moderators; a
+    column left None (or empty) takes the host's value from the environment."""
+
+    __tablename__ = "guild_settings"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # spoiler, withhold or off; None: the host's IMAGINE_SAFETY_POLICY.
+    safety_policy: Mapped[str | None] = mapped_column(String(16))
+    # Terms blocked in this server on top of the host's (the prompt filter's syntax).
+    blocked_terms: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # /imagine only in channels marked age-restricted.
+    age_restricted_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The server's limits by quota name, never looser than the host's.
+    quotas: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_by: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -143,6 +162,11 @@ class Job(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     guild_id: Mapped[int | None] = mapped_column(ForeignKey("guilds.id"))
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The channel as it was when asked: age-restricted (Discord's "nsfw"), and visible to
+    # @everyone (a public job: any member of the server may look it up). None: not known
+    # (a job from before these were kept, a DM, the command line): neither.
+    channel_nsfw: Mapped[bool | None] = mapped_column(Boolean)
+    channel_public: Mapped[bool | None] = mapped_column(Boolean)
     interaction_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     # The recipe: everything needed to make the images again.
     prompt: Mapped[str] = mapped_column(Text)
@@ -229,6 +253,7 @@ class EventKind(enum.StrEnum):
     UNBAN = "unban"
     QUOTA = "quota"
     DELETE = "delete"
+    SETTINGS = "settings"  # a server's settings changed
 
 
 class Usage(Base):
@@ -280,6 +305,8 @@ class Delivery(Base):
     next_try_at: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_via: Mapped[str | None] = mapped_column(String(16))
+    # What went out held the images back for review: approving them sends them (again).
+    withheld: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class WorkerRow(Base):

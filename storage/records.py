@@ -37,6 +37,17 @@ class GuildBanRecord:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GuildSettingsRecord:
+    guild_id: int
+    safety_policy: str | None
+    blocked_terms: list[str]
+    age_restricted_only: bool
+    quotas: dict[str, Any]
+    updated_by: int | None
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JobRecord:
     id: int
     kind: str
@@ -45,6 +56,8 @@ class JobRecord:
     user_id: int
     guild_id: int | None
     channel_id: int | None
+    channel_nsfw: bool | None
+    channel_public: bool | None
     interaction_id: int | None
     prompt: str
     negative_prompt: str
@@ -133,6 +146,7 @@ class DeliveryRecord:
     next_try_at: dt.datetime | None
     last_error: str | None
     delivered_via: str | None
+    withheld: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

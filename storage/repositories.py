@@ -18,6 +18,7 @@ from storage.models import (
     DeliveryState,
     Guild,
     GuildBan,
+    GuildSettings,
     Image,
     Job,
     JobStatus,
@@ -31,6 +32,7 @@ from storage.models import (
 from storage.records import (
     DeliveryRecord,
     GuildBanRecord,
+    GuildSettingsRecord,
     ImageRecord,
     JobRecord,
     ModerationEventRecord,
@@ -168,6 +170,24 @@ class GuildRepository:
             await self._session.execute(
                 update(Guild).where(Guild.id == guild_id, Guild.name != name).values(name=name)
             )
+
+    async def settings(self, guild_id: int) -> GuildSettingsRecord | None:
+        row = await self._session.get(GuildSettings, guild_id, populate_existing=True)
+        return to_record(GuildSettingsRecord, row) if row else None
+
+    async def set_settings(self, guild_id: int, **values: Any) -> GuildSettingsRecord:
+        """Write a server's settings (every column given), one upsert: two moderators saving
+        at once both succeed, the last one's values standing."""
+        dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
+        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        values = {**values, "updated_at": utcnow()}
+        statement = insert(GuildSettings).values(guild_id=guild_id, **values)
+        await self._session.execute(
+            statement.on_conflict_do_update(index_elements=[GuildSettings.guild_id], set_=values)
+        )
+        stored = await self.settings(guild_id)
+        assert stored is not None
+        return stored
 
 
 class JobRepository:
@@ -410,7 +430,13 @@ class DeliveryRepository:
         )
 
     async def mark_delivered(
-        self, job_id: int, message_id: int | None, at: dt.datetime, via: str = "response"
+        self,
+        job_id: int,
+        message_id: int | None,
+        at: dt.datetime,
+        via: str = "response",
+        *,
+        withheld: bool = False,
     ) -> bool:
         """Record the delivery once; False if it was already recorded (fenced on the state)."""
         result = await self._session.execute(
@@ -422,7 +448,22 @@ class DeliveryRepository:
                 result_message_id=message_id,
                 delivered_via=via,
                 next_try_at=None,
+                withheld=withheld,
             )
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def reopen(self, job_id: int, now: dt.datetime) -> bool:
+        """A result that went out with its images withheld is due again (they were
+        approved); False if there is none such."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(
+                Delivery.job_id == job_id,
+                Delivery.state == DeliveryState.DELIVERED,
+                Delivery.withheld.is_(True),
+            )
+            .values(state=DeliveryState.PENDING, next_try_at=now, last_error=None)
         )
         return bool(getattr(result, "rowcount", 0))
 

@@ -414,3 +414,24 @@ def test_the_settings_file_is_dot_env_or_the_one_imagine_env_file_names(tmp_path
 def test_any_truthy_ci_is_ci(monkeypatch: pytest.MonkeyPatch, value: str, ci: bool) -> None:
     monkeypatch.setenv("CI", value)
     assert in_ci() is ci
+
+
+def test_a_servers_settings_from_the_command_line(tmp_path: Path, model: ModelInfo) -> None:
+    data = tmp_path / "data"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return imagine(data, "admin", "settings", *args, model=model.path)
+
+    first = run("42", "--safety", "withhold", "--block", "teapot", "--quota", "queued_per_user=2")
+    assert first.returncode == 0, first.stderr
+    changed = ok_json(run("42", "--age-restricted-only", "--json"))
+    assert changed["safety_policy"] == "withhold" and changed["safety_policy_is_servers"]
+    assert changed["blocked_terms"] == ["teapot"] and changed["age_restricted_only"]
+    assert changed["limits"]["queued_per_user"] == 2
+    other = ok_json(run("43", "--json"))
+    assert other["blocked_terms"] == [] and other["limits"]["queued_per_user"] == 16
+    bad = run("42", "--quota", "queued_per_guild=lots")
+    assert bad.returncode == 1 and "queued_per_guild: must be a whole number" in bad.stderr
+    back = ok_json(run("42", "--safety", "host", "--clear-quota", "queued_per_user", "--json"))
+    assert back["safety_policy"] == "spoiler" and back["quotas"] == {}
+    assert back["blocked_terms"] == ["teapot"], "a refused change changed nothing"

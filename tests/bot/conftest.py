@@ -77,7 +77,7 @@ async def running_bot(
                 runtime.events,
                 settings.worker_config(),
                 checker=checker,
-                safety=settings.safety(),
+                servers=runtime.service.servers,
             )
         bot = ImagineBot(runtime, guild_ready_timeout=0.05)
         tasks = [asyncio.create_task(bot.start(TOKEN))]

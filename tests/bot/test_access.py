@@ -19,7 +19,7 @@ from bot.admin import HOST_ONLY, NOT_ALLOWED
 from tests.bot.conftest import RunningBot, bot_settings, running_bot
 from tests.bot.test_imagine import png_of
 from tests.bot.test_moderation import FixedScores
-from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.actions import CommandHidden, LocalDiscord
 from tests.fakediscord.payloads import FakeUser
 
 
@@ -96,6 +96,10 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
         assert (f"Job {alices}" in text) is sees, (user.name, text)
     assert await _said(server, s.erin, "admin job", id=alices) == f"there is no job {alices}"
     for member in (s.alice, s.bob, s.carol):
+        with pytest.raises(CommandHidden):  # Discord does not offer it to them ...
+            await server.invoke("admin job", member, id=alices)
+    server.show_to_everyone("admin")  # ... unless a server's owner shows it to everyone
+    for member in (s.alice, s.bob, s.carol):
         assert await _said(server, member, "admin job", id=alices) == NOT_ALLOWED
 
     # /admin logs: a server's moderators list their server's jobs; host admins every server's.
@@ -151,10 +155,19 @@ async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_mo
     server = local_discord
     settings = _settings(server, tmp_path, safety_policy="spoiler")
     checker = FixedScores({"BUTTOCKS_EXPOSED": 0.91})
+    # alice asks in an age-restricted channel: her flagged result is shown there, spoilered.
+    channels = {server.alice.name: server.add_channel(nsfw=True)}
     async with running_bot(settings, trained_engine, checker) as running:
         jobs = {}
         for user in (server.alice, server.carol):
-            asked = await server.invoke("imagine", user, prompt="a circle", steps=8, count=1)
+            asked = await server.invoke(
+                "imagine",
+                user,
+                channel_id=channels.get(user.name),
+                prompt="a circle",
+                steps=8,
+                count=1,
+            )
             await server.wait_for(
                 lambda a=asked: (m := server.original(a)) and "safety check" in m["content"],
                 what="the flagged result",
@@ -179,7 +192,7 @@ async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_mo
         # A flagged job is hidden from other members of its server, not from its moderators:
         # /job, ✉️ and the buttons on its (spoilered) result refuse them.
         text = await _said(server, server.bob, "job", id=jobs["alice"])
-        assert f"job {jobs['alice']} was deleted or is held for the moderators' review" in text
+        assert f"job {jobs['alice']} is not shown to you" in text and "held for" in text
         delivery = await running.bot.outbox.get(jobs["alice"])
         assert delivery is not None and delivery.result_message_id is not None
         await server.react(delivery.result_message_id, "✉️", server.bob)

@@ -50,6 +50,8 @@ def job_record(**fields: Any) -> JobRecord:
         "user_id": 10**18,
         "guild_id": 10**18 + 1,
         "channel_id": 10**18 + 2,
+        "channel_nsfw": False,
+        "channel_public": True,
         "interaction_id": None,
         "prompt": "a red circle",
         "negative_prompt": "",

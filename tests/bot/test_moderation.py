@@ -60,8 +60,9 @@ async def test_flagged_images_are_spoilered_or_withheld_by_the_guild_policy(
         moderation_channel_id=server.channel_id,
     )
     checker = FixedScores({"BUTTOCKS_EXPOSED": 0.91})
+    nsfw = server.add_channel(nsfw=True)  # elsewhere a flagged image is withheld whatever
     async with running_bot(settings, trained_engine, checker) as running:
-        asked = await server.invoke("imagine", server.alice, prompt="a red circle")
+        asked = await server.invoke("imagine", server.alice, channel_id=nsfw, prompt="a red circle")
         result = await server.wait_for(
             lambda: (m := server.original(asked)) and "safety check" in m["content"] and m,
             what="the result",
@@ -104,13 +105,15 @@ async def test_only_moderators_may_use_admin_commands_and_buttons_and_each_actio
     server = local_discord
     settings = bot_settings(server, tmp_path / "data", admin_user_ids=[server.host.id])
     checker = FixedScores({"FEMALE_BREAST_EXPOSED": 0.8})
+    nsfw = server.add_channel(nsfw=True)
     async with running_bot(settings, trained_engine, checker) as running:
-        asked = await server.invoke("imagine", server.bob, prompt="a blue square")
+        asked = await server.invoke("imagine", server.bob, channel_id=nsfw, prompt="a blue square")
         await server.wait_for_result(asked)
 
         def options(values: dict[str, Any]) -> dict[str, Any]:
             return {k: server.bob if v == "bob" else v for k, v in values.items()}
 
+        server.show_to_everyone("admin")  # the bot's own checks are what stands
         for name, values in ADMIN_COMMANDS:
             refused = await server.invoke(f"admin {name}", server.alice, **options(values))
             assert await _answer(server, refused) == NOT_ALLOWED, name

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from tests.fakediscord.payloads import FakeUser, dm_channel, snowflake, text_channel
+from tests.fakediscord.payloads import ADMINISTRATOR, FakeUser, dm_channel, snowflake
 from tests.fakediscord.server import EPHEMERAL, LOADING, FakeDiscord, Interaction
 
 T = TypeVar("T")
@@ -23,8 +23,18 @@ def _text(message: dict[str, Any]) -> str:
     return "\n".join([str(message["content"]), *titles]).strip()
 
 
+class CommandHidden(AssertionError):
+    """Discord does not show this member the command, so they cannot run it."""
+
+
 class LocalDiscord(FakeDiscord):
     """The local Discord with helpers that read like a user."""
+
+    def show_to_everyone(self, command: str) -> None:
+        """Each server's owner shows the command to every member (Server Settings →
+        Integrations): only the bot's own checks stand in the way."""
+        for guild_id in (self.guild_id, self.other_guild_id):
+            self.command_roles.setdefault((guild_id, command), set()).add(guild_id)
 
     def channel_of(self, user: FakeUser) -> int:
         """The channel a user uses the bot in: their own server's."""
@@ -80,7 +90,7 @@ class LocalDiscord(FakeDiscord):
             "version": 1,
             "guild_id": str(guild_id),
             "channel_id": str(channel_id),
-            "channel": text_channel(channel_id, guild_id, "imagine"),
+            "channel": self.channel_payload(channel_id),
             "member": interaction.user.interaction_member(),
             "data": data,
             "locale": "en-US",
@@ -92,13 +102,17 @@ class LocalDiscord(FakeDiscord):
             "attachment_size_limit": interaction.attachment_size_limit,
         }
 
-    async def invoke(self, command: str, user: FakeUser, /, **options: Any) -> Interaction:
-        """Run ``/command`` (or ``/group sub``) as ``user``; an option given as an upload()
-        dict is an attachment, a FakeUser a member."""
+    async def invoke(
+        self, command: str, user: FakeUser, /, channel_id: int | None = None, **options: Any
+    ) -> Interaction:
+        """Run ``/command`` (or ``/group sub``) as ``user`` (in their server's first channel,
+        or ``channel_id``); an option given as an upload() dict is an attachment, a FakeUser a
+        member."""
         top, _, subcommand = command.partition(" ")
         registered = self.commands.get(top)
         if registered is None:
             raise AssertionError(f"/{top} was never registered; known: {sorted(self.commands)}")
+        self._check_may_use(registered, user, channel_id or self.channel_of(user))
         declared_options = registered.get("options", [])
         if subcommand:
             declared_options = next(
@@ -134,9 +148,31 @@ class LocalDiscord(FakeDiscord):
         }
         if resolved:
             data["resolved"] = resolved
-        interaction = self._interaction(2, user, data)
+        interaction = self._interaction(2, user, data, channel_id)
         await self.dispatch("INTERACTION_CREATE", self._payload(interaction, data))
         return interaction
+
+    def _check_may_use(self, registered: dict[str, Any], user: FakeUser, channel_id: int) -> None:
+        """Discord does not offer a command to a member who lacks its default permissions
+        (unless the server's owner allowed one of their roles), nor a guild-only one in a DM."""
+        guild_id = self.channel_guilds.get(channel_id)
+        contexts = registered.get("contexts")
+        if guild_id is None and (
+            registered.get("dm_permission") is False or (contexts is not None and 1 not in contexts)
+        ):
+            raise CommandHidden(f"/{registered['name']} is not offered in a DM")
+        needed = registered.get("default_member_permissions")
+        if guild_id is None or needed is None:
+            return
+        bits = int(needed)
+        allowed_roles = self.command_roles.get((guild_id, registered["name"]), set())
+        if (
+            user.permissions & ADMINISTRATOR
+            or user.permissions & bits == bits
+            or allowed_roles.intersection({*user.roles, user.id, guild_id})
+        ):
+            return
+        raise CommandHidden(f"/{registered['name']} is not offered to {user.name}")
 
     async def click(self, message_id: int, label: str, user: FakeUser) -> Interaction:
         """Press the button labelled ``label`` (or with that emoji) on a message."""

@@ -60,19 +60,64 @@ class FakeUser:
         return {**self.member(), "permissions": str(self.permissions)}
 
 
-def text_channel(channel_id: int, guild_id: int, name: str) -> dict[str, Any]:
+VIEW_CHANNEL = 1 << 10
+TEXT, PUBLIC_THREAD, PRIVATE_THREAD, FORUM = 0, 11, 12, 15
+
+
+def text_channel(
+    channel_id: int,
+    guild_id: int,
+    name: str,
+    *,
+    nsfw: bool = False,
+    private: bool = False,
+    kind: int = TEXT,
+) -> dict[str, Any]:
+    """A text (or forum) channel; ``private``: @everyone may not view it (its members' roles
+    may), ``nsfw``: marked age-restricted."""
+    overwrites = (
+        [{"id": str(guild_id), "type": 0, "allow": "0", "deny": str(VIEW_CHANNEL)}]
+        if private
+        else []
+    )
     return {
         "id": str(channel_id),
-        "type": 0,
+        "type": kind,
         "guild_id": str(guild_id),
         "name": name,
         "position": 0,
-        "permission_overwrites": [],
-        "nsfw": False,
+        "permission_overwrites": overwrites,
+        "nsfw": nsfw,
         "parent_id": None,
         "topic": None,
         "last_message_id": None,
         "rate_limit_per_user": 0,
+    }
+
+
+def thread_channel(
+    channel_id: int, guild_id: int, parent_id: int, owner_id: int, name: str, *, private: bool
+) -> dict[str, Any]:
+    """A thread under a text channel, or a post in a forum (a thread whose parent is the
+    forum). A thread has no nsfw flag of its own: its parent's holds."""
+    return {
+        "id": str(channel_id),
+        "type": PRIVATE_THREAD if private else PUBLIC_THREAD,
+        "guild_id": str(guild_id),
+        "parent_id": str(parent_id),
+        "owner_id": str(owner_id),
+        "name": name,
+        "last_message_id": None,
+        "message_count": 0,
+        "member_count": 1,
+        "rate_limit_per_user": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": timestamp(),
+            "locked": False,
+        },
     }
 
 

@@ -24,12 +24,18 @@ from aiohttp import WSMsgType, web
 from tests.fakediscord import rules
 from tests.fakediscord.payloads import (
     ADMINISTRATOR,
+    FORUM,
+    MEMBER_PERMISSIONS,
+    PRIVATE_THREAD,
+    PUBLIC_THREAD,
+    TEXT,
     FakeUser,
     dm_channel,
     message,
     role,
     snowflake,
     text_channel,
+    thread_channel,
     timestamp,
 )
 
@@ -150,6 +156,21 @@ class FakeDiscord:
         self.channel_guilds = {
             self.channel_id: self.guild_id,
             self.other_channel_id: self.other_guild_id,
+        }
+        # Every guild channel as Discord describes it (threads and forum posts included).
+        self.channels: dict[int, dict[str, Any]] = {
+            self.channel_id: text_channel(self.channel_id, self.guild_id, "imagine"),
+            self.other_channel_id: text_channel(
+                self.other_channel_id, self.other_guild_id, "imagine"
+            ),
+        }
+        # Who may use a command whose default_member_permissions they lack: the roles and
+        # members a server's owner allowed in Server Settings → Integrations (the guild's id
+        # is @everyone), by (guild, command). Here: each server's moderator role, and the
+        # host's own account in the first server.
+        self.command_roles: dict[tuple[int, str], set[int]] = {
+            (self.guild_id, "admin"): {self.admin_role, self.host.id},
+            (self.other_guild_id, "admin"): {self.other_admin_role},
         }
         self.home = {user.id: self.guild_id for user in self.users.values()}
         self.home.update({u.id: self.other_guild_id for u in (self.carol, self.dave, self.erin)})
@@ -359,6 +380,45 @@ class FakeDiscord:
         self.home[user.id] = guild_id or self.guild_id
         return user
 
+    def add_channel(
+        self,
+        guild_id: int | None = None,
+        *,
+        kind: str = "text",
+        nsfw: bool = False,
+        private: bool = False,
+        parent_id: int | None = None,
+    ) -> int:
+        """A new channel of a server (the first by default), made before the bot connects
+        (GUILD_CREATE carries it): ``kind`` text, thread (under ``parent_id``, else the
+        server's first channel) or forum_post (in a new forum, or the forum ``parent_id``).
+        ``nsfw`` marks a text channel or forum age-restricted (a thread takes its parent's);
+        ``private``: @everyone may not view it (a private thread, for a thread)."""
+        guild_id = guild_id or self.guild_id
+        channel_id = snowflake()
+        if kind == "text":
+            channel = text_channel(channel_id, guild_id, "more", nsfw=nsfw, private=private)
+        elif kind in ("thread", "forum_post"):
+            if parent_id is None:
+                if kind == "thread":
+                    parent_id = next(c for c, g in self.channel_guilds.items() if g == guild_id)
+                else:
+                    parent_id = self.add_channel(guild_id, kind="forum", nsfw=nsfw)
+            owner = self.bot.id
+            channel = thread_channel(
+                channel_id, guild_id, parent_id, owner, kind, private=private and kind == "thread"
+            )
+        elif kind == "forum":
+            channel = text_channel(channel_id, guild_id, "forum", nsfw=nsfw, kind=FORUM)
+        else:
+            raise ValueError(f"no channel kind {kind!r}")
+        self.channels[channel_id] = channel
+        self.channel_guilds[channel_id] = guild_id
+        return channel_id
+
+    def channel_payload(self, channel_id: int) -> dict[str, Any]:
+        return self.channels[channel_id]
+
     def members_of(self, guild_id: int) -> list[FakeUser]:
         return [
             user for user in self.users.values() if user.bot or self.home.get(user.id) == guild_id
@@ -373,16 +433,25 @@ class FakeDiscord:
             "name": name,
             "owner_id": str(owner.id),
             "roles": [
-                role(guild_id, "@everyone", 0, 0),
+                # What every member may do unless a channel says otherwise, as a new server's.
+                role(guild_id, "@everyone", MEMBER_PERMISSIONS, 0),
                 role(admin_role, "moderators", 0, 1),
             ],
-            "channels": [text_channel(channel_id, guild_id, "imagine")],
+            "channels": [
+                c
+                for c in self.channels.values()
+                if c["guild_id"] == str(guild_id) and c["type"] in (TEXT, FORUM)
+            ],
             "members": members,
             "member_count": len(members),
             "emojis": [],
             "stickers": [],
             "features": [],
-            "threads": [],
+            "threads": [
+                c
+                for c in self.channels.values()
+                if c["guild_id"] == str(guild_id) and c["type"] in (PUBLIC_THREAD, PRIVATE_THREAD)
+            ],
             "stage_instances": [],
             "guild_scheduled_events": [],
             "voice_states": [],
@@ -825,9 +894,8 @@ class FakeDiscord:
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
         channel_id = self._open_channel(match)
-        if channel_id in self.channel_guilds:
-            guild_id = self.channel_guilds[channel_id]
-            return json_response(text_channel(channel_id, guild_id, "imagine"))
+        if channel_id in self.channels:
+            return json_response(self.channels[channel_id])
         if channel_id in self.dm_channels:
             user = self.users[self.dm_channels[channel_id]]
             return json_response(dm_channel(channel_id, user.payload()))

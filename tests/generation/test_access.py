@@ -38,9 +38,17 @@ ACTORS = {
 }
 
 
-def _job(status: str = JobStatus.SUCCEEDED, guild_id: int | None = ONE) -> JobRecord:
+def _job(
+    status: str = JobStatus.SUCCEEDED, guild_id: int | None = ONE, public: bool | None = True
+) -> JobRecord:
     fields = {f.name: None for f in dataclasses.fields(JobRecord)}
-    fields |= {"id": 1, "user_id": OWNER, "guild_id": guild_id, "status": status}
+    fields |= {
+        "id": 1,
+        "user_id": OWNER,
+        "guild_id": guild_id,
+        "status": status,
+        "channel_public": public,
+    }
     return JobRecord(**fields)
 
 
@@ -70,6 +78,9 @@ def test_who_sees_acts_on_and_moderates_a_servers_job(name: str) -> None:
     ]:
         assert may_see_job(actor, hidden, images) is (name in MODERATES | {"owner"})
     assert may_see_job(actor, job, [_image(Review.APPROVED)]) is (name in SEES_PLAIN)
+    # Made in a channel @everyone cannot view (or one not known): not for other members.
+    for private in (_job(public=False), _job(public=None)):
+        assert may_see_job(actor, private) is (name in MODERATES | {"owner"})
 
 
 def test_a_moderator_role_or_administrator_counts_only_where_it_is_held() -> None:
