@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +19,13 @@ from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
 from bot.uploads import check_attachment, read_start_image
 from generation import wording
-from generation.access import Actor, may_act_on_job, may_moderate_job, may_see_job
+from generation.access import (
+    Actor,
+    may_act_on_job,
+    may_moderate_job,
+    may_see_job,
+    may_use_result,
+)
 from generation.errors import (
     GenerationError,
     InvalidRequest,
@@ -27,12 +33,14 @@ from generation.errors import (
     JobStateError,
     NotAllowed,
 )
+from generation.faults import retrying
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.reproduce import reproduce
 from generation.requests import GenerationRequest, nearest_size
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
+from storage.records import JobRecord
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -50,6 +58,7 @@ ASPECTS = {
 }
 UNKNOWN_INTERACTION = 10062
 UNKNOWN = object()  # the interaction was unknown to Discord when the bot answered it
+WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a database outage
 ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+FE0F
 CROSS = "\u274c"
 
@@ -228,9 +237,9 @@ class ImagineCog(commands.Cog):
             return
 
         # A blocked prompt is refused (and its strike recorded) before any public answer.
-        # (Read without waiting on the database: Discord wants an answer within 3 s; the
-        # submit checks again with the server's settings as they are now.)
-        rules = self.service.servers.known(request.guild_id)
+        # (Read waiting at most a moment on the database: Discord wants an answer within 3 s;
+        # the submit checks again with the server's settings as they are now.)
+        rules = await self.service.servers.hint(request.guild_id)
         blocked = rules.check_prompt(request.prompt, request.negative_prompt)
 
         async def submit(target: DeliveryTarget) -> Submission:
@@ -289,16 +298,34 @@ class ImagineCog(commands.Cog):
                 # Discord had given up on the command (its 3 s passed) and told the member it
                 # failed: the job must not run, be charged or be posted.
                 logger.warning("interaction %s expired before it was answered", interaction.id)
-                with contextlib.suppress(JobStateError):
-                    await self.service.cancel(
-                        job.id, job.user_id, withdraw=messages.EXPIRED_BEFORE_ANSWERED
-                    )
+                await self._withdraw_job(job)
                 return
             if isinstance(acknowledged, int):
                 await self.bot.outbox.set_original(job.id, acknowledged)
         finally:
             deliveries.answered(interaction.id)
         await deliveries.show_queued(job.id, messages.queued(submission))
+
+    async def _withdraw_job(self, job: JobRecord) -> None:
+        """Cancel a job whose command Discord says failed, nothing delivered for it; one that
+        ended meanwhile is deleted. Tried through a database that is away for a while (else
+        it would run, be charged and be posted to a member told it failed)."""
+
+        async def withdraw() -> None:
+            try:
+                await self.service.cancel(
+                    job.id, job.user_id, withdraw=messages.EXPIRED_BEFORE_ANSWERED
+                )
+            except JobStateError:  # it ended already
+                await self.bot.runtime.moderation.delete_job(
+                    job.user_id, job.id, is_admin=False, reason=messages.EXPIRED_BEFORE_ANSWERED
+                )
+
+        deadline = time.monotonic() + WITHDRAW_SECONDS
+        try:
+            await retrying(withdraw, what=f"cancelling job {job.id}", until=lambda: deadline)
+        except Exception:
+            logger.exception("job %s: could not cancel it after Discord's 10062", job.id)
 
     @staticmethod
     async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | object | None:
@@ -328,7 +355,7 @@ class ImagineCog(commands.Cog):
             await self._cancel(interaction, job_id)
             return
         try:
-            parent = await self._visible(interaction, job_id)
+            parent = await self._visible(interaction, job_id, on_message=True)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
@@ -344,12 +371,17 @@ class ImagineCog(commands.Cog):
             Action.REROLL: (JobKind.REROLL, None),
         }[action]
 
+        nsfw, public = channel_flags(interaction.channel)
+
         def derive(target: DeliveryTarget) -> Awaitable[Submission]:
             return self.service.derive(
                 kind,
                 job_id,
                 index,
                 interaction.user.id,
+                # Its result goes where the button was pressed (a DM, another channel): the
+                # rules of that channel hold for it, not its parent's.
+                channel=(interaction.channel_id, nsfw, public),
                 strength=strength,
                 interaction_id=interaction.id,
                 user_name=interaction.user.name,
@@ -362,11 +394,15 @@ class ImagineCog(commands.Cog):
     def _actor(self, interaction: discord.Interaction[ImagineBot]) -> Actor:
         return self.bot.actor(interaction.user, interaction.guild_id, interaction.permissions)
 
-    async def _visible(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> JobView:
-        """The job, if the member may see it; one they may not is as if there were none."""
+    async def _visible(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int, *, on_message: bool = False
+    ) -> JobView:
+        """The job, if the member may see it (``on_message``: a button on its result, which
+        they see); one they may not is as if there were none."""
         view = await self.service.job(job_id)
         actor = self._actor(interaction)
-        if may_see_job(actor, view.job, view.images):
+        allowed = may_use_result if on_message else may_see_job
+        if allowed(actor, view.job, view.images):
             return view
         if view.job.guild_id is not None and view.job.guild_id == actor.guild_id:
             raise NotAllowed(
@@ -377,7 +413,7 @@ class ImagineCog(commands.Cog):
 
     async def _cancel(self, interaction: discord.Interaction[ImagineBot], job_id: int) -> None:
         try:
-            job = (await self._visible(interaction, job_id)).job
+            job = (await self._visible(interaction, job_id, on_message=True)).job
             moderator = may_moderate_job(self._actor(interaction), job)
             await self.service.cancel(job_id, interaction.user.id, is_admin=moderator)
         except GenerationError as error:
@@ -412,7 +448,7 @@ class ImagineCog(commands.Cog):
         user_id = payload.user_id
         reacting = payload.member or discord.Object(user_id)
         actor = self.bot.actor(reacting, payload.guild_id)  # type: ignore[arg-type]
-        if view.job.status == JobStatus.DELETED or not may_see_job(actor, view.job, view.images):
+        if view.job.status == JobStatus.DELETED or not may_use_result(actor, view.job, view.images):
             return  # deleted, or held for review: not for every member who reacts
         channel = await self.bot.create_dm(discord.Object(user_id))
         await channel.send(**messages.recipe(view).send_kwargs())

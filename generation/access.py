@@ -105,6 +105,15 @@ def may_see_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()
     )
 
 
+def may_use_result(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
+    """A button or reaction on a result's message: whoever can see the message (a member of
+    the server it is in; the channel's own permissions decided that) unless the job is
+    hidden; its owner and its server's moderators always."""
+    if actor.user_id == job.user_id or actor.moderates(job.guild_id):
+        return True
+    return job.guild_id is not None and job.guild_id == actor.guild_id and not hidden(job, images)
+
+
 def may_act_on_job(actor: Actor, job: JobRecord) -> bool:
     """Cancel it, delete it, reproduce it: its owner or its server's moderators."""
     return actor.user_id == job.user_id or actor.moderates(job.guild_id)

@@ -54,6 +54,7 @@ USER_QUOTAS = (
 # What a server's moderators may tighten for their server.
 SERVER_QUOTAS = (*USER_QUOTAS, "queued_per_guild", "images_per_guild_day")
 LONGER_IS_STRICTER = frozenset({"bucket_refill_seconds"})
+MAX_LIMIT = 10**9  # any limit (and a refill of about 30 years) fits a time delta
 
 
 class QuotaExceeded(GenerationError):
@@ -82,6 +83,8 @@ def check_override(name: str, value: object, names: tuple[str, ...] = USER_QUOTA
         raise InvalidRequest(name, f"must be a {whole}number, not {value!r}") from None
     if number < 0 or (name == "bucket_refill_seconds" and number <= 0):
         raise InvalidRequest(name, f"must be positive, not {value}")
+    if number > MAX_LIMIT:
+        raise InvalidRequest(name, f"must be at most {MAX_LIMIT:,}, not {value}")
     return number
 
 

@@ -1,7 +1,9 @@
 """Each server's own settings: its safety policy, its blocked terms, whether /imagine works only
 in age-restricted channels, and its limits. Stored in ``guild_settings``; what a server has not
-set is the host's (the environment). A server's moderators may make them stricter than the
-host's, never looser; host admins may set any.
+set is the host's (the environment). They only ever tighten the host's: a change that would
+loosen them is refused, and what is stored is read as the stricter of it and the host's now
+(the host may have tightened since). A host that wants a server looser says so in the
+environment (``IMAGINE_GUILD_SAFETY_POLICIES``).
 
 Every process reads them through ``ServerSettings``, which keeps each server's for a few
 seconds: a change made in one process holds everywhere within ``ttl``.
@@ -9,6 +11,7 @@ seconds: a change made in one process holds everywhere within ``ttl``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +28,7 @@ from storage.records import GuildSettingsRecord
 
 # From the loosest to the strictest.
 STRICTNESS = {"off": 0, "spoiler": 1, "withhold": 2}
+HINT_SECONDS = 0.5
 MAX_TERMS = 500  # a server's own blocked terms
 MAX_TERM_LENGTH = 200
 
@@ -78,7 +82,7 @@ class ServerSettings:
             terms_filter = self.prompt_filter.with_terms(guild_id, own)
         return ServerRules(
             guild_id=guild_id,
-            safety_policy=(stored.safety_policy if stored else None) or host_policy,
+            safety_policy=_stricter(stored.safety_policy if stored else None, host_policy),
             blocked_terms=own,
             age_restricted_only=bool(stored and stored.age_restricted_only),
             quotas=dict(stored.quotas) if stored else {},
@@ -100,11 +104,15 @@ class ServerSettings:
         self._cache[guild_id] = (now, rules)
         return rules
 
-    def known(self, guild_id: int | None) -> ServerRules:
-        """A server's settings as last read, however old, without waiting on the database
-        (the host's if never read): for a hint that must not hold up an answer."""
-        cached = self._cache.get(guild_id) if guild_id is not None else None
-        return cached[1] if cached is not None else self.host_rules(guild_id)
+    async def hint(self, guild_id: int | None, wait: float = HINT_SECONDS) -> ServerRules:
+        """A server's settings now, or as last read (the host's if never read) when the
+        database does not answer within ``wait`` seconds: for a hint that must not hold up an
+        answer to Discord."""
+        try:
+            return await asyncio.wait_for(self.rules(guild_id), wait)
+        except Exception:
+            cached = self._cache.get(guild_id) if guild_id is not None else None
+            return cached[1] if cached is not None else self.host_rules(guild_id)
 
     async def safety_policy(self, guild_id: int | None) -> str:
         return (await self.rules(guild_id)).safety_policy
@@ -122,8 +130,8 @@ class ServerSettings:
         quotas: Mapping[str, object] | None = None,
         clear_quotas: Iterable[str] = (),
     ) -> ServerRules:
-        """Change a server's settings: its moderators within the host's limits, host admins
-        freely. Refused (nothing changed) with the reason naming the setting; the change is a
+        """Change a server's settings (its moderators and host admins), within the host's
+        limits. Refused (nothing changed) with the reason naming the setting; the change is a
         moderation event."""
         if not may_edit_settings(actor, guild_id):
             raise NotAllowed(
@@ -137,8 +145,8 @@ class ServerSettings:
         for name in clear:
             check_override(name, 1, SERVER_QUOTAS)
         added = [term.strip() for term in block if term.strip()]
-        _check_change(actor, self.host_rules(guild_id), safety_policy, checked_quotas, added)
-        self._check_quotas(actor, checked_quotas)
+        _check_change(self.host_rules(guild_id), safety_policy, added)
+        self._check_quotas(checked_quotas)
         removed = {term.strip() for term in unblock}
         async with self.db.uow() as uow:
             await uow.guilds.ensure(guild_id)
@@ -189,10 +197,8 @@ class ServerSettings:
         self._cache[guild_id] = (self._monotonic(), rules)
         return rules
 
-    def _check_quotas(self, actor: Actor, quotas: Mapping[str, int | float]) -> None:
-        """A server's moderators tighten the host's limits, never loosen them."""
-        if actor.host:
-            return
+    def _check_quotas(self, quotas: Mapping[str, int | float]) -> None:
+        """A server tightens the host's limits, never loosens them."""
         for name, value in quotas.items():
             host = getattr(self.quotas, name)
             if name in LONGER_IS_STRICTER and value < host:
@@ -201,21 +207,15 @@ class ServerSettings:
                 raise NotAllowed(f"{name} may not be above the host's {host:g}")
 
 
-def _check_change(
-    actor: Actor,
-    host: ServerRules,
-    safety_policy: str | None,
-    quotas: Mapping[str, int | float],
-    added: list[str],
-) -> None:
-    """Refuse a change naming the setting: an unknown policy, a looser one than the host's
-    (host admins excepted), a term the filter cannot use."""
+def _check_change(host: ServerRules, safety_policy: str | None, added: list[str]) -> None:
+    """Refuse a change naming the setting: an unknown policy, a looser one than the host's, a
+    term the filter cannot use."""
     if safety_policy is not None:
         if safety_policy not in ACTIONS:
             raise InvalidRequest(
                 "safety", f"must be one of {', '.join(ACTIONS)}, not {safety_policy!r}"
             )
-        if not actor.host and STRICTNESS[safety_policy] < STRICTNESS[host.safety_policy]:
+        if STRICTNESS[safety_policy] < STRICTNESS[host.safety_policy]:
             stricter = [
                 p for p, rank in STRICTNESS.items() if rank > STRICTNESS[host.safety_policy]
             ]
@@ -230,3 +230,9 @@ def _check_change(
             Term.parse(term)
         except ValueError as error:
             raise InvalidRequest("block", str(error)) from None
+
+
+def _stricter(stored: str | None, host: str) -> str:
+    if stored is None or STRICTNESS.get(stored, 0) < STRICTNESS[host]:
+        return host
+    return stored

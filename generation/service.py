@@ -439,8 +439,11 @@ class GenerationService:
         user_name: str = "",
         role_ids: tuple[int, ...] = (),
         delivery: DeliveryTarget | None = None,
+        channel: tuple[int | None, bool | None, bool | None] | None = None,
     ) -> Submission:
-        """A job made from another: upscale or vary image ``image_index``, or reroll the recipe."""
+        """A job made from another: upscale or vary image ``image_index``, or reroll the recipe.
+        ``channel`` (its id, age-restricted, public) is where it was asked, if not the parent's
+        channel: a button pressed on a result that went elsewhere (a DM)."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
             raise JobStateError(
@@ -470,6 +473,11 @@ class GenerationService:
             if parent_model is not None and parent_model.sizes:
                 # A variation of an upscale: the API makes its own sizes only.
                 width, height = nearest_size(parent_model.sizes, width, height)
+        channel_id, channel_nsfw, channel_public = channel or (
+            recipe.channel_id,
+            recipe.channel_nsfw,
+            recipe.channel_public,
+        )
         init_image = None
         if kind is JobKind.REROLL and recipe.init_image_path is not None and self.store:
             kind, strength = JobKind.IMG2IMG, recipe.strength
@@ -497,9 +505,9 @@ class GenerationService:
                 parent_image_index=image_index,
                 init_image=init_image,
                 guild_id=recipe.guild_id,
-                channel_id=recipe.channel_id,
-                channel_nsfw=recipe.channel_nsfw,
-                channel_public=recipe.channel_public,
+                channel_id=channel_id,
+                channel_nsfw=channel_nsfw,
+                channel_public=channel_public,
                 interaction_id=interaction_id,
                 user_name=user_name,
                 role_ids=role_ids,

@@ -99,10 +99,14 @@ async def test_a_flagged_image_is_shown_only_in_an_age_restricted_channel_and_ne
         "nsfw thread": server.add_channel(kind="thread", parent_id=nsfw),
     }
     checker = FixedScores(FLAG_ALL)
-    async with running_bot(_settings(server, tmp_path), trained_engine, checker) as running:
+    settings = _settings(server, tmp_path, safety_policy="off")  # the server tightens it
+    async with running_bot(settings, trained_engine, checker) as running:
         servers = running.runtime.service.servers
         for policy, where, shown in MATRIX:
-            await servers.update(server.guild_id, HOST, safety_policy=policy)
+            if policy == "off":
+                await servers.update(server.guild_id, HOST, host_safety_policy=True)
+            else:
+                await servers.update(server.guild_id, HOST, safety_policy=policy)
             asked = await server.invoke(
                 "imagine",
                 server.alice,
@@ -163,8 +167,10 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
         assert "**Safety policy:** withhold (this server's" in said
         refused = await _said(server, server.admin, "admin settings", safety="off")
         assert "a server may keep it or choose a stricter one" in refused
-        said = await _said(server, server.host, "admin settings", safety="off")
-        assert "**Safety policy:** off" in said
+        refused = await _said(server, server.host, "admin settings", safety="off")
+        assert "a server may keep it or choose a stricter one" in refused, "host admins too"
+        said = await _said(server, server.host, "admin settings", safety="host")
+        assert "**Safety policy:** spoiler (the host's" in said
         refused = await _said(
             server, server.admin, "admin settings", quota="images_per_user_day", limit=10**6
         )
@@ -186,12 +192,12 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
         said = await _said(server, server.erin, "admin settings", safety="withhold")
         rules = await running.runtime.service.servers.rules(server.guild_id)
         other = await running.runtime.service.servers.rules(server.other_guild_id)
-        assert rules.safety_policy == "off" and other.safety_policy == "withhold"
+        assert rules.safety_policy == "spoiler" and other.safety_policy == "withhold"
         assert "teapot" in rules.blocked_terms and other.blocked_terms == ()
         with pytest.raises(CommandHidden):
             await server.invoke("admin settings", server.alice, safety="off")
         server.show_to_everyone("admin")
-        assert await _said(server, server.alice, "admin settings", safety="off") == NOT_ALLOWED
+        assert await _said(server, server.alice, "admin settings", safety="host") == NOT_ALLOWED
         events = await running.runtime.moderation.events()
         changed = [(e.guild_id, e.actor_id) for e in events if e.kind == "settings"]
         admin, host, erin = server.admin.id, server.host.id, server.erin.id
