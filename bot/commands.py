@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -286,6 +287,13 @@ class ImagineCog(commands.Cog):
             )
             await refuse(interaction, text)
             return
+        except Exception:
+            # The failure is answered once "thinking…" is out (an answer racing it would be
+            # refused as a second first answer, and lost).
+            with contextlib.suppress(Exception):
+                await acknowledging
+            deliveries.answered(interaction.id)
+            raise
         except BaseException:
             deliveries.answered(interaction.id)
             raise
