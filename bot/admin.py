@@ -23,6 +23,7 @@ from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.imaging import fit_file
 from generation.moderation import Flagged, parse_duration
 from generation.quotas import SERVER_QUOTAS
+from generation.server_settings import POLICY_CHOICES
 from storage.models import utcnow
 from storage.records import JobRecord
 
@@ -271,9 +272,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         limit="Its value here; leave empty to take the host's again.",
     )
     @app_commands.choices(
-        safety=[
-            app_commands.Choice(name=n, value=n) for n in ("spoiler", "withhold", "off", "host")
-        ],
+        safety=[app_commands.Choice(name=n, value=n) for n in POLICY_CHOICES],
         quota=[app_commands.Choice(name=n, value=n) for n in SERVER_QUOTAS],
     )
     async def settings(  # noqa: PLR0917 - discord.py passes each option as an argument
@@ -296,8 +295,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                 rules = await servers.update(
                     interaction.guild_id,
                     actor,
-                    safety_policy=None if safety in (None, "host") else safety,
-                    host_safety_policy=safety == "host",
+                    safety_policy=safety,
                     block=_terms(block),
                     unblock=_terms(unblock),
                     age_restricted_only=age_restricted_only,
@@ -309,9 +307,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        await answer(
-            interaction, messages.server_settings(rules, servers.host_rules(), servers.quotas)
-        )
+        await answer(interaction, messages.server_settings(rules, servers.host_rules()))
 
     @app_commands.command(name="delete", description="Delete a job's result and image files.")
     async def delete(
@@ -387,7 +383,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                     interaction.user.id, args[0], guild_id=interaction.guild_id
                 )
                 text = f"Image {image.index + 1} of job {image.job_id} approved."
-                self.bot.deliveries.deliver_now(image.job_id)  # shown now if none is held back
+                self.bot.deliveries.start_delivery(image.job_id)  # shown now if none is held back
             elif action == "delete":
                 await self._job(actor, args[0])
                 await self._delete_job(interaction, args[0], "from the review of flagged images")

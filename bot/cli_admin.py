@@ -16,6 +16,7 @@ from generation.access import HOST
 from generation.errors import GenerationError
 from generation.moderation import parse_duration
 from generation.quotas import SERVER_QUOTAS
+from generation.server_settings import POLICY_CHOICES
 from storage.models import utcnow
 
 ACTOR = click.option(
@@ -189,7 +190,7 @@ admin.add_command(quota)
 @click.argument("guild_id", type=int)
 @click.option(
     "--safety",
-    type=click.Choice(["spoiler", "withhold", "off", "host"]),
+    type=click.Choice(POLICY_CHOICES),
     default=None,
     help="What a flagged image gets in this server (host: the host's policy).",
 )
@@ -217,8 +218,8 @@ def server_settings(
     as_json: bool,
     actor: int | None,
 ) -> None:
-    """Show or change GUILD_ID's own settings (the host may set any, looser than its own
-    defaults too); every change is recorded."""
+    """Show or change GUILD_ID's own settings, which only tighten the host's (a looser safety
+    policy for one server is IMAGINE_GUILD_SAFETY_POLICIES); every change is recorded."""
     limits: dict[str, str] = {}
     for item in quotas:
         name, equals, value = item.partition("=")
@@ -234,8 +235,7 @@ def server_settings(
                 rules = await servers.update(
                     guild_id,
                     dataclasses.replace(HOST, user_id=actor),
-                    safety_policy=None if safety in (None, "host") else safety,
-                    host_safety_policy=safety == "host",
+                    safety_policy=safety,
                     block=block,
                     unblock=unblock,
                     age_restricted_only=age_restricted_only,
@@ -244,7 +244,6 @@ def server_settings(
                 )
             else:
                 rules = await servers.rules(guild_id)
-            effective = servers.quotas.within(rules.quotas)
         return {
             "guild_id": guild_id,
             "safety_policy": rules.safety_policy,
@@ -252,7 +251,7 @@ def server_settings(
             "age_restricted_only": rules.age_restricted_only,
             "blocked_terms": list(rules.blocked_terms),
             "quotas": dict(rules.quotas),
-            "limits": {name: getattr(effective, name) for name in SERVER_QUOTAS},
+            "limits": {name: getattr(rules.limits, name) for name in SERVER_QUOTAS},
         }
 
     shown = _run(_settings())

@@ -109,9 +109,9 @@ class Deliveries:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 for delivery in await self.outbox.due(SWEEP_BATCH):
-                    self._start_delivery(delivery.job_id)
+                    self.start_delivery(delivery.job_id)
                 for job_id in [*self._sent, *self._held]:
-                    self._start_delivery(job_id)
+                    self.start_delivery(job_id)
                 under_way = list(self._delivering.values())
                 if under_way:
                     await asyncio.wait(under_way)
@@ -148,21 +148,18 @@ class Deliveries:
             try:
                 # Sent but not written down, or held by a try that could not be recorded.
                 for job_id in [*self._sent, *self._held]:
-                    self._start_delivery(job_id)
+                    self.start_delivery(job_id)
                 due = await self.outbox.due(SWEEP_BATCH + len(self._delivering))
                 for delivery in due:
-                    self._start_delivery(delivery.job_id)
+                    self.start_delivery(delivery.job_id)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 logger.warning("delivery sweep failed (%s); trying again", error)
             await asyncio.sleep(self.sweep_interval)
 
-    def deliver_now(self, job_id: int) -> None:
-        """Deliver the job's result now if it is due (rather than at the next sweep)."""
-        self._start_delivery(job_id)
-
-    def _start_delivery(self, job_id: int) -> None:
+    def start_delivery(self, job_id: int) -> None:
+        """Deliver the job's result in its own task, if it is due and not under way."""
         if job_id in self._delivering:
             return
         task = self._spawn(self.deliver(job_id), f"deliver-{job_id}")
@@ -181,7 +178,7 @@ class Deliveries:
             self._progress_busy.add(job_id)
             self._spawn(self._progress(event), f"progress-{job_id}")
         elif isinstance(event, JobSucceeded | JobFailed | JobCancelled):
-            self._start_delivery(event.job_id)
+            self.start_delivery(event.job_id)
 
     # -- acknowledgements ------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from bot.limits import CONTENT, MORE, ROWS, Message, Upload, clip, escape, quote
 from generation import wording
 from generation.imaging import FittedFile
 from generation.moderation import Flagged, JobReport, LogPage
-from generation.quotas import SERVER_QUOTAS, Quotas, Usage
+from generation.quotas import SERVER_QUOTAS, Usage
 from generation.reproduce import ReproduceReport
 from generation.server_settings import ServerRules
 from generation.service import JobView, Submission
@@ -196,7 +196,7 @@ def result(
     return Message(content=text, view=buttons, uploads=uploads)
 
 
-def server_settings(rules: ServerRules, host: ServerRules, quotas: Quotas) -> Message:
+def server_settings(rules: ServerRules, host: ServerRules) -> Message:
     """/admin settings: what holds in this server, and what is the host's."""
 
     def mark(own: bool) -> str:
@@ -211,9 +211,9 @@ def server_settings(rules: ServerRules, host: ServerRules, quotas: Quotas) -> Me
         "**Blocked here, on top of the host's:** "
         + (", ".join(quote(t, 60) for t in rules.blocked_terms) or "nothing"),
     ]
-    limits = quotas.within(rules.quotas)
     shown = [
-        f"{name} {getattr(limits, name):g}" + (" (this server's)" if name in rules.quotas else "")
+        f"{name} {getattr(rules.limits, name):g}"
+        + (" (this server's)" if name in rules.quotas else "")
         for name in SERVER_QUOTAS
     ]
     lines.append("**Limits:** " + ", ".join(shown))

@@ -97,12 +97,7 @@ def may_see_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()
     job whose channel is not known), unless it is hidden."""
     if actor.user_id == job.user_id or actor.moderates(job.guild_id):
         return True
-    return (
-        job.guild_id is not None
-        and job.guild_id == actor.guild_id
-        and job.channel_public is True
-        and not hidden(job, images)
-    )
+    return job.channel_public is True and may_use_result(actor, job, images)
 
 
 def may_use_result(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:

@@ -29,6 +29,8 @@ from storage.records import GuildSettingsRecord
 # From the loosest to the strictest.
 STRICTNESS = {"off": 0, "spoiler": 1, "withhold": 2}
 HINT_SECONDS = 0.5
+HOST_POLICY = "host"  # as a server's safety policy: the host's (what it set is forgotten)
+POLICY_CHOICES = (*ACTIONS, HOST_POLICY)
 MAX_TERMS = 500  # a server's own blocked terms
 MAX_TERM_LENGTH = 200
 
@@ -41,7 +43,8 @@ class ServerRules:
     safety_policy: str
     blocked_terms: tuple[str, ...]  # the server's own, on top of the host's
     age_restricted_only: bool
-    quotas: Mapping[str, int | float]  # the server's limits, tighter than the host's
+    quotas: Mapping[str, int | float]  # the server's own limits, as stored
+    limits: Quotas  # what holds here: the host's, tightened by the server's own
     stored: GuildSettingsRecord | None = None
     filter: PromptFilter = dataclasses.field(default_factory=PromptFilter, repr=False)
 
@@ -86,6 +89,7 @@ class ServerSettings:
             blocked_terms=own,
             age_restricted_only=bool(stored and stored.age_restricted_only),
             quotas=dict(stored.quotas) if stored else {},
+            limits=self.quotas.within(stored.quotas if stored else {}),
             stored=stored,
             filter=terms_filter,
         )
@@ -123,7 +127,6 @@ class ServerSettings:
         actor: Actor,
         *,
         safety_policy: str | None = None,
-        host_safety_policy: bool = False,
         block: Iterable[str] = (),
         unblock: Iterable[str] = (),
         age_restricted_only: bool | None = None,
@@ -161,10 +164,8 @@ class ServerSettings:
             for name in clear:
                 limits.pop(name, None)
             policy = stored.safety_policy if stored else None
-            if host_safety_policy:
-                policy = None
-            elif safety_policy is not None:
-                policy = safety_policy
+            if safety_policy is not None:
+                policy = None if safety_policy == HOST_POLICY else safety_policy
             values: dict[str, Any] = {
                 "safety_policy": policy,
                 "blocked_terms": terms,
@@ -210,10 +211,10 @@ class ServerSettings:
 def _check_change(host: ServerRules, safety_policy: str | None, added: list[str]) -> None:
     """Refuse a change naming the setting: an unknown policy, a looser one than the host's, a
     term the filter cannot use."""
-    if safety_policy is not None:
+    if safety_policy is not None and safety_policy != HOST_POLICY:
         if safety_policy not in ACTIONS:
             raise InvalidRequest(
-                "safety", f"must be one of {', '.join(ACTIONS)}, not {safety_policy!r}"
+                "safety", f"must be one of {', '.join(POLICY_CHOICES)}, not {safety_policy!r}"
             )
         if STRICTNESS[safety_policy] < STRICTNESS[host.safety_policy]:
             stricter = [

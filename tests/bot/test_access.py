@@ -23,7 +23,7 @@ from tests.fakediscord.actions import CommandHidden, LocalDiscord
 from tests.fakediscord.payloads import FakeUser
 
 
-def _settings(server: LocalDiscord, tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
+def two_server_settings(server: LocalDiscord, tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
     return bot_settings(
         server,
         tmp_path / "data",
@@ -40,7 +40,7 @@ async def two_servers(
 ) -> AsyncIterator[tuple[RunningBot, int, int]]:
     """The bot, alice's job in the first server and carol's in the second."""
     server = local_discord
-    async with running_bot(_settings(server, tmp_path), trained_engine) as running:
+    async with running_bot(two_server_settings(server, tmp_path), trained_engine) as running:
         jobs = []
         for user in (server.alice, server.carol):
             asked = await server.invoke("imagine", user, prompt=f"{user.name}'s circle", steps=8)
@@ -49,7 +49,7 @@ async def two_servers(
         yield running, jobs[0], jobs[1]
 
 
-async def _said(server: LocalDiscord, who: FakeUser, command: str, /, **options: Any) -> str:
+async def answer_to(server: LocalDiscord, who: FakeUser, command: str, /, **options: Any) -> str:
     asked = await server.invoke(command, who, **options)
     return await server.wait_for(lambda: server.ephemeral_answer(asked), what=f"/{command}")
 
@@ -85,22 +85,22 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
         (s.dave, False),
         (s.erin, False),
     ]:
-        text = await _said(server, user, "job", id=alices)
+        text = await answer_to(server, user, "job", id=alices)
         assert (f"Job {alices}" in text) is sees, (user.name, text)
         if not sees:
             assert f"there is no job {alices}" in text, "as if it did not exist"
 
     # /admin job: that server's moderators and host admins; another server's are told nothing.
     for user, sees in [(s.admin, True), (s.owner, True), (s.host, True), (s.dave, False)]:
-        text = await _said(server, user, "admin job", id=alices)
+        text = await answer_to(server, user, "admin job", id=alices)
         assert (f"Job {alices}" in text) is sees, (user.name, text)
-    assert await _said(server, s.erin, "admin job", id=alices) == f"there is no job {alices}"
+    assert await answer_to(server, s.erin, "admin job", id=alices) == f"there is no job {alices}"
     for member in (s.alice, s.bob, s.carol):
         with pytest.raises(CommandHidden):  # Discord does not offer it to them ...
             await server.invoke("admin job", member, id=alices)
     server.show_to_everyone("admin")  # ... unless a server's owner shows it to everyone
     for member in (s.alice, s.bob, s.carol):
-        assert await _said(server, member, "admin job", id=alices) == NOT_ALLOWED
+        assert await answer_to(server, member, "admin job", id=alices) == NOT_ALLOWED
 
     # /admin logs: a server's moderators list their server's jobs; host admins every server's.
     assert await _listed(server, s.admin) == {alices}
@@ -112,40 +112,40 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
 
     # Quotas and weights are host-wide: host admins only. A server's moderators ban in their
     # server; host admins on every server.
-    assert await _said(server, s.admin, "admin quota", user=s.bob, weight=100.0) == HOST_ONLY
-    assert await _said(server, s.erin, "admin quota", user=s.erin, weight=100.0) == HOST_ONLY
+    assert await answer_to(server, s.admin, "admin quota", user=s.bob, weight=100.0) == HOST_ONLY
+    assert await answer_to(server, s.erin, "admin quota", user=s.erin, weight=100.0) == HOST_ONLY
     service = running.runtime.service
     assert (await service.usage(s.erin.id)).user.weight is None
-    said = await _said(server, s.erin, "admin ban", user=s.alice, reason="spam")
+    said = await answer_to(server, s.erin, "admin ban", user=s.alice, reason="spam")
     assert said.startswith(f"<@{s.alice.id}> is banned in this server")
     assert not (await service.usage(s.alice.id)).user.banned, "not on every server"
-    said = await _said(server, s.dave, "admin ban", user=s.carol, reason="spam")
+    said = await answer_to(server, s.dave, "admin ban", user=s.carol, reason="spam")
     assert "is banned in this server" in said
-    refused = await _said(server, s.carol, "imagine", prompt="a red circle")
+    refused = await answer_to(server, s.carol, "imagine", prompt="a red circle")
     assert "you are banned from generating images in this server" in refused
-    assert "is banned on every server" in await _said(
+    assert "is banned on every server" in await answer_to(
         server, s.host, "admin ban", user=s.bob, reason="spam"
     )
     assert (await service.usage(s.bob.id)).user.banned
 
     # Another server's moderator cannot delete, nor ❌, nor reproduce a job.
-    text = await _said(server, s.erin, "admin delete", job=alices)
+    text = await answer_to(server, s.erin, "admin delete", job=alices)
     assert text == f"there is no job {alices}"
     delivery = await running.bot.outbox.get(alices)
     assert delivery is not None and delivery.result_message_id is not None
     await server.react(delivery.result_message_id, "❌", s.erin)
-    assert await _said(server, s.dave, "reproduce", id=alices) == f"there is no job {alices}"
-    text = await _said(server, s.bob, "reproduce", id=alices)
+    assert await answer_to(server, s.dave, "reproduce", id=alices) == f"there is no job {alices}"
+    text = await answer_to(server, s.bob, "reproduce", id=alices)
     assert f"job {alices} is not yours to reproduce" in text
     assert (await service.job(alices)).job.status == "succeeded"
     assert delivery.result_message_id in server.messages
 
     # A member banned in the server renders nothing there, /reproduce included.
-    assert "is banned in this server" in await _said(server, s.admin, "admin ban", user=s.alice)
-    text = await _said(server, s.alice, "reproduce", id=alices)
+    assert "is banned in this server" in await answer_to(server, s.admin, "admin ban", user=s.alice)
+    text = await answer_to(server, s.alice, "reproduce", id=alices)
     assert "you are banned from generating images in this server" in text
     # The server's own moderator can.
-    assert "deleted" in await _said(server, s.admin, "admin delete", job=alices)
+    assert "deleted" in await answer_to(server, s.admin, "admin delete", job=alices)
     assert (await service.job(alices)).job.status == "deleted"
 
 
@@ -153,7 +153,7 @@ async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_mo
     local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    settings = _settings(server, tmp_path, safety_policy="spoiler")
+    settings = two_server_settings(server, tmp_path, safety_policy="spoiler")
     checker = FixedScores({"BUTTOCKS_EXPOSED": 0.91})
     # alice asks in an age-restricted channel: her flagged result is shown there, spoilered.
     channels = {server.alice.name: server.add_channel(nsfw=True)}
@@ -191,7 +191,7 @@ async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_mo
         assert await reviewed(server.host) == {jobs["alice"], jobs["carol"]}
         # A flagged job is hidden from other members of its server, not from its moderators:
         # /job, ✉️ and the buttons on its (spoilered) result refuse them.
-        text = await _said(server, server.bob, "job", id=jobs["alice"])
+        text = await answer_to(server, server.bob, "job", id=jobs["alice"])
         assert f"job {jobs['alice']} is not shown to you" in text and "held for" in text
         delivery = await running.bot.outbox.get(jobs["alice"])
         assert delivery is not None and delivery.result_message_id is not None
@@ -200,7 +200,9 @@ async def test_the_review_queue_holds_each_servers_flagged_images_for_its_own_mo
         text = await server.wait_for(lambda: server.ephemeral_answer(pressed), what="U1")
         assert "held for the moderators' review" in text
         assert server.dms(server.bob) == [], "no recipe of a held job by ✉️"
-        assert f"Job {jobs['alice']}" in await _said(server, server.admin, "job", id=jobs["alice"])
+        assert f"Job {jobs['alice']}" in await answer_to(
+            server, server.admin, "job", id=jobs["alice"]
+        )
         # The server's own moderator approves it.
         review = await server.invoke("admin flagged", server.admin)
         stored = await server.wait_for(

@@ -16,29 +16,13 @@ from PIL import Image
 
 from bot.admin import NOT_ALLOWED
 from generation.access import HOST
-from tests.bot.conftest import RunningBot, bot_settings, running_bot, settled_delivery
+from tests.bot.conftest import RunningBot, running_bot, settled_delivery
+from tests.bot.test_access import answer_to, two_server_settings
 from tests.bot.test_imagine import png_of
 from tests.bot.test_moderation import FixedScores
 from tests.fakediscord.actions import CommandHidden, LocalDiscord
-from tests.fakediscord.payloads import FakeUser
 
 FLAG_ALL = {"BUTTOCKS_EXPOSED": 0.97}
-
-
-def _settings(server: LocalDiscord, tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
-    return bot_settings(
-        server,
-        tmp_path / "data",
-        guild_ids=[server.guild_id, server.other_guild_id],
-        admin_role_ids=[server.admin_role, server.other_admin_role],
-        admin_user_ids=[server.host.id],
-        **overrides,
-    )
-
-
-async def _said(server: LocalDiscord, who: FakeUser, command: str, /, **options: Any) -> str:
-    asked = await server.invoke(command, who, **options)
-    return await server.wait_for(lambda: server.ephemeral_answer(asked), what=f"/{command}")
 
 
 async def _job_of(running: RunningBot, interaction: Any) -> int:
@@ -99,12 +83,12 @@ async def test_a_flagged_image_is_shown_only_in_an_age_restricted_channel_and_ne
         "nsfw thread": server.add_channel(kind="thread", parent_id=nsfw),
     }
     checker = FixedScores(FLAG_ALL)
-    settings = _settings(server, tmp_path, safety_policy="off")  # the server tightens it
+    settings = two_server_settings(server, tmp_path, safety_policy="off")  # the server tightens it
     async with running_bot(settings, trained_engine, checker) as running:
         servers = running.runtime.service.servers
         for policy, where, shown in MATRIX:
             if policy == "off":
-                await servers.update(server.guild_id, HOST, host_safety_policy=True)
+                await servers.update(server.guild_id, HOST, safety_policy="host")
             else:
                 await servers.update(server.guild_id, HOST, safety_policy=policy)
             asked = await server.invoke(
@@ -149,10 +133,10 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
 ) -> None:
     server = local_discord
     nsfw = server.add_channel(nsfw=True)
-    async with running_bot(_settings(server, tmp_path), trained_engine) as running:
-        said = await _said(server, server.admin, "admin settings", age_restricted_only=True)
+    async with running_bot(two_server_settings(server, tmp_path), trained_engine) as running:
+        said = await answer_to(server, server.admin, "admin settings", age_restricted_only=True)
         assert "only in age-restricted channels" in said
-        refused = await _said(server, server.alice, "imagine", prompt="a circle", steps=4)
+        refused = await answer_to(server, server.alice, "imagine", prompt="a circle", steps=4)
         assert "only in age-restricted channels" in refused and "Nothing was queued" in refused
         asked = await server.invoke(
             "imagine", server.alice, channel_id=nsfw, prompt="a circle", steps=4, count=1
@@ -163,25 +147,27 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
         await _finished(server, running, asked)
 
         # Stricter than the host: yes. Looser: no (host admins may).
-        said = await _said(server, server.admin, "admin settings", safety="withhold")
+        said = await answer_to(server, server.admin, "admin settings", safety="withhold")
         assert "**Safety policy:** withhold (this server's" in said
-        refused = await _said(server, server.admin, "admin settings", safety="off")
+        refused = await answer_to(server, server.admin, "admin settings", safety="off")
         assert "a server may keep it or choose a stricter one" in refused
-        refused = await _said(server, server.host, "admin settings", safety="off")
+        refused = await answer_to(server, server.host, "admin settings", safety="off")
         assert "a server may keep it or choose a stricter one" in refused, "host admins too"
-        said = await _said(server, server.host, "admin settings", safety="host")
+        said = await answer_to(server, server.host, "admin settings", safety="host")
         assert "**Safety policy:** spoiler (the host's" in said
-        refused = await _said(
+        refused = await answer_to(
             server, server.admin, "admin settings", quota="images_per_user_day", limit=10**6
         )
         assert "may not be above the host's" in refused
-        said = await _said(server, server.admin, "admin settings", quota="queued_per_user", limit=1)
+        said = await answer_to(
+            server, server.admin, "admin settings", quota="queued_per_user", limit=1
+        )
         assert "queued_per_user 1 (this server's)" in said
 
         # A term blocked here is blocked here only, and strikes here.
-        said = await _said(server, server.admin, "admin settings", block="teapot, kettle*")
+        said = await answer_to(server, server.admin, "admin settings", block="teapot, kettle*")
         assert "here, on top of the host's:** teapot, kettle\\*" in said
-        refused = await _said(
+        refused = await answer_to(
             server, server.alice, "imagine", channel_id=nsfw, prompt="a Kettles stack"
         )
         assert "does not allow" in refused and "Strike 1 of 3" in refused
@@ -189,7 +175,7 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
         await _finished(server, running, asked)
 
         # Another server's moderator changes their own server only; members nothing.
-        said = await _said(server, server.erin, "admin settings", safety="withhold")
+        said = await answer_to(server, server.erin, "admin settings", safety="withhold")
         rules = await running.runtime.service.servers.rules(server.guild_id)
         other = await running.runtime.service.servers.rules(server.other_guild_id)
         assert rules.safety_policy == "spoiler" and other.safety_policy == "withhold"
@@ -197,7 +183,7 @@ async def test_a_server_keeps_imagine_to_age_restricted_channels_and_edits_its_o
         with pytest.raises(CommandHidden):
             await server.invoke("admin settings", server.alice, safety="off")
         server.show_to_everyone("admin")
-        assert await _said(server, server.alice, "admin settings", safety="host") == NOT_ALLOWED
+        assert await answer_to(server, server.alice, "admin settings", safety="host") == NOT_ALLOWED
         events = await running.runtime.moderation.events()
         changed = [(e.guild_id, e.actor_id) for e in events if e.kind == "settings"]
         admin, host, erin = server.admin.id, server.host.id, server.erin.id
@@ -211,7 +197,7 @@ async def test_approving_a_withheld_image_delivers_it_and_tells_the_requester(
     local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    settings = _settings(server, tmp_path, safety_policy="withhold")
+    settings = two_server_settings(server, tmp_path, safety_policy="withhold")
     async with running_bot(settings, trained_engine, FixedScores(FLAG_ALL)) as running:
         asked = await server.invoke("imagine", server.alice, prompt="a circle", steps=4, count=1)
         withheld = await _finished(server, running, asked)
@@ -249,7 +235,7 @@ async def test_cross_removes_every_message_of_a_job_and_cancels_one_still_waitin
     local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    settings = _settings(server, tmp_path, delivery_sweep_interval=0.2)
+    settings = two_server_settings(server, tmp_path, delivery_sweep_interval=0.2)
     async with running_bot(settings, trained_engine) as running:
         # Delivered late: the progress message says where, the result is a channel message.
         asked = await server.invoke("imagine", server.alice, prompt="a circle", steps=4, count=1)
@@ -268,7 +254,7 @@ async def test_cross_removes_every_message_of_a_job_and_cancels_one_still_waitin
         assert (await running.runtime.service.job(job)).job.status == "deleted"
 
     # A job still waiting (no worker): ❌ on its message cancels it, and nothing is posted.
-    async with running_bot(_settings(server, tmp_path)) as running:
+    async with running_bot(two_server_settings(server, tmp_path)) as running:
         asked = await server.invoke("imagine", server.bob, prompt="a square", steps=4, count=1)
         await server.wait_for(lambda: server.queued(asked), what="queued")
         job = await _job_of(running, asked)
@@ -284,7 +270,7 @@ async def test_a_command_discord_gave_up_on_is_cancelled_and_not_charged(
     local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    async with running_bot(_settings(server, tmp_path)) as running:
+    async with running_bot(two_server_settings(server, tmp_path)) as running:
         server.response_deadline = 0.0  # every first answer comes too late: 10062
         asked = await server.invoke("imagine", server.alice, prompt="a circle", steps=4)
         job = await _wait_job(running, asked)
@@ -302,7 +288,7 @@ async def test_threads_and_forum_posts_work_and_private_channels_keep_their_jobs
     thread = server.add_channel(kind="thread")
     post = server.add_channel(kind="forum_post")
     private = server.add_channel(private=True)
-    async with running_bot(_settings(server, tmp_path), trained_engine) as running:
+    async with running_bot(two_server_settings(server, tmp_path), trained_engine) as running:
         jobs = {}
         for name, channel in (("thread", thread), ("post", post), ("private", private)):
             asked = await server.invoke(
@@ -315,13 +301,15 @@ async def test_threads_and_forum_posts_work_and_private_channels_keep_their_jobs
             assert int(message["channel_id"]) == channel, name
             jobs[name] = await _job_of(running, asked)
         # Members see jobs of channels everyone can see; a private channel's only its people.
-        assert f"Job {jobs['thread']}" in await _said(server, server.bob, "job", id=jobs["thread"])
-        hidden = await _said(server, server.bob, "job", id=jobs["private"])
+        assert f"Job {jobs['thread']}" in await answer_to(
+            server, server.bob, "job", id=jobs["thread"]
+        )
+        hidden = await answer_to(server, server.bob, "job", id=jobs["private"])
         assert f"job {jobs['private']} is not shown to you" in hidden
-        assert f"Job {jobs['private']}" in await _said(
+        assert f"Job {jobs['private']}" in await answer_to(
             server, server.alice, "job", id=jobs["private"]
         )
-        assert f"Job {jobs['private']}" in await _said(
+        assert f"Job {jobs['private']}" in await answer_to(
             server, server.admin, "job", id=jobs["private"]
         )
 
@@ -330,7 +318,7 @@ async def test_button_jobs_strike_nobody_for_a_parents_prompt_and_all_take_from_
     local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
 ) -> None:
     server = local_discord
-    settings = _settings(server, tmp_path, bucket_size=1, bucket_refill_seconds=3600)
+    settings = two_server_settings(server, tmp_path, bucket_size=1, bucket_refill_seconds=3600)
     async with running_bot(settings, trained_engine) as running:
         start = io.BytesIO()
         Image.new("RGB", (64, 64), (200, 30, 30)).save(start, "PNG")
@@ -351,7 +339,7 @@ async def test_button_jobs_strike_nobody_for_a_parents_prompt_and_all_take_from_
         assert "too many button presses" in text, "an img2img reroll takes a token too"
 
         # The server blocks the parent's prompt since: bob's press is refused, not struck.
-        await _said(server, server.admin, "admin settings", block="circle")
+        await answer_to(server, server.admin, "admin settings", block="circle")
         pressed = await server.click(int(result["id"]), "U1", server.alice)
         text = await server.wait_for(lambda: server.ephemeral_answer(pressed), what="refused")
         assert f"job {parent}'s prompt is not allowed in this server any more" in text
