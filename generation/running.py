@@ -122,8 +122,12 @@ class JobRun:
         job, state = self.job, self.progress
         loop = asyncio.get_running_loop()
 
+        keeper = self.keeper
+
         def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
-            if state.stop.is_set():
+            # A cancel or a lost lease stops the render at the step after the lease keeper
+            # hears of it, not when the watch next looks (a fast model runs many steps a beat).
+            if state.stop.is_set() or keeper.cancel_requested or keeper.lost.is_set():
                 raise RenderCancelled
             now = time.monotonic()
             state.last_at = now
