@@ -37,7 +37,6 @@ from generation.errors import (
 from generation.faults import retrying
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
-from generation.reproduce import reproduce
 from generation.requests import GenerationRequest, nearest_size
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
@@ -555,27 +554,26 @@ class ImagineCog(commands.Cog):
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
     async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
-        runtime = self.bot.runtime
-        if runtime.engine is None:
-            await refuse(
-                interaction,
-                "This bot runs without a worker; run `imagine-bot reproduce "
-                f"{id}` on a worker host.",
-            )
-            return
+        """A queued job with the job's recipe, exactly: its result says whether the images
+        came out bit for bit the same (its owner and its server's moderators)."""
         try:
             job = (await self._visible(interaction, id)).job
             if not may_act_on_job(self._actor(interaction), job):
                 raise NotAllowed(f"job {id} is not yours to reproduce")
-            # A full render outside the queue: never for someone banned here or everywhere.
-            await runtime.moderation.check_not_banned(interaction.user.id, interaction.guild_id)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        await interaction.response.defer(thinking=True, ephemeral=True)
-        try:
-            report = await reproduce(runtime.db, runtime.engine, runtime.store, id)
-        except GenerationError as error:
-            await interaction.edit_original_response(**messages.plain(str(error)).edit_kwargs())
-            return
-        await interaction.edit_original_response(**messages.reproduced(report).edit_kwargs())
+        nsfw, public = channel_flags(interaction.channel)
+
+        def again(target: DeliveryTarget) -> Awaitable[Submission]:
+            return self.service.reproduce(
+                id,
+                interaction.user.id,
+                interaction_id=interaction.id,
+                user_name=interaction.user.name,
+                role_ids=_role_ids(interaction.user),
+                delivery=target,
+                channel=(interaction.channel_id, nsfw, public),
+            )
+
+        await self._submit(interaction, again)

@@ -180,6 +180,10 @@ def result(
     when its file could not be made to fit; ``by_dm`` when the channel would not take it."""
     job = view.job
     text = result_text(job, mention) + _safety_note(action)
+    if view.reproduced is not None:  # at most three reasons: the line shares the message
+        report = view.reproduced
+        reasons = "; ".join(report.differences[:3]) + (" …" if len(report.differences) > 3 else "")
+        text += f"\n♻ Made again: {_verdict(report)}" + (f" ({escape(reasons)})" if reasons else "")
     if action is None and any(image.review == Review.APPROVED for image in view.images):
         text += "\n✅ The safety check flagged this, and a moderator reviewed and approved it."
     if by_dm:
@@ -327,13 +331,16 @@ def job_details(
     return message
 
 
-def reproduced(report: ReproduceReport) -> Message:
+def _verdict(report: ReproduceReport) -> str:
     same = sum(image.identical for image in report.images)
     verdict = "identical" if report.identical else "different"
-    lines = [
-        f"Job {report.job_id}: {verdict} ({same} of {len(report.images)} images match bit for bit)",
-        *report.differences,
-    ]
+    return (
+        f"Job {report.job_id}: {verdict} ({same} of {len(report.images)} images match bit for bit)"
+    )
+
+
+def reproduced(report: ReproduceReport) -> Message:
+    lines = [_verdict(report), *report.differences]
     return Message(content=_fit_lines(lines, CONTENT, f"{MORE} and more differences")[0])
 
 

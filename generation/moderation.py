@@ -19,7 +19,7 @@ from generation.errors import (
     JobStateError,
     NotAllowed,
 )
-from generation.service import JobView, refuse_if_banned
+from generation.service import JobView
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus, Review, utcnow
@@ -201,12 +201,6 @@ class Moderation:
         await uow.jobs.lock_upload(path)
         if not await uow.jobs.using_upload(path):
             await asyncio.to_thread(self.store.delete, path)
-
-    async def check_not_banned(self, user_id: int, guild_id: int | None) -> None:
-        """Raise ``UserBanned`` if the user may not generate, on every server or in this one
-        (for what renders outside the queue's submit, such as /reproduce)."""
-        async with self.db.uow() as uow:
-            await refuse_if_banned(uow, await uow.users.get(user_id), guild_id, self.clock())
 
     async def job_of_image(self, image_id: int) -> int:
         """The job a flagged image belongs to (to decide who may review it)."""

@@ -11,7 +11,7 @@ from generation.rendering import load_init_image, spec_for_job
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
-from storage.records import JobRecord
+from storage.records import ImageRecord, JobRecord
 
 if TYPE_CHECKING:
     from generation.engine import Engine
@@ -44,22 +44,52 @@ class ReproduceReport:
         return bool(self.images) and all(image.identical for image in self.images)
 
 
-def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
-    runtime = engine.runtime
-    model = engine.models.get(job.model_id)
+def _differences(
+    job: JobRecord,
+    revision: str | None,
+    device_kind: str | None,
+    dtype: str | None,
+    versions: dict[str, str],
+) -> list[str]:
+    """Where a job ran differently from ``job``: reasons the bits may differ."""
     recorded = {
-        "model revision": (job.model_revision, model.revision if model else "not loaded"),
-        "device kind": (job.device_kind, runtime.device_kind),
-        "dtype": (job.dtype, runtime.dtype),
+        "model revision": (job.model_revision, revision),
+        "device kind": (job.device_kind, device_kind),
+        "dtype": (job.dtype, dtype),
     }
     notes = [
         f"{name}: ran with {was}, now {now}" for name, (was, now) in recorded.items() if was != now
     ]
     for library, version in sorted(job.library_versions.items()):
-        current = runtime.library_versions.get(library)
+        current = versions.get(library)
         if current != version:
             notes.append(f"{library}: ran with {version}, now {current}")
     return notes
+
+
+def _runtime_differences(engine: Engine, job: JobRecord) -> list[str]:
+    runtime = engine.runtime
+    model = engine.models.get(job.model_id)
+    revision = model.revision if model else "not loaded"
+    return _differences(job, revision, runtime.device_kind, runtime.dtype, runtime.library_versions)
+
+
+def compare(
+    original: JobRecord,
+    stored: list[ImageRecord],
+    again: JobRecord,
+    made: list[ImageRecord],
+) -> ReproduceReport:
+    """A job made to make ``original``'s images again (a queued /reproduce), compared with it
+    image by image, and where it ran differently."""
+    by_index = {image.index: image.sha256 for image in made}
+    comparisons = [
+        ImageComparison(i.index, i.seed, i.sha256, by_index.get(i.index, MISSING)) for i in stored
+    ]
+    differences = _differences(
+        original, again.model_revision, again.device_kind, again.dtype, again.library_versions
+    )
+    return ReproduceReport(original.id, comparisons, differences)
 
 
 async def reproduce(

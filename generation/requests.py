@@ -64,6 +64,13 @@ class GenerationRequest:
     channel_nsfw: bool | None = None
     channel_public: bool | None = None
     interaction_id: int | None = None
+    reproduces_job_id: int | None = None  # /reproduce: the job whose recipe this is, exactly
+
+    @property
+    def made_from(self) -> int | None:
+        """The job whose recipe this request carries (a button's parent, or the job it makes
+        again): its prompt is that job's, not the requester's."""
+        return self.reproduces_job_id or self.parent_job_id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
+from generation.reproduce import REMOTE_PREFIXES, ReproduceReport, compare
 from generation.requests import GenerationRequest, Limits, Recipe, nearest_size, validate
 from generation.server_settings import ServerRules, ServerSettings
 from generation.strikes import StrikePolicy, strike
@@ -65,6 +66,8 @@ class JobView:
     images: list[ImageRecord]
     # Where its result went, for a job the bot delivers (None for the command line's).
     delivery: DeliveryRecord | None = None
+    # A finished /reproduce job: its images against those of the job it made again.
+    reproduced: ReproduceReport | None = None
 
 
 def _api_takes_images(model: ModelInfo) -> bool:
@@ -198,11 +201,11 @@ class GenerationService:
         rules = await self.servers.rules(request.guild_id)
         refuse_outside_age_restricted(rules, request)
         blocked = rules.check_prompt(request.prompt, request.negative_prompt)
-        if blocked is not None and request.parent_job_id is not None:
-            # Made from another job: the prompt is its parent's, not the presser's, so no
+        if blocked is not None and request.made_from is not None:
+            # Made from another job: the prompt is that job's, not the presser's, so no
             # strike; the server blocked it since.
             raise NotAllowed(
-                f"job {request.parent_job_id}'s prompt is not allowed in this server any more, "
+                f"job {request.made_from}'s prompt is not allowed in this server any more, "
                 "so nothing was made"
             )
         upload = None
@@ -293,7 +296,7 @@ class GenerationService:
                 user,
                 guild_id=request.guild_id,
                 images=recipe.count,
-                button=request.parent_job_id is not None,
+                button=request.made_from is not None,
                 now=now,
                 server=rules.quotas,
             )
@@ -312,6 +315,7 @@ class GenerationService:
                 channel_nsfw=request.channel_nsfw,
                 channel_public=request.channel_public,
                 interaction_id=request.interaction_id,
+                reproduces_job_id=request.reproduces_job_id,
                 cost=self._cost(recipe, upscaler),
                 weight=self.weight(user, request.role_ids),
                 status=JobStatus.QUEUED,
@@ -515,6 +519,69 @@ class GenerationService:
             delivery,
         )
 
+    async def reproduce(
+        self,
+        job_id: int,
+        user_id: int,
+        *,
+        interaction_id: int | None = None,
+        user_name: str = "",
+        role_ids: tuple[int, ...] = (),
+        delivery: DeliveryTarget | None = None,
+        channel: tuple[int | None, bool | None, bool | None] | None = None,
+    ) -> Submission:
+        """Queue a job that makes ``job_id``'s images again from its recipe, exactly (the same
+        kind, seed, batch, settings and start image), through bans, quotas, the button bucket
+        and fair share like any job; when it ends, its images are compared with the first
+        ones (``JobView.reproduced``). Who may ask is the caller's to decide."""
+        view = await self.job(job_id)
+        original = view.job
+        if original.status != JobStatus.SUCCEEDED or not view.images:
+            raise JobStateError(
+                f"job {job_id} has no finished images to make again ({original.status})"
+            )
+        if original.model_id.startswith(REMOTE_PREFIXES):
+            raise JobStateError(
+                f"job {job_id} was made by an image API ({original.model_id}), which keeps no "
+                "seed: it cannot be made again; its stored images are the record"
+            )
+        init_image = None
+        if original.init_image_path is not None and self.store is not None:
+            init_image = await asyncio.to_thread(self.store.get, original.init_image_path)
+        channel_id, channel_nsfw, channel_public = channel or (
+            original.channel_id,
+            original.channel_nsfw,
+            original.channel_public,
+        )
+        return await self.submit(
+            GenerationRequest(
+                prompt=original.prompt,
+                negative_prompt=original.negative_prompt,
+                model=self._parent_model(original),
+                user_id=user_id,
+                seed=original.seed,
+                steps=original.steps,
+                guidance=original.guidance,
+                width=original.width,
+                height=original.height,
+                count=original.count,
+                strength=original.strength,
+                kind=JobKind(original.kind),
+                parent_job_id=original.parent_job_id,
+                parent_image_index=original.parent_image_index,
+                init_image=init_image,
+                guild_id=original.guild_id,
+                channel_id=channel_id,
+                channel_nsfw=channel_nsfw,
+                channel_public=channel_public,
+                interaction_id=interaction_id,
+                reproduces_job_id=job_id,
+                user_name=user_name,
+                role_ids=role_ids,
+            ),
+            delivery,
+        )
+
     def _parent_model(self, parent: JobRecord) -> str | None:
         """A derived job runs on its parent's model (an upscaler's job: on the default)."""
         return parent.model_id if parent.model_id in self.models else None
@@ -551,7 +618,14 @@ class GenerationService:
             job = await self._get(uow, job_id)
             images = await uow.images.for_job(job_id)
             delivery = await uow.deliveries.get(job_id)
-        return JobView(job, images, delivery)
+            reproduced = None
+            original_id = job.reproduces_job_id
+            if original_id is not None and job.status == JobStatus.SUCCEEDED:
+                original = await uow.jobs.get(original_id)
+                if original is not None:
+                    stored = await uow.images.for_job(original_id)
+                    reproduced = compare(original, stored, job, images)
+        return JobView(job, images, delivery, reproduced)
 
     async def recent(
         self, *, user_id: int | None = None, status: str | None = None, limit: int = 20

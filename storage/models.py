@@ -159,6 +159,9 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16))
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     parent_image_index: Mapped[int | None]
+    # A job made to make another's images again (/reproduce): that job; its images are
+    # compared with that job's when it ends.
+    reproduces_job_id: Mapped[int | None] = mapped_column(Integer)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     guild_id: Mapped[int | None] = mapped_column(ForeignKey("guilds.id"))
     channel_id: Mapped[int | None] = mapped_column(BigInteger)

@@ -53,6 +53,7 @@ class JobRecord:
     kind: str
     parent_job_id: int | None
     parent_image_index: int | None
+    reproduces_job_id: int | None
     user_id: int
     guild_id: int | None
     channel_id: int | None

@@ -68,7 +68,16 @@ async def test_job_shows_recipe_and_lineage_and_reproduce_matches_the_bytes(
 
     text = await _answer(server, await server.invoke("reproduce", server.bob, id=job_id))
     assert text == f"job {job_id} is not yours to reproduce", "full renders: owner, moderators"
-    text = await _answer(server, await server.invoke("reproduce", server.alice, id=job_id))
-    assert f"Job {job_id}: identical (4 of 4 images match bit for bit)" in text
+    # A queued job with the recipe, exactly: its result says whether the bits match (an
+    # upscale's too, which starts from its parent's image).
+    for original, count in ((job_id, 4), (upscale["job_id"], 1)):
+        again = await server.invoke("reproduce", server.alice, id=original)
+        result = await server.wait_for_result(again)
+        verdict = f"Job {original}: identical ({count} of {count} images match bit for bit)"
+        assert verdict in result["content"]
+        made = json.loads(png_of(server, result).text["imagine-bot"])["job_id"]
+        view, first = await bot.runtime.service.job(made), await bot.runtime.service.job(original)
+        assert view.job.reproduces_job_id == original and view.job.seed == first.job.seed
+        assert view.job.kind == first.job.kind and view.job.user_id == server.alice.id
     text = await _answer(server, await server.invoke("job", server.bob, id=999))
     assert "there is no job 999" in text

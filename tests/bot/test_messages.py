@@ -51,6 +51,7 @@ def job_record(**fields: Any) -> JobRecord:
         "guild_id": 10**18 + 1,
         "channel_id": 10**18 + 2,
         "channel_nsfw": False,
+        "reproduces_job_id": None,
         "channel_public": True,
         "interaction_id": None,
         "prompt": "a red circle",

@@ -30,6 +30,7 @@ JOB = JobRecord(
     guild_id=None,
     channel_id=None,
     channel_nsfw=None,
+    reproduces_job_id=None,
     channel_public=None,
     interaction_id=None,
     prompt="a red circle on a blue background",

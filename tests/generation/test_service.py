@@ -112,3 +112,39 @@ async def test_a_retried_interaction_racing_itself_still_makes_one_job(
     submissions = await asyncio.gather(*(service.submit(request) for _ in range(4)))
     assert len({submission.job.id for submission in submissions}) == 1
     assert await count_rows(db, Job) == 1
+
+
+async def test_reproduce_queues_the_recipe_exactly_through_the_bucket_and_bans(
+    service: GenerationService, db: Database
+) -> None:
+    from sqlalchemy import update
+
+    from generation.quotas import QuotaExceeded, Quotas
+    from storage.models import Image, JobStatus
+
+    original = (await service.submit(GenerationRequest("a red circle", user_id=1, seed=5))).job
+    with pytest.raises(JobStateError, match="no finished images to make again"):
+        await service.reproduce(original.id, 1)
+    async with db.uow() as uow:
+        await uow.session.execute(
+            update(Job).where(Job.id == original.id).values(status=JobStatus.SUCCEEDED)
+        )
+        uow.session.add(
+            Image(job_id=original.id, index=0, seed=5, sha256="0" * 64, path="x", width=64,
+                  height=64, flags={}, created_at=utcnow())
+        )  # fmt: skip
+        await uow.commit()
+    strict = GenerationService(
+        db, service.model, service.limits, quotas=Quotas(bucket_size=1, bucket_refill_seconds=3600)
+    )
+    again = (await strict.reproduce(original.id, 2, user_name="moderator")).job
+    recipe = ("prompt", "seed", "steps", "guidance", "width", "height", "count", "kind", "cost")
+    assert [getattr(again, f) for f in recipe] == [getattr(original, f) for f in recipe]
+    assert (again.reproduces_job_id, again.user_id, again.status) == (original.id, 2, "queued")
+    with pytest.raises(QuotaExceeded, match="too many button presses"):
+        await strict.reproduce(original.id, 2)  # the bucket, as for every job made from another
+    async with db.uow() as uow:
+        await uow.users.set_ban(3, banned=True, reason="spam", until=None)
+        await uow.commit()
+    with pytest.raises(UserBanned):
+        await strict.reproduce(original.id, 3)

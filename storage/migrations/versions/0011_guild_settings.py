@@ -1,6 +1,6 @@
 """guild settings: each server's safety policy, blocked terms, age-restricted rule and limits;
-the channel a job was asked in: age-restricted, visible to everyone; a delivery that withheld
-its images (approving them sends them)
+the channel a job was asked in: age-restricted, visible to everyone; the job a /reproduce job
+makes again; a delivery that withheld its images (approving them sends them)
 
 Revision ID: 0011
 Revises: 0010
@@ -39,6 +39,7 @@ def upgrade() -> None:
     # Plain ADD COLUMN (SQLite takes it without rebuilding a table other tables point at).
     op.add_column("jobs", sa.Column("channel_nsfw", sa.Boolean(), nullable=True))
     op.add_column("jobs", sa.Column("channel_public", sa.Boolean(), nullable=True))
+    op.add_column("jobs", sa.Column("reproduces_job_id", sa.Integer(), nullable=True))
     op.add_column(
         "deliveries",
         sa.Column("withheld", sa.Boolean(), nullable=False, server_default=sa.false()),
@@ -47,6 +48,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_column("deliveries", "withheld")
+    op.drop_column("jobs", "reproduces_job_id")
     op.drop_column("jobs", "channel_public")
     op.drop_column("jobs", "channel_nsfw")
     op.drop_table("guild_settings")
