@@ -421,6 +421,9 @@ class JobRun:
 
     async def _complete(self, rendered: Rendered) -> JobStatus | None:
         settings, job = self.settings, self.job
+        if self.keeper.cancel_requested:
+            # Asked while the render could not stop (an image API's call): it is not kept.
+            return await self.end(JobStatus.CANCELLED, "cancelled on request", 0.0)
         runtime_for = getattr(settings.engine, "runtime_for", None)
         runtime = runtime_for(job.model_id) if runtime_for else settings.engine.runtime
         ran = dataclasses.replace(
@@ -431,8 +434,11 @@ class JobRun:
             library_versions=runtime.library_versions,
         )
         images = rendered.images
-        check = await settings.servers.safety_policy(job.guild_id) != "off"
         try:
+            policy = await self._write(
+                lambda: settings.servers.safety_policy(job.guild_id), "reading its server's rules"
+            )
+            check = policy != "off"
             new_images = await self._watched(
                 self._write(
                     lambda: asyncio.to_thread(self._write_files, ran, images, check=check),

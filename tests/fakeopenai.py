@@ -6,6 +6,7 @@ every request, and can inject a 429 with ``retry-after``, a content-policy 400 o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
@@ -42,6 +43,9 @@ class FakeImagesAPI:
         # almost nothing. A test about file sizes turns detail on.
         self.detailed = False
         self.key_dead = False
+        # While set to an unset event, every request waits for it (a slow API call).
+        self.gate: asyncio.Event | None = None
+        self.held = asyncio.Event()  # set once a request waits at the gate
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -118,6 +122,9 @@ class FakeImagesAPI:
     async def _begin(self, request: web.Request) -> tuple[Request, web.Response | None]:
         """Record the request; an injected failure to answer with, if one is waiting."""
         recorded = await self._record(request)
+        if self.gate is not None:
+            self.held.set()
+            await self.gate.wait()
         return recorded, self._failure(recorded)
 
     def kill_key(self) -> None:

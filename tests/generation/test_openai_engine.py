@@ -192,3 +192,27 @@ async def test_the_command_line_on_the_api_engine_alone(api: FakeImagesAPI, tmp_
     assert made["engine_details"]["revised_prompts"] == ["A detailed picture: a green square"] * 2
     assert [r.fields["n"] for r in api.requests] == [1, 1]
     assert "sk-test" not in err.decode(), "the key is never logged"
+
+
+async def test_a_cancel_asked_while_the_api_call_runs_keeps_nothing(
+    api: FakeImagesAPI,
+    api_engine: OpenAIEngine,
+    api_service: GenerationService,
+    db: Database,
+    store: ImageStore,
+) -> None:
+    """An image API's call cannot be stopped half-way: what it returns after a cancel (❌, or
+    Discord's 10062) is not kept, charged or shown."""
+    api.gate = asyncio.Event()
+    job = (await api_service.submit(GenerationRequest("a red circle", user_id=1, count=1))).job
+    config = WorkerConfig(worker_id="api", poll_interval=0.05, heartbeat_interval=0.05)
+    worker = Worker(db, api_engine, store, EventBus(), config)
+    running = asyncio.create_task(worker.run(burst=True))
+    await asyncio.wait_for(api.held.wait(), 30)
+    await api_service.cancel(job.id, 1)
+    await asyncio.sleep(0.5)  # the worker's lease keeper hears of it
+    api.gate.set()
+    await asyncio.wait_for(running, 30)
+    view = await api_service.job(job.id)
+    assert view.job.status == "cancelled" and view.images == []
+    assert (await api_service.usage(1)).images_today == 0
