@@ -57,7 +57,11 @@ def _snowflake(option: str, text: str | None) -> int | None:
 
 
 def _terms(text: str | None) -> list[str]:
-    return [term.strip() for term in (text or "").split(",") if term.strip()]
+    """Comma-separated terms; a ``re:`` pattern is given alone (its commas are its own)."""
+    text = (text or "").strip()
+    if text.startswith("re:"):
+        return [text]
+    return [term.strip() for term in text.split(",") if term.strip()]
 
 
 def _scoped(actor: Actor, guild_id: int | None) -> int | None:
@@ -265,7 +269,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
     @app_commands.command(name="settings", description="Show or change this server's settings.")
     @app_commands.describe(
         safety="What a flagged image gets here: spoiler, withhold, off, or host (the host's).",
-        block="Terms to block here, comma-separated (on top of the host's).",
+        block="Terms to block here, comma-separated (on top of the host's); a re: pattern alone.",
         unblock="Terms of this server's own to block no more, comma-separated.",
         age_restricted_only="Allow /imagine only in channels marked age-restricted.",
         quota="A limit to set for this server (no looser than the host's).",
@@ -333,8 +337,9 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         await self.moderation.delete_job(
             interaction.user.id, job_id, is_admin=True, reason=reason, guild_id=interaction.guild_id
         )
-        # Every message of the job goes (best effort: the record is deleted all the same).
-        await self.bot.deliveries.routes.remove_all(await self.service.job(job_id))
+        # Every message of the job goes, after the answer (best effort: the record is
+        # deleted all the same).
+        self.bot.deliveries.remove_messages(job_id)
 
     @app_commands.command(name="flagged", description="Images the safety check flagged.")
     async def flagged(self, interaction: discord.Interaction[ImagineBot]) -> None:

@@ -158,6 +158,15 @@ class Deliveries:
                 logger.warning("delivery sweep failed (%s); trying again", error)
             await asyncio.sleep(self.sweep_interval)
 
+    def remove_messages(self, job_id: int) -> None:
+        """Every message of the job goes, in the background (a moderator's answer does not
+        wait on several Discord calls)."""
+
+        async def remove() -> None:
+            await self.routes.remove_all(await self.service.job(job_id))
+
+        self._spawn(remove(), f"remove-{job_id}")
+
     def start_delivery(self, job_id: int) -> None:
         """Deliver the job's result in its own task, if it is due and not under way."""
         if job_id in self._delivering:
@@ -347,7 +356,11 @@ class Deliveries:
             else:
                 await self.routes.replace_progress(delivery, view, way)
             if withheld:
-                await self._tell_moderators(view)
+                if await self.routes.action(await self.service.job(job_id)) is None:
+                    # Approved while this went out without them: it goes again, with them.
+                    await self.outbox.reopen(job_id)
+                else:
+                    await self._tell_moderators(view)
             await self._replace_withheld(delivery, view, message_id)
         self._forget(job_id)
         logger.info("job %s delivered by %s as message %s", job_id, way, message_id)

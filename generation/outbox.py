@@ -104,6 +104,14 @@ class Outbox:
             await uow.commit()
         return marked
 
+    async def reopen(self, job_id: int) -> bool:
+        """A result that went out without its held images is due again (they were approved);
+        False if there is none such."""
+        async with self.db.uow() as uow:
+            reopened = await uow.deliveries.reopen(job_id, await uow.now())
+            await uow.commit()
+        return reopened
+
     async def retry_later(self, delivery: DeliveryRecord, error: str) -> float:
         """A passing failure: the next try, after the backoff; its delay in seconds."""
         delay = self.backoff.after(delivery.attempts + 1)

@@ -153,24 +153,24 @@ class ServerSettings:
         removed = {term.strip() for term in unblock}
         async with self.db.uow() as uow:
             await uow.guilds.ensure(guild_id)
-            stored = await uow.guilds.settings(guild_id)
-            terms = [t for t in (stored.blocked_terms if stored else []) if t not in removed]
+            stored = await uow.guilds.lock_settings(guild_id)
+            terms = [t for t in stored.blocked_terms if t not in removed]
             terms += [term for term in added if term not in terms]
             if len(terms) > MAX_TERMS:
                 raise InvalidRequest(
                     "block", f"a server keeps at most {MAX_TERMS} terms of its own"
                 )
-            limits = {**(stored.quotas if stored else {}), **checked_quotas}
+            limits = {**stored.quotas, **checked_quotas}
             for name in clear:
                 limits.pop(name, None)
-            policy = stored.safety_policy if stored else None
+            policy = stored.safety_policy
             if safety_policy is not None:
                 policy = None if safety_policy == HOST_POLICY else safety_policy
             values: dict[str, Any] = {
                 "safety_policy": policy,
                 "blocked_terms": terms,
                 "age_restricted_only": (
-                    (stored.age_restricted_only if stored else False)
+                    stored.age_restricted_only
                     if age_restricted_only is None
                     else age_restricted_only
                 ),

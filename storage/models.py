@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -309,7 +310,7 @@ class Delivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_via: Mapped[str | None] = mapped_column(String(16))
     # What went out held the images back for review: approving them sends them (again).
-    withheld: Mapped[bool] = mapped_column(Boolean, default=False)
+    withheld: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class WorkerRow(Base):

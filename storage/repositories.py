@@ -175,15 +175,33 @@ class GuildRepository:
         row = await self._session.get(GuildSettings, guild_id, populate_existing=True)
         return to_record(GuildSettingsRecord, row) if row else None
 
+    async def lock_settings(self, guild_id: int) -> GuildSettingsRecord:
+        """A server's settings row, made if missing, held to the end of the transaction: two
+        edits at once apply one after the other, neither losing the other's terms."""
+        await _insert_if_missing(
+            self._session,
+            GuildSettings,
+            guild_id=guild_id,
+            blocked_terms=[],
+            age_restricted_only=False,
+            quotas={},
+            updated_at=utcnow(),
+        )
+        row = await self._session.scalar(
+            select(GuildSettings)
+            .where(GuildSettings.guild_id == guild_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        assert row is not None
+        return to_record(GuildSettingsRecord, row)
+
     async def set_settings(self, guild_id: int, **values: Any) -> GuildSettingsRecord:
-        """Write a server's settings (every column given), one upsert: two moderators saving
-        at once both succeed, the last one's values standing."""
-        dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
-        insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-        values = {**values, "updated_at": utcnow()}
-        statement = insert(GuildSettings).values(guild_id=guild_id, **values)
+        """Write a server's settings, on the row ``lock_settings`` holds."""
         await self._session.execute(
-            statement.on_conflict_do_update(index_elements=[GuildSettings.guild_id], set_=values)
+            update(GuildSettings)
+            .where(GuildSettings.guild_id == guild_id)
+            .values(**values, updated_at=utcnow())
         )
         stored = await self.settings(guild_id)
         assert stored is not None
