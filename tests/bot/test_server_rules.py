@@ -345,3 +345,27 @@ async def test_button_jobs_strike_nobody_for_a_parents_prompt_and_all_take_from_
         assert f"job {parent}'s prompt is not allowed in this server any more" in text
         events = await running.runtime.moderation.events(target_user_id=server.alice.id)
         assert [e for e in events if e.kind == "prompt_blocked"] == []
+
+
+async def test_a_button_pressed_in_a_dm_follows_the_dms_rules_not_its_parents_channel(
+    local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
+) -> None:
+    server = local_discord
+    nsfw = server.add_channel(nsfw=True)
+    checker = FixedScores({})  # nothing flagged at first
+    settings = two_server_settings(server, tmp_path, safety_policy="spoiler")
+    async with running_bot(settings, trained_engine, checker) as running:
+        asked = await server.invoke(
+            "imagine", server.alice, channel_id=nsfw, prompt="a circle", steps=4, count=1
+        )
+        await server.wait_for(lambda: asked.answered, what="the answer")
+        server.expire(asked)
+        server.forbid(nsfw)  # the channel will not take it: it goes by DM, with its buttons
+        delivery = await settled_delivery(running, await _wait_job(running, asked))
+        assert delivery.delivered_via == "dm"
+        checker._scores.update(FLAG_ALL)  # what the variation makes is flagged
+        pressed = await server.click(delivery.result_message_id, "U1", server.alice)
+        varied = await _finished(server, running, pressed)
+        assert varied["attachments"] == [], "a flagged image never shows in a DM"
+        assert "held back for the moderators" in varied["content"]
+        assert _previews(server, pressed.original_id) == []
