@@ -560,6 +560,12 @@ class ImagineCog(commands.Cog):
             job = (await self._visible(interaction, id)).job
             if not may_act_on_job(self._actor(interaction), job):
                 raise NotAllowed(f"job {id} is not yours to reproduce")
+            if job.guild_id != interaction.guild_id:
+                # Its rules (bans, blocked terms, safety policy, moderators) are its server's:
+                # it is made again there, or not at all.
+                raise NotAllowed(
+                    f"job {id} was made in another server (or a DM): ask for it again there"
+                )
         except GenerationError as error:
             await refuse(interaction, str(error))
             return

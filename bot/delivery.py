@@ -344,7 +344,9 @@ class Deliveries:
                 sent = self._sent[job_id] = (way, message_id, delivery, view)
             way, message_id, delivery, view = sent
             withheld = await self.routes.action(view) == "withhold"
-            marked = await self.outbox.mark_delivered(job_id, message_id, way, withheld=withheld)
+            marked, again = await self.outbox.mark_delivered(
+                job_id, message_id, way, withheld=withheld
+            )
             del self._sent[job_id]
             self._held.discard(job_id)
             if not marked:  # another process delivered it, or a moderator deleted the job
@@ -355,12 +357,8 @@ class Deliveries:
                 await self.routes.remove_progress(delivery, way)
             else:
                 await self.routes.replace_progress(delivery, view, way)
-            if withheld:
-                if await self.routes.action(await self.service.job(job_id)) is None:
-                    # Approved while this went out without them: it goes again, with them.
-                    await self.outbox.reopen(job_id)
-                else:
-                    await self._tell_moderators(view)
+            if withheld and not again:  # (again: approved while it went out; it goes again)
+                await self._tell_moderators(view)
             await self._replace_withheld(delivery, view, message_id)
         self._forget(job_id)
         logger.info("job %s delivered by %s as message %s", job_id, way, message_id)

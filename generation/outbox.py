@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import random
 
+from generation.access import HIDDEN_REVIEWS
 from storage.db import Database
 from storage.models import EventKind
 from storage.records import DeliveryRecord, JobRecord
@@ -94,23 +95,24 @@ class Outbox:
 
     async def mark_delivered(
         self, job_id: int, message_id: int | None, via: str, *, withheld: bool = False
-    ) -> bool:
+    ) -> tuple[bool, bool]:
         """Record that the result went out (``via``: response, channel or dm; ``withheld``:
-        without its flagged images); False if that was already recorded."""
+        without its flagged images): whether it was recorded now (False: it was already), and
+        whether it is due again at once, its held images approved while it went out (decided
+        in the same transaction, so an approval either sees the row delivered and re-opens
+        it, or is seen here)."""
         async with self.db.uow() as uow:
+            now = await uow.now()
             marked = await uow.deliveries.mark_delivered(
-                job_id, message_id, await uow.now(), via, withheld=withheld
+                job_id, message_id, now, via, withheld=withheld
             )
+            reopened = False
+            if marked and withheld:
+                images = await uow.images.for_job(job_id)
+                if not any(image.review in HIDDEN_REVIEWS for image in images):
+                    reopened = await uow.deliveries.reopen(job_id, now)
             await uow.commit()
-        return marked
-
-    async def reopen(self, job_id: int) -> bool:
-        """A result that went out without its held images is due again (they were approved);
-        False if there is none such."""
-        async with self.db.uow() as uow:
-            reopened = await uow.deliveries.reopen(job_id, await uow.now())
-            await uow.commit()
-        return reopened
+        return marked, reopened
 
     async def retry_later(self, delivery: DeliveryRecord, error: str) -> float:
         """A passing failure: the next try, after the backoff; its delay in seconds."""

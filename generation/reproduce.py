@@ -89,6 +89,8 @@ def compare(
     differences = _differences(
         original, again.model_revision, again.device_kind, again.dtype, again.library_versions
     )
+    if again.scheduler != original.scheduler:
+        differences.insert(0, f"scheduler: ran with {original.scheduler}, now {again.scheduler}")
     return ReproduceReport(original.id, comparisons, differences)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
 
+from generation.access import hidden
 from generation.errors import (
     InvalidRequest,
     JobNotFound,
@@ -545,6 +546,7 @@ class GenerationService:
                 f"job {job_id} was made by an image API ({original.model_id}), which keeps no "
                 "seed: it cannot be made again; its stored images are the record"
             )
+        await self._check_reproducible(original)
         init_image = None
         if original.init_image_path is not None and self.store is not None:
             init_image = await asyncio.to_thread(self.store.get, original.init_image_path)
@@ -581,6 +583,23 @@ class GenerationService:
             ),
             delivery,
         )
+
+    async def _check_reproducible(self, original: JobRecord) -> None:
+        """Refuse a reproduction that could not be the same job: its model is gone, or the
+        image it started from was deleted or is held for review."""
+        upscaler = self.upscaler is not None and original.model_id == self.upscaler.model_id
+        if original.model_id not in self.models and not upscaler:
+            raise JobStateError(
+                f"job {original.id} was made with {original.model_id}, which this host no "
+                "longer offers: it cannot be made again here"
+            )
+        if original.parent_job_id is not None and original.parent_image_index is not None:
+            parent = await self.job(original.parent_job_id)
+            if hidden(parent.job, parent.images):
+                raise JobStateError(
+                    f"job {original.id} starts from an image of job {parent.job.id}, which was "
+                    "deleted or is held for the moderators' review"
+                )
 
     def _parent_model(self, parent: JobRecord) -> str | None:
         """A derived job runs on its parent's model (an upscaler's job: on the default)."""

@@ -135,6 +135,10 @@ async def test_each_server_sees_and_moderates_its_own_jobs_only(
     assert delivery is not None and delivery.result_message_id is not None
     await server.react(delivery.result_message_id, "❌", s.erin)
     assert await answer_to(server, s.dave, "reproduce", id=alices) == f"there is no job {alices}"
+    # A host admin sees every job, but a job is made again only in its own server (its
+    # bans, terms, safety policy and moderators are that server's).
+    text = await answer_to(server, s.host, "reproduce", id=carols)
+    assert f"job {carols} was made in another server" in text
     text = await answer_to(server, s.bob, "reproduce", id=alices)
     assert f"job {alices} is not yours to reproduce" in text
     assert (await service.job(alices)).job.status == "succeeded"

@@ -66,8 +66,8 @@ async def test_a_delivery_commits_with_its_job_is_due_when_it_ends_and_is_delive
     assert await _due(outbox) == [job.id]
     await outbox.set_original(job.id, 500)
     assert (await outbox.by_message(500)).job_id == job.id  # type: ignore[union-attr]
-    assert await outbox.mark_delivered(job.id, 501, "channel")
-    assert not await outbox.mark_delivered(job.id, 502, "dm"), "the second delivery is refused"
+    assert await outbox.mark_delivered(job.id, 501, "channel") == (True, False)
+    assert await outbox.mark_delivered(job.id, 502, "dm") == (False, False), "the second is refused"
     delivered = await outbox.get(job.id)
     assert delivered is not None
     assert (delivered.state, delivered.delivered_via, delivered.result_message_id) == (
@@ -132,7 +132,7 @@ async def test_an_undeliverable_result_is_recorded_with_why_and_an_event(
         None,
     )
     assert await _due(outbox) == []
-    assert not await outbox.mark_delivered(job.id, 9, "dm"), "an ended delivery stays ended"
+    assert not (await outbox.mark_delivered(job.id, 9, "dm"))[0], "an ended delivery stays ended"
     async with db.uow() as uow:
         events = await uow.events.for_job(job.id)
     assert [(e.kind, e.reason, e.target_user_id) for e in events] == [
@@ -251,11 +251,44 @@ async def test_a_try_holds_its_row_so_no_other_process_sends_it_meanwhile(
     # The first try was cut short (its process stopping): due again at once.
     await outbox.release(job.id)
     assert await other.claim(job.id, hold=60)
-    assert await other.mark_delivered(job.id, 7, "response")
-    assert not await outbox.mark_delivered(job.id, 8, "channel"), "the later sender learns"
+    assert (await other.mark_delivered(job.id, 7, "response"))[0]
+    assert not (await outbox.mark_delivered(job.id, 8, "channel"))[0], "the later sender learns"
     # A try whose process died: due again once its hold is over.
     second = await _submit(service, "two")
     await _finish(db, second.id)
     assert await outbox.claim(second.id, hold=30)
     db.clock_offset = dt.timedelta(seconds=31)
     assert await _due(other) == [second.id]
+
+
+async def test_held_images_approved_while_their_result_went_out_send_it_again(
+    service: GenerationService, db: Database, store: ImageStore
+) -> None:
+    """Approval and delivery cross: whichever commits second re-opens the delivery."""
+    from storage.models import Image, Review
+
+    outbox, moderation = Outbox(db), Moderation(db, store)
+    jobs = [await _submit(service, prompt) for prompt in ("a red circle", "a blue square")]
+    for job in jobs:
+        lease = await _claim(db, job.id)
+        async with db.uow() as uow:
+            assert await uow.queue.finish(lease, JobStatus.SUCCEEDED, await uow.now())
+            uow.session.add(
+                Image(job_id=job.id, index=0, seed=1, sha256="0" * 64, path="p", width=64,
+                      height=64, flags={}, review=Review.PENDING, created_at=utcnow())
+            )  # fmt: skip
+            await uow.commit()
+    image_ids = []
+    for job in jobs:
+        async with db.uow() as uow:
+            image_ids.append((await uow.images.for_job(job.id))[0].id)
+    # Approved before the held result is recorded: recording it finds them approved.
+    first, second = jobs
+    await moderation.approve(5, image_ids[0])
+    assert await outbox.mark_delivered(first.id, 1, "channel", withheld=True) == (True, True)
+    assert (await outbox.get(first.id)).state == "pending"  # type: ignore[union-attr]
+    # Approved after: the approval re-opens it.
+    assert await outbox.mark_delivered(second.id, 2, "channel", withheld=True) == (True, False)
+    await moderation.approve(5, image_ids[1])
+    again = await outbox.get(second.id)
+    assert again is not None and again.state == "pending" and again.withheld
