@@ -227,3 +227,68 @@ async def test_admin_is_hidden_from_members_by_default_and_never_offered_in_dms(
     assert int(registered["default_member_permissions"]) == manage_messages
     assert registered.get("contexts") == [0] or registered.get("dm_permission") is False
     assert local_discord.commands["imagine"].get("default_member_permissions") is None
+
+
+NONE = "there is no job"
+SHOWN = "Job {job}"  # the job's report
+PUBLIC = "public"  # queued: a public answer, no refusal
+
+# (command, options) -> {who: (outcome on the first server's job, on the second's)}; who:
+# bob (a member of the first server, not the owner), dave (the second server's moderator by
+# role), erin (its Administrator), host (a host admin, acting from the first server).
+TABLE: list[tuple[str, dict[str, Any], dict[str, tuple[str, str]]]] = [
+    ("job", {}, {"bob": (SHOWN, NONE), "dave": (NONE, SHOWN), "erin": (NONE, SHOWN),
+                 "host": (SHOWN, SHOWN)}),
+    ("admin job", {}, {"bob": (NOT_ALLOWED, NOT_ALLOWED), "dave": (NONE, SHOWN),
+                       "erin": (NONE, SHOWN), "host": (SHOWN, SHOWN)}),
+    ("reproduce", {}, {"bob": ("not yours to reproduce", NONE), "dave": (NONE, PUBLIC),
+                       "erin": (NONE, PUBLIC), "host": (PUBLIC, "made in another server")}),
+    ("admin quota", {"weight": 2.0}, {"bob": (NOT_ALLOWED, NOT_ALLOWED),
+                                      "dave": (HOST_ONLY, HOST_ONLY),
+                                      "erin": (HOST_ONLY, HOST_ONLY),
+                                      "host": ("weight 2", "weight 2")}),
+    ("admin ban", {}, {"bob": (NOT_ALLOWED, NOT_ALLOWED), "dave": ("in this server",) * 2,
+                       "host": ("on every server",) * 2}),
+    ("admin unban", {}, {"bob": (NOT_ALLOWED, NOT_ALLOWED), "dave": ("in this server",) * 2,
+                         "host": ("every ban is lifted",) * 2}),
+    # Last: a deletion changes what the rows above would see.
+    ("admin delete", {}, {"bob": (NOT_ALLOWED, NOT_ALLOWED), "dave": (NONE, "deleted"),
+                          "host": ("deleted", "deleted")}),
+]  # fmt: skip
+
+
+async def test_every_command_by_every_kind_of_actor_against_each_servers_jobs(
+    local_discord: LocalDiscord, two_servers: tuple[RunningBot, int, int]
+) -> None:
+    """The table of who may do what: a member, another server's moderator and Administrator,
+    and a host admin, each against a job of each server."""
+    server = local_discord
+    running, alices, carols = two_servers
+    server.show_to_everyone("admin")  # the bot's own checks are what stands
+    who = {u.name: u for u in (server.bob, server.dave, server.erin, server.host)}
+    owners = {alices: server.alice, carols: server.carol}
+    for command, extra, expected in TABLE:
+        for name, outcomes in expected.items():
+            for job, outcome in zip((alices, carols), outcomes, strict=True):
+                options = dict(extra)
+                if command in ("admin quota", "admin ban", "admin unban"):
+                    options["user"] = owners[job]
+                elif command == "admin delete":
+                    options["job"] = job
+                else:
+                    options["id"] = job
+                asked = await server.invoke(command, who[name], **options)
+                said = await server.wait_for(
+                    lambda a=asked: (
+                        server.ephemeral_answer(a)
+                        or ((m := server.original(a)) and not m["flags"] & (64 | 128) and PUBLIC)
+                    ),
+                    what=f"/{command} by {name}",
+                )
+                case = (command, name, "first" if job == alices else "second", said)
+                assert outcome.format(job=job) in said, case
+                if outcome == NONE:
+                    assert said == f"there is no job {job}", "as if it did not exist"
+    service = running.runtime.service
+    assert (await service.job(alices)).job.status == "deleted"
+    assert (await service.job(carols)).job.status == "deleted"
