@@ -78,7 +78,7 @@ def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_jso
         return
     line = f"job {result['job_id']}: {result['status']} (seed {result['seed']})"
     if result["status"] == "queued":
-        line += f", {place_text(result['position'], result['eta_seconds'])}"
+        line += f", {place_text(result['position'], result['eta_seconds'], result['capped'])}"
     click.echo(line)
     for image in result.get("images", []):
         click.echo(f"  image {image['index']}  seed {image['seed']}  {image['path']}")
@@ -103,6 +103,7 @@ async def _generate(
                 "status": submission.job.status,
                 "position": submission.position,
                 "eta_seconds": submission.eta_seconds,
+                "capped": submission.capped,
             }
         if show_progress:
             click.echo(f"job {job_id} queued: {describe_place(submission)}", err=True)

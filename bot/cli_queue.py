@@ -20,7 +20,8 @@ from generation.wording import place_text
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
 def queue_command(settings: Settings, user_id: int | None, as_json: bool) -> None:
-    """Waiting jobs in the order they will run (fair share), with their ETAs."""
+    """Waiting jobs in the order they will run (fair share), with their ETAs: one user's, or
+    the first 100 of every model's."""
 
     async def _queue() -> list[dict[str, Any]]:
         async with open_runtime(settings) as runtime:
@@ -29,8 +30,10 @@ def queue_command(settings: Settings, user_id: int | None, as_json: bool) -> Non
             {
                 "job_id": item.job.id,
                 "user_id": item.job.user_id,
+                "model": item.job.model_id,
                 "position": item.position,
                 "eta_seconds": item.eta_seconds,
+                "capped": item.capped,
                 "cost": item.job.cost,
                 "weight": item.job.weight,
                 "prompt": item.job.prompt,
@@ -47,7 +50,8 @@ def queue_command(settings: Settings, user_id: int | None, as_json: bool) -> Non
     for row in rows:
         click.echo(
             f"{row['job_id']:>6}  user {row['user_id']:<20}  "
-            f"{place_text(row['position'], row['eta_seconds']):<28}  {row['prompt'][:50]!r}"
+            f"{place_text(row['position'], row['eta_seconds'], row['capped']):<28}  "
+            f"{row['prompt'][:50]!r}"
         )
 
 

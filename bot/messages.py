@@ -104,8 +104,7 @@ def queued(submission: Submission) -> Message:
     job = submission.job
     if submission.position == 0:
         return Message(content=f"{_headline(job)}: starting")
-    place = wording.place_text(submission.position, submission.eta_seconds)
-    return Message(content=f"{_headline(job)}: queued, {place}")
+    return Message(content=f"{_headline(job)}: queued, {wording.describe_place(submission)}")
 
 
 def progress(job: JobRecord, step: int, total: int, preview: Upload | None = None) -> Message:

@@ -20,6 +20,7 @@ from generation.errors import (
     NotAllowed,
     UserBanned,
 )
+from generation.faults import is_transient
 from generation.imaging import pixel_sha256
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
@@ -44,12 +45,14 @@ UPLOAD_SECONDS = 15.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Submission:
-    """A job as queued, its place in line (1 = next; 0 once it runs) and when it should be
-    done, in seconds from now (None until a job has been measured)."""
+    """A job as queued, its place in line among its model's waiting jobs (1 = next; 0 once it
+    runs) and when it should be done, in seconds from now (None until a job has been
+    measured; with ``capped``, at least that)."""
 
     job: JobRecord
     position: int
     eta_seconds: float | None = None
+    capped: bool = False  # more than storage.queue.PLACE_CAP jobs ahead: "1,000+ in line"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -291,7 +294,7 @@ class GenerationService:
                 )
                 await uow.commit()  # the strike stays on record; the job is never made
                 raise refusal
-            before = await admit(
+            await admit(
                 uow,
                 self.quotas,
                 user,
@@ -303,10 +306,8 @@ class GenerationService:
             )
             if request.guild_id is not None:
                 await uow.guilds.ensure(request.guild_id)
-            if before.queued == 0:  # back from idle: no banked credit
-                await uow.queue.lift(user.id)
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
-            job = await uow.jobs.add(
+            job = await uow.queue.enqueue(
                 **dataclasses.asdict(recipe),
                 init_image_path=upload.key if upload else None,
                 init_image_sha256=upload.sha256 if upload else None,
@@ -319,7 +320,6 @@ class GenerationService:
                 reproduces_job_id=request.reproduces_job_id,
                 cost=self._cost(recipe, upscaler),
                 weight=self.weight(user, request.role_ids),
-                status=JobStatus.QUEUED,
                 attempts=0,
                 max_attempts=self.max_attempts,
                 cancel_requested=False,
@@ -329,7 +329,6 @@ class GenerationService:
             )
             if delivery is not None:
                 await uow.deliveries.add(job_id=job.id, **dataclasses.asdict(delivery))
-            submission = await self._submission(uow, job)
             if upload is not None:  # admitted: now the file is kept
                 await self._keep_upload(uow, upload)
             try:
@@ -338,7 +337,20 @@ class GenerationService:
                 if upload is not None:
                     await self._drop_upload(upload)
                 raise
-        return submission
+        # The place and ETA after the commit: the user's row (on SQLite the database) is free.
+        return await self._placed(job)
+
+    async def _placed(self, job: JobRecord) -> Submission:
+        """The job's place and ETA; the job alone (no place) if the database went away just
+        after it was stored: it is queued all the same."""
+        try:
+            async with self.db.uow() as uow:
+                return await self._submission(uow, job)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            logger.warning("job %s is queued; its place could not be read: %s", job.id, error)
+            return Submission(job, 0, None)
 
     def _cost(self, recipe: Recipe, upscaler: bool) -> float:
         model = self.models.get(recipe.model_id)
@@ -349,20 +361,23 @@ class GenerationService:
         return job_cost(recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler)
 
     async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
-        """The job with its place in the fair order and its estimated time to done."""
-        for waiting in await uow.queue.waiting():
-            if waiting.job_id == job.id:
-                eta = await self._eta_function(uow)
-                return Submission(job, waiting.position, eta(job, waiting))
-        return Submission(job, 0, None)
+        """The job with its place among its model's waiting jobs and its estimated time to
+        done: a bounded count through the queue's index, never the whole queue."""
+        waiting = await uow.queue.place(job)
+        if waiting is None:
+            return Submission(job, 0, None)
+        eta = await self._eta_function(uow, job.model_id)
+        return Submission(job, waiting.position, eta(job, waiting), capped=waiting.capped)
 
-    async def _eta_function(self, uow: UnitOfWork) -> Callable[[JobRecord, Waiting], float | None]:
-        """Seconds until a waiting job is done: the running jobs' rest and the waiting cost
-        ahead of it, shared among the busy workers, then its own run, at the measured seconds
-        per cost unit (None until a job has been measured)."""
-        per_cost = await uow.queue.seconds_per_cost()
+    async def _eta_function(
+        self, uow: UnitOfWork, model_id: str
+    ) -> Callable[[JobRecord, Waiting], float | None]:
+        """Seconds until a waiting job of ``model_id`` is done: the rest of the model's
+        running jobs and the waiting cost ahead of it, shared among its busy workers, then its
+        own run, at the seconds per cost unit the workers measured (None until they have)."""
+        per_cost = await uow.queue.seconds_per_cost(model_id)
         now = self.clock()
-        running = await uow.queue.running()
+        running = await uow.queue.running(model_id) if per_cost is not None else []
         rest = sum(
             max(0.0, r.cost * (per_cost or 0) - (now - (r.started_at or now)).total_seconds())
             for r in running
@@ -376,13 +391,15 @@ class GenerationService:
 
         return eta
 
-    async def waiting(self, user_id: int | None = None) -> list[Submission]:
-        """Waiting jobs (of one user, or all) in the order they will run, with their ETAs."""
+    async def waiting(self, user_id: int | None = None, limit: int = 100) -> list[Submission]:
+        """One user's waiting jobs in the order they will run, each with its place and ETA;
+        for None, the first ``limit`` of every model's."""
         async with self.db.uow() as uow:
-            order = [w for w in await uow.queue.waiting() if user_id in (None, w.user_id)]
-            eta = await self._eta_function(uow)
-            jobs = await uow.jobs.get_many([waiting.job_id for waiting in order])
-        return [Submission(jobs[w.job_id], w.position, eta(jobs[w.job_id], w)) for w in order]
+            if user_id is not None:
+                jobs = await uow.queue.queued_of(user_id)
+            else:
+                jobs = await uow.queue.first_waiting(limit)
+            return [await self._submission(uow, job) for job in jobs]
 
     async def status(self, job_id: int) -> Submission:
         """A job now, with its place in line and ETA while it waits."""

@@ -1,8 +1,8 @@
 """A simulated GPU clock driving the real submit and claim code, for fairness tests and
 ``benchmarks/fairness.py``.
 
-Jobs go through ``GenerationService.submit`` (quotas, weights, the idle user's lift) and
-``JobQueue.claim``/``finish`` (the fair pick, virtual times) on a real database; only the
+Jobs go through ``GenerationService.submit`` (quotas, weights, the start tags) and
+``JobQueue.claim``/``finish`` (the lowest tag) on a real database; only the
 rendering is replaced by advancing a clock by the job's cost × seconds per cost unit. One
 simulated worker runs one job at a time, so the result is deterministic.
 """
@@ -120,7 +120,7 @@ class Simulation:
             if self.now < backlog.start:
                 continue
             async with self.db.uow() as uow:
-                waiting = sum(w.user_id == user_id for w in await uow.queue.waiting())
+                waiting = len(await uow.queue.queued_of(user_id))
             for _ in range(backlog.queued - waiting):
                 await self.submit(user_id, backlog.steps, backlog.count)
 

@@ -32,8 +32,11 @@ def duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def place_text(position: int, eta_seconds: float | None) -> str:
-    """ "3rd in line, about 40 s"."""
+def place_text(position: int, eta_seconds: float | None, capped: bool = False) -> str:
+    """ "3rd in line, about 40 s"; past the counted places, "1,000+ in line, over 2 h"."""
+    if capped:
+        where = f"{position - 1:,}+ in line"
+        return where if eta_seconds is None else f"{where}, over {duration(eta_seconds)}"
     if eta_seconds is None:
         return f"{ordinal(position)} in line"
     return f"{ordinal(position)} in line, about {duration(eta_seconds)}"
@@ -43,7 +46,7 @@ def describe_place(submission: Submission) -> str:
     """A waiting job's place in line; its status once it is not waiting."""
     if submission.position == 0:
         return submission.job.status
-    return place_text(submission.position, submission.eta_seconds)
+    return place_text(submission.position, submission.eta_seconds, submission.capped)
 
 
 def what(job: JobRecord) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -149,11 +150,32 @@ class GuildSettings(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+# The waiting jobs: the partial index the claim, places and system virtual times read. A query
+# uses it only when it says ``status = 'queued'`` literally (``QUEUED`` below), not as a bound
+# parameter: neither database proves a parameter matches an index's WHERE.
+WAITING = "status = 'queued'"
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_guild_id_created_at", "guild_id", "created_at"),
+        Index(
+            "ix_jobs_queue",
+            "status",
+            "model_id",
+            "start_tag",
+            "id",
+            postgresql_where=text(WAITING),
+            sqlite_where=text(WAITING),
+        ),
+        Index("ix_jobs_user_id_status", "user_id", "status"),
+        Index("ix_jobs_user_id_created_at", "user_id", "created_at"),
+        Index("ix_jobs_user_id_id", "user_id", "id"),
+        Index("ix_jobs_guild_id_status", "guild_id", "status"),
+        Index("ix_jobs_guild_id_id", "guild_id", "id"),
+        Index("ix_jobs_parent_job_id", "parent_job_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -163,7 +185,7 @@ class Job(Base):
     # A job made to make another's images again (/reproduce): that job; its images are
     # compared with that job's when it ends.
     reproduces_job_id: Mapped[int | None] = mapped_column(Integer)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     guild_id: Mapped[int | None] = mapped_column(ForeignKey("guilds.id"))
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     # The channel as it was when asked: age-restricted (Discord's "nsfw"), and visible to
@@ -195,10 +217,13 @@ class Job(Base):
     library_versions: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # What an image API said about the job (model, size, quality, style, revised prompts).
     engine_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    # Queue state. Cost and weight are fixed at submit; virtual_start is the user's virtual
-    # time when the job was first claimed (set once, so a retried job is charged once).
+    # Queue state, fixed at submit: cost, weight and the start tag (start-time fair queuing:
+    # the claim takes the lowest; see storage.queue). A released job keeps its tag, so a retry
+    # is never charged twice; a cancel moves its user's later tags back. virtual_start is the
+    # tag the job ran at (set at its first claim).
     cost: Mapped[float]
     weight: Mapped[float] = mapped_column(Float, default=1.0)
+    start_tag: Mapped[float | None] = mapped_column(Float)
     virtual_start: Mapped[float | None] = mapped_column(Float)
     gpu_seconds: Mapped[float | None]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
@@ -294,7 +319,7 @@ class Delivery(Base):
     interaction_at: Mapped[dt.datetime]
     channel_id: Mapped[int | None] = mapped_column(BigInteger)
     # The interaction's own response message (the progress message), once known.
-    original_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    original_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
     # The message a derived job's result replies to: its parent's result.
     reply_to_message_id: Mapped[int | None] = mapped_column(BigInteger)
     result_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
@@ -330,15 +355,44 @@ class WorkerRow(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class QueueClock(Base):
+    """One model's part of the queue: the tag of the last job claimed for it (the system
+    virtual time while none waits), and the seconds a cost unit took, as workers measure them
+    (the ETA's rate)."""
+
+    __tablename__ = "queue_clocks"
+
+    model_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    virtual_time: Mapped[float] = mapped_column(Float, default=0.0)
+    seconds_per_cost: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class QueueFlow(Base):
+    """One user's flow for one model: the finish tag of their last job queued for it, where
+    their next job starts unless the system virtual time has passed it (no banked credit)."""
+
+    __tablename__ = "queue_flows"
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    model_id: Mapped[str] = mapped_column(String(300), primary_key=True)
+    finish_tag: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class ModerationEvent(Base):
     __tablename__ = "moderation_events"
+    __table_args__ = (
+        Index("ix_moderation_events_guild_id_id", "guild_id", "id"),
+        Index("ix_moderation_events_target_user_id_id", "target_user_id", "id"),
+        Index("ix_moderation_events_job_id", "job_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     # Who did it: a moderator's Discord id; None for the bot itself (a filter, an automatic ban).
     actor_id: Mapped[int | None] = mapped_column(BigInteger)
     guild_id: Mapped[int | None] = mapped_column(BigInteger)
-    target_user_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    target_user_id: Mapped[int | None] = mapped_column(BigInteger)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)

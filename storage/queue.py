@@ -1,11 +1,15 @@
 """The jobs table is the queue: claim with a lease, renew it, complete fenced on its owner.
 
-The claim's order is weighted fair queuing with one flow per user (start-time fair queuing):
-each user has a virtual time, the service received so far in cost units divided by weight.
-A claim takes the waiting job whose user has the lowest virtual time (oldest job first within
-a user) and adds the job's ``cost / weight`` to that user's virtual time; a user who comes
-back after being idle is lifted to the others' level (``lift``), so idle time is never saved
-up into a burst. Cost and weight are fixed on the job at submit.
+The claim's order is start-time fair queuing with one flow per user and model. Each job gets
+its start tag at submit (``start_tag``): the larger of the model's system virtual time and the
+finish tag of its user's previous job for that model; its finish tag is the start tag plus
+``cost / weight``. The claim takes the lowest start tag through an index, so submit and claim
+cost the same at 10 or 100,000 waiting jobs. The system virtual time of a model is its lowest
+waiting start tag, or, while none waits, the highest tag claimed for any model: a user (or a
+model) back from idle joins at the level of those being served, so idle time is never saved up
+into a burst, and a job nobody serves holds back only its own model's newcomers. Cost, weight
+and the tag are fixed at submit, so a released job is never charged twice; a cancel moves the
+user's later tags back by what did not run.
 """
 
 from __future__ import annotations
@@ -16,16 +20,40 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Delivery, DeliveryState, Job, JobStatus, User
+from storage.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobStatus,
+    QueueClock,
+    QueueFlow,
+    User,
+)
 from storage.records import JobRecord, Lease, Renewal, to_record
 
 # The error of a job whose lease ran out on its last attempt.
 LEASE_EXPIRED_ERROR = "its worker stopped answering (lease expired), with no attempt left"
 # The error of a job started this many times without ending (see max_runs).
 TOO_MANY_RUNS_ERROR = "it was started {runs} times and never finished"
+# A place in line is counted up to this ("1,000+ in line"): the count reads at most this many
+# index entries, however long the line.
+PLACE_CAP = 1000
+# ``status = 'queued'`` written out, so the partial index on waiting jobs is used.
+QUEUED: ColumnElement[bool] = Job.status == literal_column("'queued'")
 
 
 def max_runs(max_attempts: int) -> int:
@@ -40,56 +68,43 @@ class Policy(enum.StrEnum):
     FIFO = "fifo"  # first come, first served (for comparison)
 
 
+def start_tag(system_time: float, previous_finish: float | None) -> float:
+    """The fair-share policy, in one place: a job starts at the system virtual time, or after
+    its user's previous job if that finishes later (a user never gets ahead by being idle)."""
+    return system_time if previous_finish is None else max(system_time, previous_finish)
+
+
+def finish_tag(start: float, cost: float, weight: float) -> float:
+    """Where the job's user's next job starts: its share of the GPU is cost over weight."""
+    return start + cost / weight
+
+
 def select_next_job(
-    policy: Policy, model_ids: Sequence[str] | None = None, now: dt.datetime | None = None
-) -> Select[Any]:
-    """The claim policy: which waiting job runs next (of those for ``model_ids``, if given, and
-    not held back past ``now`` by a retry's ``not_before``)."""
-    waiting = select(Job.id).where(Job.status == JobStatus.QUEUED)
+    model_id: str, now: dt.datetime | None = None
+) -> Select[tuple[int, float | None]]:
+    """The claim policy for one model: the waiting job with the lowest start tag (oldest
+    first on a tie) that no retry's ``not_before`` holds back past ``now``."""
+    waiting = select(Job.id, Job.start_tag).where(QUEUED, Job.model_id == model_id)
     if now is not None:
-        waiting = waiting.where((Job.not_before.is_(None)) | (Job.not_before <= now))
-    if model_ids is not None:
-        waiting = waiting.where(Job.model_id.in_(model_ids))
-    if policy is Policy.FIFO:
-        return waiting.order_by(Job.id).limit(1)
-    return waiting.join(User, User.id == Job.user_id).order_by(User.virtual_time, Job.id).limit(1)
+        waiting = waiting.where(or_(Job.not_before.is_(None), Job.not_before <= now))
+    return waiting.order_by(Job.start_tag, Job.id).limit(1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Waiting:
-    """A waiting job in the order the claim will take it, with what runs before it."""
+    """A waiting job's place among its model's waiting jobs, in the order claims take them."""
 
     job_id: int
     user_id: int
-    position: int  # 1: next
-    cost_ahead: float  # the cost of the waiting jobs before it
+    model_id: str
+    position: int  # 1: next; capped at PLACE_CAP + 1
+    cost_ahead: float  # the cost of the waiting jobs before it (of the first PLACE_CAP)
+    capped: bool = False  # more than PLACE_CAP jobs are ahead: position says "1,000+"
 
 
-def fair_order(rows: list[tuple[int, int, float, float, float]], policy: Policy) -> list[Waiting]:
-    """Order waiting jobs ``(id, user_id, cost, weight, user's virtual time)`` as claims will.
-
-    Under fair share each job's start tag is its user's virtual time plus the cost/weight of
-    that user's older waiting jobs; claims take the lowest tag, ties by job id. Exact while
-    nothing new arrives (an arrival can only move in ahead of jobs with a later tag).
-    """
-    rows = sorted(rows)
-    if policy is Policy.FIFO:
-        keyed = [((0.0, row[0]), row) for row in rows]
-    else:
-        clock: dict[int, float] = {}
-        keyed = []
-        for row in rows:
-            job_id, user_id, cost, weight, virtual_time = row
-            tag = clock.get(user_id, virtual_time)
-            clock[user_id] = tag + cost / weight
-            keyed.append(((tag, job_id), row))
-    keyed.sort(key=lambda item: item[0])
-    order = []
-    ahead = 0.0
-    for position, (_, (job_id, user_id, cost, _weight, _vt)) in enumerate(keyed, start=1):
-        order.append(Waiting(job_id, user_id, position, ahead))
-        ahead += cost
-    return order
+def _insert(session: AsyncSession) -> Any:
+    dialect = session.get_bind().dialect.name
+    return postgresql_insert if dialect == "postgresql" else sqlite_insert
 
 
 class JobQueue:
@@ -100,15 +115,152 @@ class JobQueue:
         self.policy = policy
         self.reaped: list[int] = []  # the jobs the last claim's reaping failed
 
-    async def waiting(self) -> list[Waiting]:
-        """Every waiting job, in the order the claim will take them."""
-        result = await self._session.execute(
-            select(Job.id, Job.user_id, Job.cost, Job.weight, User.virtual_time)
-            .join(User, User.id == Job.user_id)
-            .where(Job.status == JobStatus.QUEUED)
+    # -- submit: tags ---------------------------------------------------------------------
+
+    async def clocks(self) -> dict[str, QueueClock]:
+        """Every model's clock (one row per model ever queued: a handful)."""
+        rows = await self._session.scalars(select(QueueClock))
+        return {row.model_id: row for row in rows}
+
+    async def system_time(self, model_id: str) -> float:
+        """The model's system virtual time: its lowest waiting start tag; while none waits, the
+        highest tag claimed for any model (one index probe, one read of a few clocks)."""
+        lowest = await self._session.scalar(
+            select(func.min(Job.start_tag)).where(QUEUED, Job.model_id == model_id)
         )
-        rows = [(int(a), int(b), float(c), float(d), float(e)) for a, b, c, d, e in result]
-        return fair_order(rows, self.policy)
+        if lowest is not None:
+            return float(lowest)
+        level = await self._session.scalar(select(func.max(QueueClock.virtual_time)))
+        return float(level or 0.0)
+
+    async def enqueue(self, **fields: Any) -> JobRecord:
+        """Queue a job: its start tag from the model's system virtual time and its user's flow
+        (the caller holds the user's row, so one user's submits take turns)."""
+        fields.setdefault("status", JobStatus.QUEUED)
+        fields.setdefault("weight", 1.0)
+        user_id, model_id = fields["user_id"], fields["model_id"]
+        if self.policy is Policy.FIFO:
+            tag = 0.0  # ties all round: the claim takes the oldest
+        else:
+            flow = await self._session.get(QueueFlow, (user_id, model_id), populate_existing=True)
+            tag = start_tag(
+                await self.system_time(model_id), flow.finish_tag if flow is not None else None
+            )
+            finish = finish_tag(tag, fields["cost"], fields["weight"])
+            statement = _insert(self._session)(QueueFlow).values(
+                user_id=user_id, model_id=model_id, finish_tag=finish
+            )
+            await self._session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[QueueFlow.user_id, QueueFlow.model_id],
+                    set_={"finish_tag": statement.excluded.finish_tag},
+                )
+            )
+        if await self._session.get(QueueClock, model_id) is None:
+            level = await self._session.scalar(select(func.max(QueueClock.virtual_time)))
+            await self._session.execute(
+                _insert(self._session)(QueueClock)
+                .values(
+                    model_id=model_id,
+                    virtual_time=float(level or 0.0),
+                    updated_at=fields.get("created_at") or dt.datetime.now(dt.UTC),
+                )
+                .on_conflict_do_nothing()
+            )
+        row = Job(**fields, start_tag=tag)
+        self._session.add(row)
+        await self._session.flush()
+        return to_record(JobRecord, row)
+
+    async def _move_back(
+        self, user_id: int, model_id: str, after: float, amount: float, *, locked: bool = False
+    ) -> None:
+        """A job of this flow gave back ``amount`` of its share (a cancel): the user's later
+        waiting jobs, and their next job, start that much earlier. Holds the user's row, so a
+        submit of theirs at the same moment takes its tag after this."""
+        if amount <= 0 or self.policy is Policy.FIFO:
+            return
+        if not locked:
+            await self._lock_user(user_id)
+        await self._session.execute(
+            update(Job)
+            .where(
+                Job.user_id == user_id,
+                Job.status == JobStatus.QUEUED,
+                Job.model_id == model_id,
+                Job.start_tag > after,
+            )
+            .values(start_tag=Job.start_tag - amount)
+            .execution_options(synchronize_session=False)
+        )
+        await self._session.execute(
+            update(QueueFlow)
+            .where(QueueFlow.user_id == user_id, QueueFlow.model_id == model_id)
+            .values(finish_tag=QueueFlow.finish_tag - amount)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def _lock_user(self, user_id: int) -> None:
+        await self._session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
+    # -- places and rates ------------------------------------------------------------------
+
+    async def place(self, job: JobRecord) -> Waiting | None:
+        """A waiting job's place among its model's waiting jobs (None once it is not waiting):
+        a count of the index entries before it, at most PLACE_CAP of them."""
+        if job.status != JobStatus.QUEUED or job.start_tag is None:
+            return None
+        tag = job.start_tag
+        ahead = (
+            select(Job.cost)
+            .where(
+                QUEUED,
+                Job.model_id == job.model_id,
+                or_(Job.start_tag < tag, and_(Job.start_tag == tag, Job.id < job.id)),
+            )
+            .order_by(Job.start_tag, Job.id)
+            .limit(PLACE_CAP + 1)
+            .subquery()
+        )
+        count, cost = (
+            await self._session.execute(
+                select(func.count(), func.coalesce(func.sum(ahead.c.cost), 0.0))
+            )
+        ).one()
+        capped = count > PLACE_CAP
+        return Waiting(
+            job.id,
+            job.user_id,
+            job.model_id,
+            min(count, PLACE_CAP) + 1,
+            float(cost),
+            capped,
+        )
+
+    async def queued_of(self, user_id: int) -> list[JobRecord]:
+        """One user's waiting jobs (at most their quota of them), in the order they run."""
+        rows = await self._session.scalars(
+            select(Job)
+            .where(Job.user_id == user_id, Job.status == JobStatus.QUEUED)
+            .order_by(Job.start_tag, Job.id)
+        )
+        return [to_record(JobRecord, row) for row in rows]
+
+    async def first_waiting(self, limit: int) -> list[JobRecord]:
+        """The first ``limit`` waiting jobs of every model, in tag order."""
+        rows = await self._session.scalars(
+            select(Job).where(QUEUED).order_by(Job.start_tag, Job.id).limit(limit)
+        )
+        return [to_record(JobRecord, row) for row in rows]
+
+    async def seconds_per_cost(self, model_id: str | None = None) -> float | None:
+        """The seconds a cost unit takes on this model (any model's, slowest, for None), as
+        workers measured it finishing jobs; None until one has."""
+        query = select(func.max(QueueClock.seconds_per_cost))
+        if model_id is not None:
+            query = query.where(QueueClock.model_id == model_id)
+        rate = await self._session.scalar(query)
+        return float(rate) if rate is not None else None
 
     async def due(self, job_ids: Sequence[int], now: dt.datetime) -> None:
         """The jobs ended: their results (if the bot delivers them) are due now."""
@@ -124,52 +276,17 @@ class JobQueue:
     async def waiting_count(self, model_ids: Sequence[str]) -> int:
         """Queued jobs for these models, held back or not."""
         count = await self._session.scalar(
-            select(func.count(Job.id)).where(
-                Job.status == JobStatus.QUEUED, Job.model_id.in_(model_ids)
-            )
+            select(func.count(Job.id)).where(QUEUED, Job.model_id.in_(model_ids))
         )
         return int(count or 0)
 
-    async def running(self) -> list[JobRecord]:
-        rows = await self._session.scalars(select(Job).where(Job.status == JobStatus.RUNNING))
+    async def running(self, model_id: str | None = None) -> list[JobRecord]:
+        """The running jobs (one per busy worker), of one model or all."""
+        query = select(Job).where(Job.status == JobStatus.RUNNING)
+        if model_id is not None:
+            query = query.where(Job.model_id == model_id)
+        rows = await self._session.scalars(query)
         return [to_record(JobRecord, row) for row in rows]
-
-    async def seconds_per_cost(self, recent: int = 20) -> float | None:
-        """Measured seconds per cost unit over the last ``recent`` completed jobs."""
-        latest = (
-            select(Job.gpu_seconds, Job.cost)
-            .where(Job.status == JobStatus.SUCCEEDED, Job.gpu_seconds.is_not(None), Job.cost > 0)
-            .order_by(Job.finished_at.desc(), Job.id.desc())
-            .limit(recent)
-            .subquery()
-        )
-        row = (
-            await self._session.execute(
-                select(func.sum(latest.c.gpu_seconds), func.sum(latest.c.cost))
-            )
-        ).one()
-        seconds, cost = row
-        return float(seconds) / float(cost) if seconds is not None and cost else None
-
-    async def lift(self, user_id: int) -> None:
-        """A user who was idle joins at the level of those waiting (or of the last claim), so
-        the time they were away counts for nothing. Call before queuing their first job."""
-        floor = await self._session.scalar(
-            select(func.min(User.virtual_time)).where(
-                User.id.in_(select(Job.user_id).where(Job.status == JobStatus.QUEUED)),
-                User.id != user_id,
-            )
-        )
-        if floor is None:
-            floor = await self._session.scalar(select(func.max(Job.virtual_start)))
-        if floor is None:
-            return
-        await self._session.execute(
-            update(User)
-            .where(User.id == user_id, User.virtual_time < floor)
-            .values(virtual_time=floor)
-            .execution_options(synchronize_session=False)
-        )
 
     async def reap_expired(self, now: dt.datetime) -> list[int]:
         """Re-queue running jobs whose lease expired (on the database's clock, ``now``); fail
@@ -223,16 +340,23 @@ class JobQueue:
         """Take the next job for ``owner`` with a lease, or None when nothing waits; a worker
         gives ``model_ids``, the models it has loaded, and gets only their jobs."""
         self.reaped = await self.reap_expired(now)
-        # Skipping locked users as well as locked jobs: a second worker claiming at the same
-        # moment takes the next user's job, not the same user's next one.
-        locked = (Job,) if self.policy is Policy.FIFO else (Job, User)
-        job_id = await self._session.scalar(
-            select_next_job(self.policy, model_ids, now).with_for_update(
-                skip_locked=True, of=locked
-            )
-        )
-        if job_id is None:
+        if model_ids is None:
+            model_ids = sorted(await self.clocks())
+        # One LIMIT 1 through the index per model; the lowest tag of those runs. A job another
+        # worker is claiming at this moment is skipped, not waited for.
+        best: tuple[float, int, str] | None = None
+        for model_id in model_ids:
+            found = (
+                await self._session.execute(
+                    select_next_job(model_id, now).with_for_update(skip_locked=True, of=Job)
+                )
+            ).one_or_none()
+            if found is not None:
+                key = (found[1] or 0.0, found[0], model_id)
+                best = key if best is None or key < best else best
+        if best is None:
             return None
+        tag, job_id, model_id = best
         expires = now + dt.timedelta(seconds=lease_seconds)
         result = await self._session.execute(
             update(Job)
@@ -244,6 +368,7 @@ class JobQueue:
                 lease_owner=owner,
                 lease_expires_at=expires,
                 started_at=now,
+                virtual_start=func.coalesce(Job.virtual_start, Job.start_tag),
             )
             .returning(Job)
             .execution_options(synchronize_session=False, populate_existing=True)
@@ -251,19 +376,13 @@ class JobQueue:
         row = result.scalar_one_or_none()
         if row is None:
             return None
-        if row.virtual_start is None:
-            # First claim: charge the user's virtual time (a retry is not charged again).
-            share = row.cost / row.weight
-            charged = await self._session.scalar(
-                update(User)
-                .where(User.id == row.user_id)
-                .values(virtual_time=User.virtual_time + share)
-                .returning(User.virtual_time)
-                .execution_options(synchronize_session=False)
-            )
-            assert charged is not None
-            row.virtual_start = charged - share
-            await self._session.flush()
+        # The model's clock: the highest tag claimed (the system virtual time while none waits).
+        await self._session.execute(
+            update(QueueClock)
+            .where(QueueClock.model_id == model_id, QueueClock.virtual_time < tag)
+            .values(virtual_time=tag, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
         job = to_record(JobRecord, row)
         return job, Lease(job_id=job.id, owner=owner, attempt=job.attempts, expires_at=expires)
 
@@ -301,28 +420,48 @@ class JobQueue:
         ``unrun`` is the fraction of the job that did not run (a cancel mid-way): that part of
         its cost goes back to the user's virtual time.
         """
+        if unrun > 0:  # the refund moves the user's tags: their row first, as a cancel does
+            owner = await self._session.scalar(select(Job.user_id).where(*self._fenced(lease)))
+            if owner is None:
+                return False
+            await self._lock_user(owner)
         result = await self._session.execute(
             update(Job)
             .where(*self._fenced(lease))
             .values(
                 status=status, finished_at=now, lease_owner=None, lease_expires_at=None, **fields
             )
-            .returning(Job.user_id, Job.cost, Job.weight)
+            .returning(Job.user_id, Job.model_id, Job.cost, Job.weight, Job.start_tag)
             .execution_options(synchronize_session=False)
         )
         ended = result.one_or_none()
         if ended is None:
             return False
         await self.due([lease.job_id], now)
+        user_id, model_id, cost, weight, tag = ended
         if unrun > 0:
-            user_id, cost, weight = ended
-            await self._session.execute(
-                update(User)
-                .where(User.id == user_id)
-                .values(virtual_time=User.virtual_time - cost / weight * min(unrun, 1.0))
-                .execution_options(synchronize_session=False)
+            await self._move_back(
+                user_id, model_id, tag or 0.0, cost / weight * min(unrun, 1.0), locked=True
             )
+        seconds = fields.get("gpu_seconds")
+        if status is JobStatus.SUCCEEDED and seconds is not None and cost > 0:
+            await self.measured(model_id, float(seconds) / cost, now)
         return True
+
+    async def measured(self, model_id: str, rate: float, now: dt.datetime) -> None:
+        """A worker measured ``rate`` seconds per cost unit on a model: the ETA's rolling
+        figure moves a fifth of the way there."""
+        await self._session.execute(
+            update(QueueClock)
+            .where(QueueClock.model_id == model_id)
+            .values(
+                seconds_per_cost=func.coalesce(
+                    0.8 * QueueClock.seconds_per_cost + 0.2 * rate, rate
+                ),
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     async def put_back(
         self,
@@ -377,15 +516,25 @@ class JobQueue:
         return JobStatus(fields["status"])
 
     async def request_cancel(self, job_id: int, now: dt.datetime) -> JobRecord | None:
-        """Cancel a waiting job at once; ask a running one to stop at its next step."""
+        """Cancel a waiting job at once (its user's later jobs move up by its share); ask a
+        running one to stop at its next step."""
+        owner = await self._session.scalar(select(Job.user_id).where(Job.id == job_id))
+        if owner is None:
+            return None
+        await self._lock_user(owner)  # before the job's row, as every tag move takes them
         cancelled = await self._session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
             .values(status=JobStatus.CANCELLED, finished_at=now)
+            .returning(Job.model_id, Job.cost, Job.weight, Job.start_tag)
             .execution_options(synchronize_session=False)
         )
-        if getattr(cancelled, "rowcount", 0):
+        gone = cancelled.one_or_none()
+        if gone is not None:
             await self.due([job_id], now)
+            model_id, cost, weight, tag = gone
+            if tag is not None:
+                await self._move_back(owner, model_id, tag, cost / weight, locked=True)
         await self._session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.RUNNING)

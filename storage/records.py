@@ -81,6 +81,7 @@ class JobRecord:
     engine_details: dict[str, Any]
     cost: float
     weight: float
+    start_tag: float | None
     virtual_start: float | None
     gpu_seconds: float | None
     status: str

@@ -212,12 +212,6 @@ class JobRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def add(self, **fields: Any) -> JobRecord:
-        row = Job(**fields)
-        self._session.add(row)
-        await self._session.flush()
-        return to_record(JobRecord, row)
-
     async def get(self, job_id: int) -> JobRecord | None:
         row = await self._session.get(Job, job_id, populate_existing=True)
         return to_record(JobRecord, row) if row else None

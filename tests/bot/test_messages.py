@@ -75,6 +75,7 @@ def job_record(**fields: Any) -> JobRecord:
         "engine_details": {},
         "cost": 1.0,
         "weight": 1.0,
+        "start_tag": None,
         "virtual_start": None,
         "gpu_seconds": None,
         "status": JobStatus.SUCCEEDED,

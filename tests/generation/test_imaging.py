@@ -54,6 +54,7 @@ JOB = JobRecord(
     engine_details={},
     cost=1.0,
     weight=1.0,
+    start_tag=None,
     virtual_start=None,
     gpu_seconds=None,
     status="succeeded",

@@ -18,7 +18,7 @@ from generation.service import GenerationService
 from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import JobKind, utcnow
+from storage.models import QueueFlow, JobKind, utcnow
 
 
 def make_worker(
@@ -178,10 +178,12 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
     assert last_step < 40
     async with db.uow() as uow:
         assert await uow.usage.get(1, utcnow().date()) is None  # not charged
-        user = await uow.users.get(1)
-    # Fair share charged the whole job at the claim and gave back the steps that never ran.
-    assert user is not None
-    assert 0 < user.virtual_time <= view.job.cost * (last_step + 1) / 40
+        flow = await uow.session.get(QueueFlow, (1, view.job.model_id))
+    # The job's whole share was on the user's flow from its submit; the steps that never ran
+    # came back: their next job starts only as much later as the part that ran.
+    assert flow is not None and view.job.start_tag is not None
+    ran = flow.finish_tag - view.job.start_tag
+    assert 0 < ran <= view.job.cost * (last_step + 1) / 40
 
 
 class _BrokenEngine:

@@ -32,6 +32,6 @@ async def add_job(db: Database, user_id: int = 1, **overrides: Any) -> JobRecord
     async with db.uow() as uow:
         await uow.users.ensure(user_id, f"user{user_id}")
         fields = {**RECIPE, "created_at": utcnow(), **overrides}
-        job = await uow.jobs.add(user_id=user_id, **fields)
+        job = await uow.queue.enqueue(user_id=user_id, **fields)
         await uow.commit()
     return job

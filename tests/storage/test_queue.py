@@ -40,8 +40,9 @@ async def test_claims_in_submission_order_and_sets_a_lease(db: Database) -> None
 async def positions(db: Database, jobs: list[JobRecord]) -> list[int]:
     """Each job's place in line; 0 once it is no longer waiting."""
     async with db.uow() as uow:
-        places = {waiting.job_id: waiting.position for waiting in await uow.queue.waiting()}
-    return [places.get(job.id, 0) for job in jobs]
+        stored = await uow.jobs.get_many([job.id for job in jobs])
+        places = [await uow.queue.place(stored[job.id]) for job in jobs]
+    return [place.position if place else 0 for place in places]
 
 
 async def test_position_counts_the_jobs_ahead(db: Database) -> None:
@@ -266,34 +267,72 @@ async def test_two_workers_claiming_at_once_follow_the_fair_order(db: Database) 
     assert order[-4:] == [1, 1, 1, 1], order
 
 
-async def test_a_claim_charges_virtual_time_once_and_a_cancel_refunds_what_did_not_run(
+async def tags(db: Database, user_id: int) -> list[float]:
+    async with db.uow() as uow:
+        return [job.start_tag or 0.0 for job in await uow.queue.queued_of(user_id)]
+
+
+async def test_tags_are_fixed_at_submit_a_retry_is_not_charged_twice_and_a_cancel_refunds(
     db: Database,
 ) -> None:
+    first = await add_job(db, user_id=1, cost=2.0, weight=4.0)
     await add_job(db, user_id=1, cost=2.0, weight=4.0)
+    assert first.start_tag == 0.0
+    assert await tags(db, 1) == [0.0, 0.5]  # each job starts where the last one's share ends
     job, lease = await claim(db, "w1")
-    assert job.virtual_start == 0.0
+    assert (job.id, job.virtual_start) == (first.id, 0.0)
+    assert await release(db, lease)  # a clean shutdown gives it back, with its tag
+    job, lease = await claim(db, "w2")  # claimed again first: not charged twice
+    assert job.id == first.id
+    assert await tags(db, 1) == [0.5]
     async with db.uow() as uow:
-        assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]
-        await uow.commit()
-    assert await release(db, lease)  # a clean shutdown gives it back
-    job, lease = await claim(db, "w2")  # claimed again: not charged twice
-    async with db.uow() as uow:
-        assert (await uow.users.get(1)).virtual_time == 0.5  # type: ignore[union-attr]
         assert await uow.queue.finish(lease, JobStatus.CANCELLED, utcnow(), unrun=0.75)
         await uow.commit()
-        assert (await uow.users.get(1)).virtual_time == pytest.approx(0.125)  # type: ignore[union-attr]
+    # Three quarters of the first job's share did not run: the next job moves up by that.
+    assert await tags(db, 1) == [pytest.approx(0.125)]
 
 
-async def test_a_returning_user_is_lifted_to_the_waiting_users_level(db: Database) -> None:
+async def test_cancelling_a_waiting_job_moves_its_users_later_jobs_up(db: Database) -> None:
+    jobs = [await add_job(db, user_id=1, cost=1.0) for _ in range(3)]
+    other = await add_job(db, user_id=2, cost=1.0)
+    assert await tags(db, 1) == [0.0, 1.0, 2.0]
+    async with db.uow() as uow:
+        await uow.queue.request_cancel(jobs[1].id, utcnow())
+        await uow.commit()
+    assert await tags(db, 1) == [0.0, 1.0]
+    assert await tags(db, 2) == [other.start_tag]
+    assert (await add_job(db, user_id=1, cost=1.0)).start_tag == 2.0  # not 3.0
+
+
+async def test_a_returning_user_starts_at_the_level_of_those_waiting(db: Database) -> None:
     for _ in range(3):
         await add_job(db, user_id=1, cost=1.0)
     await claim(db, "w1")
-    await claim(db, "w1")  # user 1 has had 2.0 of service
+    await claim(db, "w1")  # user 1 has had 2.0 of service; their third job waits at 2.0
+    newcomer = await add_job(db, user_id=2, cost=1.0)
+    assert newcomer.start_tag == 2.0
+
+
+async def test_a_job_nobody_serves_does_not_hold_back_the_level_of_other_models(
+    db: Database,
+) -> None:
+    """A job for a model no worker has (removed, or its API's worker down) waits at tag 0;
+    another model's newcomer joins at the level its users are served at, not at 0 (it would
+    outrank everyone waiting there)."""
+    await add_job(db, user_id=9, model_id="unserved", cost=1.0)
+    for _ in range(4):
+        await add_job(db, user_id=1, cost=1.0)
+    for _ in range(3):
+        async with db.uow() as uow:
+            assert await uow.queue.claim("w", LEASE, utcnow(), model_ids=["embedded"])
+            await uow.commit()
+    newcomer = await add_job(db, user_id=2, cost=1.0)
+    assert newcomer.start_tag == 3.0
     async with db.uow() as uow:
-        await uow.users.ensure(2)
-        await uow.queue.lift(2)
-        await uow.commit()
-        assert (await uow.users.get(2)).virtual_time == 2.0  # type: ignore[union-attr]
+        order = [
+            job.user_id for job in await uow.queue.first_waiting(10) if job.model_id == "embedded"
+        ]
+    assert order == [1, 2]  # user 1's last job (tag 3, older) and then the newcomer
 
 
 async def test_a_worker_claims_only_jobs_for_the_models_it_has(db: Database) -> None:
