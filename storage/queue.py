@@ -81,7 +81,7 @@ def finish_tag(start: float, cost: float, weight: float) -> float:
 
 def select_next_job(
     model_id: str, now: dt.datetime | None = None
-) -> Select[tuple[int, float | None]]:
+) -> Select[int, float | None]:
     """The claim policy for one model: the waiting job with the lowest start tag (oldest
     first on a tie) that no retry's ``not_before`` holds back past ``now``."""
     waiting = select(Job.id, Job.start_tag).where(QUEUED, Job.model_id == model_id)
@@ -352,7 +352,8 @@ class JobQueue:
                 )
             ).one_or_none()
             if found is not None:
-                key = (found[1] or 0.0, found[0], model_id)
+                found_id, found_tag = found
+                key = (float(found_tag or 0.0), int(found_id), model_id)
                 best = key if best is None or key < best else best
         if best is None:
             return None

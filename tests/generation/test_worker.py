@@ -18,7 +18,7 @@ from generation.service import GenerationService
 from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import QueueFlow, JobKind, utcnow
+from storage.models import JobKind, QueueFlow, utcnow
 
 
 def make_worker(
