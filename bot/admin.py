@@ -145,8 +145,13 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         )
         await answer(interaction, await self._logs_page(0, filters))
 
-    async def _logs_page(self, page: int, filters: tuple[int, ...]) -> Message:
+    async def _logs_page(
+        self, page: int, filters: tuple[int, ...], cursor: tuple[int, int] = (0, 0)
+    ) -> Message:
+        """A page of /admin logs: the first, or (``cursor``: a job id and 0 for older, 1 for
+        newer) the one next to a page shown before."""
         user_id, since, flagged, guild_id = filters
+        key, newer = cursor
         result = await self.moderation.logs(
             user_id=user_id or None,
             since=dt.datetime.fromtimestamp(since, dt.UTC) if since else None,
@@ -154,6 +159,8 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             guild_id=guild_id or None,
             page=page,
             per_page=messages.LOGS_PER_PAGE,
+            before=key if key and not newer else None,
+            after=key if key and newer else None,
         )
         described = [
             f"user <@{user_id}>" if user_id else "",
@@ -376,10 +383,11 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             return
         try:
             if action == "logs":
-                if len(args) != 5:
+                if len(args) != messages.LOGS_BUTTON_ARGS:
                     raise InvalidRequest("button", "is not a logs page")
-                guild_id = _scoped(actor, args[4] or None)
-                page = await self._logs_page(args[0], (*args[1:4], guild_id or 0))
+                key, newer, number, *filters = args
+                guild_id = _scoped(actor, filters[3] or None)
+                page = await self._logs_page(number, (*filters[:3], guild_id or 0), (key, newer))
                 await interaction.response.edit_message(**page.edit_kwargs())
                 return
             if action == "approve":

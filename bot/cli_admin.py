@@ -41,7 +41,9 @@ def _run(coroutine: Any) -> Any:
 @click.option("--since", default=None, help="Only this recent: 30m, 12h, 7d, 2w.")
 @click.option("--flagged", is_flag=True, help="Only jobs with a flagged image.")
 @click.option("--guild", "guild_id", type=int, default=None)
-@click.option("--page", type=int, default=1, show_default=True)
+@click.option(
+    "--before", type=int, default=None, help="Older than this job: the next page after one."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
 def logs(
@@ -50,10 +52,11 @@ def logs(
     since: str | None,
     flagged: bool,
     guild_id: int | None,
-    page: int,
+    before: int | None,
     as_json: bool,
 ) -> None:
-    """Recent jobs, newest first: time, user, status, flags, prompt."""
+    """Recent jobs, newest first: time, user, status, flags, prompt; 20 a page (the next with
+    ``--before`` the last id shown)."""
 
     async def _logs() -> list[dict[str, Any]]:
         async with open_runtime(settings) as runtime:
@@ -62,8 +65,8 @@ def logs(
                 since=utcnow() - parse_duration(since, "--since") if since else None,
                 flagged=flagged,
                 guild_id=guild_id,
-                page=max(0, page - 1),
                 per_page=20,
+                before=before,
             )
         return [
             {
@@ -90,6 +93,8 @@ def logs(
         )
     if not rows:
         click.echo("no jobs match")
+    elif len(rows) == 20:
+        click.echo(f"older: --before {rows[-1]['job_id']}")
 
 
 @admin.command()

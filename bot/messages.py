@@ -34,6 +34,9 @@ SCORES_SHOWN = 200
 QUEUE_PAGE = 10
 CHILDREN_SHOWN = 10
 LOGS_PER_PAGE = 10
+# A logs button's numbers: the page's edge (job id), 0 older / 1 newer, the page number, and
+# the four filters (user, since, flagged, server).
+LOGS_BUTTON_ARGS = 7
 REVIEWED = ROWS  # flagged images in one review message
 SHA256 = re.compile(r"sha256 ([0-9a-f]{16})[0-9a-f]{48}")
 SHORT_SHA256 = r"sha256 \1" + MORE
@@ -401,10 +404,15 @@ def admin_logs(result: LogPage, filters: tuple[int, ...], described: str) -> Mes
     if not result.jobs:
         embed.description = (embed.description or "") + "\nNo jobs match."
     buttons = discord.ui.View(timeout=None)
-    if result.page > 0:
-        buttons.add_item(AdminButton("logs", result.page - 1, *filters, label="◀ Previous"))
-    if result.has_next:
-        buttons.add_item(AdminButton("logs", result.page + 1, *filters, label="Next ▶"))
+    # Each button holds the page's edge (a job id) and which way: a key, not an offset.
+    if result.page > 0 and result.jobs:
+        first = result.jobs[0].job.id
+        buttons.add_item(
+            AdminButton("logs", first, 1, result.page - 1, *filters, label="◀ Previous")
+        )
+    if result.has_next and result.jobs:
+        last = result.jobs[-1].job.id
+        buttons.add_item(AdminButton("logs", last, 0, result.page + 1, *filters, label="Next ▶"))
     return Message(embeds=[embed], view=buttons)
 
 

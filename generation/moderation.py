@@ -46,6 +46,10 @@ def parse_duration(text: str, option: str = "duration") -> dt.timedelta:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LogPage:
+    """One page of the logs, newest first; ``page`` counts from 0 (for its title); the next
+    page is the jobs older than the last one here, the previous the ones newer than the
+    first."""
+
     jobs: list[JobView]
     page: int
     has_next: bool
@@ -250,8 +254,12 @@ class Moderation:
         guild_id: int | None = None,
         page: int = 0,
         per_page: int = 10,
+        before: int | None = None,
+        after: int | None = None,
     ) -> LogPage:
-        """One page of recent jobs, newest first, filtered."""
+        """One page of jobs, newest first, filtered: the first, or the one older than job
+        ``before``, or the one newer than job ``after`` (keys, not offsets: a page costs the
+        same on page 1 and page 10,000)."""
         async with self.db.uow() as uow:
             jobs = await uow.jobs.recent(
                 user_id=user_id,
@@ -259,11 +267,18 @@ class Moderation:
                 flagged=flagged,
                 guild_id=guild_id,
                 limit=per_page + 1,
-                offset=page * per_page,
+                before=before,
+                after=after,
             )
-            images = await uow.images.for_jobs([job.id for job in jobs[:per_page]])
-        views = [JobView(job, images[job.id]) for job in jobs[:per_page]]
-        return LogPage(views, page, has_next=len(jobs) > per_page)
+            if after is not None:  # going back: one more newer one says nothing of older ones
+                jobs = jobs[-per_page:]
+                has_next = True
+            else:
+                has_next = len(jobs) > per_page
+                jobs = jobs[:per_page]
+            images = await uow.images.for_jobs([job.id for job in jobs])
+        views = [JobView(job, images[job.id]) for job in jobs]
+        return LogPage(views, page, has_next=has_next)
 
     async def report(self, job_id: int) -> JobReport:
         """A job's recipe, lineage, moderation events and images."""

@@ -79,9 +79,7 @@ def finish_tag(start: float, cost: float, weight: float) -> float:
     return start + cost / weight
 
 
-def select_next_job(
-    model_id: str, now: dt.datetime | None = None
-) -> Select[int, float | None]:
+def select_next_job(model_id: str, now: dt.datetime | None = None) -> Select[int, float | None]:
     """The claim policy for one model: the waiting job with the lowest start tag (oldest
     first on a tie) that no retry's ``not_before`` holds back past ``now``."""
     waiting = select(Job.id, Job.start_tag).where(QUEUED, Job.model_id == model_id)

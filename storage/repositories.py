@@ -230,23 +230,34 @@ class JobRepository:
         user_id: int | None = None,
         status: str | None = None,
         limit: int = 20,
-        offset: int = 0,
         guild_id: int | None = None,
         since: dt.datetime | None = None,
         flagged: bool = False,
+        before: int | None = None,
+        after: int | None = None,
     ) -> list[JobRecord]:
-        """Newest first, filtered; ``flagged``: only jobs with an image the safety check
+        """Newest first, filtered; a page by its keys (``before``: older than this job id;
+        ``after``: the ``limit`` newer than it), through the id, (user, id) or (guild, id)
+        index, never an offset. ``flagged``: only jobs with an image the safety check
         flagged."""
-        query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
+        query = select(Job).limit(limit)
+        if after is not None:
+            query = query.where(Job.id > after).order_by(Job.id)
+        else:
+            query = query.order_by(Job.id.desc())
+            if before is not None:
+                query = query.where(Job.id < before)
         query = _owned(query, user_id, guild_id)
         if status is not None:
             query = query.where(Job.status == status)
         if since is not None:
             query = query.where(Job.created_at >= since)
         if flagged:
-            query = query.where(Job.id.in_(select(Image.job_id).where(Image.review.is_not(None))))
-        rows = await self._session.scalars(query)
-        return [to_record(JobRecord, row) for row in rows]
+            query = query.where(
+                Job.id.in_(select(Image.job_id).where(Image.review.is_not(None)).distinct())
+            )
+        rows = [to_record(JobRecord, row) for row in await self._session.scalars(query)]
+        return rows[::-1] if after is not None else rows
 
     async def active_count(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
         """Jobs waiting or running, of one user or one guild."""
@@ -427,14 +438,13 @@ class DeliveryRepository:
         return {row.job_id: to_record(DeliveryRecord, row) for row in rows}
 
     async def by_message(self, message_id: int) -> DeliveryRecord | None:
-        """The delivery whose result (or progress) message this is."""
-        row = await self._session.scalar(
-            select(Delivery).where(
-                (Delivery.result_message_id == message_id)
-                | (Delivery.original_message_id == message_id)
-            )
-        )
-        return to_record(DeliveryRecord, row) if row else None
+        """The delivery whose result (or progress) message this is: two index lookups (an OR of
+        the two columns may read the whole table)."""
+        for column in (Delivery.result_message_id, Delivery.original_message_id):
+            row = await self._session.scalar(select(Delivery).where(column == message_id).limit(1))
+            if row is not None:
+                return to_record(DeliveryRecord, row)
+        return None
 
     async def set_original(self, job_id: int, message_id: int) -> None:
         await self._session.execute(

@@ -165,11 +165,13 @@ async def test_flagged_images_wait_for_review_and_logs_filter_and_page(
     for _ in range(3):
         await strict.submit(GenerationRequest("a blue square", user_id=10))
     first = await moderation.logs(per_page=2)
-    second = await moderation.logs(per_page=2, page=1)
-    third = await moderation.logs(per_page=2, page=2)
+    second = await moderation.logs(per_page=2, page=1, before=first.jobs[-1].job.id)
+    third = await moderation.logs(per_page=2, page=2, before=second.jobs[-1].job.id)
     assert first.has_next and second.has_next and not third.has_next
     ids = [v.job.id for page in (first, second, third) for v in page.jobs]
     assert ids == sorted(ids, reverse=True) and len(ids) == 5 and clean in ids
+    back = await moderation.logs(per_page=2, page=1, after=third.jobs[0].job.id)
+    assert [v.job.id for v in back.jobs] == [v.job.id for v in second.jobs]
     assert [v.job.user_id for v in (await moderation.logs(user_id=10)).jobs] == [10] * 3
 
 
