@@ -83,9 +83,13 @@ def _postgres_full_scans(node: dict[str, Any], limited: bool = False) -> list[st
     if relation in WATCHED:
         if kind == "Seq Scan":
             bad.append(f"Seq Scan on {relation}")
-        elif "Index" in kind and not node.get("Index Cond") and not limited:
-            if node.get("Index Name") != "ix_jobs_queue":
-                bad.append(f"{kind} on {relation} using {node.get('Index Name')} (no condition)")
+        elif (
+            "Index" in kind
+            and not node.get("Index Cond")
+            and not limited
+            and node.get("Index Name") != "ix_jobs_queue"
+        ):
+            bad.append(f"{kind} on {relation} using {node.get('Index Name')} (no condition)")
     for child in node.get("Plans", []):
         bad += _postgres_full_scans(child, limited)
     return bad
