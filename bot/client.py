@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -18,6 +19,7 @@ from bot.delivery import Deliveries
 from bot.runtime import Runtime
 from generation.access import Access, Actor
 from generation.faults import is_transient
+from generation.intents import IntentLog
 from generation.outbox import Backoff, Outbox
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,11 @@ class ImagineBot(commands.Bot):
             sweep_interval=runtime.settings.delivery_sweep_interval,
             moderation_channel_id=runtime.settings.moderation_channel_id,
         )
+        self.intent_log = IntentLog(runtime.db)
+        # Jobs made at once after their answers went out: fewer than the database's
+        # connections (SQLite: its one writer), so recording and answering the next requests
+        # never wait behind a crowd of them.
+        self.making = asyncio.Semaphore(1 if runtime.db.dialect == "sqlite" else 3)
         self.handlers: ImagineCog
         self.admin: AdminCog
 
@@ -134,6 +141,7 @@ class ImagineBot(commands.Bot):
             for guild_id in settings.guild_ids:
                 await self._sync(guild_id)
         await self.deliveries.start()
+        self._resuming = asyncio.create_task(self.handlers.resume_written(), name="resume")
 
     async def _sync(self, guild_id: int) -> None:
         """Register the commands in one server; one that refuses (the bot was removed from it,

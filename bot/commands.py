@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -35,6 +36,7 @@ from generation.errors import (
     NotAllowed,
 )
 from generation.faults import retrying
+from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest, nearest_size
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from bot.client import ImagineBot
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ASPECTS = {
     "1:1": (1, 1),
@@ -59,6 +62,12 @@ ASPECTS = {
 UNKNOWN_INTERACTION = 10062
 UNKNOWN = object()  # the interaction was unknown to Discord when the bot answered it
 WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a database outage
+# How long /imagine waits for its job to be stored before answering anyway: Discord fails a
+# command not answered within 3 s of being sent.
+ACK_DEADLINE = 2.0
+# A request answered but not stored before a crash is made at the next start while its answer
+# can still be edited (Discord keeps the token 15 minutes).
+RESUME_WINDOW = dt.timedelta(minutes=14)
 ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+FE0F
 CROSS = "\u274c"
 
@@ -107,10 +116,6 @@ async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
 async def answer(interaction: discord.Interaction[Any], message: Message) -> None:
     """An ephemeral answer to a command or button, as ``message`` holds it."""
     await interaction.response.send_message(**message.send_kwargs(), ephemeral=True)
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _invalid(error: GenerationError, aspect: str | None) -> str:
@@ -242,43 +247,79 @@ class ImagineCog(commands.Cog):
         rules = await self.service.servers.hint(request.guild_id)
         blocked = rules.check_prompt(request.prompt, request.negative_prompt)
 
+        if blocked is not None:  # refused at once: no time to download an attachment
+            unanswered = dataclasses.replace(
+                request, kind=JobKind.TXT2IMG, init_image=None, strength=None
+            )
+            await self._submit(
+                interaction,
+                call=("submit", encode_request(unanswered)),
+                aspect=aspect,
+                acknowledge=False,
+            )
+            return
+        if image is None:
+            await self._submit(interaction, call=("submit", encode_request(request)), aspect=aspect)
+            return
+
         async def submit(target: DeliveryTarget) -> Submission:
-            queued = request
-            if blocked is not None:  # refused at once: no time to download an attachment
-                queued = dataclasses.replace(
-                    request, kind=JobKind.TXT2IMG, init_image=None, strength=None
-                )
-            elif image is not None:
-                data = await read_start_image(
-                    image, settings.max_upload_bytes, settings.max_upload_pixels
-                )
-                queued = dataclasses.replace(request, init_image=data)
-            return await self.service.submit(queued, target)
+            # An image's bytes are too big to write down first: downloaded, then stored with
+            # the job, then answered.
+            data = await read_start_image(
+                image, settings.max_upload_bytes, settings.max_upload_pixels
+            )
+            return await self.service.submit(dataclasses.replace(request, init_image=data), target)
 
-        await self._submit(interaction, submit, aspect, acknowledge=blocked is None)
+        await self._submit(interaction, submit=submit, aspect=aspect)
 
-    async def _submit(
+    async def _submit(  # noqa: PLR0912, PLR0915 - one path, each way off it designed
         self,
         interaction: discord.Interaction[ImagineBot],
-        submit: Callable[[DeliveryTarget], Awaitable[Submission]],
-        aspect: str | None = None,
         *,
+        call: tuple[str, dict[str, Any]] | None = None,
+        submit: Callable[[DeliveryTarget], Awaitable[Submission]] | None = None,
+        aspect: str | None = None,
         acknowledge: bool = True,
     ) -> None:
-        """Answer at once ("thinking…") while the job commits with where its result goes; a
-        refusal then replaces the answer with one only the user sees."""
+        """Make the job, durably before the member sees the answer ("thinking…"): a bot killed
+        at any moment after the answer still makes it. ``call`` (a service call and its
+        arguments) is written down first, answered, then made (its record goes with the job);
+        ``submit`` (a request with an image to download) is made, then answered. A refusal is
+        an answer only the user sees. A write slower than ``ACK_DEADLINE`` (a database in
+        trouble) is answered first, so Discord does not fail the command; only a crash in that
+        window can lose the request."""
         deliveries = self.bot.deliveries
         deliveries.expect(interaction.id)
-        acknowledging = asyncio.create_task(
-            self._acknowledge(interaction) if acknowledge else _nothing()
-        )
+        target = delivery_target(interaction, reply_to=getattr(interaction.message, "id", None))
+        if call is not None:
+            operation, arguments = call
+            submit = self._service_call(operation, arguments)
+        assert submit is not None
+        acknowledged: int | object | None = None
+        written = call is not None and acknowledge
         try:
-            submission = await submit(
-                delivery_target(interaction, reply_to=getattr(interaction.message, "id", None))
-            )
+            if written:
+                assert call is not None
+                _, acknowledged = await self._deadline(
+                    interaction, self.bot.intent_log.record(interaction.id, *call, target)
+                )
+                if not interaction.response.is_done():
+                    acknowledged = await self._acknowledge(interaction)
+                if acknowledged is UNKNOWN:  # Discord told the member it failed: not made
+                    logger.warning("interaction %s expired before it was answered", interaction.id)
+                    await self.bot.intent_log.forget(interaction.id)
+                    deliveries.answered(interaction.id)
+                    return
+                async with self.bot.making:
+                    submission = await submit(target)
+            else:
+                submission, acknowledged = await self._deadline(
+                    interaction, submit(target), answer=acknowledge
+                )
         except GenerationError as error:
-            await acknowledging
             deliveries.answered(interaction.id)
+            if written:
+                await self.bot.intent_log.forget(interaction.id)
             text = (
                 _invalid(error, aspect)
                 if isinstance(error, InvalidRequest)
@@ -287,18 +328,15 @@ class ImagineCog(commands.Cog):
             await refuse(interaction, text)
             return
         except Exception:
-            # The failure is answered once "thinking…" is out (an answer racing it would be
-            # refused as a second first answer, and lost).
-            with contextlib.suppress(Exception):
-                await acknowledging
             deliveries.answered(interaction.id)
+            if written:  # the member hears it failed: it is not made at the next start
+                await self.bot.intent_log.forget(interaction.id)
             raise
-        except BaseException:
+        except BaseException:  # stopping: a record left behind is made at the next start
             deliveries.answered(interaction.id)
             raise
         job = submission.job
         try:
-            acknowledged = await acknowledging
             if not interaction.response.is_done() and acknowledged is not UNKNOWN:
                 acknowledged = await self._acknowledge(interaction)
             if acknowledged is UNKNOWN:
@@ -312,6 +350,86 @@ class ImagineCog(commands.Cog):
         finally:
             deliveries.answered(interaction.id)
         await deliveries.show_queued(job.id, messages.queued(submission))
+
+    async def resume_written(self) -> None:
+        """Make the jobs of requests that were answered but not stored when the bot last
+        stopped (their records say what was asked); tell the member of one refused now. One
+        whose answer can no longer be edited (15 minutes on) is dropped, and logged."""
+        try:
+            pending = await self.bot.intent_log.pending()
+        except Exception as error:
+            logger.error("could not read the requests left from the last run: %s", error)
+            return
+        for intent in pending:
+            target = decode_delivery(intent.delivery)
+            if utcnow() - target.interaction_at > RESUME_WINDOW:
+                logger.warning(
+                    "interaction %s was answered but its job never stored, and its answer can "
+                    "no longer be edited; dropped",
+                    intent.interaction_id,
+                )
+                await self.bot.intent_log.forget(intent.interaction_id)
+                continue
+            try:
+                submission = await self.service.resume(intent)
+            except GenerationError as error:
+                await self.bot.intent_log.forget(intent.interaction_id)
+                await self._refuse_later(target, f"{error} Nothing was queued.")
+                continue
+            except Exception:
+                logger.exception("interaction %s: its job could not be made", intent.interaction_id)
+                continue  # kept: tried again at the next start
+            logger.info(
+                "interaction %s: job %s made from its record",
+                intent.interaction_id,
+                submission.job.id,
+            )
+            await self.bot.deliveries.show_queued(submission.job.id, messages.queued(submission))
+
+    async def _refuse_later(self, target: DeliveryTarget, text: str) -> None:
+        """A refusal through the interaction's token: its "thinking…" goes, the member alone
+        reads why."""
+        webhook = discord.Webhook.partial(
+            target.application_id, target.interaction_token, client=self.bot
+        )
+        webhook.type = discord.WebhookType.application
+        try:
+            with contextlib.suppress(discord.HTTPException):
+                await webhook.delete_message("@original")  # type: ignore[arg-type]
+            await webhook.send(**messages.plain(text).send_kwargs(), ephemeral=True)
+        except discord.HTTPException as error:
+            logger.warning("could not tell a member their request was refused: %s", error)
+
+    def _service_call(
+        self, operation: str, arguments: dict[str, Any]
+    ) -> Callable[[DeliveryTarget], Awaitable[Submission]]:
+        """The service call a written-down request stands for (the same one a restart makes
+        from its record)."""
+        method = getattr(self.service, operation)
+        decoded = decode_arguments(operation, arguments)
+        return lambda target: method(**decoded, delivery=target)
+
+    async def _deadline(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        work: Awaitable[T],
+        *,
+        answer: bool = True,
+    ) -> tuple[T, int | object | None]:
+        """``work``'s result, and what answering said if "thinking…" had to go out meanwhile
+        (with ``answer``): it does when ``work`` takes past ACK_DEADLINE, so Discord does not
+        fail the command."""
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=ACK_DEADLINE)
+        acknowledged = None
+        if not done and answer and not interaction.response.is_done():
+            logger.warning(
+                "interaction %s: not stored after %.1f s; answering first",
+                interaction.id,
+                ACK_DEADLINE,
+            )
+            acknowledged = await self._acknowledge(interaction)
+        return await task, acknowledged
 
     async def _withdraw_job(self, job: JobRecord) -> None:
         """Cancel a job whose command Discord says failed, nothing delivered for it; one that
@@ -380,23 +498,20 @@ class ImagineCog(commands.Cog):
 
         nsfw, public = channel_flags(interaction.channel)
 
-        def derive(target: DeliveryTarget) -> Awaitable[Submission]:
-            return self.service.derive(
-                kind,
-                job_id,
-                index,
-                interaction.user.id,
-                # Its result goes where the button was pressed (a DM, another channel): the
-                # rules of that channel hold for it, not its parent's.
-                channel=(interaction.channel_id, nsfw, public),
-                strength=strength,
-                interaction_id=interaction.id,
-                user_name=interaction.user.name,
-                role_ids=_role_ids(interaction.user),
-                delivery=target,
-            )
-
-        await self._submit(interaction, derive)
+        derive = {
+            "kind": kind,
+            "parent_job_id": job_id,
+            "image_index": index,
+            "user_id": interaction.user.id,
+            # Its result goes where the button was pressed (a DM, another channel): the rules
+            # of that channel hold for it, not its parent's.
+            "channel": [interaction.channel_id, nsfw, public],
+            "strength": strength,
+            "interaction_id": interaction.id,
+            "user_name": interaction.user.name,
+            "role_ids": list(_role_ids(interaction.user)),
+        }
+        await self._submit(interaction, call=("derive", derive))
 
     def _actor(self, interaction: discord.Interaction[ImagineBot]) -> Actor:
         return self.bot.actor(interaction.user, interaction.guild_id, interaction.permissions)
@@ -571,15 +686,12 @@ class ImagineCog(commands.Cog):
             return
         nsfw, public = channel_flags(interaction.channel)
 
-        def again(target: DeliveryTarget) -> Awaitable[Submission]:
-            return self.service.reproduce(
-                id,
-                interaction.user.id,
-                interaction_id=interaction.id,
-                user_name=interaction.user.name,
-                role_ids=_role_ids(interaction.user),
-                delivery=target,
-                channel=(interaction.channel_id, nsfw, public),
-            )
-
-        await self._submit(interaction, again)
+        again = {
+            "job_id": id,
+            "user_id": interaction.user.id,
+            "interaction_id": interaction.id,
+            "user_name": interaction.user.name,
+            "role_ids": list(_role_ids(interaction.user)),
+            "channel": [interaction.channel_id, nsfw, public],
+        }
+        await self._submit(interaction, call=("reproduce", again))

@@ -22,6 +22,7 @@ from generation.errors import (
 )
 from generation.faults import is_transient
 from generation.imaging import pixel_sha256
+from generation.intents import OPERATIONS, decode_arguments, decode_delivery
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.prompt_filter import Blocked, PromptFilter
@@ -34,7 +35,7 @@ from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobKind, JobStatus, utcnow
 from storage.queue import Waiting
-from storage.records import DeliveryRecord, ImageRecord, JobRecord, UserRecord
+from storage.records import DeliveryRecord, ImageRecord, IntentRecord, JobRecord, UserRecord
 from storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,15 @@ class GenerationService:
                     raise
                 return await self._submission(uow, existing)
 
+    async def resume(self, intent: IntentRecord) -> Submission:
+        """Make the job a record written before its acknowledgement stands for (its process
+        stopped before the job was stored); the same job if it was stored after all."""
+        if intent.operation not in OPERATIONS:
+            raise InvalidRequest("intent", f"is not a call this service makes: {intent.operation}")
+        arguments = decode_arguments(intent.operation, intent.arguments)
+        call = getattr(self, intent.operation)
+        return await call(**arguments, delivery=decode_delivery(intent.delivery))  # type: ignore[no-any-return]
+
     def _start_image(self, data: bytes) -> _Upload:
         """Where an uploaded start image goes: under its pixels' hash (the job names it by
         both)."""
@@ -277,6 +287,9 @@ class GenerationService:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
                 if existing is not None:  # a retried interaction: the same job, never a second
                     return await self._submission(uow, existing)
+                # Its record (written before it was acknowledged) goes with the job, or the
+                # strike, that this transaction commits.
+                await uow.intents.delete(request.interaction_id)
             now = self.clock()
             await uow.users.ensure(request.user_id, request.user_name)
             user = await uow.users.lock(request.user_id)

@@ -355,6 +355,21 @@ class WorkerRow(Base):
     heartbeat_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Intent(Base):
+    """A request written down before it is acknowledged: once its member sees "thinking…",
+    a bot killed before the job is stored still makes it on its next start (the job's own
+    transaction removes this row). ``operation`` and ``arguments`` are the service call that
+    makes the job; ``delivery`` is where its result goes."""
+
+    __tablename__ = "intents"
+
+    interaction_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    operation: Mapped[str] = mapped_column(String(16))
+    arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    delivery: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class QueueClock(Base):
     """One model's part of the queue: the tag of the last job claimed for it (the system
     virtual time while none waits), and the seconds a cost unit took, as workers measure them

@@ -215,3 +215,12 @@ class WorkerRecord:
     current_job_id: int | None
     started_at: dt.datetime
     heartbeat_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntentRecord:
+    interaction_id: int
+    operation: str
+    arguments: dict[str, Any]
+    delivery: dict[str, Any]
+    created_at: dt.datetime

@@ -20,6 +20,7 @@ from storage.models import (
     GuildBan,
     GuildSettings,
     Image,
+    Intent,
     Job,
     JobStatus,
     ModerationEvent,
@@ -34,6 +35,7 @@ from storage.records import (
     GuildBanRecord,
     GuildSettingsRecord,
     ImageRecord,
+    IntentRecord,
     JobRecord,
     ModerationEventRecord,
     NewImage,
@@ -637,3 +639,26 @@ class WorkerRepository:
     async def all(self) -> list[WorkerRecord]:
         rows = await self._session.scalars(select(WorkerRow).order_by(WorkerRow.started_at))
         return [to_record(WorkerRecord, row) for row in rows]
+
+
+class IntentRepository:
+    """Requests acknowledged before their job was stored; each goes when its job is made."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Write several at once (one statement); one already there is kept."""
+        if rows:
+            dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
+            insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+            await self._session.execute(insert(Intent).on_conflict_do_nothing(), list(rows))
+
+    async def delete(self, interaction_id: int) -> None:
+        await self._session.execute(delete(Intent).where(Intent.interaction_id == interaction_id))
+
+    async def pending(self, limit: int = 1000) -> list[IntentRecord]:
+        rows = await self._session.scalars(
+            select(Intent).order_by(Intent.created_at, Intent.interaction_id).limit(limit)
+        )
+        return [to_record(IntentRecord, row) for row in rows]

@@ -14,6 +14,7 @@ from storage.repositories import (
     DeliveryRepository,
     GuildRepository,
     ImageRepository,
+    IntentRepository,
     JobRepository,
     ModerationEventRepository,
     UsageRepository,
@@ -34,6 +35,7 @@ class UnitOfWork:
     deliveries: DeliveryRepository
     events: ModerationEventRepository
     workers: WorkerRepository
+    intents: IntentRepository
     queue: JobQueue
 
     def __init__(
@@ -59,6 +61,7 @@ class UnitOfWork:
         self.deliveries = DeliveryRepository(self.session)
         self.events = ModerationEventRepository(self.session)
         self.workers = WorkerRepository(self.session)
+        self.intents = IntentRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

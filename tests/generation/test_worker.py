@@ -179,10 +179,12 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
     async with db.uow() as uow:
         assert await uow.usage.get(1, utcnow().date()) is None  # not charged
         flow = await uow.session.get(QueueFlow, (1, view.job.model_id))
+        assert flow is not None
+        finish = flow.finish_tag
     # The job's whole share was on the user's flow from its submit; the steps that never ran
     # came back: their next job starts only as much later as the part that ran.
-    assert flow is not None and view.job.start_tag is not None
-    ran = flow.finish_tag - view.job.start_tag
+    assert view.job.start_tag is not None
+    ran = finish - view.job.start_tag
     assert 0 < ran <= view.job.cost * (last_step + 1) / 40
 
 

@@ -1,9 +1,10 @@
-"""constant-cost queue: start tags fixed at submit (jobs.start_tag), one clock per model
-(queue_clocks: the last claimed tag and the measured seconds per cost unit), one flow per user
-and model (queue_flows: the finish tag of their last job); the indexes every periodic or
-per-interaction query reads (waiting jobs by tag, a user's and a server's jobs by status, by
+"""constant-cost queue and durable acknowledgements: start tags fixed at submit
+(jobs.start_tag), one clock per model (queue_clocks: the last claimed tag and the measured
+seconds per cost unit), one flow per user and model (queue_flows: the finish tag of their
+last job); the indexes every periodic or per-interaction query reads (waiting jobs by tag, a
+user's and a server's jobs by status, by
 day and by id, lineage, the progress message a reaction lands on, moderation events by server
-and by member)
+and by member); intents: requests written down before they are acknowledged
 
 Revision ID: 0012
 Revises: 0011
@@ -46,6 +47,15 @@ def upgrade() -> None:
         sa.Column("model_id", sa.String(length=300), nullable=False),
         sa.Column("finish_tag", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("user_id", "model_id", name=op.f("pk_queue_flows")),
+    )
+    op.create_table(
+        "intents",
+        sa.Column("interaction_id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("operation", sa.String(length=16), nullable=False),
+        sa.Column("arguments", sa.JSON(), nullable=False),
+        sa.Column("delivery", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("interaction_id", name=op.f("pk_intents")),
     )
     _backfill()
     op.create_index(
@@ -151,6 +161,7 @@ def downgrade() -> None:
     ):
         op.drop_index(name, table_name="jobs")
     op.create_index("ix_jobs_user_id", "jobs", ["user_id"])
+    op.drop_table("intents")
     op.drop_table("queue_flows")
     op.drop_table("queue_clocks")
     op.drop_column("jobs", "start_tag")
