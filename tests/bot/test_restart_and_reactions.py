@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -72,3 +73,33 @@ async def test_an_admin_may_delete_anyones_result(
     await server.react(int(grid["id"]), "❌", server.admin)
     await server.wait_for(lambda: int(grid["id"]) in server.deleted, what="the deletion")
     assert (await bot.runtime.service.job(job_id)).job.status == "deleted"
+
+
+async def test_a_request_answered_just_before_a_crash_is_made_at_the_next_start(
+    local_discord: LocalDiscord, settings: Settings, trained_engine: Any
+) -> None:
+    """The bot answers "thinking…" and dies before the job is stored: the request was written
+    down before the answer, so the next start makes and delivers it, once."""
+    server = local_discord
+    stuck = asyncio.Event()
+    async with running_bot(settings) as first:
+        service = first.runtime.service
+        original_submit = service.submit
+
+        async def never(*args: Any, **kwargs: Any) -> Any:
+            stuck.set()
+            await asyncio.Event().wait()  # the process "dies" here
+
+        service.submit = never  # type: ignore[method-assign]
+        asked = await server.invoke("imagine", server.alice, prompt="a red circle on blue")
+        await server.wait_for(lambda: asked.answered, what="the answer")
+        await asyncio.wait_for(stuck.wait(), 10)
+        assert await first.runtime.service.recent() == []
+        service.submit = original_submit  # type: ignore[method-assign]
+    async with running_bot(settings, trained_engine) as second:
+        result = await server.wait_for_result(asked)
+        jobs = await second.runtime.service.recent()
+        assert [view.job.interaction_id for view in jobs] == [asked.id]
+        assert await second.bot.intent_log.pending() == []
+    assert result["attachments"]
+    assert len([c for c in server.callbacks if c[0] == asked.id]) == 1  # answered once
