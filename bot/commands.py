@@ -35,7 +35,7 @@ from generation.errors import (
     JobStateError,
     NotAllowed,
 )
-from generation.faults import retrying
+from generation.faults import is_transient, retrying
 from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
@@ -327,9 +327,11 @@ class ImagineCog(commands.Cog):
             )
             await refuse(interaction, text)
             return
-        except Exception:
+        except Exception as error:
             deliveries.answered(interaction.id)
-            if written:  # the member hears it failed: it is not made at the next start
+            if written and not is_transient(error):
+                # The member hears it failed: it is not made at the next start. (A database
+                # that went away keeps the record: the next start makes the job.)
                 await self.bot.intent_log.forget(interaction.id)
             raise
         except BaseException:  # stopping: a record left behind is made at the next start

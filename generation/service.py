@@ -286,6 +286,8 @@ class GenerationService:
             if request.interaction_id is not None:
                 existing = await uow.jobs.by_interaction(request.interaction_id)
                 if existing is not None:  # a retried interaction: the same job, never a second
+                    await uow.intents.delete(request.interaction_id)
+                    await uow.commit()
                     return await self._submission(uow, existing)
                 # Its record (written before it was acknowledged) goes with the job, or the
                 # strike, that this transaction commits.

@@ -5,11 +5,11 @@ its start tag at submit (``start_tag``): the larger of the model's system virtua
 finish tag of its user's previous job for that model; its finish tag is the start tag plus
 ``cost / weight``. The claim takes the lowest start tag through an index, so submit and claim
 cost the same at 10 or 100,000 waiting jobs. The system virtual time of a model is its lowest
-waiting start tag, or, while none waits, the highest tag claimed for any model: a user (or a
-model) back from idle joins at the level of those being served, so idle time is never saved up
-into a burst, and a job nobody serves holds back only its own model's newcomers. Cost, weight
+waiting start tag, or, while none waits, the tag last claimed for it: a user back from idle joins
+at the level of those being served, so idle time is never saved up into a burst, and a job
+nobody serves holds back only its own model's newcomers. Cost, weight
 and the tag are fixed at submit, so a released job is never charged twice; a cancel moves the
-user's later tags back by what did not run.
+user's later tags back by what did not run (never below the tag last claimed).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    case,
     func,
     literal_column,
     or_,
@@ -122,13 +123,19 @@ class JobQueue:
 
     async def system_time(self, model_id: str) -> float:
         """The model's system virtual time: its lowest waiting start tag; while none waits, the
-        highest tag claimed for any model (one index probe, one read of a few clocks)."""
+        tag last claimed for it (one index probe, one clock). Another model's clock never
+        counts: models served by different workers move at unrelated rates."""
         lowest = await self._session.scalar(
             select(func.min(Job.start_tag)).where(QUEUED, Job.model_id == model_id)
         )
         if lowest is not None:
             return float(lowest)
-        level = await self._session.scalar(select(func.max(QueueClock.virtual_time)))
+        return await self._clock(model_id)
+
+    async def _clock(self, model_id: str) -> float:
+        level = await self._session.scalar(
+            select(QueueClock.virtual_time).where(QueueClock.model_id == model_id)
+        )
         return float(level or 0.0)
 
     async def enqueue(self, **fields: Any) -> JobRecord:
@@ -155,7 +162,8 @@ class JobQueue:
                 )
             )
         if await self._session.get(QueueClock, model_id) is None:
-            level = await self._session.scalar(select(func.max(QueueClock.virtual_time)))
+            # A model's first job starts at the lowest level being served, never above it.
+            level = await self._session.scalar(select(func.min(QueueClock.virtual_time)))
             await self._session.execute(
                 _insert(self._session)(QueueClock)
                 .values(
@@ -180,21 +188,30 @@ class JobQueue:
             return
         if not locked:
             await self._lock_user(user_id)
+        # Never below the tag last claimed: later jobs that had been lifted to the system
+        # time when they were queued move back only as far as that (spaced as they were), so
+        # they do not jump ahead of those served meanwhile.
+        mine = (
+            Job.user_id == user_id,
+            Job.status == JobStatus.QUEUED,
+            Job.model_id == model_id,
+            Job.start_tag > after,
+        )
+        lowest = await self._session.scalar(select(func.min(Job.start_tag)).where(*mine))
+        floor = await self._clock(model_id)
+        if lowest is not None:
+            amount = min(amount, max(0.0, float(lowest) - floor))
         await self._session.execute(
             update(Job)
-            .where(
-                Job.user_id == user_id,
-                Job.status == JobStatus.QUEUED,
-                Job.model_id == model_id,
-                Job.start_tag > after,
-            )
+            .where(*mine)
             .values(start_tag=Job.start_tag - amount)
             .execution_options(synchronize_session=False)
         )
+        finish = QueueFlow.finish_tag - amount
         await self._session.execute(
             update(QueueFlow)
             .where(QueueFlow.user_id == user_id, QueueFlow.model_id == model_id)
-            .values(finish_tag=QueueFlow.finish_tag - amount)
+            .values(finish_tag=case((finish < floor, floor), else_=finish))
             .execution_options(synchronize_session=False)
         )
 

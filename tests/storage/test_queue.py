@@ -304,6 +304,27 @@ async def test_cancelling_a_waiting_job_moves_its_users_later_jobs_up(db: Databa
     assert (await add_job(db, user_id=1, cost=1.0)).start_tag == 2.0  # not 3.0
 
 
+async def test_a_refund_never_moves_later_jobs_ahead_of_those_served_meanwhile(
+    db: Database,
+) -> None:
+    """User 1's big job runs while user 2's are served up to tag 110; user 1 then queues four
+    more (lifted to 110). Cancelling the big job gives back its share, but those four must not
+    drop to 10-40 and run before everyone else."""
+    big = await add_job(db, user_id=1, cost=100.0)
+    for _ in range(12):
+        await add_job(db, user_id=2, cost=10.0)
+    _, lease = await claim(db, "w1")
+    for _ in range(12):
+        await claim(db, "w2")
+    later = [await add_job(db, user_id=1, cost=10.0) for _ in range(4)]
+    assert [job.start_tag for job in later] == [110.0, 120.0, 130.0, 140.0]
+    async with db.uow() as uow:
+        assert await uow.queue.finish(lease, JobStatus.CANCELLED, utcnow(), unrun=1.0)
+        await uow.commit()
+    assert big.start_tag == 0.0
+    assert await tags(db, 1) == [110.0, 120.0, 130.0, 140.0]
+
+
 async def test_a_returning_user_starts_at_the_level_of_those_waiting(db: Database) -> None:
     for _ in range(3):
         await add_job(db, user_id=1, cost=1.0)
