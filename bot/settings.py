@@ -35,6 +35,10 @@ def id_list(value: Any) -> Any:
     return value
 
 
+# A fair-share weight or cost factor: above 0, and finite (no inf, no nan).
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class Settings(BaseSettings):
     """Every knob of imagine-bot; ``.env.example`` lists them with their defaults."""
 
@@ -76,8 +80,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=1.0, gt=0)
     queue_policy: Policy = Policy.FAIR
-    role_weights: dict[int, float] = Field(default_factory=dict)
-    model_cost_factors: dict[str, float] = Field(default_factory=dict)
+    # Each weight and factor above 0 and finite: a weight of 0 or a factor of 0 or infinity
+    # would leave a user's place in the queue where it was however much they ran.
+    role_weights: dict[int, PositiveFinite] = Field(default_factory=dict)
+    model_cost_factors: dict[str, PositiveFinite] = Field(default_factory=dict)
     queued_per_user: int = Field(default=DEFAULT_QUOTAS.queued_per_user, ge=1)
     queued_per_guild: int = Field(default=DEFAULT_QUOTAS.queued_per_guild, ge=1)
     images_per_user_day: int = Field(default=DEFAULT_QUOTAS.images_per_user_day, ge=1)

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import io
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from PIL import Image
@@ -440,8 +441,8 @@ class GenerationService:
     ) -> UserRecord:
         """Set (or clear) a user's weight override and per-user quota overrides; a moderation
         event records who did it (``actor_id`` None: the host, from the command line)."""
-        if weight is not None and not weight > 0:
-            raise InvalidRequest("weight", f"must be above 0, not {weight:g}")
+        if weight is not None and not (weight > 0 and math.isfinite(weight)):
+            raise InvalidRequest("weight", f"must be a finite number above 0, not {weight:g}")
         checked = {name: check_override(name, value) for name, value in (overrides or {}).items()}
         for name in clear:
             check_override(name, 1)

@@ -121,13 +121,16 @@ class JobQueue:
         rows = await self._session.scalars(select(QueueClock))
         return {row.model_id: row for row in rows}
 
-    async def system_time(self, model_id: str) -> float:
-        """The model's system virtual time: its lowest waiting start tag; while none waits, the
-        tag last claimed for it (one index probe, one clock). Another model's clock never
-        counts: models served by different workers move at unrelated rates."""
-        lowest = await self._session.scalar(
-            select(func.min(Job.start_tag)).where(QUEUED, Job.model_id == model_id)
-        )
+    async def system_time(self, model_id: str, now: dt.datetime | None = None) -> float:
+        """The model's system virtual time: its lowest waiting start tag (of the jobs a claim
+        could take at ``now``: one held back by a retry's wait does not hold the level down);
+        while none waits, the tag last claimed for it (one index probe, one clock). Another
+        model's clock never counts: models served by different workers move at unrelated
+        rates."""
+        query = select(func.min(Job.start_tag)).where(QUEUED, Job.model_id == model_id)
+        if now is not None:
+            query = query.where(or_(Job.not_before.is_(None), Job.not_before <= now))
+        lowest = await self._session.scalar(query)
         if lowest is not None:
             return float(lowest)
         return await self._clock(model_id)
@@ -149,7 +152,8 @@ class JobQueue:
         else:
             flow = await self._session.get(QueueFlow, (user_id, model_id), populate_existing=True)
             tag = start_tag(
-                await self.system_time(model_id), flow.finish_tag if flow is not None else None
+                await self.system_time(model_id, fields.get("created_at")),
+                flow.finish_tag if flow is not None else None,
             )
             finish = finish_tag(tag, fields["cost"], fields["weight"])
             statement = _insert(self._session)(QueueFlow).values(
@@ -216,7 +220,10 @@ class JobQueue:
         )
 
     async def _lock_user(self, user_id: int) -> None:
-        await self._session.execute(select(User.id).where(User.id == user_id).with_for_update())
+        # FOR NO KEY UPDATE: rows that point at the user (a job, a day's usage) still insert.
+        await self._session.execute(
+            select(User.id).where(User.id == user_id).with_for_update(key_share=True)
+        )
 
     # -- places and rates ------------------------------------------------------------------
 

@@ -81,7 +81,10 @@ class UserRepository:
 
     async def lock(self, user_id: int) -> UserRecord:
         """The user's row, locked until commit (PostgreSQL): one admission at a time per user."""
-        row = await self._session.get(User, user_id, with_for_update=True, populate_existing=True)
+        # FOR NO KEY UPDATE: the job and usage rows that point at the user still insert.
+        row = await self._session.get(
+            User, user_id, with_for_update={"key_share": True}, populate_existing=True
+        )
         assert row is not None, "ensure the user first"
         return to_record(UserRecord, row)
 

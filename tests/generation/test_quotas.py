@@ -135,8 +135,9 @@ async def test_weight_comes_from_an_override_else_the_best_role(
     assert (await service.submit(ask(1, role_ids=(10,)))).job.weight == 0.5
     await service.set_limits(1, clear_weight=True)
     assert (await service.submit(ask(1, role_ids=(11,)))).job.weight == 2.0
-    with pytest.raises(InvalidRequest, match="weight: must be above 0"):
-        await service.set_limits(1, weight=0)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(InvalidRequest, match="weight: must be a finite number above 0"):
+            await service.set_limits(1, weight=bad)
 
 
 async def test_cost_uses_the_model_factor_and_etas_use_measured_seconds(

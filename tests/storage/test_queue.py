@@ -325,6 +325,17 @@ async def test_a_refund_never_moves_later_jobs_ahead_of_those_served_meanwhile(
     assert await tags(db, 1) == [110.0, 120.0, 130.0, 140.0]
 
 
+async def test_a_job_held_back_by_a_retry_does_not_hold_the_level_down(db: Database) -> None:
+    """A job waiting out a retry's backoff at tag 0 is not what newcomers join at: they would
+    start below the users being served (idle time banked after all)."""
+    await add_job(db, user_id=9, cost=1.0, not_before=utcnow() + dt.timedelta(hours=1))
+    for _ in range(4):
+        await add_job(db, user_id=1, cost=1.0)
+    for _ in range(3):
+        await claim(db, "w1")
+    assert (await add_job(db, user_id=2, cost=1.0)).start_tag == 3.0
+
+
 async def test_a_returning_user_starts_at_the_level_of_those_waiting(db: Database) -> None:
     for _ in range(3):
         await add_job(db, user_id=1, cost=1.0)
