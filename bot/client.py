@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import discord
 import yarl
@@ -14,13 +15,14 @@ from discord.ext import commands
 from bot import messages
 from bot.admin import AdminCog
 from bot.buttons import AdminButton, JobButton, QueuePageButton
-from bot.commands import ImagineCog, refuse
+from bot.commands import RECEIVED, ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.runtime import Runtime
 from generation.access import Access, Actor
 from generation.faults import is_transient
 from generation.intents import IntentLog
 from generation.outbox import Backoff, Outbox
+from storage.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class ImagineBot(commands.Bot):
             moderation_channel_id=runtime.settings.moderation_channel_id,
         )
         self.intent_log = IntentLog(runtime.db)
+        self.started_at = utcnow()  # records written before this are a stopped process's
         # Jobs made at once after their answers went out: fewer than the database's
         # connections (SQLite: its one writer), so recording and answering the next requests
         # never wait behind a crowd of them.
@@ -95,7 +98,8 @@ class ImagineBot(commands.Bot):
     async def admit(self, interaction: discord.Interaction[ImagineBot]) -> bool:
         """Every command and button passes here first: from a server the bot does not serve
         (or a command in a DM, unless allowed), one line back, a line in the log, nothing
-        done."""
+        done. It notes when the interaction arrived: its answer is due 3 s from then."""
+        interaction.extras.setdefault(RECEIVED, time.monotonic())
         command = interaction.type is discord.InteractionType.application_command
         if self.serves(interaction.guild_id, dm_commands=command):
             return True
@@ -141,7 +145,9 @@ class ImagineBot(commands.Bot):
             for guild_id in settings.guild_ids:
                 await self._sync(guild_id)
         await self.deliveries.start()
-        self._resuming = asyncio.create_task(self.handlers.resume_written(), name="resume")
+        self._resuming = asyncio.create_task(
+            self.handlers.resume_written(self.started_at), name="resume"
+        )
 
     async def _sync(self, guild_id: int) -> None:
         """Register the commands in one server; one that refuses (the bot was removed from it,

@@ -19,6 +19,7 @@ from discord.ext import commands
 from bot import messages
 from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
+from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
 from generation import wording
 from generation.access import (
@@ -42,7 +43,7 @@ from generation.rendering import grid_key
 from generation.requests import GenerationRequest, nearest_size
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
-from storage.records import JobRecord
+from storage.records import IntentRecord, JobRecord
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -64,10 +65,12 @@ UNKNOWN = object()  # the interaction was unknown to Discord when the bot answer
 WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a database outage
 # How long /imagine waits for its job to be stored before answering anyway: Discord fails a
 # command not answered within 3 s of being sent.
-ACK_DEADLINE = 2.0
+ACK_DEADLINE = 2.0  # counted from when the interaction arrived (``extras[RECEIVED]``)
+RECEIVED = "received"
 # A request answered but not stored before a crash is made at the next start while its answer
 # can still be edited (Discord keeps the token 15 minutes).
 RESUME_WINDOW = dt.timedelta(minutes=14)
+RESUME_DELAY = 5.0  # seconds after start before the records left behind are looked at
 ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+FE0F
 CROSS = "\u274c"
 
@@ -353,40 +356,65 @@ class ImagineCog(commands.Cog):
             deliveries.answered(interaction.id)
         await deliveries.show_queued(job.id, messages.queued(submission))
 
-    async def resume_written(self) -> None:
+    async def resume_written(self, started: dt.datetime, delay: float = RESUME_DELAY) -> None:
         """Make the jobs of requests that were answered but not stored when the bot last
-        stopped (their records say what was asked); tell the member of one refused now. One
-        whose answer can no longer be edited (15 minutes on) is dropped, and logged."""
-        try:
-            pending = await self.bot.intent_log.pending()
-        except Exception as error:
-            logger.error("could not read the requests left from the last run: %s", error)
-            return
-        for intent in pending:
-            target = decode_delivery(intent.delivery)
-            if utcnow() - target.interaction_at > RESUME_WINDOW:
-                logger.warning(
-                    "interaction %s was answered but its job never stored, and its answer can "
-                    "no longer be edited; dropped",
-                    intent.interaction_id,
-                )
-                await self.bot.intent_log.forget(intent.interaction_id)
-                continue
+        stopped (their records say what was asked); tell the member of one refused now. Only
+        records written before this process ``started``, looked at ``delay`` seconds on (a
+        process still stopping may be making its last ones). One whose answer can no longer be
+        edited (14 minutes on) is dropped, and logged; a database away is waited out while it
+        can still be answered."""
+        await asyncio.sleep(delay)
+        last = 0
+        reading_until = time.monotonic() + RESUME_WINDOW.total_seconds()
+        while True:
             try:
-                submission = await self.service.resume(intent)
-            except GenerationError as error:
-                await self.bot.intent_log.forget(intent.interaction_id)
-                await self._refuse_later(target, f"{error} Nothing was queued.")
-                continue
-            except Exception:
-                logger.exception("interaction %s: its job could not be made", intent.interaction_id)
-                continue  # kept: tried again at the next start
-            logger.info(
-                "interaction %s: job %s made from its record",
+                page = await retrying(
+                    lambda after=last: self.bot.intent_log.pending(  # type: ignore[misc]
+                        before=started, after_id=after
+                    ),
+                    what="reading the requests left from the last run",
+                    until=lambda: reading_until,
+                )
+            except Exception as error:
+                logger.error("could not read the requests left from the last run: %s", error)
+                return
+            if not page:
+                return
+            for intent in page:
+                await self._resume(intent)
+            last = page[-1].interaction_id
+
+    async def _resume(self, intent: IntentRecord) -> None:
+        target = decode_delivery(intent.delivery)
+        deadline = target.interaction_at + RESUME_WINDOW
+        if utcnow() > deadline:
+            logger.warning(
+                "interaction %s was answered but its job never stored, and its answer can no "
+                "longer be edited; dropped",
                 intent.interaction_id,
-                submission.job.id,
             )
-            await self.bot.deliveries.show_queued(submission.job.id, messages.queued(submission))
+            await self.bot.intent_log.forget(intent.interaction_id)
+            return
+        left = time.monotonic() + (deadline - utcnow()).total_seconds()
+        try:
+            submission = await retrying(
+                lambda: self.service.resume(intent),
+                what=f"making the job of interaction {intent.interaction_id}",
+                until=lambda: left,
+            )
+        except GenerationError as error:
+            await self.bot.intent_log.forget(intent.interaction_id)
+            await self._refuse_later(target, f"{error} Nothing was queued.")
+            return
+        except Exception:
+            logger.exception("interaction %s: its job could not be made", intent.interaction_id)
+            return  # kept: tried again at the next start, while it can be answered
+        logger.info(
+            "interaction %s: job %s made from its record",
+            intent.interaction_id,
+            submission.job.id,
+        )
+        await self.bot.deliveries.show_queued(submission.job.id, messages.queued(submission))
 
     async def _refuse_later(self, target: DeliveryTarget, text: str) -> None:
         """A refusal through the interaction's token: its "thinking…" goes, the member alone
@@ -422,7 +450,9 @@ class ImagineCog(commands.Cog):
         (with ``answer``): it does when ``work`` takes past ACK_DEADLINE, so Discord does not
         fail the command."""
         task = asyncio.ensure_future(work)
-        done, _ = await asyncio.wait({task}, timeout=ACK_DEADLINE)
+        arrived = interaction.extras.get(RECEIVED, time.monotonic())
+        left = max(0.0, ACK_DEADLINE - (time.monotonic() - arrived))
+        done, _ = await asyncio.wait({task}, timeout=left)
         acknowledged = None
         if not done and answer and not interaction.response.is_done():
             logger.warning(
@@ -465,6 +495,13 @@ class ImagineCog(commands.Cog):
             if error.code == UNKNOWN_INTERACTION:
                 return UNKNOWN
             # The job (if any) is committed all the same; its result goes to the channel.
+            return None
+        except NETWORK_ERRORS as error:
+            # The answer may have reached Discord: the job is made all the same (its result
+            # edits the answer, or goes to the channel).
+            logger.warning(
+                "interaction %s: no word whether it was answered: %s", interaction.id, error
+            )
             return None
         return None if response is None else response.message_id
 

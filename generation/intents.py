@@ -126,7 +126,10 @@ class IntentLog:
         except Exception as error:
             logger.warning("could not drop the record of interaction %s: %s", interaction_id, error)
 
-    async def pending(self) -> list[IntentRecord]:
-        """Records whose job was never made (their process stopped in between)."""
+    async def pending(
+        self, *, before: dt.datetime | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[IntentRecord]:
+        """Records whose job was never made (their process stopped in between): those written
+        before ``before``, a page of ``limit`` from interaction ``after_id`` on."""
         async with self.db.uow() as uow:
-            return await uow.intents.pending()
+            return await uow.intents.pending(limit, before=before, after_id=after_id)

@@ -660,8 +660,12 @@ class IntentRepository:
     async def delete(self, interaction_id: int) -> None:
         await self._session.execute(delete(Intent).where(Intent.interaction_id == interaction_id))
 
-    async def pending(self, limit: int = 1000) -> list[IntentRecord]:
-        rows = await self._session.scalars(
-            select(Intent).order_by(Intent.created_at, Intent.interaction_id).limit(limit)
-        )
+    async def pending(
+        self, limit: int = 1000, *, before: dt.datetime | None = None, after_id: int = 0
+    ) -> list[IntentRecord]:
+        """Records written before ``before``, in interaction order from ``after_id`` on."""
+        query = select(Intent).where(Intent.interaction_id > after_id)
+        if before is not None:
+            query = query.where(Intent.created_at < before)
+        rows = await self._session.scalars(query.order_by(Intent.interaction_id).limit(limit))
         return [to_record(IntentRecord, row) for row in rows]
