@@ -405,10 +405,10 @@ def admin_logs(result: LogPage, filters: tuple[int, ...], described: str) -> Mes
         embed.description = (embed.description or "") + "\nNo jobs match."
     buttons = discord.ui.View(timeout=None)
     # Each button holds the page's edge (a job id) and which way: a key, not an offset.
-    if result.page > 0 and result.jobs:
+    if result.has_previous and result.jobs:
         first = result.jobs[0].job.id
         buttons.add_item(
-            AdminButton("logs", first, 1, result.page - 1, *filters, label="◀ Previous")
+            AdminButton("logs", first, 1, max(0, result.page - 1), *filters, label="◀ Previous")
         )
     if result.has_next and result.jobs:
         last = result.jobs[-1].job.id

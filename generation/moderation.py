@@ -53,6 +53,7 @@ class LogPage:
     jobs: list[JobView]
     page: int
     has_next: bool
+    has_previous: bool = False  # newer jobs than these match (known from the keys, not page)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -270,15 +271,17 @@ class Moderation:
                 before=before,
                 after=after,
             )
-            if after is not None:  # going back: one more newer one says nothing of older ones
+            if after is not None:  # going back: older ones are where we came from
+                has_previous = len(jobs) > per_page
                 jobs = jobs[-per_page:]
                 has_next = True
             else:
+                has_previous = before is not None
                 has_next = len(jobs) > per_page
                 jobs = jobs[:per_page]
             images = await uow.images.for_jobs([job.id for job in jobs])
         views = [JobView(job, images[job.id]) for job in jobs]
-        return LogPage(views, page, has_next=has_next)
+        return LogPage(views, page, has_next=has_next, has_previous=has_previous)
 
     async def report(self, job_id: int) -> JobReport:
         """A job's recipe, lineage, moderation events and images."""

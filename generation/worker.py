@@ -287,7 +287,7 @@ class Worker:
         of a worker that just started is the job's, not only the floor."""
         try:
             async with self.db.uow() as uow:
-                self._seconds_per_cost = await uow.queue.seconds_per_cost()
+                self._seconds_per_cost = await uow.queue.seconds_per_cost(*self.engine.models)
         except Exception as error:
             logger.warning("worker %s could not read past timings: %s", self.worker_id, error)
 

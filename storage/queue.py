@@ -275,12 +275,12 @@ class JobQueue:
         )
         return [to_record(JobRecord, row) for row in rows]
 
-    async def seconds_per_cost(self, model_id: str | None = None) -> float | None:
-        """The seconds a cost unit takes on this model (any model's, slowest, for None), as
-        workers measured it finishing jobs; None until one has."""
+    async def seconds_per_cost(self, *model_ids: str) -> float | None:
+        """The seconds a cost unit takes on these models (the slowest of them; of any model for
+        none), as workers measured it finishing jobs; None until one has."""
         query = select(func.max(QueueClock.seconds_per_cost))
-        if model_id is not None:
-            query = query.where(QueueClock.model_id == model_id)
+        if model_ids:
+            query = query.where(QueueClock.model_id.in_(model_ids))
         rate = await self._session.scalar(query)
         return float(rate) if rate is not None else None
 

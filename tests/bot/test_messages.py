@@ -274,7 +274,7 @@ def test_every_page_of_the_queue_fits(
 def test_admin_logs_fit(
     logged: list[JobView], page: int, has_next: bool, filters: tuple[int, ...], described: str
 ) -> None:
-    result = LogPage(logged, page, has_next)
+    result = LogPage(logged, page, has_next, has_previous=page > 0)
     assert_discord_takes(messages.admin_logs(result, filters, described))
 
 

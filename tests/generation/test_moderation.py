@@ -172,6 +172,10 @@ async def test_flagged_images_wait_for_review_and_logs_filter_and_page(
     assert ids == sorted(ids, reverse=True) and len(ids) == 5 and clean in ids
     back = await moderation.logs(per_page=2, page=1, after=third.jobs[0].job.id)
     assert [v.job.id for v in back.jobs] == [v.job.id for v in second.jobs]
+    assert back.has_previous and back.has_next and not first.has_previous
+    top = await moderation.logs(per_page=2, page=0, after=second.jobs[0].job.id)
+    assert [v.job.id for v in top.jobs] == [v.job.id for v in first.jobs]
+    assert not top.has_previous
     assert [v.job.user_id for v in (await moderation.logs(user_id=10)).jobs] == [10] * 3
 
 
