@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -112,6 +113,15 @@ class Runtime:
                 servers=self.service.servers,
             )
         return self.worker
+
+
+def settle_heap() -> None:
+    """Once a long-running process has loaded what it keeps (the model, the client): collect,
+    then freeze what is left out of the garbage collector's reach. Its full passes then scan
+    only what came after, so they no longer hold the event loop for half a second (measured:
+    0.4-0.8 s with a pipeline loaded, before)."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from bot.client import ImagineBot, point_at
-from bot.runtime import open_runtime
+from bot.runtime import open_runtime, settle_heap
 from bot.settings import Settings
 from generation.errors import GenerationError, RenderHung
 from generation.worker import Worker
@@ -100,6 +100,7 @@ async def run_bot(
         runtime.start_reaper()
         worker = await runtime.start_engine() if with_worker else None
         bot = ImagineBot(runtime, guild_ready_timeout=guild_ready_timeout)
+        settle_heap()  # before it serves: the model (if here) and the client are loaded
         async with bot:
             tasks: dict[str, asyncio.Task[Any]] = {
                 "bot": asyncio.create_task(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,69 @@ import pytest
 import yarl
 
 from bot.client import ImagineBot, point_at
-from bot.runtime import Runtime, open_runtime
+from bot.runtime import Runtime, open_runtime, settle_heap
 from bot.settings import Settings
 from generation.model_info import ModelInfo
 from generation.worker import Worker
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import TOKEN
 from tests.fakeopenai import FakeImagesAPI
+
+# asyncio reports a callback that held the event loop longer than this (a warning in the log)
+SLOW_CALLBACK = 0.01
+# ... and a bot test fails on a callback that kept the loop's thread busy longer than this:
+# Discord's heartbeats, answers and every other member's command wait on the loop meanwhile.
+# Measured in the thread's CPU time, so a machine busy with other work (CI's other tests, the
+# render thread holding the GIL) does not count against the code that was merely waiting.
+TOO_SLOW = 0.1
+
+
+@pytest.fixture(autouse=True)
+async def loop_never_held(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Every bot test runs with asyncio's slow-callback report at 10 ms, and fails if one
+    callback of the bot (or its worker) spent more than 100 ms of CPU on the loop's thread.
+    The fixtures' set-up (migrating, loading a model, before the bot serves), the test's own
+    steps and the local Discord's request handlers are not the bot's, and are not counted."""
+    loop = asyncio.get_running_loop()
+    held: list[tuple[float, str]] = []
+    run = asyncio.events.Handle._run
+
+    collecting: list[float] = [0.0, 0.0]  # GC time in the current callback, start of a pass
+
+    def on_gc(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[1] = time.thread_time()
+        else:
+            collecting[0] += time.thread_time() - collecting[1]
+
+    gc.callbacks.append(on_gc)
+
+    def timed(handle: asyncio.events.Handle) -> None:
+        collecting[0] = 0.0
+        start = time.thread_time()
+        run(handle)
+        spent = time.thread_time() - start
+        if spent > TOO_SLOW:
+            owner = getattr(getattr(handle, "_callback", None), "__self__", None)
+            what = repr(owner if isinstance(owner, asyncio.Task) else handle)
+            theirs = ("_asyncgen_fixture", "web_protocol", "coro=<test_")
+            if not any(mark in what for mark in theirs):
+                held.append(
+                    (spent, f"{collecting[0]:.3f} s of it collecting garbage: {what[:400]}")
+                )
+
+    monkeypatch.setattr(asyncio.events.Handle, "_run", timed)
+    debug, threshold = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK
+    try:
+        yield
+    finally:
+        loop.set_debug(debug)
+        loop.slow_callback_duration = threshold
+        gc.callbacks.remove(on_gc)
+    held.sort(reverse=True)
+    assert not held, f"a callback held the event loop above {TOO_SLOW * 1000:.0f} ms: {held[:3]}"
 
 
 @pytest.fixture
@@ -80,6 +138,7 @@ async def running_bot(
                 servers=runtime.service.servers,
             )
         bot = ImagineBot(runtime, guild_ready_timeout=0.05)
+        settle_heap()  # as `imagine-bot run` does before it serves
         tasks = [asyncio.create_task(bot.start(TOKEN))]
         if worker is not None:
             tasks.append(asyncio.create_task(worker.run()))

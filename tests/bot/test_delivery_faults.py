@@ -146,8 +146,9 @@ async def test_a_40_s_outage_during_five_jobs_ends_with_all_five_delivered_once(
     server = local_discord
     async with running_bot(_quick(server, tmp_path), trained_engine) as running:
         users = [server.alice, server.bob, server.alice, server.bob, server.alice]
+        # 20 steps: the first job still runs when the outage begins, and all five end in it.
         asked = [
-            await _asked(server, user, f"a blue square {n}", steps=8)
+            await _asked(server, user, f"a blue square {n}", steps=20)
             for n, user in enumerate(users)
         ]
         job_ids = [await _job_id(running, a) for a in asked]

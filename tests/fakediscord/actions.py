@@ -233,10 +233,12 @@ class LocalDiscord(FakeDiscord):
         return self.messages.get(interaction.original_id)
 
     def queued(self, interaction: Interaction) -> bool:
-        """Whether the response says the job is queued: the bot answers ("thinking…") while
-        the job commits, and shows its place once it has."""
+        """Whether the response says the job is stored: the bot answers ("thinking…"), then
+        shows its place once the job is made ("queued, 2nd in line"), or "starting" when a
+        worker took it first, or its progress."""
         stored = self.original(interaction)
-        return bool(stored and "queued" in stored["content"])
+        content = str(stored["content"]) if stored else ""
+        return any(word in content for word in ("queued", ": starting", "step "))
 
     async def wait_for_result(
         self, interaction: Interaction, seconds: float = 60.0
