@@ -378,12 +378,24 @@ class GenerationService:
 
     async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
         """The job with its place among its model's waiting jobs and its estimated time to
-        done: a bounded count through the queue's index, never the whole queue."""
-        waiting = await uow.queue.place(job)
-        if waiting is None:
-            return Submission(job, 0, None)
-        eta = await self._eta_function(uow, job.model_id)
-        return Submission(job, waiting.position, eta(job, waiting), capped=waiting.capped)
+        done: a bounded read of the queue's index, never the whole queue."""
+        return (await self._submissions(uow, [job]))[0]
+
+    async def _submissions(self, uow: UnitOfWork, jobs: Sequence[JobRecord]) -> list[Submission]:
+        """Several jobs' places (one read per model) and ETAs (one rate per model)."""
+        places = await uow.queue.places(jobs)
+        etas: dict[str, Callable[[JobRecord, Waiting], float | None]] = {}
+        found = []
+        for job in jobs:
+            waiting = places.get(job.id)
+            if waiting is None:
+                found.append(Submission(job, 0, None))
+                continue
+            if job.model_id not in etas:
+                etas[job.model_id] = await self._eta_function(uow, job.model_id)
+            eta = etas[job.model_id](job, waiting)
+            found.append(Submission(job, waiting.position, eta, capped=waiting.capped))
+        return found
 
     async def _eta_function(
         self, uow: UnitOfWork, model_id: str
@@ -415,7 +427,7 @@ class GenerationService:
                 jobs = await uow.queue.queued_of(user_id)
             else:
                 jobs = await uow.queue.first_waiting(limit)
-            return [await self._submission(uow, job) for job in jobs]
+            return await self._submissions(uow, jobs)
 
     async def status(self, job_id: int) -> Submission:
         """A job now, with its place in line and ETA while it waits."""

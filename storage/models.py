@@ -167,6 +167,7 @@ class Job(Base):
             "model_id",
             "start_tag",
             "id",
+            "cost",  # places sum the cost ahead from the index alone
             postgresql_where=text(WAITING),
             sqlite_where=text(WAITING),
         ),

@@ -230,34 +230,51 @@ class JobQueue:
     async def place(self, job: JobRecord) -> Waiting | None:
         """A waiting job's place among its model's waiting jobs (None once it is not waiting):
         a count of the index entries before it, at most PLACE_CAP of them."""
-        if job.status != JobStatus.QUEUED or job.start_tag is None:
-            return None
-        tag = job.start_tag
-        ahead = (
-            select(Job.cost)
-            .where(
-                QUEUED,
-                Job.model_id == job.model_id,
-                or_(Job.start_tag < tag, and_(Job.start_tag == tag, Job.id < job.id)),
-            )
-            .order_by(Job.start_tag, Job.id)
-            .limit(PLACE_CAP + 1)
-            .subquery()
-        )
-        count, cost = (
-            await self._session.execute(
-                select(func.count(), func.coalesce(func.sum(ahead.c.cost), 0.0))
-            )
-        ).one()
-        capped = count > PLACE_CAP
-        return Waiting(
-            job.id,
-            job.user_id,
-            job.model_id,
-            min(count, PLACE_CAP) + 1,
-            float(cost),
-            capped,
-        )
+        return (await self.places([job])).get(job.id)
+
+    async def places(self, jobs: Sequence[JobRecord]) -> dict[int, Waiting]:
+        """The places of several waiting jobs (one user's, say): one read per model of the
+        index entries up to the last of them, at most PLACE_CAP + 1 more than they are."""
+        found: dict[int, Waiting] = {}
+        by_model: dict[str, list[JobRecord]] = {}
+        for job in jobs:
+            if job.status == JobStatus.QUEUED and job.start_tag is not None:
+                by_model.setdefault(job.model_id, []).append(job)
+        for model_id, mine in by_model.items():
+            mine.sort(key=lambda j: (j.start_tag, j.id))
+            last = mine[-1]
+            tag = last.start_tag
+            assert tag is not None
+            rows = (
+                await self._session.execute(
+                    select(Job.id, Job.start_tag, Job.cost)
+                    .where(
+                        QUEUED,
+                        Job.model_id == model_id,
+                        or_(Job.start_tag < tag, and_(Job.start_tag == tag, Job.id <= last.id)),
+                    )
+                    .order_by(Job.start_tag, Job.id)
+                    .limit(PLACE_CAP + len(mine) + 1)
+                )
+            ).all()
+            cost = 0.0
+            wanted = {job.id: job for job in mine}
+            for ahead, (job_id, _tag, job_cost) in enumerate(rows):
+                if job_id in wanted:
+                    found[job_id] = Waiting(
+                        job_id,
+                        wanted[job_id].user_id,
+                        model_id,
+                        min(ahead, PLACE_CAP) + 1,
+                        cost,
+                        ahead > PLACE_CAP,
+                    )
+                cost += float(job_cost)
+            for job in mine:  # past the rows read: more than PLACE_CAP ahead
+                found.setdefault(
+                    job.id, Waiting(job.id, job.user_id, model_id, PLACE_CAP + 1, cost, True)
+                )
+        return found
 
     async def queued_of(self, user_id: int) -> list[JobRecord]:
         """One user's waiting jobs (at most their quota of them), in the order they run."""

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
+from generation import wording
 from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
 from generation.quotas import QuotaExceeded, Quotas
@@ -170,3 +171,8 @@ async def test_cost_uses_the_model_factor_and_etas_use_measured_seconds(
     assert (light.position, light.eta_seconds) == (2, pytest.approx(rest + 2 * unit + unit))
     later = await service.submit(ask(1, count=1))
     assert later.position == 3
+
+
+def test_a_place_past_the_counted_ones_says_so() -> None:
+    assert wording.place_text(1001, 7300.0, capped=True) == "1,000+ in line, over 2 h 2 min"
+    assert wording.place_text(2, 40.0) == "2nd in line, about 40 s"

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+import storage.queue as queue_module
 from storage.db import Database
 from storage.models import JobStatus, utcnow
 from storage.records import JobRecord, Lease, NewImage
@@ -410,3 +411,21 @@ async def test_reaping_a_job_cancelled_while_its_worker_was_silent_ends_it_cance
         await uow.commit()
         ended = await uow.jobs.get(job.id)
     assert ended is not None and ended.status == "cancelled"
+
+
+async def test_places_past_the_cap_say_so_and_read_no_further(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queue_module, "PLACE_CAP", 3)
+    jobs = [await add_job(db, user_id=n, cost=2.0) for n in range(1, 7)]
+    async with db.uow() as uow:
+        places = await uow.queue.places(jobs)
+    assert [(places[j.id].position, places[j.id].capped) for j in jobs] == [
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, False),
+        (4, True),
+        (4, True),
+    ]
+    assert places[jobs[3].id].cost_ahead == 6.0

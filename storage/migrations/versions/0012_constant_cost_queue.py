@@ -61,7 +61,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_jobs_queue",
         "jobs",
-        ["status", "model_id", "start_tag", "id"],
+        ["status", "model_id", "start_tag", "id", "cost"],
         postgresql_where=WAITING,
         sqlite_where=WAITING,
     )
