@@ -126,11 +126,12 @@ def _bucket(user: UserRecord, limits: Quotas, now: dt.datetime) -> float:
 async def usage(uow: UnitOfWork, quotas: Quotas, user: UserRecord, now: dt.datetime) -> Usage:
     limits = quotas.for_user(user)
     midnight = dt.datetime.combine(now.date(), dt.time(), tzinfo=dt.UTC)
+    queued, images_today = await uow.jobs.standing(midnight, user_id=user.id)
     return Usage(
         user=user,
         limits=limits,
-        queued=await uow.jobs.active_count(user_id=user.id),
-        images_today=await uow.jobs.images_since(midnight, user_id=user.id),
+        queued=queued,
+        images_today=images_today,
         bucket_tokens=_bucket(user, limits, now),
         day_resets_at=next_midnight(now),
     )
@@ -171,7 +172,7 @@ async def admit(
         )
     if guild_id is not None:
         midnight = tomorrow - dt.timedelta(days=1)
-        waiting = await uow.jobs.active_count(guild_id=guild_id)
+        waiting, made = await uow.jobs.standing(midnight, guild_id=guild_id)
         if waiting >= limits.queued_per_guild:
             raise QuotaExceeded(
                 "queued_per_guild",
@@ -179,7 +180,6 @@ async def admit(
                 f"({limits.queued_per_guild}); try again when some are done",
                 None,
             )
-        made = await uow.jobs.images_since(midnight, guild_id=guild_id)
         if made + images > limits.images_per_guild_day:
             raise QuotaExceeded(
                 "images_per_guild_day",

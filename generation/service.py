@@ -157,6 +157,8 @@ class GenerationService:
         self.store = store
         self.prompt_filter = prompt_filter or PromptFilter()
         self.strikes = strikes or StrikePolicy()
+        # Servers whose row this process saw committed (rows are never removed).
+        self._known_guilds: set[int] = set()
         # Each server's own rules over these (the host's) defaults.
         self.servers = server_settings or ServerSettings(
             db, prompt_filter=self.prompt_filter, quotas=self.quotas
@@ -294,8 +296,7 @@ class GenerationService:
                 # strike, that this transaction commits.
                 await uow.intents.delete(request.interaction_id)
             now = self.clock()
-            await uow.users.ensure(request.user_id, request.user_name)
-            user = await uow.users.lock(request.user_id)
+            user = await uow.users.ensure_locked(request.user_id, request.user_name)
             await refuse_if_banned(uow, user, request.guild_id, now)
             if blocked is not None:
                 refusal = await strike(
@@ -320,7 +321,7 @@ class GenerationService:
                 now=now,
                 server=rules.quotas,
             )
-            if request.guild_id is not None:
+            if request.guild_id is not None and request.guild_id not in self._known_guilds:
                 await uow.guilds.ensure(request.guild_id)
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.queue.enqueue(
@@ -353,6 +354,9 @@ class GenerationService:
                 if upload is not None:
                     await self._drop_upload(upload)
                 raise
+            uow.queue.clocked(job.model_id)
+        if request.guild_id is not None:
+            self._known_guilds.add(request.guild_id)  # its row is committed: never made again
         # The place and ETA after the commit: the user's row (on SQLite the database) is free.
         return await self._placed(job)
 

@@ -101,6 +101,10 @@ class Waiting:
     capped: bool = False  # more than PLACE_CAP jobs are ahead: position says "1,000+"
 
 
+# (database URL, model) whose clock row this process saw committed (see JobQueue.clocked).
+_CLOCKED: set[tuple[str, str]] = set()
+
+
 def _insert(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     return postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -165,7 +169,9 @@ class JobQueue:
                     set_={"finish_tag": statement.excluded.finish_tag},
                 )
             )
-        if await self._session.get(QueueClock, model_id) is None:
+        if (self._where(), model_id) not in _CLOCKED and await self._session.get(
+            QueueClock, model_id
+        ) is None:
             # A model's first job starts at the lowest level being served, never above it.
             level = await self._session.scalar(select(func.min(QueueClock.virtual_time)))
             await self._session.execute(
@@ -181,6 +187,15 @@ class JobQueue:
         self._session.add(row)
         await self._session.flush()
         return to_record(JobRecord, row)
+
+    def clocked(self, model_id: str) -> None:
+        """The model's clock row is committed (call after the commit): later submits to this
+        database need not look for it. Clock rows are never removed."""
+        _CLOCKED.add((self._where(), model_id))
+
+    def _where(self) -> str:
+        bind = self._session.get_bind()
+        return str(bind.engine.url)
 
     async def _move_back(
         self, user_id: int, model_id: str, after: float, amount: float, *, locked: bool = False

@@ -79,6 +79,25 @@ class UserRepository:
             row.name = name
         return to_record(UserRecord, row)
 
+    async def ensure_locked(self, user_id: int, name: str = "") -> UserRecord:
+        """The user's row, made on first sight, locked until commit (PostgreSQL): one
+        admission at a time per user; the name kept fresh. Two statements (three when the
+        name changed)."""
+        await _insert_if_missing(
+            self._session,
+            User,
+            id=user_id,
+            name=name,
+            banned=False,
+            virtual_time=0.0,
+            quota_overrides={},
+            created_at=utcnow(),
+        )
+        user = await self.lock(user_id)
+        if name and user.name != name:
+            await self._session.execute(update(User).where(User.id == user_id).values(name=name))
+        return user
+
     async def lock(self, user_id: int) -> UserRecord:
         """The user's row, locked until commit (PostgreSQL): one admission at a time per user."""
         # FOR NO KEY UPDATE: the job and usage rows that point at the user still insert.
@@ -263,6 +282,26 @@ class JobRepository:
             )
         rows = [to_record(JobRecord, row) for row in await self._session.scalars(query)]
         return rows[::-1] if after is not None else rows
+
+    async def standing(
+        self, since: dt.datetime, *, user_id: int | None = None, guild_id: int | None = None
+    ) -> tuple[int, int]:
+        """One user's or guild's jobs waiting or running, and images asked for since
+        ``since``: ``active_count`` and ``images_since`` in one round trip."""
+        active = select(func.count()).where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+        images = select(func.coalesce(func.sum(Job.count), 0)).where(
+            Job.created_at >= since,
+            Job.status.not_in((JobStatus.FAILED, JobStatus.CANCELLED)),
+        )
+        row = (
+            await self._session.execute(
+                select(
+                    _owned(active, user_id, guild_id).scalar_subquery(),
+                    _owned(images, user_id, guild_id).scalar_subquery(),
+                )
+            )
+        ).one()
+        return int(row[0] or 0), int(row[1] or 0)
 
     async def active_count(self, *, user_id: int | None = None, guild_id: int | None = None) -> int:
         """Jobs waiting or running, of one user or one guild."""
