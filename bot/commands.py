@@ -36,7 +36,7 @@ from generation.errors import (
     JobStateError,
     NotAllowed,
 )
-from generation.faults import is_transient, retrying
+from generation.faults import retrying
 from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
@@ -330,11 +330,9 @@ class ImagineCog(commands.Cog):
             )
             await refuse(interaction, text)
             return
-        except Exception as error:
+        except Exception:
             deliveries.answered(interaction.id)
-            if written and not is_transient(error):
-                # The member hears it failed: it is not made at the next start. (A database
-                # that went away keeps the record: the next start makes the job.)
+            if written:  # the member hears it failed (and may ask again): not made later
                 await self.bot.intent_log.forget(interaction.id)
             raise
         except BaseException:  # stopping: a record left behind is made at the next start

@@ -133,6 +133,7 @@ async def run_worker(settings: Settings, *, burst: bool = False) -> int:
         await runtime.start_relay()
         runtime.start_reaper()
         worker = await runtime.start_engine()
+        settle_heap()  # the model is loaded: freeze it out of the collector's full passes
         running = asyncio.create_task(worker.run(burst=burst), name="worker")
         stopped = asyncio.create_task(stop.wait(), name="stop")
         await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)

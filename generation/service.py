@@ -157,8 +157,6 @@ class GenerationService:
         self.store = store
         self.prompt_filter = prompt_filter or PromptFilter()
         self.strikes = strikes or StrikePolicy()
-        # Servers whose row this process saw committed (rows are never removed).
-        self._known_guilds: set[int] = set()
         # Each server's own rules over these (the host's) defaults.
         self.servers = server_settings or ServerSettings(
             db, prompt_filter=self.prompt_filter, quotas=self.quotas
@@ -321,7 +319,7 @@ class GenerationService:
                 now=now,
                 server=rules.quotas,
             )
-            if request.guild_id is not None and request.guild_id not in self._known_guilds:
+            if request.guild_id is not None:
                 await uow.guilds.ensure(request.guild_id)
             upscaler = recipe.kind is JobKind.UPSCALE and self.upscaler is not None
             job = await uow.queue.enqueue(
@@ -354,9 +352,7 @@ class GenerationService:
                 if upload is not None:
                     await self._drop_upload(upload)
                 raise
-            uow.queue.clocked(job.model_id)
-        if request.guild_id is not None:
-            self._known_guilds.add(request.guild_id)  # its row is committed: never made again
+
         # The place and ETA after the commit: the user's row (on SQLite the database) is free.
         return await self._placed(job)
 

@@ -5,11 +5,12 @@ its start tag at submit (``start_tag``): the larger of the model's system virtua
 finish tag of its user's previous job for that model; its finish tag is the start tag plus
 ``cost / weight``. The claim takes the lowest start tag through an index, so submit and claim
 cost the same at 10 or 100,000 waiting jobs. The system virtual time of a model is its lowest
-waiting start tag, or, while none waits, the tag last claimed for it: a user back from idle joins
-at the level of those being served, so idle time is never saved up into a burst, and a job
-nobody serves holds back only its own model's newcomers. Cost, weight
-and the tag are fixed at submit, so a released job is never charged twice; a cancel moves the
-user's later tags back by what did not run (never below the tag last claimed).
+waiting start tag, or, while none waits, the tag last claimed for it or for a model a worker
+serves with it: a user back from idle joins at the level of those being served, so idle time is
+never saved up into a burst, and a job nobody serves holds back only its own model's
+newcomers. Cost, weight and the tag are fixed at submit, so a released job is never charged
+twice; a cancel moves the user's later tags back by what did not run (never below the tag
+last claimed).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from storage.models import (
     QueueClock,
     QueueFlow,
     User,
+    WorkerRow,
 )
 from storage.records import JobRecord, Lease, Renewal, to_record
 
@@ -101,10 +103,6 @@ class Waiting:
     capped: bool = False  # more than PLACE_CAP jobs are ahead: position says "1,000+"
 
 
-# (database URL, model) whose clock row this process saw committed (see JobQueue.clocked).
-_CLOCKED: set[tuple[str, str]] = set()
-
-
 def _insert(session: AsyncSession) -> Any:
     dialect = session.get_bind().dialect.name
     return postgresql_insert if dialect == "postgresql" else sqlite_insert
@@ -128,16 +126,29 @@ class JobQueue:
     async def system_time(self, model_id: str, now: dt.datetime | None = None) -> float:
         """The model's system virtual time: its lowest waiting start tag (of the jobs a claim
         could take at ``now``: one held back by a retry's wait does not hold the level down);
-        while none waits, the tag last claimed for it (one index probe, one clock). Another
-        model's clock never counts: models served by different workers move at unrelated
-        rates."""
+        while none waits, ``_idle_level`` (one index probe, a few small rows)."""
         query = select(func.min(Job.start_tag)).where(QUEUED, Job.model_id == model_id)
         if now is not None:
             query = query.where(or_(Job.not_before.is_(None), Job.not_before <= now))
         lowest = await self._session.scalar(query)
         if lowest is not None:
             return float(lowest)
-        return await self._clock(model_id)
+        return await self._idle_level(model_id)
+
+    async def _idle_level(self, model_id: str) -> float:
+        """Where a model's newcomers start while none of its jobs wait: the tag last claimed
+        for it, or for any model a worker serves together with it (a worker compares their
+        tags: an upscaler idle all afternoon joins at the level of the base model, not below
+        it). Models on other workers do not count: their clocks move at unrelated rates."""
+        together = {model_id}
+        for (models,) in await self._session.execute(select(WorkerRow.models)):
+            served = set((models or {}).get("ids", []))
+            if model_id in served:
+                together |= served
+        level = await self._session.scalar(
+            select(func.max(QueueClock.virtual_time)).where(QueueClock.model_id.in_(together))
+        )
+        return float(level or 0.0)
 
     async def _clock(self, model_id: str) -> float:
         level = await self._session.scalar(
@@ -169,11 +180,9 @@ class JobQueue:
                     set_={"finish_tag": statement.excluded.finish_tag},
                 )
             )
-        if (self._where(), model_id) not in _CLOCKED and await self._session.get(
-            QueueClock, model_id
-        ) is None:
-            # A model's first job starts at the lowest level being served, never above it.
-            level = await self._session.scalar(select(func.min(QueueClock.virtual_time)))
+        if await self._session.get(QueueClock, model_id) is None:
+            # A model's first job starts at the level of the models served with it.
+            level = await self._idle_level(model_id)
             await self._session.execute(
                 _insert(self._session)(QueueClock)
                 .values(
@@ -187,15 +196,6 @@ class JobQueue:
         self._session.add(row)
         await self._session.flush()
         return to_record(JobRecord, row)
-
-    def clocked(self, model_id: str) -> None:
-        """The model's clock row is committed (call after the commit): later submits to this
-        database need not look for it. Clock rows are never removed."""
-        _CLOCKED.add((self._where(), model_id))
-
-    def _where(self) -> str:
-        bind = self._session.get_bind()
-        return str(bind.engine.url)
 
     async def _move_back(
         self, user_id: int, model_id: str, after: float, amount: float, *, locked: bool = False
@@ -244,12 +244,44 @@ class JobQueue:
 
     async def place(self, job: JobRecord) -> Waiting | None:
         """A waiting job's place among its model's waiting jobs (None once it is not waiting):
-        a count of the index entries before it, at most PLACE_CAP of them."""
-        return (await self.places([job])).get(job.id)
+        a count of the index entries before it, at most PLACE_CAP of them, in one row."""
+        if job.status != JobStatus.QUEUED or job.start_tag is None:
+            return None
+        tag = job.start_tag
+        still = await self._session.scalar(select(Job.id).where(Job.id == job.id, QUEUED))
+        if still is None:  # claimed or cancelled since it was read
+            return None
+        ahead = (
+            select(Job.cost)
+            .where(
+                QUEUED,
+                Job.model_id == job.model_id,
+                or_(Job.start_tag < tag, and_(Job.start_tag == tag, Job.id < job.id)),
+            )
+            .order_by(Job.start_tag, Job.id)
+            .limit(PLACE_CAP + 1)
+            .subquery()
+        )
+        count, cost = (
+            await self._session.execute(
+                select(func.count(), func.coalesce(func.sum(ahead.c.cost), 0.0))
+            )
+        ).one()
+        return Waiting(
+            job.id,
+            job.user_id,
+            job.model_id,
+            min(count, PLACE_CAP) + 1,
+            float(cost),
+            count > PLACE_CAP,
+        )
 
     async def places(self, jobs: Sequence[JobRecord]) -> dict[int, Waiting]:
         """The places of several waiting jobs (one user's, say): one read per model of the
         index entries up to the last of them, at most PLACE_CAP + 1 more than they are."""
+        if len(jobs) == 1:
+            one = await self.place(jobs[0])
+            return {} if one is None else {one.job_id: one}
         found: dict[int, Waiting] = {}
         by_model: dict[str, list[JobRecord]] = {}
         for job in jobs:
@@ -260,6 +292,7 @@ class JobQueue:
             last = mine[-1]
             tag = last.start_tag
             assert tag is not None
+            limit = PLACE_CAP + len(mine) + 1
             rows = (
                 await self._session.execute(
                     select(Job.id, Job.start_tag, Job.cost)
@@ -269,7 +302,7 @@ class JobQueue:
                         or_(Job.start_tag < tag, and_(Job.start_tag == tag, Job.id <= last.id)),
                     )
                     .order_by(Job.start_tag, Job.id)
-                    .limit(PLACE_CAP + len(mine) + 1)
+                    .limit(limit)
                 )
             ).all()
             cost = 0.0
@@ -285,10 +318,12 @@ class JobQueue:
                         ahead > PLACE_CAP,
                     )
                 cost += float(job_cost)
-            for job in mine:  # past the rows read: more than PLACE_CAP ahead
-                found.setdefault(
-                    job.id, Waiting(job.id, job.user_id, model_id, PLACE_CAP + 1, cost, True)
-                )
+            if len(rows) == limit:  # the read stopped short of them: more than PLACE_CAP ahead
+                for job in mine:
+                    found.setdefault(
+                        job.id, Waiting(job.id, job.user_id, model_id, PLACE_CAP + 1, cost, True)
+                    )
+            # Otherwise one not read is no longer waiting (claimed, cancelled): no place.
         return found
 
     async def queued_of(self, user_id: int) -> list[JobRecord]:

@@ -151,6 +151,7 @@ async def running_bot(
                 await asyncio.wait_for(tasks[1], 60)
             await bot.close()
             await asyncio.gather(*tasks, return_exceptions=True)
+            gc.unfreeze()  # this bot's objects may go now
             runtime.engine = None  # the session's engine outlives this bot
 
 

@@ -429,3 +429,35 @@ async def test_places_past_the_cap_say_so_and_read_no_further(
         (4, True),
     ]
     assert places[jobs[3].id].cost_ahead == 6.0
+
+
+async def test_an_idle_model_joins_the_level_of_the_models_its_worker_serves_with_it(
+    db: Database,
+) -> None:
+    """A worker serves a base model and an upscaler and compares their tags: an upscale after
+    an afternoon without any starts where the base model's users are, not hours ahead of
+    them. A model on another worker (an image API) moves its own clock and never counts."""
+    async with db.uow() as uow:
+        for name, models in (("gpu", ["base", "upscaler"]), ("api", ["dall-e-3"])):
+            await uow.workers.announce(
+                name, host="h", pid=1, device="cpu", models=models, now=utcnow()
+            )
+        await uow.commit()
+    await add_job(db, user_id=1, model_id="upscaler", cost=1.0)
+    async with db.uow() as uow:
+        assert await uow.queue.claim("gpu", LEASE, utcnow(), model_ids=["base", "upscaler"])
+        await uow.commit()
+    for _ in range(6):
+        await add_job(db, user_id=2, model_id="base", cost=10.0)
+    for _ in range(40):
+        await add_job(db, user_id=3, model_id="dall-e-3", cost=100.0)
+    for _ in range(5):
+        async with db.uow() as uow:
+            assert await uow.queue.claim("gpu", LEASE, utcnow(), model_ids=["base", "upscaler"])
+            await uow.commit()
+    for _ in range(40):  # the API's clock runs to 3,900
+        async with db.uow() as uow:
+            assert await uow.queue.claim("api", LEASE, utcnow(), model_ids=["dall-e-3"])
+            await uow.commit()
+    upscale = await add_job(db, user_id=4, model_id="upscaler", cost=1.0)
+    assert upscale.start_tag == 40.0  # the base model's level, not the upscaler's 0
