@@ -313,6 +313,8 @@ class ImagineCog(commands.Cog):
                     await self.bot.intent_log.forget(interaction.id)
                     deliveries.answered(interaction.id)
                     return
+                # Answered before the job exists: its progress may show from its first step.
+                deliveries.answered(interaction.id)
                 async with self.bot.making:
                     submission = await submit(target)
             else:
