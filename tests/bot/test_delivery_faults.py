@@ -292,7 +292,9 @@ async def test_a_restart_in_the_middle_of_a_backoff_picks_up_where_it_was(
         asked = await _asked(server, server.alice, "a black circle", steps=20)
         job_id = await _job_id(running, asked)
         await _asked_long_ago(server, running, asked)
-        server.outage(7)
+        # Long enough for two tries: the second (2-4 s after the first) may wait up to 5 s
+        # for a progress edit in flight to give up.
+        server.outage(15)
         await _until(lambda: _tried(running, job_id, 2), what="two failed tries")
     stopped = await _reopened_delivery(settings, job_id)
     assert stopped.state == DeliveryState.PENDING and stopped.attempts >= 2
