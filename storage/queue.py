@@ -118,10 +118,9 @@ class JobQueue:
 
     # -- submit: tags ---------------------------------------------------------------------
 
-    async def clocks(self) -> dict[str, QueueClock]:
-        """Every model's clock (one row per model ever queued: a handful)."""
-        rows = await self._session.scalars(select(QueueClock))
-        return {row.model_id: row for row in rows}
+    async def models(self) -> list[str]:
+        """Every model ever queued (one clock row each: a handful)."""
+        return list(await self._session.scalars(select(QueueClock.model_id)))
 
     async def system_time(self, model_id: str, now: dt.datetime | None = None) -> float:
         """The model's system virtual time: its lowest waiting start tag (of the jobs a claim
@@ -430,7 +429,7 @@ class JobQueue:
         gives ``model_ids``, the models it has loaded, and gets only their jobs."""
         self.reaped = await self.reap_expired(now)
         if model_ids is None:
-            model_ids = sorted(await self.clocks())
+            model_ids = sorted(await self.models())
         # One LIMIT 1 through the index per model; the lowest tag of those runs. A job another
         # worker is claiming at this moment is skipped, not waited for.
         best: tuple[float, int, str] | None = None

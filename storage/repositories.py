@@ -61,8 +61,8 @@ class UserRepository:
         row = await self._session.get(User, user_id)
         return to_record(UserRecord, row) if row else None
 
-    async def ensure(self, user_id: int, name: str = "") -> UserRecord:
-        """Return the user, creating the row on first sight and keeping the name fresh."""
+    async def _make(self, user_id: int, name: str) -> None:
+        """The user's row, inserted on first sight (two first requests never collide)."""
         await _insert_if_missing(
             self._session,
             User,
@@ -73,6 +73,10 @@ class UserRepository:
             quota_overrides={},
             created_at=utcnow(),
         )
+
+    async def ensure(self, user_id: int, name: str = "") -> UserRecord:
+        """Return the user, creating the row on first sight and keeping the name fresh."""
+        await self._make(user_id, name)
         row = await self._session.get(User, user_id, populate_existing=True)
         assert row is not None
         if name and row.name != name:
@@ -83,16 +87,7 @@ class UserRepository:
         """The user's row, made on first sight, locked until commit (PostgreSQL): one
         admission at a time per user; the name kept fresh. Two statements (three when the
         name changed)."""
-        await _insert_if_missing(
-            self._session,
-            User,
-            id=user_id,
-            name=name,
-            banned=False,
-            virtual_time=0.0,
-            quota_overrides={},
-            created_at=utcnow(),
-        )
+        await self._make(user_id, name)
         user = await self.lock(user_id)
         if name and user.name != name:
             await self._session.execute(update(User).where(User.id == user_id).values(name=name))
