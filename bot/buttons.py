@@ -96,22 +96,29 @@ def _label(action: Action, index: int | None) -> str | None:
     }[action]
 
 
-def result_view(job: JobRecord, indices: list[int]) -> discord.ui.View | None:
-    """U1–U4, V1–V4 and 🔄 under a grid; Vary (subtle/strong) and Upscale 2× under an upscale."""
+def result_view(
+    job: JobRecord, indices: list[int], offers: frozenset[JobKind] = frozenset(JobKind)
+) -> discord.ui.View | None:
+    """U1–U4, V1–V4 and 🔄 under a grid; Vary (subtle/strong) and Upscale 2× under an upscale.
+    Only the buttons whose job this host would make (``offers``: an upscale past the size
+    caps shows no Upscale 2×)."""
     if job.status != JobStatus.SUCCEEDED:
         return None
     view = discord.ui.View(timeout=None)
+    upscale, vary = JobKind.UPSCALE in offers, JobKind.VARIATION in offers
     if job.kind == JobKind.UPSCALE:
-        view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0))
-        view.add_item(JobButton(Action.VARY_STRONG, job.id, 0))
-        upscale = JobButton(Action.UPSCALE, job.id, 0)
-        upscale.item.label = "Upscale 2×"
-        view.add_item(upscale)
-        return view
-    for index in indices:
+        if vary:
+            view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0))
+            view.add_item(JobButton(Action.VARY_STRONG, job.id, 0))
+        if upscale:
+            button = JobButton(Action.UPSCALE, job.id, 0)
+            button.item.label = "Upscale 2×"
+            view.add_item(button)
+        return view if view.children else None
+    for index in indices if upscale else ():
         view.add_item(JobButton(Action.UPSCALE, job.id, index, row=0))
     view.add_item(JobButton(Action.REROLL, job.id, row=0))
-    for index in indices:
+    for index in indices if vary else ():
         view.add_item(JobButton(Action.VARY, job.id, index, row=1))
     return view
 

@@ -15,6 +15,7 @@ from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from generation.events import JobEvent, JobProgress
 from generation.requests import GenerationRequest
+from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView
 from generation.wording import describe_place, place_text
 from storage.models import JobKind
@@ -38,6 +39,11 @@ from storage.models import JobKind
 @click.option(
     "--model", default=None, help="One of the host's models (default: the first), e.g. dall-e-3."
 )
+@click.option(
+    "--sampler",
+    default=None,
+    help=f"A sampler by its usual name (default: the model's own): {', '.join(SAMPLER_NAMES)}.",
+)
 @wait_options
 @click.pass_obj
 def generate(
@@ -51,6 +57,7 @@ def generate(
     height: int | None,
     count: int | None,
     model: str | None,
+    sampler: str | None,
     user_id: int,
     no_wait: bool,
     as_json: bool,
@@ -67,6 +74,7 @@ def generate(
         height=height,
         count=count,
         model=model,
+        sampler=sampler,
     )
     _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
 

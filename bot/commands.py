@@ -41,6 +41,7 @@ from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest, nearest_size
+from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
 from storage.records import IntentRecord, JobRecord
@@ -76,10 +77,14 @@ CROSS = "\u274c"
 
 
 def size_for(
-    aspect: str, native: tuple[int, int], sizes: tuple[tuple[int, int], ...] = ()
+    aspect: str,
+    native: tuple[int, int],
+    sizes: tuple[tuple[int, int], ...] = (),
+    multiple: int = 8,
 ) -> tuple[int, int]:
-    """A width and height with the model's native area in the given aspect ratio; for a model
-    with a list of sizes (an image API), the listed size nearest that ratio."""
+    """A width and height with the model's native area in the given aspect ratio, each a
+    multiple of the model's (8; 16 for Flux and SD3); for a model with a list of sizes (an
+    image API), the listed size nearest that ratio."""
     if aspect not in ASPECTS:
         raise InvalidRequest("aspect", f"must be one of {', '.join(ASPECTS)}, not {aspect!r}")
     across, down = ASPECTS[aspect]
@@ -87,7 +92,8 @@ def size_for(
     width = math.sqrt(area * across / down)
     if sizes:
         return nearest_size(sizes, width, area / width)
-    return round(width / 8) * 8, round(area / width / 8) * 8
+    step = max(8, multiple)
+    return round(width / step) * step, round(area / width / step) * step
 
 
 def delivery_target(
@@ -187,8 +193,12 @@ class ImagineCog(commands.Cog):
         image="An image to start from.",
         strength="How far to move from the start image (0–1).",
         model="Which model makes the images.",
+        sampler="How the noise is taken away, by its usual name (default: the model's own).",
     )
-    @app_commands.choices(aspect=[app_commands.Choice(name=name, value=name) for name in ASPECTS])
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=name, value=name) for name in ASPECTS],
+        sampler=[app_commands.Choice(name=name, value=name) for name in SAMPLER_NAMES],
+    )
     async def imagine(  # noqa: PLR0917 - discord.py passes each option as an argument
         self,
         interaction: discord.Interaction[ImagineBot],
@@ -202,6 +212,7 @@ class ImagineCog(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         model: str | None = None,
+        sampler: str | None = None,
     ) -> None:
         # The declared ranges and choices are hints for the client; everything is checked here,
         # before answering, so bad input gets a plain ephemeral reply.
@@ -213,7 +224,7 @@ class ImagineCog(commands.Cog):
             if aspect is not None:
                 info = chosen or self.service.model
                 width, height = size_for(
-                    aspect, (info.native_width, info.native_height), info.sizes
+                    aspect, (info.native_width, info.native_height), info.sizes, info.size_multiple
                 )
             if image is not None:
                 check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
@@ -231,6 +242,7 @@ class ImagineCog(commands.Cog):
                 count=count,
                 strength=strength,
                 model=model,
+                sampler=sampler,
                 kind=JobKind.IMG2IMG if image is not None else JobKind.TXT2IMG,
                 init_image=b"" if image is not None else None,  # downloaded once answered
                 guild_id=interaction.guild_id,

@@ -77,7 +77,7 @@ class Deliveries:
         self.service = service
         self.outbox = outbox
         self.events = events
-        self.routes = ResultRoutes(bot, store, service.servers)
+        self.routes = ResultRoutes(bot, store, service.servers, service.offers)
         self.progress_interval = progress_interval
         self.sweep_interval = sweep_interval
         self._locks: collections.defaultdict[int, asyncio.Lock] = collections.defaultdict(

@@ -24,7 +24,7 @@ from generation.quotas import SERVER_QUOTAS, Usage
 from generation.reproduce import ReproduceReport
 from generation.server_settings import ServerRules
 from generation.service import JobView, Submission
-from storage.models import JobStatus, Review
+from storage.models import JobKind, JobStatus, Review
 from storage.records import JobRecord
 
 PROMPT_SHOWN = 200  # a prompt's share of a progress or result line
@@ -177,6 +177,7 @@ def result(
     mention: str | None = None,
     unattached: bool = False,
     by_dm: bool = False,
+    offers: frozenset[JobKind] = frozenset(JobKind),
 ) -> Message:
     """A finished job: its grid (or image) with U/V/🔄, or what happened to it; ``unattached``
     when its file could not be made to fit; ``by_dm`` when the channel would not take it."""
@@ -198,7 +199,8 @@ def result(
             text += _reduced_note(job, fitted)
     elif unattached:
         text += _unattached_note(job)
-    buttons = None if action == "withhold" else result_view(job, [i.index for i in view.images])
+    indices = [image.index for image in view.images]
+    buttons = None if action == "withhold" else result_view(job, indices, offers)
     return Message(content=text, view=buttons, uploads=uploads)
 
 

@@ -33,7 +33,7 @@ from generation.rendering import grid_key
 from generation.server_settings import ServerSettings
 from generation.service import JobView
 from storage.image_store import ImageStore
-from storage.models import JobStatus, Review, utcnow
+from storage.models import JobKind, JobStatus, Review, utcnow
 from storage.records import DeliveryRecord, JobRecord
 
 if TYPE_CHECKING:
@@ -106,10 +106,17 @@ def why(error: discord.HTTPException) -> str:
 class ResultRoutes:
     """Sends one finished job's result the first way that takes it."""
 
-    def __init__(self, bot: ImagineBot, store: ImageStore, servers: ServerSettings) -> None:
+    def __init__(
+        self,
+        bot: ImagineBot,
+        store: ImageStore,
+        servers: ServerSettings,
+        offers: Callable[[JobRecord], frozenset[JobKind]] = lambda _: frozenset(JobKind),
+    ) -> None:
         self.bot = bot
         self.store = store
         self.servers = servers
+        self.offers = offers  # which buttons a result shows (see GenerationService.offers)
 
     async def action(self, view: JobView) -> str | None:
         """What a result with a flagged image not yet approved gets (None: nothing flagged).
@@ -277,6 +284,7 @@ class ResultRoutes:
                 mention=mention,
                 unattached=data is not None and fitted is None,
                 by_dm=by_dm,
+                offers=self.offers(view.job),
             )
             try:
                 return await send(result)

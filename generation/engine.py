@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import json
 import logging
 import platform
 import threading
@@ -19,15 +21,10 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from generation.errors import RenderCancelled
+from generation.errors import RenderCancelled, TooLargeForDevice
 from generation.model_info import ModelInfo
 
 logger = logging.getLogger(__name__)
-
-# Linear map from Stable Diffusion's 4 latent channels to RGB: a preview that costs nothing.
-SD_LATENT_RGB = torch.tensor(
-    [[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]]
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,6 +40,8 @@ class RenderSpec:
     height: int
     scheduler: str
     strength: float | None = None
+    # The scheduler's options over the model's own config (a sampler by name).
+    scheduler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_image: Image.Image | None = None
     # Which loaded model runs it: None is the base model; an upscale may name the upscaler.
     model_id: str | None = None
@@ -64,22 +63,89 @@ class RuntimeInfo:
     library_versions: dict[str, str]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class LatentPreview:
+    """Latents to a small RGB image at no cost: an affine map per latent channel, fitted when
+    the model loads by encoding a colour chart with the model's own VAE (so every family, and
+    every fine-tune's VAE, gets its own; no table of numbers per family). ``unpack`` turns a
+    transformer's packed latents (Flux: batch, patches, channels) back into a grid."""
+
+    factors: torch.Tensor  # (channels, 3)
+    bias: torch.Tensor  # (3,)
+    unpack: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+
+    def image(self, latents: torch.Tensor, index: int, width: int, height: int) -> Image.Image:
+        if self.unpack is not None:
+            latents = self.unpack(latents, height, width)
+        latent = latents[index].detach().float().cpu()
+        rgb = torch.einsum("chw,cr->rhw", latent, self.factors) + self.bias[:, None, None]
+        array = (rgb.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        return Image.fromarray(array, mode="RGB")
+
+
+def colour_chart(side: int, seed: int = 0) -> torch.Tensor:
+    """A (1, 3, side, side) image in [-1, 1]: blocks of random colours over two gradients,
+    so a fit sees every hue, dark and light."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    blocks = torch.rand(1, 3, 8, 8, generator=generator)
+    image = torch.nn.functional.interpolate(blocks, size=(side, side), mode="nearest")
+    ramp = torch.linspace(0, 1, side)
+    image[:, 0, : side // 4] = ramp[None, :]
+    image[:, 1, :, : side // 4] = ramp[:, None]
+    return image * 2 - 1
+
+
+def fit_preview(pipeline: Any, family: str, side: int) -> LatentPreview | None:
+    """Fit the latents → RGB map on the pipeline's VAE (None if the VAE gave no usable
+    latents, as an fp16 VAE that overflows may)."""
+    vae = pipeline.vae
+    chart = colour_chart(side)
+    with torch.inference_mode():
+        encoded = vae.encode(chart.to(vae.device, vae.dtype)).latent_dist.mean.float().cpu()
+    config = vae.config
+    shift = getattr(config, "shift_factor", None) or 0.0
+    scaled = (encoded - shift) * config.scaling_factor  # what the denoiser's latents are
+    target = torch.nn.functional.interpolate((chart + 1) / 2, size=scaled.shape[-2:], mode="area")
+    inputs = scaled[0].flatten(1).T  # (pixels, channels)
+    design = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1)
+    if not torch.isfinite(design).all():
+        return None
+    solution = torch.linalg.lstsq(design, target[0].flatten(1).T).solution
+    unpack = None
+    if family == "flux":
+        factor = pipeline.vae_scale_factor
+
+        def unpack(latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+            return pipeline._unpack_latents(latents, height, width, factor)  # type: ignore[no-any-return]
+
+    return LatentPreview(solution[:-1], solution[-1], unpack)
+
+
 class StepProgress:
     """One finished denoising step; ``preview()`` projects the latents to a small RGB image."""
 
-    def __init__(self, step: int, total: int, latents: torch.Tensor) -> None:
+    def __init__(
+        self,
+        step: int,
+        total: int,
+        latents: torch.Tensor,
+        preview: LatentPreview | None = None,
+        size: tuple[int, int] = (0, 0),
+    ) -> None:
         self.step = step
         self.total = total
         self._latents = latents
+        self._preview = preview
+        self._size = size
 
-    def preview(self, index: int = 0) -> Image.Image:
-        latent = self._latents[index].detach().float().cpu()
-        if latent.shape[0] == SD_LATENT_RGB.shape[0]:
-            rgb = torch.einsum("chw,cr->rhw", latent, SD_LATENT_RGB)
-        else:
-            rgb = latent[:3]
-        array = ((rgb.clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).numpy()
-        return Image.fromarray(array, mode="RGB")
+    @property
+    def has_preview(self) -> bool:
+        return self._preview is not None
+
+    def preview(self, index: int = 0) -> Image.Image | None:
+        if self._preview is None:
+            return None
+        return self._preview.image(self._latents, index, *self._size)
 
 
 StepCallback = Callable[[StepProgress], None]
@@ -137,6 +203,10 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# Decodes larger than this many times the model's native area go through the VAE in tiles.
+TILED_DECODE_AREA = 2.0
+
+
 class DiffusersEngine:
     """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time.
 
@@ -153,11 +223,7 @@ class DiffusersEngine:
         torch_threads: int = 1,
         upscaler: ModelInfo | None = None,
     ) -> None:
-        from diffusers import (
-            AutoPipelineForImage2Image,
-            AutoPipelineForText2Image,
-            DiffusionPipeline,
-        )
+        from diffusers import AutoPipelineForImage2Image
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # progress is ours to report, per job
@@ -173,38 +239,71 @@ class DiffusersEngine:
             torch_threads=torch.get_num_threads(),
             library_versions=library_versions(),
         )
-        self.txt2img: Any = self._load(AutoPipelineForText2Image, model)
+        self.txt2img: Any = self._load(model)
         # from_pipe shares every module: img2img and upscale add no second copy of the weights.
-        self.img2img: Any = AutoPipelineForImage2Image.from_pipe(self.txt2img)
-        self.upscaler: Any = self._load(DiffusionPipeline, upscaler) if upscaler else None
+        self.img2img: Any = (
+            AutoPipelineForImage2Image.from_pipe(self.txt2img) if model.img2img else None
+        )
+        self.upscaler: Any = self._load(upscaler) if upscaler else None
         for pipeline in (self.txt2img, self.img2img, self.upscaler):
             if pipeline is not None:
                 pipeline.set_progress_bar_config(disable=True)
+        # Each model's own scheduler config: every sampler is built from it, never from the
+        # previous job's (whose options would otherwise carry over).
+        self._scheduler_configs = {model.model_id: dict(self.txt2img.scheduler.config)}
+        if self.upscaler is not None:
+            self._scheduler_configs[upscaler.model_id] = dict(self.upscaler.scheduler.config)  # type: ignore[union-attr]
+        self._schedulers: dict[tuple[str, str, str], Any] = {}
+        self.previews = {
+            model.model_id: self._fit_preview(self.txt2img, model),
+            **({upscaler.model_id: self._fit_preview(self.upscaler, upscaler)} if upscaler else {}),
+        }
         self._lock = threading.Lock()
         # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
-    def _load(self, pipeline_class: Any, model: ModelInfo) -> Any:
-        """``from_pretrained`` of a local folder as it is, or of the hub revision described."""
+    def _load(self, model: ModelInfo) -> Any:
+        """``from_pretrained`` of a local folder as it is, or of the hub revision described;
+        ``from_single_file`` of a checkpoint file with its family's configs."""
+        from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+
         logger.info(
-            "loading %s (%s) on %s as %s",
+            "loading %s (%s, %s) on %s as %s",
             model.model_id,
+            model.family_label,
             model.revision,
             self.runtime.device,
             self.runtime.dtype,
         )
-        source = model.path if model.local else model.model_id
-        revision = None if model.local else model.revision
         with warnings.catch_warnings():
             # Newer diffusers renamed torch_dtype to dtype; older ones know only torch_dtype.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipeline = pipeline_class.from_pretrained(
-                source,
-                revision=revision,
-                torch_dtype=self._torch_dtype,
-                local_files_only=model.local,
-            )
+            if model.single_file:
+                from generation.checkpoints import load_single_file
+
+                pipeline = load_single_file(model, self._torch_dtype)
+            else:
+                loader = DiffusionPipeline if model.family == "upscaler" else None
+                source = model.path if model.local else model.model_id
+                pipeline = (loader or AutoPipelineForText2Image).from_pretrained(
+                    source,
+                    revision=None if model.local else model.revision,
+                    torch_dtype=self._torch_dtype,
+                    local_files_only=model.local,
+                )
         return pipeline.to(self.runtime.device)
+
+    def _fit_preview(self, pipeline: Any, model: ModelInfo) -> LatentPreview | None:
+        side = max(model.size_multiple * 8, min(256, model.native_width, model.native_height))
+        side -= side % model.size_multiple
+        try:
+            preview = fit_preview(pipeline, model.family, side)
+        except Exception:  # a VAE the fit cannot use: the model runs, without previews
+            logger.warning("%s: no step previews (its VAE could not be fitted)", model.name)
+            return None
+        if preview is None:
+            logger.warning("%s: no step previews (its VAE gave no finite latents)", model.name)
+        return preview
 
     @property
     def models(self) -> dict[str, ModelInfo]:
@@ -236,6 +335,11 @@ class DiffusersEngine:
             raise ValueError(
                 f"the job needs model {model_id!r}; this worker has {', '.join(self.models)}"
             )
+        if spec.kind == "upscale" and spec.strength == 0:
+            # Past what diffusion may make at this size: a resize only (see requests).
+            if spec.init_image is None:
+                raise ValueError("an upscale needs the image it starts from")
+            return [_resized(spec.init_image, spec.width, spec.height) for _ in spec.seeds]
         threads = spec.torch_threads or self.runtime.torch_threads
         with self._lock, torch.inference_mode():
             torch.set_num_threads(threads)
@@ -246,30 +350,100 @@ class DiffusersEngine:
             except RenderCancelled:
                 logger.info("render stopped at the step callback's request")
                 raise
+            except torch.OutOfMemoryError as error:
+                del error  # its traceback holds the tensors: let them go before freeing
+                raise self._out_of_memory(spec) from None
             finally:
                 torch.set_num_threads(self.runtime.torch_threads)
 
-    def _common_arguments(self, spec: RenderSpec) -> dict[str, Any]:
+    def _out_of_memory(self, spec: RenderSpec) -> TooLargeForDevice:
+        """Free what the failed call held; the reason its job fails with."""
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.warning(
+            "out of memory at %d×%d × %d; memory freed", spec.width, spec.height, len(spec.seeds)
+        )
+        return TooLargeForDevice(
+            f"too large for this GPU ({spec.width}×{spec.height}, {len(spec.seeds)} "
+            "image(s)): try a smaller size or fewer images"
+        )
+
+    def _scheduler(self, model: ModelInfo, spec: RenderSpec) -> Any:
+        """The job's scheduler: its class and options over the model's own config."""
+        import diffusers
+
+        options = json.dumps(spec.scheduler_options, sort_keys=True)
+        key = (model.model_id, spec.scheduler, options)
+        scheduler = self._schedulers.get(key)
+        if scheduler is None:
+            scheduler_class = getattr(diffusers, spec.scheduler, None)
+            if scheduler_class is None:
+                raise ValueError(f"diffusers {diffusers.__version__} has no {spec.scheduler}")
+            config = self._scheduler_configs[model.model_id]
+            scheduler = scheduler_class.from_config(config, **spec.scheduler_options)
+            self._schedulers[key] = scheduler
+        if spec.scheduler_options.get("use_karras_sigmas") and scheduler.order == 1:
+            # A multistep solver steps each timestep once: Karras sigmas on a cosine schedule
+            # map to repeated timesteps, and it would index past its end mid-render.
+            scheduler.set_timesteps(spec.steps)
+            timesteps = scheduler.timesteps.tolist()
+        else:
+            timesteps = []
+        if len(set(timesteps)) < len(timesteps):
+            raise ValueError(
+                f"{spec.scheduler} with {spec.scheduler_options} repeats timesteps on "
+                f"{model.name}'s noise schedule at {spec.steps} steps: pick another sampler"
+            )
+        if hasattr(scheduler, "noise_sampler_seed"):
+            # An SDE sampler draws its Brownian noise from this seed, one per image, or
+            # from torch's global generator: never the same twice.
+            scheduler.noise_sampler_seed = list(spec.seeds)
+        return scheduler
+
+    def _common_arguments(self, spec: RenderSpec, model: ModelInfo) -> dict[str, Any]:
         batch = len(spec.seeds)
-        return {
+        arguments: dict[str, Any] = {
             "prompt": [spec.prompt] * batch,
-            "negative_prompt": [spec.negative_prompt] * batch,
             "num_inference_steps": spec.steps,
             "guidance_scale": spec.guidance,
             # CPU generators: the starting noise is the same on every device.
             "generator": [torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
             "output_type": "pil",
         }
+        if model.negative_prompt:
+            arguments["negative_prompt"] = [spec.negative_prompt] * batch
+        return arguments
+
+    def _tiled(self, pipeline: Any, model: ModelInfo, spec: RenderSpec) -> None:
+        """Large decodes go through the VAE in tiles (the same rule every time: a job made
+        again decodes the same way)."""
+        native = model.native_width * model.native_height
+        if not hasattr(pipeline.vae, "enable_tiling"):
+            return
+        if spec.width * spec.height > TILED_DECODE_AREA * native:
+            pipeline.vae.enable_tiling()
+        else:
+            pipeline.vae.disable_tiling()
 
     def _run_base(self, spec: RenderSpec, on_step: StepCallback | None) -> list[Image.Image]:
+        model, preview = self.model, self.previews[self.model.model_id]
+
         def callback(
             pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
         ) -> dict[str, Any]:
             if on_step is not None:
-                on_step(StepProgress(step + 1, pipeline.num_timesteps, tensors["latents"]))
+                progress = StepProgress(
+                    step + 1,
+                    pipeline.num_timesteps,
+                    tensors["latents"],
+                    preview,
+                    (spec.width, spec.height),
+                )
+                on_step(progress)
             return tensors
 
-        arguments = self._common_arguments(spec)
+        arguments = self._common_arguments(spec, model)
         arguments.update(
             callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]
         )
@@ -277,10 +451,15 @@ class DiffusersEngine:
             pipeline = self.txt2img
             arguments.update(width=spec.width, height=spec.height)
         else:
+            if self.img2img is None:
+                raise ValueError(f"{model.name} ({model.family_label}) cannot start from an image")
             pipeline = self.img2img
             init = _resized(spec.init_image, spec.width, spec.height)
             arguments.update(image=[init] * len(spec.seeds), strength=spec.strength)
-        _use_scheduler(pipeline, spec.scheduler)
+            if model.family == "flux":  # Flux's img2img takes the size as its own arguments
+                arguments.update(width=spec.width, height=spec.height)
+        pipeline.scheduler = self._scheduler(model, spec)
+        self._tiled(pipeline, model, spec)
         images: list[Image.Image] = pipeline(**arguments).images
         return images
 
@@ -288,18 +467,19 @@ class DiffusersEngine:
         """The configured diffusion upscaler at its own factor, resized to the asked size."""
         if spec.init_image is None:
             raise ValueError("an upscale needs the image it starts from")
+        assert self.upscaler_model is not None
+        model = self.upscaler_model
+        preview = self.previews[model.model_id]
+        low = spec.init_image.convert("RGB")
 
         def callback(step: int, _timestep: Any, latents: torch.Tensor) -> None:
             if on_step is not None:
-                on_step(StepProgress(step + 1, spec.steps, latents))
+                on_step(StepProgress(step + 1, spec.steps, latents, preview, low.size))
 
-        arguments = self._common_arguments(spec)
-        arguments.update(
-            image=[spec.init_image.convert("RGB")] * len(spec.seeds),
-            callback=callback,
-            callback_steps=1,
-        )
-        _use_scheduler(self.upscaler, spec.scheduler)
+        arguments = self._common_arguments(spec, model)
+        arguments.update(image=[low] * len(spec.seeds), callback=callback, callback_steps=1)
+        self.upscaler.scheduler = self._scheduler(model, spec)
+        self._tiled(self.upscaler, self.model, spec)
         images = self.upscaler(**arguments).images
         return [_resized(image, spec.width, spec.height) for image in images]
 
@@ -309,11 +489,3 @@ def _resized(image: Image.Image, width: int, height: int) -> Image.Image:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
-
-
-def _use_scheduler(pipeline: Any, name: str) -> None:
-    """Run with the scheduler the job recorded (the model's own unless it says otherwise)."""
-    if type(pipeline.scheduler).__name__ != name:
-        import diffusers
-
-        pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)

@@ -49,6 +49,11 @@ class ModelUnavailable(GenerationError):
     """The configured model cannot be found or is not a diffusers pipeline."""
 
 
+class TooLargeForDevice(Exception):
+    """The device ran out of memory for this job: it fails with this short reason, and the
+    worker frees the memory and goes on with the next."""
+
+
 class RenderCancelled(Exception):
     """Raised from the pipeline's step callback to stop a job at the next step."""
 

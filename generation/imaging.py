@@ -13,21 +13,9 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from generation.samplers import familiar_name
 from storage.records import JobRecord
 
-# How AUTOMATIC1111 and the sites that read its infotext name diffusers' schedulers.
-SAMPLER_NAMES = {
-    "DPMSolverMultistepScheduler": "DPM++ 2M",
-    "DPMSolverSinglestepScheduler": "DPM++ SDE",
-    "EulerDiscreteScheduler": "Euler",
-    "EulerAncestralDiscreteScheduler": "Euler a",
-    "DDIMScheduler": "DDIM",
-    "PNDMScheduler": "PLMS",
-    "LMSDiscreteScheduler": "LMS",
-    "HeunDiscreteScheduler": "Heun",
-    "UniPCMultistepScheduler": "UniPC",
-    "LCMScheduler": "LCM",
-}
 RECIPE_CHUNK = "imagine-bot"
 # Where a WebP (or JPEG) keeps the same: EXIF's ImageDescription holds the JSON recipe (ASCII),
 # UserComment the infotext, as AUTOMATIC1111 writes it for JPEG and WebP.
@@ -66,7 +54,7 @@ def infotext(job: JobRecord, seed: int, model_name: str) -> str:
         lines.append(f"Negative prompt: {job.negative_prompt}")
     fields = [
         ("Steps", str(job.steps)),
-        ("Sampler", SAMPLER_NAMES.get(job.scheduler, job.scheduler)),
+        ("Sampler", familiar_name(job.sampler, job.scheduler)),
         ("CFG scale", _format_number(job.guidance)),
         ("Seed", str(seed)),
         ("Size", f"{job.width}x{job.height}"),
@@ -98,6 +86,8 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "strength": job.strength,
         "init_image_sha256": job.init_image_sha256,
         "scheduler": job.scheduler,
+        "scheduler_options": job.scheduler_options,
+        "sampler": job.sampler,
         "model_id": job.model_id,
         "model_revision": job.model_revision,
         "dtype": job.dtype,

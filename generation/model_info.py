@@ -23,6 +23,19 @@ HASH_CACHE = ".content-hashes.json"
 _HASHED_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".ckpt", ".pt")
 
 
+# A pipeline class (model_index.json's _class_name) → family and what it can do: img2img,
+# inpainting, negative prompt. Each is what diffusers' AutoPipeline classes load for it.
+FAMILIES: dict[str, tuple[str, bool, bool, bool]] = {
+    "StableDiffusionPipeline": ("sd", True, True, True),
+    "StableDiffusionXLPipeline": ("sdxl", True, True, True),
+    "StableDiffusion3Pipeline": ("sd3", True, True, True),
+    "FluxPipeline": ("flux", True, True, False),
+    "StableDiffusionUpscalePipeline": ("upscaler", False, False, True),
+}
+FAMILY_LABELS = {"sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "upscaler": "upscaler"}
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ModelInfo:
     """A loadable model: where it is, which exact version, and its native defaults."""
@@ -43,6 +56,36 @@ class ModelInfo:
     sizes: tuple[tuple[int, int], ...] = ()
     # What runs it: "diffusers" here, or a remote image API ("openai").
     engine: str = "diffusers"
+    # Its family (sd, sdxl, sd3, flux, upscaler; other: a pipeline diffusers loads that this
+    # table does not know) and what the family can do, read from its configs.
+    family: str = "sd"
+    prediction: str = "epsilon"  # epsilon, v_prediction, sample, or flow (flow matching)
+    img2img: bool = True
+    inpainting: bool = True
+    negative_prompt: bool = True
+    guidance: bool = True  # False: distilled to run without guidance (FLUX.1-schnell)
+    size_multiple: int = 8  # width and height are multiples of this
+    text_width: int = 0  # the UNet's cross-attention width: 768 is SD 1.x, 1024 SD 2.x
+    # ``path`` is one checkpoint file (.safetensors) in the original layout, loaded with
+    # ``from_single_file`` and the configs in ``config_path``.
+    single_file: bool = False
+    config_path: str = ""
+    # Whether Karras sigmas suit its noise schedule: a cosine one (squaredcos_cap_v2) maps
+    # several Karras sigmas to the same timestep, which the schedulers cannot step.
+    karras: bool = True
+
+    @property
+    def flow(self) -> bool:
+        return self.prediction == "flow"
+
+    @property
+    def family_label(self) -> str:
+        """How hosts call the family: SD 1.x, SD 2.x, SDXL, SD3, Flux."""
+        if self.family == "sd":
+            if self.text_width == 1024 or self.prediction == "v_prediction":
+                return "SD 2.x"
+            return "SD 1.x"
+        return FAMILY_LABELS.get(self.family, self.family)
 
     @property
     def name(self) -> str:
@@ -131,23 +174,68 @@ def describe_model(model: str, models_dir: Path, revision: str | None = None) ->
         raise ModelUnavailable(
             f"model {model!r} is not a diffusers pipeline: {folder} has no {', '.join(missing)}"
         )
-    unet = _read_json(denoiser)
-    vae = _read_json(folder / "vae" / "config.json")
+    return _from_configs(
+        model,
+        folder,
+        resolved_revision,
+        local,
+        pipeline=_read_json(folder / "model_index.json"),
+        denoiser=_read_json(denoiser),
+        vae=_read_json(folder / "vae" / "config.json"),
+    )
+
+
+def _from_configs(
+    model: str,
+    folder: Path,
+    revision: str,
+    local: bool,
+    *,
+    pipeline: dict[str, Any],
+    denoiser: dict[str, Any],
+    vae: dict[str, Any],
+) -> ModelInfo:
+    """A model's description from its pipeline's, denoiser's, VAE's and scheduler's configs."""
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     scheduler = _read_json(scheduler_config) if scheduler_config.exists() else {}
+    scheduler_class = str(scheduler.get("_class_name", "unknown"))
+    family, img2img, inpainting, negative = FAMILIES.get(
+        str(pipeline.get("_class_name")), ("other", False, False, True)
+    )
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    sample = unet.get("sample_size", 64)
+    # A transformer works on patches of latents (SD3: patch_size; Flux packs 2×2).
+    patch = 2 if family == "flux" else int(denoiser.get("patch_size", 1) or 1)
+    # A UNet's or SD3's sample_size is its native latent size; Flux's pipeline draws 128.
+    sample = denoiser.get("sample_size", 128)
     height, width = (sample, sample) if isinstance(sample, int) else sample
     defaults = _read_json(folder / DEFAULTS_FILE) if (folder / DEFAULTS_FILE).exists() else {}
+    if scheduler_class in FLOW_SCHEDULERS:
+        prediction = "flow"
+    else:
+        prediction = str(scheduler.get("prediction_type", "epsilon"))
+    guided = not (family == "flux" and not denoiser.get("guidance_embeds", True))
     return ModelInfo(
         model_id=model,
         path=str(folder),
-        revision=resolved_revision,
+        revision=revision,
         native_width=int(width) * vae_factor,
         native_height=int(height) * vae_factor,
         default_steps=int(defaults.get("default_steps", FALLBACK_STEPS)),
-        default_guidance=float(defaults.get("default_guidance", FALLBACK_GUIDANCE)),
-        scheduler=str(scheduler.get("_class_name", "unknown")),
+        default_guidance=float(
+            defaults.get("default_guidance", FALLBACK_GUIDANCE if guided else 0.0)
+        ),
+        scheduler=scheduler_class,
         local=local,
         fixed_size=bool(defaults.get("fixed_size", False)),
+        family=family,
+        prediction=prediction,
+        img2img=img2img,
+        inpainting=inpainting,
+        negative_prompt=negative,
+        guidance=guided,
+        size_multiple=vae_factor * patch,
+        karras=scheduler.get("beta_schedule") != "squaredcos_cap_v2",
+        text_width=int(denoiser.get("cross_attention_dim") or 0)
+        if isinstance(denoiser.get("cross_attention_dim"), int)
+        else 0,
     )

@@ -42,6 +42,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         width=job.width,
         height=job.height,
         scheduler=job.scheduler,
+        scheduler_options=dict(job.scheduler_options),
         strength=job.strength,
         init_image=init_image,
         model_id=job.model_id,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
+from typing import Any
 
 from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
+from generation.samplers import SAMPLER_NAMES, find_sampler
 from storage.models import JobKind
 
 MAX_SEED = 2**32 - 1
@@ -34,6 +36,10 @@ class Limits:
     default_strength: float = 0.6
     upscale_factor: int = 2
     upscale_strength: float = 0.3
+    # Upscales (and variations of them) are made by diffusion up to this longest side (None:
+    # twice the model's native size), by a resize only beyond it, and never past the cap.
+    upscale_diffusion_side: int | None = None
+    upscale_max_side: int = 4096
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +71,11 @@ class GenerationRequest:
     channel_public: bool | None = None
     interaction_id: int | None = None
     reproduces_job_id: int | None = None  # /reproduce: the job whose recipe this is, exactly
+    sampler: str | None = None  # a familiar name ("DPM++ 2M Karras"); None: the model's own
+    # A recorded job's scheduler class and options, to run it exactly as it ran (/reproduce):
+    # the sampler table may have changed since.
+    scheduler: str | None = None
+    scheduler_options: dict[str, Any] | None = None
 
     @property
     def made_from(self) -> int | None:
@@ -88,6 +99,8 @@ class Recipe:
     count: int
     strength: float | None
     scheduler: str
+    scheduler_options: dict[str, Any]
+    sampler: str | None
     model_id: str
     model_revision: str
     parent_job_id: int | None
@@ -120,12 +133,12 @@ def _check_int(option: str, value: int, low: int, high: int, unit: str = "") -> 
     return value
 
 
-def _check_size(option: str, value: int, low: int, high: int) -> int:
+def _check_size(option: str, value: int, low: int, high: int, step: int = SIZE_STEP) -> int:
     _check_int(option, value, low, high, " pixels")
-    if value % SIZE_STEP:
-        lower = max(low, value - value % SIZE_STEP)
+    if value % step:
+        lower = max(low, value - value % step)
         raise InvalidRequest(
-            option, f"must be a multiple of {SIZE_STEP} pixels, not {value} (try {lower})"
+            option, f"must be a multiple of {step} pixels, not {value} (try {lower})"
         )
     return value
 
@@ -138,8 +151,120 @@ def _check_float(option: str, value: float, low: float, high: float) -> float:
     return float(value)
 
 
-def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Recipe:
-    """Check every option and fill the defaults; raises InvalidRequest naming the option."""
+def _scheduler(
+    request: GenerationRequest, model: ModelInfo
+) -> tuple[str, dict[str, Any], str | None]:
+    """The scheduler class, its options and the sampler's name a job runs with."""
+    if request.scheduler is not None:  # a recorded job made again: exactly as it ran
+        return request.scheduler, dict(request.scheduler_options or {}), request.sampler
+    if not request.sampler:
+        return model.scheduler, {}, None
+    if model.engine != "diffusers":
+        raise InvalidRequest("sampler", f"{model.name} is an image API: it picks its own sampler")
+    if model.family == "upscaler":  # a diffusion upscaler keeps the scheduler it was made with
+        return model.scheduler, {}, None
+    sampler = find_sampler(request.sampler, flow=model.flow, model_name=model.name)
+    if sampler.options.get("use_karras_sigmas") and sampler.steps_once and not model.karras:
+        others = ", ".join(
+            name for name in SAMPLER_NAMES if "Karras" not in name or name == "DPM++ SDE Karras"
+        )
+        raise InvalidRequest(
+            "sampler",
+            f"{sampler.name} does not suit {model.name}'s cosine noise schedule (its Karras "
+            f"sigmas repeat steps): pick one of {others}",
+        )
+    return sampler.scheduler, dict(sampler.options), sampler.name
+
+
+def _check_capabilities(request: GenerationRequest, model: ModelInfo, negative: str) -> None:
+    """Refuse what this model's family cannot do, naming the option."""
+    if model.engine != "diffusers":
+        return
+    if negative and not model.negative_prompt:
+        raise InvalidRequest(
+            "negative",
+            f"{model.name} ({model.family_label}) takes no negative prompt: leave it out",
+        )
+    if (
+        request.guidance is not None
+        and not model.guidance
+        and request.guidance != model.default_guidance
+    ):
+        raise InvalidRequest(
+            "guidance",
+            f"{model.name} ({model.family_label}) is distilled to run without guidance: "
+            "leave it out",
+        )
+    if request.kind in IMAGE_KINDS and request.kind is not JobKind.UPSCALE and not model.img2img:
+        raise InvalidRequest(
+            "image", f"{model.name} ({model.family_label}) cannot start from an image"
+        )
+
+
+def diffusion_side(limits: Limits, base: ModelInfo) -> int:
+    """The longest side an upscale or a variation of one may be made at by diffusion."""
+    return limits.upscale_diffusion_side or 2 * max(base.native_width, base.native_height)
+
+
+def _check_resized(kind: JobKind, width: int, height: int, limits: Limits, base: ModelInfo) -> bool:
+    """An upscale, or a variation at an upscale's size: their own caps, not text-to-image's.
+    True when the upscale is past what diffusion may make and is a resize only."""
+    longest, by_diffusion = max(width, height), diffusion_side(limits, base)
+    _check_int("width", width, limits.min_size, 1 << 20, " pixels")
+    _check_int("height", height, limits.min_size, 1 << 20, " pixels")
+    if longest > limits.upscale_max_side:
+        raise InvalidRequest(
+            "size",
+            f"this host makes images at most {limits.upscale_max_side} pixels on their longest "
+            f"side, not {longest}: this image is as large as it gets",
+        )
+    if kind is JobKind.VARIATION and longest > by_diffusion:
+        raise InvalidRequest(
+            "size",
+            f"a variation is made at most {by_diffusion} pixels on its longest side on "
+            f"{base.name}, not {longest}: vary a smaller image",
+        )
+    return kind is JobKind.UPSCALE and longest > by_diffusion
+
+
+def _size(
+    request: GenerationRequest, limits: Limits, model: ModelInfo, base: ModelInfo
+) -> tuple[int, int, bool]:
+    """The job's size, checked against the caps of its kind; and whether an upscale is a
+    resize only."""
+    width = model.native_width if request.width is None else request.width
+    height = model.native_height if request.height is None else request.height
+    resize_only = False
+    if model.sizes:  # an image API: its own list of sizes, whatever the host's limits
+        if request.kind is JobKind.UPSCALE:  # made here, by resizing: bounded all the same
+            _check_int("width", width, 1, API_UPSCALE_MAX, " pixels")
+            _check_int("height", height, 1, API_UPSCALE_MAX, " pixels")
+        elif (width, height) not in model.sizes:
+            listed = ", ".join(f"{w}×{h}" for w, h in model.sizes)
+            raise InvalidRequest("size", f"{model.name} makes {listed} only, not {width}×{height}")
+    elif request.kind in RESIZED_KINDS:
+        resize_only = _check_resized(request.kind, width, height, limits, base)
+    else:
+        step = max(SIZE_STEP, model.size_multiple)
+        _check_size("width", width, limits.min_size, limits.max_width, step)
+        _check_size("height", height, limits.min_size, limits.max_height, step)
+    native = (model.native_width, model.native_height)
+    if model.fixed_size and request.kind not in RESIZED_KINDS and (width, height) != native:
+        option = "width" if width != native[0] else "height"
+        raise InvalidRequest(
+            option,
+            f"{model.name} draws {native[0]}×{native[1]} only, not {width}×{height}: leave "
+            "the size out, then upscale an image (U1–U4) for a larger one",
+        )
+    return width, height, resize_only
+
+
+def validate(
+    request: GenerationRequest, limits: Limits, model: ModelInfo, base: ModelInfo | None = None
+) -> Recipe:
+    """Check every option and fill the defaults; raises InvalidRequest naming the option.
+    ``base`` is the model an upscale's image was made with, when another model upscales it
+    (its native size sets the upscale's caps)."""
     prompt = request.prompt.strip()
     if not prompt:
         raise InvalidRequest("prompt", "must not be empty")
@@ -158,30 +283,13 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
     _check_int("steps", steps, 1, limits.max_steps)
     guidance = model.default_guidance if request.guidance is None else request.guidance
     _check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
-    width = model.native_width if request.width is None else request.width
-    height = model.native_height if request.height is None else request.height
-    if model.sizes:  # an image API: its own list of sizes, whatever the host's limits
-        if request.kind is JobKind.UPSCALE:  # made here, by resizing: bounded all the same
-            _check_int("width", width, 1, API_UPSCALE_MAX, " pixels")
-            _check_int("height", height, 1, API_UPSCALE_MAX, " pixels")
-        elif (width, height) not in model.sizes:
-            listed = ", ".join(f"{w}×{h}" for w, h in model.sizes)
-            raise InvalidRequest("size", f"{model.name} makes {listed} only, not {width}×{height}")
-    else:
-        _check_size("width", width, limits.min_size, limits.max_width)
-        _check_size("height", height, limits.min_size, limits.max_height)
-    native = (model.native_width, model.native_height)
-    if model.fixed_size and request.kind not in RESIZED_KINDS and (width, height) != native:
-        option = "width" if width != native[0] else "height"
-        raise InvalidRequest(
-            option,
-            f"{model.name} draws {native[0]}×{native[1]} only, not {width}×{height}: leave "
-            "the size out, then upscale an image (U1–U4) for a larger one",
-        )
+    width, height, resize_only = _size(request, limits, model, base or model)
     count = limits.default_count if request.count is None else request.count
     _check_int("count", count, 1, limits.max_count)
     strength = request.strength
-    if request.kind in IMAGE_KINDS:
+    if resize_only:  # past what diffusion may make: a Lanczos resize, recorded as strength 0
+        strength = 0.0
+    elif request.kind in IMAGE_KINDS:
         strength = limits.default_strength if strength is None else strength
         _check_float("strength", strength, 0.0, 1.0)
         if model.engine == "diffusers" and int(strength * steps) < 1:
@@ -194,6 +302,8 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
         raise InvalidRequest("strength", "only applies when starting from an image")
     if (request.kind is JobKind.IMG2IMG) != (request.init_image is not None):
         raise InvalidRequest("image", "is needed to start from an image, and only then")
+    _check_capabilities(request, model, negative)
+    scheduler, options, sampler = _scheduler(request, model)
     return Recipe(
         kind=request.kind,
         prompt=prompt,
@@ -205,7 +315,9 @@ def validate(request: GenerationRequest, limits: Limits, model: ModelInfo) -> Re
         height=height,
         count=count,
         strength=strength,
-        scheduler=model.scheduler,
+        scheduler=scheduler,
+        scheduler_options=options,
+        sampler=sampler,
         model_id=model.model_id,
         model_revision=model.revision,
         parent_job_id=request.parent_job_id,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
-from generation.errors import RenderCancelled, RenderHung
+from generation.errors import RenderCancelled, RenderHung, TooLargeForDevice
 from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
 from generation.faults import backoff, is_transient, retrying
 from generation.imaging import encode_png, make_grid, pixel_sha256
@@ -123,6 +123,7 @@ class JobRun:
         loop = asyncio.get_running_loop()
 
         keeper = self.keeper
+        preview_interval = self.settings.preview_interval
 
         def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
             # A cancel or a lost lease stops the render at the step after the lease keeper
@@ -133,9 +134,10 @@ class JobRun:
             state.last_at = now
             state.done = progress.step / max(1, progress.total)
             preview = None
-            if now - state.last_preview_at >= self.settings.preview_interval:
+            if progress.has_preview and now - state.last_preview_at >= preview_interval:
                 state.last_preview_at = now
-                preview = _png(progress.preview())
+                image = progress.preview()
+                preview = None if image is None else _png(image)
             event = JobProgress(job.id, progress.step, progress.total, preview)
             loop.call_soon_threadsafe(self.settings.events.publish, event)
 
@@ -167,6 +169,9 @@ class JobRun:
             return await self._engine_trouble(trouble)
         except RenderHung:
             raise
+        except TooLargeForDevice as too_large:  # no traceback: the reason is the whole story
+            logger.warning("job %s: %s", job.id, too_large)
+            return await self.end(JobStatus.FAILED, str(too_large), 1.0)
         except _NoAnswer as silent:
             return await self.give_back(attempt_counts=True, error=str(silent))
         except Exception as error:

@@ -41,6 +41,8 @@ from storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
+# A resize-only upscale costs as many megapixel-steps per megapixel as this (a step is one).
+RESIZE_COST = 0.05
 # Writing an uploaded start image may take this long (the submit's transaction waits on it).
 UPLOAD_SECONDS = 15.0
 
@@ -112,6 +114,8 @@ def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) ->
     img2img runs ``steps × strength`` steps; ``all_steps`` is for pipelines that run every
     step whatever the strength (a diffusion upscaler).
     """
+    if recipe.strength == 0:  # an upscale past diffusion's cap: a resize, nearly free
+        return recipe.width * recipe.height * RESIZE_COST * recipe.count * factor / 1_000_000
     steps = recipe.steps
     if recipe.strength is not None and not all_steps:
         steps = max(1, int(recipe.steps * recipe.strength))
@@ -180,7 +184,7 @@ class GenerationService:
 
     def check(self, request: GenerationRequest) -> Recipe:
         """Validate a request without touching storage: bad options fail here, at once."""
-        model = self.model_for(request.model)
+        model = base = self.model_for(request.model)
         if request.kind is JobKind.UPSCALE and self.upscaler and model.engine == "diffusers":
             model = self.upscaler
         if (
@@ -191,7 +195,40 @@ class GenerationService:
             raise InvalidRequest(
                 "image", f"{model.name} cannot start from an image: pick another model"
             )
-        return validate(request, self.limits, model)
+        return validate(request, self.limits, model, base)
+
+    def offers(self, job: JobRecord) -> frozenset[JobKind]:
+        """What a finished job's buttons may ask for here: each kind whose derived job this
+        host would accept (its size within the caps), so no button is shown only to refuse."""
+        offered = {JobKind.REROLL}
+        for kind in (JobKind.UPSCALE, JobKind.VARIATION):
+            width, height = self._derived_size(kind, job)
+            request = GenerationRequest(
+                prompt=job.prompt or "-",
+                user_id=job.user_id,
+                model=self._parent_model(job),
+                width=width,
+                height=height,
+                count=1,
+                steps=None if kind is JobKind.UPSCALE else job.steps,
+                kind=kind,
+            )
+            try:
+                self.check(request)
+            except InvalidRequest:
+                continue
+            offered.add(kind)
+        return frozenset(offered)
+
+    def _derived_size(self, kind: JobKind, parent: JobRecord) -> tuple[int, int]:
+        """The size an upscale or a variation of ``parent``'s image is made at."""
+        width, height = parent.width, parent.height
+        if kind is JobKind.UPSCALE:
+            return width * self.limits.upscale_factor, height * self.limits.upscale_factor
+        model = self.models.get(parent.model_id)
+        if kind is JobKind.VARIATION and model is not None and model.sizes:
+            return nearest_size(model.sizes, width, height)  # an API makes its own sizes only
+        return width, height
 
     async def submit(
         self, request: GenerationRequest, delivery: DeliveryTarget | None = None
@@ -500,7 +537,8 @@ class GenerationService:
                 f"job {parent_job_id} has no images to start from yet ({parent.job.status})"
             )
         recipe = parent.job
-        width, height, count = recipe.width, recipe.height, recipe.count
+        width, height = self._derived_size(kind, recipe)
+        count = recipe.count
         if kind is not JobKind.REROLL:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
@@ -509,20 +547,16 @@ class GenerationService:
             image_index = None
         steps: int | None = recipe.steps
         guidance: float | None = recipe.guidance
+        sampler = recipe.sampler
         if kind is JobKind.UPSCALE:
-            factor = self.limits.upscale_factor
-            width, height, count = width * factor, height * factor, 1
+            count = 1
             strength = self.limits.upscale_strength if strength is None else strength
             parent_model = self.models.get(recipe.model_id)
             on_diffusers = parent_model is None or parent_model.engine == "diffusers"
             if self.upscaler is not None and on_diffusers:  # its own defaults, not the base's
-                steps = guidance = None
+                steps = guidance = sampler = None
         elif kind is JobKind.VARIATION:
             strength = self.limits.default_strength if strength is None else strength
-            parent_model = self.models.get(recipe.model_id)
-            if parent_model is not None and parent_model.sizes:
-                # A variation of an upscale: the API makes its own sizes only.
-                width, height = nearest_size(parent_model.sizes, width, height)
         channel_id, channel_nsfw, channel_public = channel or (
             recipe.channel_id,
             recipe.channel_nsfw,
@@ -554,6 +588,7 @@ class GenerationService:
                 parent_job_id=parent_job_id,
                 parent_image_index=image_index,
                 init_image=init_image,
+                sampler=sampler,
                 guild_id=recipe.guild_id,
                 channel_id=channel_id,
                 channel_nsfw=channel_nsfw,
@@ -623,6 +658,9 @@ class GenerationService:
                 channel_public=channel_public,
                 interaction_id=interaction_id,
                 reproduces_job_id=job_id,
+                sampler=original.sampler,
+                scheduler=original.scheduler,
+                scheduler_options=dict(original.scheduler_options),
                 user_name=user_name,
                 role_ids=role_ids,
             ),

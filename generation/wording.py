@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from generation.openai_engine import CONTENT_REFUSED
+from generation.samplers import familiar_name
 from storage.models import DeliveryState, JobKind
 from storage.queue import LEASE_EXPIRED_ERROR
 from storage.records import DeliveryRecord, ImageRecord, JobRecord
@@ -85,7 +86,8 @@ def recipe_fields(view: JobView) -> list[tuple[str, str]]:
         ("seed", f"{job.seed} (image i uses seed + i)"),
         ("steps", f"{job.steps}   guidance: {job.guidance:g}"),
         ("size", f"{job.width}×{job.height}   images: {job.count}"),
-        ("model", f"{job.model_id} @ {job.model_revision}   scheduler: {job.scheduler}"),
+        ("model", f"{job.model_id} @ {job.model_revision}"),
+        ("sampler", _sampler(job)),
     ]
     if job.strength is not None:
         fields.append(("strength", f"{job.strength:g}"))
@@ -132,3 +134,10 @@ def delivery(
     tries = "once" if record.attempts == 1 else f"{record.attempts} times"
     later = f"; next try {moment(record.next_try_at)}" if record.next_try_at else ""
     return f"not delivered yet: tried {tries} (last: {text(record.last_error or '')}){later}"
+
+
+def _sampler(job: JobRecord) -> str:
+    """The sampler's familiar name, with the scheduler and options it stands for."""
+    options = ", ".join(f"{key}={value}" for key, value in sorted(job.scheduler_options.items()))
+    detail = f"{job.scheduler}; {options}" if options else job.scheduler
+    return f"{familiar_name(job.sampler, job.scheduler)} ({detail})"

@@ -209,7 +209,11 @@ class Job(Base):
     # sha256 of its pixels, so the recipe names exactly what it started from.
     init_image_path: Mapped[str | None] = mapped_column(Text)
     init_image_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The diffusers scheduler class and its options over the model's own scheduler config,
+    # and the sampler's familiar name ("DPM++ 2M Karras") when the job named one.
     scheduler: Mapped[str] = mapped_column(String(64))
+    scheduler_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sampler: Mapped[str | None] = mapped_column(String(32))
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -72,6 +72,8 @@ class JobRecord:
     init_image_path: str | None
     init_image_sha256: str | None
     scheduler: str
+    scheduler_options: dict[str, Any]
+    sampler: str | None
     model_id: str
     model_revision: str
     dtype: str | None

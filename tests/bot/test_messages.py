@@ -21,6 +21,7 @@ from generation.moderation import Flagged, JobReport, LogPage
 from generation.openai_engine import CONTENT_REFUSED
 from generation.quotas import Quotas, Usage
 from generation.reproduce import ImageComparison, ReproduceReport
+from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus
 from storage.queue import LEASE_EXPIRED_ERROR
@@ -66,6 +67,8 @@ def job_record(**fields: Any) -> JobRecord:
         "init_image_path": None,
         "init_image_sha256": None,
         "scheduler": "DPMSolverMultistepScheduler",
+        "scheduler_options": {},
+        "sampler": None,
         "model_id": "embedded",
         "model_revision": "f2784086d0bd",
         "dtype": "float32",
@@ -147,6 +150,7 @@ def jobs(draw: Any) -> JobRecord:
         model_id=draw(st.text(min_size=1, max_size=300)),
         model_revision=draw(st.text(min_size=1, max_size=80)),
         scheduler=draw(st.text(min_size=1, max_size=64)),
+        sampler=draw(st.none() | st.sampled_from(SAMPLER_NAMES)),
         status=draw(st.sampled_from(list(JobStatus))),
         error=draw(ERRORS),
     )
