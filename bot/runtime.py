@@ -151,7 +151,11 @@ async def open_runtime(
             model = api_models.pop(0)
         else:
             model = await asyncio.to_thread(
-                describe_model, settings.model, settings.models_dir, settings.model_revision
+                describe_model,
+                settings.model,
+                settings.models_dir,
+                settings.model_revision,
+                settings.checkpoint_options(),
             )
         store = open_store(settings.image_store or settings.data_dir, settings.image_store_options)
         events = EventBus()

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from generation.checkpoints import CheckpointOptions
 from generation.prompt_filter import PromptFilter, read_blocklist
 from generation.quotas import Quotas
 from generation.requests import Limits
@@ -57,6 +58,15 @@ class Settings(BaseSettings):
     image_store_options: dict[str, Any] = Field(default_factory=dict)
     model: str = "embedded"
     model_revision: str | None = None
+    # A single checkpoint file (IMAGINE_MODEL=/models/x.safetensors): its family when its keys
+    # cannot tell (sd1, sd2, sdxl), its prediction when its configs say otherwise (SD 2.x
+    # 768-v: v_prediction), and a local folder of its family's configs and tokenizers (needed
+    # offline; online, the family's reference repository on the hub). A .ckpt is a pickle,
+    # which runs code when loaded: refused unless allowed.
+    model_family: Literal["sd1", "sd2", "sdxl"] | None = None
+    model_prediction: Literal["epsilon", "v_prediction"] | None = None
+    model_config_dir: str | None = None
+    allow_pickle_checkpoints: bool = False
     upscaler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -67,6 +77,10 @@ class Settings(BaseSettings):
     max_count: int = Field(default=4, ge=1, le=4)
     variation_strength: float = Field(default=0.6, gt=0, le=1)
     upscale_strength: float = Field(default=0.3, gt=0, le=1)
+    # Upscales (and variations of them) are made by diffusion up to this longest side (empty:
+    # twice the model's native size), by a resize beyond it, and never past the max.
+    upscale_diffusion_side: int | None = Field(default=None, ge=64)
+    upscale_max_side: int = Field(default=4096, ge=64)
     lease_seconds: float = Field(default=120.0, gt=0)
     # A job with no progress for this long (or 5 × its expected time, if longer) is hung: it
     # goes back to the queue (or fails, out of attempts) and the worker process exits.
@@ -183,6 +197,16 @@ class Settings(BaseSettings):
             default_count=self.max_count,
             default_strength=self.variation_strength,
             upscale_strength=self.upscale_strength,
+            upscale_diffusion_side=self.upscale_diffusion_side,
+            upscale_max_side=self.upscale_max_side,
+        )
+
+    def checkpoint_options(self) -> CheckpointOptions:
+        return CheckpointOptions(
+            family=self.model_family,
+            prediction=self.model_prediction,
+            config=self.model_config_dir,
+            allow_pickle=self.allow_pickle_checkpoints,
         )
 
     def quotas(self) -> Quotas:

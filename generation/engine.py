@@ -40,8 +40,6 @@ class RenderSpec:
     height: int
     scheduler: str
     strength: float | None = None
-    # The scheduler's options over the model's own config (a sampler by name).
-    scheduler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     init_image: Image.Image | None = None
     # Which loaded model runs it: None is the base model; an upscale may name the upscaler.
     model_id: str | None = None
@@ -50,6 +48,8 @@ class RenderSpec:
     # The job's kind (txt2img, img2img, variation, upscale, reroll): an API engine calls a
     # different endpoint for each.
     kind: str = "txt2img"
+    # The scheduler's options over the model's own config (a sampler by name).
+    scheduler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -10,6 +10,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from generation.checkpoints import (
+    PIPELINE_CLASSES,
+    SAFE_SUFFIXES,
+    CheckpointOptions,
+    check_pickle,
+    config_folder,
+    family_of,
+    file_sha256,
+    is_checkpoint_file,
+    read_header,
+)
 from generation.embedded import EMBEDDED_MODEL_NAME, RANDOM_MODEL_NAME, embedded_model_folder
 from generation.errors import ModelUnavailable
 
@@ -93,6 +104,8 @@ class ModelInfo:
         if self.engine != "diffusers":
             return self.model_id.partition(":")[2] or self.model_id
         local = self.model_id.startswith((".", "/", "~"))
+        if self.single_file:  # as A1111 shows it: the file's name without its suffix
+            return Path(self.model_id).stem
         return Path(self.model_id).name if local else self.model_id
 
 
@@ -161,8 +174,16 @@ def _resolve(model: str, models_dir: Path, revision: str | None) -> tuple[Path, 
     return Path(snapshot), Path(snapshot).name, False
 
 
-def describe_model(model: str, models_dir: Path, revision: str | None = None) -> ModelInfo:
-    """Read a diffusers model's native size, scheduler and defaults from its configs."""
+def describe_model(
+    model: str,
+    models_dir: Path,
+    revision: str | None = None,
+    checkpoint: CheckpointOptions | None = None,
+) -> ModelInfo:
+    """Read a diffusers model's native size, scheduler and defaults from its configs; a
+    single checkpoint file's from its family's configs (``checkpoint`` says how to find them)."""
+    if is_checkpoint_file(model) and not Path(model).expanduser().is_dir():
+        return describe_checkpoint(model, models_dir, checkpoint or CheckpointOptions())
     folder, resolved_revision, local = _resolve(model, models_dir, revision)
     # UNet pipelines (SD 1.x/2.x, SDXL) keep their size in unet/, transformer ones (SD3) there.
     denoiser = folder / "unet" / "config.json"
@@ -238,4 +259,48 @@ def _from_configs(
         text_width=int(denoiser.get("cross_attention_dim") or 0)
         if isinstance(denoiser.get("cross_attention_dim"), int)
         else 0,
+    )
+
+
+def describe_checkpoint(model: str, models_dir: Path, options: CheckpointOptions) -> ModelInfo:
+    """A single ``.safetensors`` checkpoint: refused unless its header is whole and its keys
+    are a Stable Diffusion model's; its family from them (or the host's setting), its configs
+    from the family's folder; its revision the file's sha256."""
+    path = Path(model).expanduser().resolve()
+    if not path.is_file():
+        raise ModelUnavailable(f"model file {path} does not exist: check IMAGINE_MODEL")
+    check_pickle(path, options)
+    detected = None
+    if path.suffix.lower() in SAFE_SUFFIXES:
+        detected = family_of(set(read_header(path)), path)
+    family = options.family or detected
+    if family is None:
+        raise ModelUnavailable(
+            f"{path}: a pickle's layout is not read before it is loaded; set "
+            "IMAGINE_MODEL_FAMILY (sd1, sd2 or sdxl)"
+        )
+    if detected is not None and family != detected:
+        logger.warning("%s looks like %s; loading it as %s, as set", path, detected, family)
+    folder = config_folder(family, options, path)
+    pipeline = _read_json(folder / "model_index.json")
+    if pipeline.get("_class_name") != PIPELINE_CLASSES[family]:
+        raise ModelUnavailable(
+            f"{path} is {family}, but the configs in {folder} are a "
+            f"{pipeline.get('_class_name')}: set IMAGINE_MODEL_CONFIG_DIR to a {family} folder"
+        )
+    info = _from_configs(
+        model,
+        folder,
+        file_sha256(path, models_dir / HASH_CACHE),
+        True,
+        pipeline=pipeline,
+        denoiser=_read_json(folder / "unet" / "config.json"),
+        vae=_read_json(folder / "vae" / "config.json"),
+    )
+    return dataclasses.replace(
+        info,
+        path=str(path),
+        single_file=True,
+        config_path=str(folder),
+        prediction=options.prediction or info.prediction,
     )
