@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from generation.errors import RenderCancelled, TooLargeForDevice
+from generation.errors import ModelUnavailable, RenderCancelled, TooLargeForDevice
 from generation.model_info import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -285,12 +285,18 @@ class DiffusersEngine:
             else:
                 loader = DiffusionPipeline if model.family == "upscaler" else None
                 source = model.path if model.local else model.model_id
-                pipeline = (loader or AutoPipelineForText2Image).from_pretrained(
-                    source,
-                    revision=None if model.local else model.revision,
-                    torch_dtype=self._torch_dtype,
-                    local_files_only=model.local,
-                )
+                try:
+                    pipeline = (loader or AutoPipelineForText2Image).from_pretrained(
+                        source,
+                        revision=None if model.local else model.revision,
+                        torch_dtype=self._torch_dtype,
+                        local_files_only=model.local,
+                    )
+                except Exception as error:  # a corrupt or partial download, a foreign folder
+                    raise ModelUnavailable(
+                        f"{model.name} could not be loaded from {source} ({type(error).__name__}: "
+                        f"{str(error)[:300]}): download it again, or check IMAGINE_MODEL"
+                    ) from error
         return pipeline.to(self.runtime.device)
 
     def _fit_preview(self, pipeline: Any, model: ModelInfo) -> LatentPreview | None:

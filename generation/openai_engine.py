@@ -141,6 +141,8 @@ def describe_api_model(name: str) -> ModelInfo:
 class ApiProgress:
     """One API call done, as a denoising step is for diffusers: the worker renews its lease."""
 
+    has_preview = True
+
     def __init__(self, step: int, total: int, image: Image.Image) -> None:
         self.step, self.total, self._image = step, total, image
 

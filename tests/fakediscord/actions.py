@@ -122,6 +122,13 @@ class LocalDiscord(FakeDiscord):
         values = []
         resolved: dict[str, Any] = {}
         for name, value in options.items():
+            # A Discord client sends only the options a command declares, and of an option
+            # with choices, only one of its choices.
+            if name not in declared:
+                raise AssertionError(f"/{command} has no option {name!r}: {sorted(declared)}")
+            choices = [choice["value"] for choice in declared[name].get("choices", [])]
+            if choices and value not in choices:
+                raise AssertionError(f"/{command} {name}: {value!r} is not one of {choices}")
             if isinstance(value, FakeUser):
                 resolved.setdefault("users", {})[str(value.id)] = value.payload()
                 member = {k: v for k, v in value.member().items() if k != "user"}

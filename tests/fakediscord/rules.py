@@ -89,6 +89,57 @@ def check_message(body: dict[str, Any], *, files: int = 0) -> FormErrors:
     return errors
 
 
+# Application commands (Discord's documented limits on a command and its options).
+COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
+COMMAND_DESCRIPTION = 100
+COMMAND_OPTIONS = 25
+CHOICES = 25
+CHOICE_NAME = 100
+CHOICE_STRING_VALUE = 100
+
+
+def check_command(command: dict[str, Any]) -> FormErrors:
+    """A command as the bot registers it; an empty FormErrors if Discord would take it."""
+    errors = FormErrors()
+    _check_command_level(errors, (), command)
+    return errors
+
+
+def _check_command_level(
+    errors: FormErrors, path: tuple[str | int, ...], item: dict[str, Any]
+) -> None:
+    name = item.get("name", "")
+    if not COMMAND_NAME.match(name) or name != name.lower():
+        errors.add((*path, "name"), "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+    errors.max_length((*path, "description"), item.get("description"), COMMAND_DESCRIPTION)
+    options = item.get("options") or []
+    if len(options) > COMMAND_OPTIONS:
+        errors.count((*path, "options"), options, 0, COMMAND_OPTIONS)
+    seen_optional = False
+    for index, option in enumerate(options):
+        where = (*path, "options", index)
+        if option.get("type") in (1, 2):  # a subcommand (group): its own options
+            _check_command_level(errors, where, option)
+            continue
+        _check_command_level(errors, where, {**option, "options": []})
+        if option.get("required") and seen_optional:
+            errors.add(
+                where,
+                "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                "Required options must be placed before non-required options",
+            )
+        seen_optional = seen_optional or not option.get("required")
+        choices = option.get("choices") or []
+        if len(choices) > CHOICES:
+            errors.count((*where, "choices"), choices, 0, CHOICES)
+        for number, choice in enumerate(choices):
+            errors.max_length((*where, "choices", number, "name"), choice.get("name"), CHOICE_NAME)
+            if isinstance(choice.get("value"), str):
+                errors.max_length(
+                    (*where, "choices", number, "value"), choice["value"], CHOICE_STRING_VALUE
+                )
+
+
 def is_empty(body: dict[str, Any], files: int) -> bool:
     """A message with nothing in it (Discord answers 50006); blank content is nothing."""
     return not (

@@ -630,6 +630,12 @@ class FakeDiscord:
         if guild is not None and int(guild) not in (self.guild_id, self.other_guild_id):
             # A server the bot is not in (it was kicked, or the id is wrong).
             raise ApiError(403, 50001, "Missing Access")
+        for index, command in enumerate(call.json):
+            errors = rules.check_command(command)
+            if errors:
+                wrapped = rules.FormErrors()
+                wrapped.tree = {str(index): errors.tree}
+                raise invalid_form(wrapped)
         self.synced.append(int(guild) if guild else None)
         result = []
         for command in call.json:

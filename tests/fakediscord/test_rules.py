@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.fakediscord import rules
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.server import TOKEN, Interaction
 
@@ -456,3 +457,22 @@ async def test_a_member_who_closed_dms_can_be_opened_but_not_written_to(
     )
     path = f"/channels/{channel['id']}/messages"
     assert (await _request(http, server, "POST", path, {"content": "yours"}))[0] == 200
+
+
+def test_a_command_past_discords_limits_is_refused_where_discord_refuses_it() -> None:
+    choices = [{"name": f"choice {i}", "value": f"v{i}"} for i in range(26)]
+    command = {
+        "name": "imagine",
+        "description": "Make images.",
+        "options": [
+            {"name": "seed", "description": "A seed.", "type": 4},
+            {"name": "prompt", "description": "What to draw.", "type": 3, "required": True},
+            {"name": "sampler", "description": "x" * 101, "type": 3, "choices": choices},
+        ],
+    }
+    errors = rules.check_command(command).tree
+    assert "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID" in str(errors["options"]["1"])
+    assert errors["options"]["2"]["choices"]["_errors"][0]["code"] == "BASE_TYPE_BAD_LENGTH"
+    assert errors["options"]["2"]["description"]["_errors"][0]["code"] == "BASE_TYPE_MAX_LENGTH"
+    assert not rules.check_command({**command, "options": command["options"][1:2]})
+    assert rules.check_command({"name": "Imagine", "description": "x"})

@@ -193,3 +193,26 @@ def test_the_command_line_generates_and_reproduces_from_a_checkpoint_file(
         )
     )
     assert again["identical"] is True
+
+
+def test_a_corrupt_model_stops_the_worker_with_the_reason_not_a_traceback(
+    files: dict[str, Path], folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """A truncated checkpoint, and a folder whose weights were cut short: the process says
+    what to fix and exits non-zero (a worker that cannot load its model cannot go on)."""
+    data = files["sd1"].read_bytes()
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    config = configs_only(folders["sd1"], tmp_path / "configs")
+    env = {"IMAGINE_MODEL_CONFIG_DIR": str(config)}
+    result = imagine(tmp_path / "a", "generate", "a cat", model=str(truncated), env=env)
+    assert result.returncode != 0
+    assert "is truncated" in result.stderr and "Traceback" not in result.stderr
+    folder = tmp_path / "folder"
+    shutil.copytree(folders["sd1"], folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = imagine(tmp_path / "b", "generate", "a cat", model=str(folder))
+    assert result.returncode != 0
+    assert "could not be loaded from" in result.stderr and "download it again" in result.stderr
+    assert "Traceback" not in result.stderr
