@@ -117,10 +117,11 @@ def result_view(
         return view if view.children else None
     for index in indices if upscale else ():
         view.add_item(JobButton(Action.UPSCALE, job.id, index, row=0))
-    view.add_item(JobButton(Action.REROLL, job.id, row=0))
+    if JobKind.REROLL in offers:
+        view.add_item(JobButton(Action.REROLL, job.id, row=0))
     for index in indices if vary else ():
         view.add_item(JobButton(Action.VARY, job.id, index, row=1))
-    return view
+    return view if view.children else None
 
 
 class QueuePageButton(

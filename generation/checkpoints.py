@@ -71,13 +71,31 @@ def read_header(path: Path) -> dict[str, Any]:
             )
         raw = handle.read(length)
     try:
-        header: dict[str, Any] = json.loads(raw)
+        header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as error:
         raise ModelUnavailable(
             f"{path} is not a safetensors file (its header is not JSON): download it again"
         ) from error
+    if not isinstance(header, dict):
+        raise ModelUnavailable(f"{path} is not a safetensors file: download it again")
     header.pop("__metadata__", None)
-    end = max((int(entry["data_offsets"][1]) for entry in header.values()), default=0)
+    end = 0
+    for name, entry in header.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+            and isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise ModelUnavailable(
+                f"{path} is not a valid safetensors file (tensor {str(name)[:80]!r} has no "
+                "proper shape and offsets): download it again"
+            )
+        end = max(end, offsets[1])
     if 8 + length + end > size:
         raise ModelUnavailable(
             f"{path} is truncated: its tensors need {8 + length + end} bytes, the file has "
@@ -111,6 +129,16 @@ def family_of(keys: set[str], path: Path) -> str:
     )
 
 
+def text_width(header: dict[str, Any]) -> int | None:
+    """The width of the text the UNet attends to (768: SD 1.x, 1024: SD 2.x, 2048: SDXL),
+    from its cross-attention keys' shapes; None if it has none."""
+    for name, entry in header.items():
+        if name.startswith("model.diffusion_model.") and name.endswith("attn2.to_k.weight"):
+            shape = entry.get("shape") or []
+            return int(shape[-1]) if shape else None
+    return None
+
+
 def file_sha256(path: Path, cache_file: Path | None = None) -> str:
     """The file's sha256 (64 hex digits), kept in ``cache_file`` while the file keeps its size
     and modification time: hashing gigabytes takes a while, once."""
@@ -140,6 +168,8 @@ def file_sha256(path: Path, cache_file: Path | None = None) -> str:
 def config_folder(family: str, options: CheckpointOptions, path: Path) -> Path:
     """The folder of the family's configs and tokenizers: the host's, or the hub's."""
     source = options.config or REFERENCE_CONFIGS[family]
+    if family == "sd2" and options.prediction == "epsilon" and not options.config:
+        source = "stabilityai/stable-diffusion-2-1-base"  # the 512 epsilon one
     if Path(source).expanduser().is_dir():
         return Path(source).expanduser().resolve()
     from huggingface_hub import snapshot_download
@@ -181,12 +211,12 @@ def load_single_file(model: Any, torch_dtype: Any) -> Any:
 
     folder = Path(model.config_path)
     pipeline_class = getattr(diffusers, LOADERS[model.family])
-    scheduler_config = json.loads(
-        (folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")
-    )
-    scheduler_class = getattr(diffusers, scheduler_config["_class_name"])
-    scheduler = scheduler_class.from_config(scheduler_config, prediction_type=model.prediction)
     try:
+        scheduler_config = json.loads(
+            (folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8")
+        )
+        scheduler_class = getattr(diffusers, scheduler_config["_class_name"])
+        scheduler = scheduler_class.from_config(scheduler_config, prediction_type=model.prediction)
         return pipeline_class.from_single_file(
             model.path,
             config=str(folder),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import inspect
 import json
 import logging
 import platform
@@ -50,6 +51,8 @@ class RenderSpec:
     kind: str = "txt2img"
     # The scheduler's options over the model's own config (a sampler by name).
     scheduler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Decode through the VAE in tiles (the job recorded it; see requests.tiled_decode).
+    vae_tiling: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -203,10 +206,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-# Decodes larger than this many times the model's native area go through the VAE in tiles.
-TILED_DECODE_AREA = 2.0
-
-
 class DiffusersEngine:
     """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time.
 
@@ -241,10 +240,13 @@ class DiffusersEngine:
         )
         self.txt2img: Any = self._load(model)
         # from_pipe shares every module: img2img and upscale add no second copy of the weights.
-        self.img2img: Any = (
-            AutoPipelineForImage2Image.from_pipe(self.txt2img) if model.img2img else None
-        )
-        self.upscaler: Any = self._load(upscaler) if upscaler else None
+        self.img2img: Any = None
+        if model.img2img:
+            try:
+                self.img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
+            except ValueError:  # a pipeline diffusers has no image-to-image twin for
+                logger.warning("%s cannot start from an image: no img2img pipeline", model.name)
+        self.upscaler: Any = self._load(upscaler, upscaler=True) if upscaler else None
         for pipeline in (self.txt2img, self.img2img, self.upscaler):
             if pipeline is not None:
                 pipeline.set_progress_bar_config(disable=True)
@@ -262,7 +264,7 @@ class DiffusersEngine:
         # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
-    def _load(self, model: ModelInfo) -> Any:
+    def _load(self, model: ModelInfo, *, upscaler: bool = False) -> Any:
         """``from_pretrained`` of a local folder as it is, or of the hub revision described;
         ``from_single_file`` of a checkpoint file with its family's configs."""
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -283,7 +285,8 @@ class DiffusersEngine:
 
                 pipeline = load_single_file(model, self._torch_dtype)
             else:
-                loader = DiffusionPipeline if model.family == "upscaler" else None
+                # An upscaler is whatever pipeline its folder names (x4, latent x2).
+                loader = DiffusionPipeline if upscaler or model.family == "upscaler" else None
                 source = model.path if model.local else model.model_id
                 try:
                     pipeline = (loader or AutoPipelineForText2Image).from_pretrained(
@@ -347,23 +350,39 @@ class DiffusersEngine:
                 raise ValueError("an upscale needs the image it starts from")
             return [_resized(spec.init_image, spec.width, spec.height) for _ in spec.seeds]
         threads = spec.torch_threads or self.runtime.torch_threads
-        with self._lock, torch.inference_mode():
-            torch.set_num_threads(threads)
+        with self._lock:
+            out_of_memory = False
             try:
-                if self.upscaler_model is not None and model_id == self.upscaler_model.model_id:
-                    return self._run_upscaler(spec, on_step)
-                return self._run_base(spec, on_step)
+                with torch.inference_mode():
+                    torch.set_num_threads(threads)
+                    if self.upscaler_model is not None and (
+                        model_id == self.upscaler_model.model_id
+                    ):
+                        return self._run_upscaler(spec, on_step)
+                    return self._run_base(spec, on_step)
             except RenderCancelled:
                 logger.info("render stopped at the step callback's request")
                 raise
-            except torch.OutOfMemoryError as error:
-                del error  # its traceback holds the tensors: let them go before freeing
-                raise self._out_of_memory(spec) from None
+            except RuntimeError as error:  # torch.OutOfMemoryError is one; MPS says it in words
+                if not _out_of_memory(error):
+                    raise
+                out_of_memory = True  # freed below, once this frame lets go of its tensors
             finally:
                 torch.set_num_threads(self.runtime.torch_threads)
+                self._settle()
+            raise self._freed(spec, out_of_memory)
 
-    def _out_of_memory(self, spec: RenderSpec) -> TooLargeForDevice:
+    def _settle(self) -> None:
+        """Undo what a render broken off mid-way may leave: SDXL's pipeline upcasts its VAE
+        to float32 for the decode and casts it back only when the decode finishes."""
+        for pipeline in (self.txt2img, self.upscaler):
+            vae = getattr(pipeline, "vae", None)
+            if vae is not None and vae.dtype != self._torch_dtype:
+                vae.to(dtype=self._torch_dtype)
+
+    def _freed(self, spec: RenderSpec, out_of_memory: bool) -> TooLargeForDevice:
         """Free what the failed call held; the reason its job fails with."""
+        assert out_of_memory
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -384,19 +403,25 @@ class DiffusersEngine:
         scheduler = self._schedulers.get(key)
         if scheduler is None:
             scheduler_class = getattr(diffusers, spec.scheduler, None)
-            if scheduler_class is None:
+            if not (
+                isinstance(scheduler_class, type)
+                and issubclass(scheduler_class, diffusers.SchedulerMixin)
+            ):
                 raise ValueError(f"diffusers {diffusers.__version__} has no {spec.scheduler}")
+            known = inspect.signature(scheduler_class.__init__).parameters
+            unknown = sorted(set(spec.scheduler_options) - set(known))
+            if unknown:
+                raise ValueError(f"{spec.scheduler} takes no {', '.join(unknown)}")
             config = self._scheduler_configs[model.model_id]
             scheduler = scheduler_class.from_config(config, **spec.scheduler_options)
             self._schedulers[key] = scheduler
+        timesteps: list[Any] = []
         if spec.scheduler_options.get("use_karras_sigmas") and scheduler.order == 1:
-            # A multistep solver steps each timestep once: Karras sigmas on a cosine schedule
-            # map to repeated timesteps, and it would index past its end mid-render.
+            # A multistep solver starts at the second of a repeated first timestep (Karras
+            # sigmas on a cosine schedule) and would index past its end mid-render.
             scheduler.set_timesteps(spec.steps)
             timesteps = scheduler.timesteps.tolist()
-        else:
-            timesteps = []
-        if len(set(timesteps)) < len(timesteps):
+        if timesteps and timesteps.count(timesteps[0]) > 1:
             raise ValueError(
                 f"{spec.scheduler} with {spec.scheduler_options} repeats timesteps on "
                 f"{model.name}'s noise schedule at {spec.steps} steps: pick another sampler"
@@ -421,13 +446,13 @@ class DiffusersEngine:
             arguments["negative_prompt"] = [spec.negative_prompt] * batch
         return arguments
 
-    def _tiled(self, pipeline: Any, model: ModelInfo, spec: RenderSpec) -> None:
-        """Large decodes go through the VAE in tiles (the same rule every time: a job made
-        again decodes the same way)."""
-        native = model.native_width * model.native_height
+    @staticmethod
+    def _tiled(pipeline: Any, spec: RenderSpec) -> None:
+        """Large decodes go through the VAE in tiles, as the job recorded (so a job made again
+        decodes the way it was made)."""
         if not hasattr(pipeline.vae, "enable_tiling"):
             return
-        if spec.width * spec.height > TILED_DECODE_AREA * native:
+        if spec.vae_tiling:
             pipeline.vae.enable_tiling()
         else:
             pipeline.vae.disable_tiling()
@@ -465,7 +490,7 @@ class DiffusersEngine:
             if model.family == "flux":  # Flux's img2img takes the size as its own arguments
                 arguments.update(width=spec.width, height=spec.height)
         pipeline.scheduler = self._scheduler(model, spec)
-        self._tiled(pipeline, model, spec)
+        self._tiled(pipeline, spec)
         images: list[Image.Image] = pipeline(**arguments).images
         return images
 
@@ -485,9 +510,13 @@ class DiffusersEngine:
         arguments = self._common_arguments(spec, model)
         arguments.update(image=[low] * len(spec.seeds), callback=callback, callback_steps=1)
         self.upscaler.scheduler = self._scheduler(model, spec)
-        self._tiled(self.upscaler, self.model, spec)
+        self._tiled(self.upscaler, spec)
         images = self.upscaler(**arguments).images
         return [_resized(image, spec.width, spec.height) for image in images]
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def _resized(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -88,6 +88,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "scheduler": job.scheduler,
         "scheduler_options": job.scheduler_options,
         "sampler": job.sampler,
+        "vae_tiling": job.vae_tiling,
         "model_id": job.model_id,
         "model_revision": job.model_revision,
         "dtype": job.dtype,

@@ -20,6 +20,7 @@ from generation.checkpoints import (
     file_sha256,
     is_checkpoint_file,
     read_header,
+    text_width,
 )
 from generation.embedded import EMBEDDED_MODEL_NAME, RANDOM_MODEL_NAME, embedded_model_folder
 from generation.errors import ModelUnavailable
@@ -221,7 +222,9 @@ def _from_configs(
     scheduler = _read_json(scheduler_config) if scheduler_config.exists() else {}
     scheduler_class = str(scheduler.get("_class_name", "unknown"))
     family, img2img, inpainting, negative = FAMILIES.get(
-        str(pipeline.get("_class_name")), ("other", False, False, True)
+        # Another pipeline: img2img if diffusers has a twin for it (the engine finds out).
+        str(pipeline.get("_class_name")),
+        ("other", True, False, True),
     )
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     # A transformer works on patches of latents (SD3: patch_size; Flux packs 2×2).
@@ -270,9 +273,10 @@ def describe_checkpoint(model: str, models_dir: Path, options: CheckpointOptions
     if not path.is_file():
         raise ModelUnavailable(f"model file {path} does not exist: check IMAGINE_MODEL")
     check_pickle(path, options)
-    detected = None
+    detected, width = None, None
     if path.suffix.lower() in SAFE_SUFFIXES:
-        detected = family_of(set(read_header(path)), path)
+        header = read_header(path)
+        detected, width = family_of(set(header), path), text_width(header)
     family = options.family or detected
     if family is None:
         raise ModelUnavailable(
@@ -282,11 +286,24 @@ def describe_checkpoint(model: str, models_dir: Path, options: CheckpointOptions
     if detected is not None and family != detected:
         logger.warning("%s looks like %s; loading it as %s, as set", path, detected, family)
     folder = config_folder(family, options, path)
-    pipeline = _read_json(folder / "model_index.json")
-    if pipeline.get("_class_name") != PIPELINE_CLASSES[family]:
+    needed = ["model_index.json", "unet/config.json", "vae/config.json"]
+    needed.append("scheduler/scheduler_config.json")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
         raise ModelUnavailable(
-            f"{path} is {family}, but the configs in {folder} are a "
-            f"{pipeline.get('_class_name')}: set IMAGINE_MODEL_CONFIG_DIR to a {family} folder"
+            f"the configs for {path} in {folder} lack {', '.join(missing)}: point "
+            f"IMAGINE_MODEL_CONFIG_DIR at a whole diffusers folder of the {family} family"
+        )
+    pipeline = _read_json(folder / "model_index.json")
+    denoiser = _read_json(folder / "unet" / "config.json")
+    configured = denoiser.get("cross_attention_dim")
+    if pipeline.get("_class_name") != PIPELINE_CLASSES[family] or (
+        width is not None and isinstance(configured, int) and configured != width
+    ):
+        raise ModelUnavailable(
+            f"{path} is {family} (text width {width}), but the configs in {folder} are a "
+            f"{pipeline.get('_class_name')} (text width {configured}): set "
+            f"IMAGINE_MODEL_CONFIG_DIR to a {family} folder"
         )
     info = _from_configs(
         model,
@@ -294,7 +311,7 @@ def describe_checkpoint(model: str, models_dir: Path, options: CheckpointOptions
         file_sha256(path, models_dir / HASH_CACHE),
         True,
         pipeline=pipeline,
-        denoiser=_read_json(folder / "unet" / "config.json"),
+        denoiser=denoiser,
         vae=_read_json(folder / "vae" / "config.json"),
     )
     return dataclasses.replace(

@@ -43,6 +43,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         height=job.height,
         scheduler=job.scheduler,
         scheduler_options=dict(job.scheduler_options),
+        vae_tiling=bool(job.vae_tiling),
         strength=job.strength,
         init_image=init_image,
         model_id=job.model_id,

@@ -21,6 +21,8 @@ IMAGE_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE, JobKind.IMG2IMG})
 RESIZED_KINDS = frozenset({JobKind.VARIATION, JobKind.UPSCALE})
 # The largest local upscale of an image API's picture.
 API_UPSCALE_MAX = 4096
+# Decodes larger than this many times the model's native area go through the VAE in tiles.
+TILED_DECODE_AREA = 2.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class GenerationRequest:
     # the sampler table may have changed since.
     scheduler: str | None = None
     scheduler_options: dict[str, Any] | None = None
+    vae_tiling: bool | None = None  # likewise: how the job it makes again was decoded
 
     @property
     def made_from(self) -> int | None:
@@ -101,6 +104,7 @@ class Recipe:
     scheduler: str
     scheduler_options: dict[str, Any]
     sampler: str | None
+    vae_tiling: bool
     model_id: str
     model_revision: str
     parent_job_id: int | None
@@ -201,6 +205,19 @@ def _check_capabilities(request: GenerationRequest, model: ModelInfo, negative: 
         )
 
 
+def is_resize_only(kind: str, strength: float | None) -> bool:
+    """An upscale past what diffusion may make (or on a model that cannot start from an
+    image): a Lanczos resize, recorded as strength 0, with no model call."""
+    return kind == JobKind.UPSCALE and strength == 0
+
+
+def tiled_decode(model: ModelInfo, width: int, height: int) -> bool:
+    """Whether a job's decode goes through the VAE in tiles (recorded, so a job made again
+    decodes the way it was made): images larger than TILED_DECODE_AREA × the native area."""
+    native = model.native_width * model.native_height
+    return model.engine == "diffusers" and width * height > TILED_DECODE_AREA * native
+
+
 def diffusion_side(limits: Limits, base: ModelInfo) -> int:
     """The longest side an upscale or a variation of one may be made at by diffusion."""
     return limits.upscale_diffusion_side or 2 * max(base.native_width, base.native_height)
@@ -237,13 +254,27 @@ def _size(
     resize_only = False
     if model.sizes:  # an image API: its own list of sizes, whatever the host's limits
         if request.kind is JobKind.UPSCALE:  # made here, by resizing: bounded all the same
-            _check_int("width", width, 1, API_UPSCALE_MAX, " pixels")
-            _check_int("height", height, 1, API_UPSCALE_MAX, " pixels")
+            cap = min(API_UPSCALE_MAX, limits.upscale_max_side)
+            _check_int("width", width, 1, cap, " pixels")
+            _check_int("height", height, 1, cap, " pixels")
         elif (width, height) not in model.sizes:
             listed = ", ".join(f"{w}×{h}" for w, h in model.sizes)
             raise InvalidRequest("size", f"{model.name} makes {listed} only, not {width}×{height}")
     elif request.kind in RESIZED_KINDS:
         resize_only = _check_resized(request.kind, width, height, limits, base)
+        if request.reproduces_job_id is not None and request.kind is JobKind.UPSCALE:
+            # Made again as it was made: a resize stays one; a diffusion past today's cap
+            # is not made at all.
+            if resize_only and request.strength != 0:
+                raise InvalidRequest(
+                    "size",
+                    f"job {request.reproduces_job_id} was upscaled by diffusion to "
+                    f"{width}×{height}, past what this host now makes that way: it cannot be "
+                    "made again here",
+                )
+            resize_only = request.strength == 0
+        elif request.kind is JobKind.UPSCALE and not (model.img2img or model.family == "upscaler"):
+            resize_only = True  # a model that cannot start from an image only resizes
     else:
         step = max(SIZE_STEP, model.size_multiple)
         _check_size("width", width, limits.min_size, limits.max_width, step)
@@ -318,6 +349,9 @@ def validate(
         scheduler=scheduler,
         scheduler_options=options,
         sampler=sampler,
+        vae_tiling=bool(request.vae_tiling)
+        if request.reproduces_job_id is not None
+        else tiled_decode(model, width, height),
         model_id=model.model_id,
         model_revision=model.revision,
         parent_job_id=request.parent_job_id,

@@ -28,6 +28,7 @@ from generation.imaging import encode_png, make_grid, pixel_sha256
 from generation.lease import LeaseKeeper
 from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
 from generation.rendering import attempt_prefix, grid_key, image_key, load_init_image, spec_for_job
+from generation.requests import is_resize_only
 from generation.safety import SafetyChecker, checker_name
 from generation.server_settings import ServerSettings
 from storage.db import Database
@@ -472,6 +473,7 @@ class JobRun:
                     gpu_seconds=rendered.gpu_seconds,
                     error=None,
                     not_before=None,
+                    measure=not is_resize_only(job.kind, job.strength),
                 )
                 if not completed:
                     return await self._already(JobStatus.SUCCEEDED)

@@ -113,3 +113,18 @@ def familiar_name(sampler: str | None, scheduler: str) -> str:
     if sampler:
         return sampler
     return _CLASS_NAMES.get(scheduler, scheduler)
+
+
+# Schedulers that call the model twice a step (second-order): a job's cost counts both.
+SECOND_ORDER = frozenset(
+    {
+        "HeunDiscreteScheduler",
+        "KDPM2DiscreteScheduler",
+        "KDPM2AncestralDiscreteScheduler",
+        "DPMSolverSDEScheduler",
+    }
+)
+
+
+def calls_per_step(scheduler: str) -> int:
+    return 2 if scheduler in SECOND_ORDER else 1

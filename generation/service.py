@@ -29,7 +29,15 @@ from generation.outbox import DeliveryTarget
 from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.reproduce import REMOTE_PREFIXES, ReproduceReport, compare
-from generation.requests import GenerationRequest, Limits, Recipe, nearest_size, validate
+from generation.requests import (
+    GenerationRequest,
+    Limits,
+    Recipe,
+    is_resize_only,
+    nearest_size,
+    validate,
+)
+from generation.samplers import calls_per_step
 from generation.server_settings import ServerRules, ServerSettings
 from generation.strikes import StrikePolicy, strike
 from storage.db import Database
@@ -41,8 +49,6 @@ from storage.unit_of_work import UnitOfWork
 
 logger = logging.getLogger(__name__)
 
-# A resize-only upscale costs as many megapixel-steps per megapixel as this (a step is one).
-RESIZE_COST = 0.05
 # Writing an uploaded start image may take this long (the submit's transaction waits on it).
 UPLOAD_SECONDS = 15.0
 
@@ -114,12 +120,15 @@ def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) ->
     img2img runs ``steps × strength`` steps; ``all_steps`` is for pipelines that run every
     step whatever the strength (a diffusion upscaler).
     """
-    if recipe.strength == 0:  # an upscale past diffusion's cap: a resize, nearly free
-        return recipe.width * recipe.height * RESIZE_COST * recipe.count * factor / 1_000_000
+    if is_resize_only(recipe.kind, recipe.strength):
+        # No model call, but a large PNG to encode, check and store: one step's worth.
+        return recipe.width * recipe.height * recipe.count * factor / 1_000_000
     steps = recipe.steps
     if recipe.strength is not None and not all_steps:
         steps = max(1, int(recipe.steps * recipe.strength))
-    return recipe.width * recipe.height * steps * recipe.count * factor / 1_000_000
+    # A second-order sampler (Heun, DPM2, DPM++ SDE) calls the model twice a step.
+    calls = calls_per_step(recipe.scheduler)
+    return recipe.width * recipe.height * steps * calls * recipe.count * factor / 1_000_000
 
 
 class GenerationService:
@@ -199,20 +208,14 @@ class GenerationService:
 
     def offers(self, job: JobRecord) -> frozenset[JobKind]:
         """What a finished job's buttons may ask for here: each kind whose derived job this
-        host would accept (its size within the caps), so no button is shown only to refuse."""
-        offered = {JobKind.REROLL}
-        for kind in (JobKind.UPSCALE, JobKind.VARIATION):
-            width, height = self._derived_size(kind, job)
-            request = GenerationRequest(
-                prompt=job.prompt or "-",
-                user_id=job.user_id,
-                model=self._parent_model(job),
-                width=width,
-                height=height,
-                count=1,
-                steps=None if kind is JobKind.UPSCALE else job.steps,
-                kind=kind,
-            )
+        host would accept (the same request ``derive`` makes), so no button is shown only to
+        be refused."""
+        offered = set()
+        for kind in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.REROLL):
+            index = None if kind is JobKind.REROLL else 0
+            request = self._derived_request(kind, job, index, job.user_id)
+            if request.kind is JobKind.IMG2IMG:  # its start image is read when pressed
+                request = dataclasses.replace(request, init_image=b"")
             try:
                 self.check(request)
             except InvalidRequest:
@@ -220,15 +223,64 @@ class GenerationService:
             offered.add(kind)
         return frozenset(offered)
 
-    def _derived_size(self, kind: JobKind, parent: JobRecord) -> tuple[int, int]:
-        """The size an upscale or a variation of ``parent``'s image is made at."""
-        width, height = parent.width, parent.height
+    def _derived_request(
+        self,
+        kind: JobKind,
+        recipe: JobRecord,
+        image_index: int | None,
+        user_id: int,
+        *,
+        seed: int | None = None,
+        strength: float | None = None,
+    ) -> GenerationRequest:
+        """The request an upscale, a variation or a reroll of ``recipe`` is (a reroll of an
+        img2img job is img2img again: its start image is the caller's to add)."""
+        width, height = recipe.width, recipe.height
+        model = self.models.get(recipe.model_id)
+        reroll = kind is JobKind.REROLL
+        count = recipe.count
+        steps: int | None = recipe.steps
+        guidance: float | None = recipe.guidance
+        sampler = recipe.sampler
         if kind is JobKind.UPSCALE:
-            return width * self.limits.upscale_factor, height * self.limits.upscale_factor
-        model = self.models.get(parent.model_id)
-        if kind is JobKind.VARIATION and model is not None and model.sizes:
-            return nearest_size(model.sizes, width, height)  # an API makes its own sizes only
-        return width, height
+            width, height = width * self.limits.upscale_factor, height * self.limits.upscale_factor
+            count = 1
+            strength = self.limits.upscale_strength if strength is None else strength
+            on_diffusers = model is None or model.engine == "diffusers"
+            if self.upscaler is not None and on_diffusers:  # its own defaults, not the base's
+                steps = guidance = sampler = None
+        elif kind is JobKind.VARIATION:
+            strength = self.limits.default_strength if strength is None else strength
+            if model is not None and model.sizes:  # an API makes its own sizes only
+                width, height = nearest_size(model.sizes, width, height)
+        elif recipe.init_image_path is not None:
+            kind, strength = JobKind.IMG2IMG, recipe.strength
+        if steps is not None and strength is not None:
+            # img2img runs int(steps × strength) steps: a few-step parent (a turbo model) at a
+            # low strength would run none, so take enough steps for at least one.
+            while int(steps * strength) < 1 and steps < self.limits.max_steps:
+                steps += 1
+        return GenerationRequest(
+            prompt=recipe.prompt,
+            negative_prompt=recipe.negative_prompt,
+            model=self._parent_model(recipe),
+            user_id=user_id,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            height=height,
+            count=count,
+            strength=strength,
+            kind=kind,
+            parent_job_id=recipe.id,
+            parent_image_index=None if reroll else image_index,
+            sampler=sampler,
+            guild_id=recipe.guild_id,
+            channel_id=recipe.channel_id,
+            channel_nsfw=recipe.channel_nsfw,
+            channel_public=recipe.channel_public,
+        )
 
     async def submit(
         self, request: GenerationRequest, delivery: DeliveryTarget | None = None
@@ -537,59 +589,27 @@ class GenerationService:
                 f"job {parent_job_id} has no images to start from yet ({parent.job.status})"
             )
         recipe = parent.job
-        width, height = self._derived_size(kind, recipe)
-        count = recipe.count
         if kind is not JobKind.REROLL:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
                 raise InvalidRequest("image", f"must be one of {', '.join(map(str, indices))}")
-        else:
-            image_index = None
-        steps: int | None = recipe.steps
-        guidance: float | None = recipe.guidance
-        sampler = recipe.sampler
-        if kind is JobKind.UPSCALE:
-            count = 1
-            strength = self.limits.upscale_strength if strength is None else strength
-            parent_model = self.models.get(recipe.model_id)
-            on_diffusers = parent_model is None or parent_model.engine == "diffusers"
-            if self.upscaler is not None and on_diffusers:  # its own defaults, not the base's
-                steps = guidance = sampler = None
-        elif kind is JobKind.VARIATION:
-            strength = self.limits.default_strength if strength is None else strength
+        request = self._derived_request(
+            kind, recipe, image_index, user_id, seed=seed, strength=strength
+        )
+        init_image = None
+        if request.kind is JobKind.IMG2IMG:
+            if recipe.init_image_path is None or self.store is None:
+                raise JobStateError(f"job {parent_job_id}'s start image is not kept here")
+            init_image = await asyncio.to_thread(self.store.get, recipe.init_image_path)
         channel_id, channel_nsfw, channel_public = channel or (
             recipe.channel_id,
             recipe.channel_nsfw,
             recipe.channel_public,
         )
-        init_image = None
-        if kind is JobKind.REROLL and recipe.init_image_path is not None and self.store:
-            kind, strength = JobKind.IMG2IMG, recipe.strength
-            init_image = await asyncio.to_thread(self.store.get, recipe.init_image_path)
-        if steps is not None and strength is not None:
-            # img2img runs int(steps × strength) steps: a few-step parent (a turbo model) at a
-            # low strength would run none, so take enough steps for at least one.
-            while int(steps * strength) < 1 and steps < self.limits.max_steps:
-                steps += 1
         return await self.submit(
-            GenerationRequest(
-                prompt=recipe.prompt,
-                negative_prompt=recipe.negative_prompt,
-                model=self._parent_model(recipe),
-                user_id=user_id,
-                seed=seed,
-                steps=steps,
-                guidance=guidance,
-                width=width,
-                height=height,
-                count=count,
-                strength=strength,
-                kind=kind,
-                parent_job_id=parent_job_id,
-                parent_image_index=image_index,
+            dataclasses.replace(
+                request,
                 init_image=init_image,
-                sampler=sampler,
-                guild_id=recipe.guild_id,
                 channel_id=channel_id,
                 channel_nsfw=channel_nsfw,
                 channel_public=channel_public,
@@ -661,6 +681,7 @@ class GenerationService:
                 sampler=original.sampler,
                 scheduler=original.scheduler,
                 scheduler_options=dict(original.scheduler_options),
+                vae_tiling=original.vae_tiling,
                 user_name=user_name,
                 role_ids=role_ids,
             ),

@@ -214,6 +214,8 @@ class Job(Base):
     scheduler: Mapped[str] = mapped_column(String(64))
     scheduler_options: Mapped[dict[str, Any]] = mapped_column(default=dict)
     sampler: Mapped[str | None] = mapped_column(String(32))
+    # Its decode went through the VAE in tiles (a large image); NULL: whole, as before tiling.
+    vae_tiling: Mapped[bool | None]
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -502,12 +502,14 @@ class JobQueue:
         now: dt.datetime,
         *,
         unrun: float = 0.0,
+        measure: bool = True,
         **fields: Any,
     ) -> bool:
         """End a job the lease holder ran; False (and nothing written) when it lost the lease.
 
         ``unrun`` is the fraction of the job that did not run (a cancel mid-way): that part of
-        its cost goes back to the user's virtual time.
+        its cost goes back to the user's virtual time. ``measure``: its seconds per cost feed
+        the model's ETA rate (not a resize, which calls no model).
         """
         if unrun > 0:  # the refund moves the user's tags: their row first, as a cancel does
             owner = await self._session.scalar(select(Job.user_id).where(*self._fenced(lease)))
@@ -533,7 +535,7 @@ class JobQueue:
                 user_id, model_id, tag or 0.0, cost / weight * min(unrun, 1.0), locked=True
             )
         seconds = fields.get("gpu_seconds")
-        if status is JobStatus.SUCCEEDED and seconds is not None and cost > 0:
+        if measure and status is JobStatus.SUCCEEDED and seconds is not None and cost > 0:
             await self.measured(model_id, float(seconds) / cost, now)
         return True
 

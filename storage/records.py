@@ -74,6 +74,7 @@ class JobRecord:
     scheduler: str
     scheduler_options: dict[str, Any]
     sampler: str | None
+    vae_tiling: bool | None
     model_id: str
     model_revision: str
     dtype: str | None

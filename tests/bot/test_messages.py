@@ -69,6 +69,7 @@ def job_record(**fields: Any) -> JobRecord:
         "scheduler": "DPMSolverMultistepScheduler",
         "scheduler_options": {},
         "sampler": None,
+        "vae_tiling": None,
         "model_id": "embedded",
         "model_revision": "f2784086d0bd",
         "dtype": "float32",

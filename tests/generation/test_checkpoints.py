@@ -128,6 +128,21 @@ def test_a_truncated_foreign_or_partial_file_is_refused_naming_what_to_fix(
     lora.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(4))
     with pytest.raises(ModelUnavailable, match=r"not a Stable Diffusion checkpoint .* a LoRA"):
         describe(lora, config, models)
+    for bad in (
+        [],
+        {"x": [1, 2]},
+        {"x": {"dtype": "F32", "shape": [1]}},
+        {"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, -1]}},
+    ):
+        raw = json.dumps(bad).encode()
+        broken = tmp_path / "broken.safetensors"
+        broken.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
+        with pytest.raises(ModelUnavailable, match=r"not a (valid )?safetensors file"):
+            describe(broken, config, models)
+    partial = configs_only(folders["sd1"], tmp_path / "partial")
+    (partial / "unet" / "config.json").unlink()
+    with pytest.raises(ModelUnavailable, match=r"lack unet/config\.json"):
+        describe(files["sd1"], partial, models)
     xl_config = configs_only(folders["sdxl"], tmp_path / "xl-configs")
     with pytest.raises(ModelUnavailable, match="set IMAGINE_MODEL_CONFIG_DIR to a sd1 folder"):
         describe(files["sd1"], xl_config, models)

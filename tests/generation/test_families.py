@@ -4,6 +4,7 @@ another sampler, and made again identically. Tiny pipelines built here (see tiny
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from typing import Any
@@ -217,12 +218,30 @@ async def test_upscales_past_twice_the_native_size_are_resizes_and_stop_at_the_c
     second = await service.derive(JobKind.UPSCALE, first.job.id, 0, user_id=1)
     resized = await _run(worker, service, second.job.id)
     assert resized.job.strength == 0.0  # 256 is past 2 × 64: a resize, recorded as such
+    assert resized.job.cost == pytest.approx(256 * 256 / 1e6)  # one step's worth at its size
+    # Made again as it was made, whatever today's diffusion cap: still a resize.
+    wider = GenerationService(sqlite, info, dataclasses.replace(limits, upscale_diffusion_side=512))
+    again = wider.check(
+        GenerationRequest(
+            "a red circle",
+            user_id=1,
+            kind=JobKind.UPSCALE,
+            width=256,
+            height=256,
+            count=1,
+            strength=0.0,
+            steps=2,
+            reproduces_job_id=second.job.id,
+        )
+    )
+    assert again.strength == 0.0
     assert (resized.job.width, resized.job.height) == (256, 256)
     parent = Image.open(io.BytesIO(store.get(by_diffusion.images[0].path)))
     expected = parent.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS)
     assert resized.images[0].sha256 == pixel_sha256(expected)
-    # 512 would pass the host's cap: no Upscale 2× (nor a Vary at 256, past diffusion's cap).
-    assert service.offers(resized.job) == {JobKind.REROLL}
+    # 512 would pass the host's cap: no Upscale 2× (nor a Vary at 256, past diffusion's cap,
+    # nor a reroll: text-to-image at 256 is past IMAGINE_MAX_WIDTH).
+    assert service.offers(resized.job) == frozenset()
     with pytest.raises(InvalidRequest, match="at most 256 pixels"):
         await service.derive(JobKind.UPSCALE, second.job.id, 0, user_id=1)
 
@@ -253,9 +272,50 @@ def test_an_out_of_memory_render_fails_with_a_short_reason_and_the_engine_goes_o
     def out_of_memory(*_: Any) -> Any:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(engine, "_run_base", out_of_memory)
+    def upcast_then_out_of_memory(*_: Any) -> Any:
+        engine.txt2img.vae.to(dtype=torch.float64)  # as SDXL's decode upcasts its VAE
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(engine, "_run_base", upcast_then_out_of_memory)
     with pytest.raises(TooLargeForDevice, match=r"too large for this GPU .*try a smaller size"):
         engine.render(spec)
+    assert engine.txt2img.vae.dtype == torch.float32  # cast back: the next job's dtype
     monkeypatch.setattr(engine, "_run_base", real)
     assert len(engine.render(spec)) == 1  # the lock was let go; the next job runs
     assert not engine.busy
+
+
+def test_karras_sigmas_on_a_linear_schedule_run_at_every_step_count_a_host_allows(
+    built: dict[str, ModelInfo],
+) -> None:
+    """SD's scaled-linear betas repeat the last Karras timestep at 45–50 steps: harmless (only
+    a repeated first one is not), so the job runs."""
+    info = built["sd1"]
+    engine = engine_for(info)
+    service = GenerationService(None, info, Limits())  # type: ignore[arg-type]
+    recipe = service.check(
+        GenerationRequest("a cat", user_id=1, steps=45, sampler="DPM++ 2M Karras")
+    )
+    spec = RenderSpec(
+        "a cat",
+        "",
+        (1,),
+        45,
+        4.0,
+        SIZE,
+        SIZE,
+        recipe.scheduler,
+        scheduler_options=recipe.scheduler_options,
+    )
+    assert len(engine.render(spec)) == 1
+
+
+def test_a_second_order_sampler_costs_its_two_model_calls_a_step(
+    built: dict[str, ModelInfo],
+) -> None:
+    from generation.service import job_cost
+
+    service = GenerationService(None, built["sd1"], Limits())  # type: ignore[arg-type]
+    euler = service.check(GenerationRequest("a cat", user_id=1, steps=20, sampler="Euler"))
+    heun = service.check(GenerationRequest("a cat", user_id=1, steps=20, sampler="Heun"))
+    assert job_cost(heun) == 2 * job_cost(euler)

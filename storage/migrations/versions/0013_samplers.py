@@ -1,11 +1,13 @@
-"""samplers by name: a job records the scheduler's options and the sampler's familiar name
+"""samplers by name: a job records the scheduler's options and the sampler's familiar name,
+and whether its decode went through the VAE in tiles
 
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-03 09:40:00
 
 Jobs from before keep their scheduler class with no options and no sampler name: they run that
-class on the model's own scheduler config, as they did. Plain ADD COLUMNs (no table rebuild on
+class on the model's own scheduler config, as they did; and NULL tiling: decoded whole, as
+they were. Plain ADD COLUMNs (no table rebuild on
 SQLite: a year of jobs is not copied).
 """
 
@@ -27,9 +29,11 @@ def upgrade() -> None:
         "jobs", sa.Column("scheduler_options", sa.JSON(), nullable=False, server_default="{}")
     )
     op.add_column("jobs", sa.Column("sampler", sa.String(length=32), nullable=True))
+    op.add_column("jobs", sa.Column("vae_tiling", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("vae_tiling")
         batch_op.drop_column("sampler")
         batch_op.drop_column("scheduler_options")
