@@ -351,6 +351,7 @@ class DiffusersEngine:
             return [_resized(spec.init_image, spec.width, spec.height) for _ in spec.seeds]
         threads = spec.torch_threads or self.runtime.torch_threads
         with self._lock:
+            self._cast_back()
             out_of_memory = False
             try:
                 with torch.inference_mode():
@@ -369,12 +370,22 @@ class DiffusersEngine:
                 out_of_memory = True  # freed below, once this frame lets go of its tensors
             finally:
                 torch.set_num_threads(self.runtime.torch_threads)
+                if out_of_memory:
+                    _free_memory()  # before the VAE is cast back, which allocates
                 self._settle()
             raise self._freed(spec, out_of_memory)
 
     def _settle(self) -> None:
         """Undo what a render broken off mid-way may leave: SDXL's pipeline upcasts its VAE
-        to float32 for the decode and casts it back only when the decode finishes."""
+        to float32 for the decode and casts it back only when the decode finishes. Never
+        raises over the render's own error: a cast that fails is tried again before the next
+        render (whose job fails, if it fails again, and the worker goes on)."""
+        try:
+            self._cast_back()
+        except Exception:
+            logger.exception("could not cast the VAE back to %s", self.runtime.dtype)
+
+    def _cast_back(self) -> None:
         for pipeline in (self.txt2img, self.upscaler):
             vae = getattr(pipeline, "vae", None)
             if vae is not None and vae.dtype != self._torch_dtype:
@@ -383,9 +394,6 @@ class DiffusersEngine:
     def _freed(self, spec: RenderSpec, out_of_memory: bool) -> TooLargeForDevice:
         """Free what the failed call held; the reason its job fails with."""
         assert out_of_memory
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         logger.warning(
             "out of memory at %d×%d × %d; memory freed", spec.width, spec.height, len(spec.seeds)
         )
@@ -515,8 +523,25 @@ class DiffusersEngine:
         return [_resized(image, spec.width, spec.height) for image in images]
 
 
+# torch.OutOfMemoryError is CUDA's (torch.cuda's before 2.5); MPS and the CPU allocator say it
+# in words.
+_OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+_OUT_OF_MEMORY_WORDS = ("out of memory", "not enough memory", "can't allocate memory")
+
+
 def _out_of_memory(error: RuntimeError) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+    if isinstance(error, _OUT_OF_MEMORY):
+        return True
+    text = str(error).lower()
+    return any(words in text for words in _OUT_OF_MEMORY_WORDS)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
 
 
 def _resized(image: Image.Image, width: int, height: int) -> Image.Image:

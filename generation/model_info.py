@@ -43,6 +43,9 @@ FAMILIES: dict[str, tuple[str, bool, bool, bool]] = {
     "StableDiffusion3Pipeline": ("sd3", True, True, True),
     "FluxPipeline": ("flux", True, True, False),
     "StableDiffusionUpscalePipeline": ("upscaler", False, False, True),
+    "StableDiffusionLatentUpscalePipeline": ("upscaler", False, False, True),
+    # Others diffusers' AutoPipelineForImage2Image has a twin for.
+    "LatentConsistencyModelPipeline": ("other", True, False, True),
 }
 FAMILY_LABELS = {"sdxl": "SDXL", "sd3": "SD3", "flux": "Flux", "upscaler": "upscaler"}
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
@@ -145,7 +148,13 @@ def content_hash(folder: Path, cache_file: Path | None = None) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    """A config file as a dict; a missing, unreadable or malformed one is refused naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelUnavailable(f"{path} cannot be read as a config ({error})") from error
+    if not isinstance(data, dict):
+        raise ModelUnavailable(f"{path} is not a config: it holds no JSON object")
     return data
 
 
@@ -220,11 +229,29 @@ def _from_configs(
     """A model's description from its pipeline's, denoiser's, VAE's and scheduler's configs."""
     scheduler_config = folder / "scheduler" / "scheduler_config.json"
     scheduler = _read_json(scheduler_config) if scheduler_config.exists() else {}
+    try:
+        return _described(model, folder, revision, local, pipeline, denoiser, vae, scheduler)
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ModelUnavailable(
+            f"the configs in {folder} do not describe a model ({type(error).__name__}: "
+            f"{error}): download them again"
+        ) from error
+
+
+def _described(  # noqa: PLR0917 - the configs, each as read
+    model: str,
+    folder: Path,
+    revision: str,
+    local: bool,
+    pipeline: dict[str, Any],
+    denoiser: dict[str, Any],
+    vae: dict[str, Any],
+    scheduler: dict[str, Any],
+) -> ModelInfo:
     scheduler_class = str(scheduler.get("_class_name", "unknown"))
+    # Another pipeline: text-to-image only (an upscale of its images is a resize).
     family, img2img, inpainting, negative = FAMILIES.get(
-        # Another pipeline: img2img if diffusers has a twin for it (the engine finds out).
-        str(pipeline.get("_class_name")),
-        ("other", True, False, True),
+        str(pipeline.get("_class_name")), ("other", False, False, True)
     )
     vae_factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
     # A transformer works on patches of latents (SD3: patch_size; Flux packs 2×2).

@@ -33,7 +33,7 @@ from generation.safety import SafetyChecker, checker_name
 from generation.server_settings import ServerSettings
 from storage.db import Database
 from storage.image_store import ImageStore
-from storage.models import EventKind, JobStatus
+from storage.models import EventKind, JobKind, JobStatus
 from storage.records import JobRecord, Lease, NewImage
 
 if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only process never needs
@@ -108,6 +108,11 @@ class JobRun:
         # An image API's call is a coroutine, which a hang only cancels.
         model = settings.engine.models.get(job.model_id)
         self.threaded = model is None or model.engine == "diffusers"
+        # Whether its run is a model's work (its seconds feed the model's ETA rate): not a
+        # resize, nor an image API's upscale (a resize made here).
+        self.calls_model = not is_resize_only(job.kind, job.strength) and (
+            self.threaded or job.kind != JobKind.UPSCALE
+        )
         if not self.threaded:  # never cut a call short of its client's own timeouts
             engine = getattr(settings.engine, "engine_for", lambda _: settings.engine)(job.model_id)
             self.budget = max(budget, getattr(engine, "call_seconds", 0.0))
@@ -473,7 +478,7 @@ class JobRun:
                     gpu_seconds=rendered.gpu_seconds,
                     error=None,
                     not_before=None,
-                    measure=not is_resize_only(job.kind, job.strength),
+                    measure=self.calls_model,
                 )
                 if not completed:
                     return await self._already(JobStatus.SUCCEEDED)

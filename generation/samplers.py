@@ -122,6 +122,7 @@ SECOND_ORDER = frozenset(
         "KDPM2DiscreteScheduler",
         "KDPM2AncestralDiscreteScheduler",
         "DPMSolverSDEScheduler",
+        "FlowMatchHeunDiscreteScheduler",
     }
 )
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from generation.errors import RenderHung
 from generation.events import EventBus, JobClaimed, JobFailed
 from generation.faults import backoff, is_transient
-from generation.requests import is_resize_only
 from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
 from generation.server_settings import ServerSettings
@@ -238,8 +237,7 @@ class Worker:
     async def _finish(self, run: JobRun, rendered: Rendered) -> None:
         try:
             status = await run.complete(rendered)
-            resized = is_resize_only(run.job.kind, run.job.strength)
-            if status is JobStatus.SUCCEEDED and run.job.cost > 0 and not resized:
+            if status is JobStatus.SUCCEEDED and run.job.cost > 0 and run.calls_model:
                 measured = rendered.gpu_seconds / run.job.cost
                 known = self._seconds_per_cost
                 self._seconds_per_cost = measured if known is None else 0.8 * known + 0.2 * measured

@@ -129,6 +129,13 @@ class LocalDiscord(FakeDiscord):
             choices = [choice["value"] for choice in declared[name].get("choices", [])]
             if choices and value not in choices:
                 raise AssertionError(f"/{command} {name}: {value!r} is not one of {choices}")
+            low, high = declared[name].get("min_value"), declared[name].get("max_value")
+            if (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and ((low is not None and value < low) or (high is not None and value > high))
+            ):
+                raise AssertionError(f"/{command} {name}: {value!r} is outside {low}..{high}")
             if isinstance(value, FakeUser):
                 resolved.setdefault("users", {})[str(value.id)] = value.payload()
                 member = {k: v for k, v in value.member().items() if k != "user"}

@@ -90,7 +90,8 @@ def check_message(body: dict[str, Any], *, files: int = 0) -> FormErrors:
 
 
 # Application commands (Discord's documented limits on a command and its options).
-COMMAND_NAME = re.compile(r"^[-_\w]{1,32}$")
+# Letters and digits of any script (Devanagari and Thai with their marks), - _ and '.
+COMMAND_NAME = re.compile(r"^[-_'\w\u0900-\u097f\u0e00-\u0e7f]{1,32}$")
 COMMAND_DESCRIPTION = 100
 COMMAND_OPTIONS = 25
 CHOICES = 25
@@ -99,8 +100,12 @@ CHOICE_STRING_VALUE = 100
 
 
 def check_command(command: dict[str, Any]) -> FormErrors:
-    """A command as the bot registers it; an empty FormErrors if Discord would take it."""
+    """A command as the bot registers it; an empty FormErrors if Discord would take it.
+    A context-menu command (type 2 or 3) is named as a person writes it and has no options."""
     errors = FormErrors()
+    if command.get("type", 1) in (2, 3):
+        errors.max_length(("name",), command.get("name"), 32)
+        return errors
     _check_command_level(errors, (), command)
     return errors
 

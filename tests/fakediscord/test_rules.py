@@ -476,3 +476,6 @@ def test_a_command_past_discords_limits_is_refused_where_discord_refuses_it() ->
     assert errors["options"]["2"]["description"]["_errors"][0]["code"] == "BASE_TYPE_MAX_LENGTH"
     assert not rules.check_command({**command, "options": command["options"][1:2]})
     assert rules.check_command({"name": "Imagine", "description": "x"})
+    assert not rules.check_command({"name": "don't", "description": "x"})
+    assert not rules.check_command({"name": "हिंदी", "description": "x"})
+    assert not rules.check_command({"name": "Make variations", "type": 3})

@@ -139,6 +139,11 @@ def test_a_truncated_foreign_or_partial_file_is_refused_naming_what_to_fix(
         broken.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))
         with pytest.raises(ModelUnavailable, match=r"not a (valid )?safetensors file"):
             describe(broken, config, models)
+    for name, text in (("unet/config.json", "{"), ("model_index.json", "[]")):
+        malformed = configs_only(folders["sd1"], tmp_path / f"malformed-{name[:4]}")
+        (malformed / name).write_text(text)
+        with pytest.raises(ModelUnavailable, match=r"cannot be read as a config|no JSON object"):
+            describe(files["sd1"], malformed, models)
     partial = configs_only(folders["sd1"], tmp_path / "partial")
     (partial / "unet" / "config.json").unlink()
     with pytest.raises(ModelUnavailable, match=r"lack unet/config\.json"):

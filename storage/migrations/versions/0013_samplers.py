@@ -33,7 +33,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("vae_tiling")
-        batch_op.drop_column("sampler")
-        batch_op.drop_column("scheduler_options")
+    for column in ("vae_tiling", "sampler", "scheduler_options"):
+        op.drop_column("jobs", column)
