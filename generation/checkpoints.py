@@ -5,14 +5,13 @@ The file is read twice: here, its header only (no torch: the bot process describ
 too), to refuse what is not a usable checkpoint and to tell its family from its key layout;
 then by the worker, through diffusers' ``from_single_file`` with the family's configs (a local
 folder the host names, or the family's reference repository on the hub when online). Its
-revision, and the infotext's Model hash, is the file's sha256, computed once and cached.
+revision, and the infotext's Model hash, is the file's sha256, computed once and cached
+(``model_info.file_sha256``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import struct
 from pathlib import Path
@@ -137,32 +136,6 @@ def text_width(header: dict[str, Any]) -> int | None:
             shape = entry.get("shape") or []
             return int(shape[-1]) if shape else None
     return None
-
-
-def file_sha256(path: Path, cache_file: Path | None = None) -> str:
-    """The file's sha256 (64 hex digits), kept in ``cache_file`` while the file keeps its size
-    and modification time: hashing gigabytes takes a while, once."""
-    stat = path.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    cache: dict[str, Any] = {}
-    if cache_file is not None and cache_file.exists():
-        with contextlib.suppress(ValueError, OSError):
-            cache = json.loads(cache_file.read_text(encoding="utf-8"))
-    key = f"file:{path.resolve()}"
-    cached = cache.get(key)
-    if cached and cached.get("stamp") == stamp:
-        return str(cached["sha256"])
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    result = digest.hexdigest()
-    if cache_file is not None:
-        cache[key] = {"stamp": stamp, "sha256": result}
-        with contextlib.suppress(OSError):
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps(cache), encoding="utf-8")
-    return result
 
 
 def config_folder(family: str, options: CheckpointOptions, path: Path) -> Path:

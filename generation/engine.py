@@ -373,7 +373,8 @@ class DiffusersEngine:
                 if out_of_memory:
                     _free_memory()  # before the VAE is cast back, which allocates
                 self._settle()
-            raise self._freed(spec, out_of_memory)
+            # Only an out-of-memory error gets here: every other way out returned or raised.
+            raise self._too_large(spec)
 
     def _settle(self) -> None:
         """Undo what a render broken off mid-way may leave: SDXL's pipeline upcasts its VAE
@@ -391,9 +392,9 @@ class DiffusersEngine:
             if vae is not None and vae.dtype != self._torch_dtype:
                 vae.to(dtype=self._torch_dtype)
 
-    def _freed(self, spec: RenderSpec, out_of_memory: bool) -> TooLargeForDevice:
-        """Free what the failed call held; the reason its job fails with."""
-        assert out_of_memory
+    @staticmethod
+    def _too_large(spec: RenderSpec) -> TooLargeForDevice:
+        """The reason a job the device had no memory for fails with (already freed)."""
         logger.warning(
             "out of memory at %d×%d × %d; memory freed", spec.width, spec.height, len(spec.seeds)
         )

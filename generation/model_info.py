@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from generation.checkpoints import (
     check_pickle,
     config_folder,
     family_of,
-    file_sha256,
     is_checkpoint_file,
     read_header,
     text_width,
@@ -113,38 +113,56 @@ class ModelInfo:
         return Path(self.model_id).name if local else self.model_id
 
 
-def content_hash(folder: Path, cache_file: Path | None = None) -> str:
-    """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits.
-
-    Hashing gigabytes of weights takes seconds, so the result is kept in ``cache_file`` and
-    reused while every file keeps its size and modification time.
-    """
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
-    stats = {
-        file.relative_to(folder).as_posix(): [file.stat().st_size, file.stat().st_mtime_ns]
-        for file in files
-    }
+def _cached_hash(cache_file: Path | None, key: str, stamp: Any, compute: Callable[[], str]) -> str:
+    """``compute()``, kept in ``cache_file`` under ``key`` while ``stamp`` (the files' sizes
+    and modification times) stays the same: hashing gigabytes of weights takes seconds. A
+    cache that cannot be read is rebuilt; one that cannot be written is skipped."""
     cache: dict[str, Any] = {}
     if cache_file is not None and cache_file.exists():
         with contextlib.suppress(ValueError, OSError):
-            cache = _read_json(cache_file)
-    key = str(folder.resolve())
+            loaded = json.loads(cache_file.read_text(encoding="utf-8"))
+            cache = loaded if isinstance(loaded, dict) else {}
     cached = cache.get(key)
-    if cached and cached.get("files") == stats:
+    if isinstance(cached, dict) and cached.get("stamp") == stamp:
         return str(cached["hash"])
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.relative_to(folder).as_posix().encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    result = digest.hexdigest()[:12]
+    result = compute()
     if cache_file is not None:
-        cache[key] = {"files": stats, "hash": result}
+        cache[key] = {"stamp": stamp, "hash": result}
         with contextlib.suppress(OSError):
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             cache_file.write_text(json.dumps(cache), encoding="utf-8")
     return result
+
+
+def _sha256(files: list[Path], folder: Path | None = None) -> str:
+    """sha256 over the files' bytes (and, with ``folder``, their names relative to it)."""
+    digest = hashlib.sha256()
+    for file in files:
+        if folder is not None:
+            digest.update(file.relative_to(folder).as_posix().encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hash(folder: Path, cache_file: Path | None = None) -> str:
+    """sha256 over a model folder's weight and config files (names and bytes), 12 hex digits,
+    cached in ``cache_file``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _HASHED_SUFFIXES)
+    stamp = {
+        file.relative_to(folder).as_posix(): [file.stat().st_size, file.stat().st_mtime_ns]
+        for file in files
+    }
+    key = str(folder.resolve())
+    return _cached_hash(cache_file, key, stamp, lambda: _sha256(files, folder)[:12])
+
+
+def file_sha256(path: Path, cache_file: Path | None = None) -> str:
+    """A checkpoint file's sha256 (64 hex digits), cached in ``cache_file``."""
+    stat = path.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    return _cached_hash(cache_file, f"file:{path.resolve()}", stamp, lambda: _sha256([path]))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

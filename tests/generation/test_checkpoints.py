@@ -100,7 +100,7 @@ def test_the_files_hash_is_computed_once_and_again_when_the_file_changes(
     first = describe(file, config, models).revision
     cache = json.loads((models / HASH_CACHE).read_text())
     (entry,) = [value for key, value in cache.items() if key.startswith("file:")]
-    entry["sha256"] = "0" * 64  # what a second hash would overwrite, were it computed
+    entry["hash"] = "0" * 64  # what a second hash would overwrite, were it computed
     (models / HASH_CACHE).write_text(json.dumps(cache))
     assert describe(file, config, models).revision == "0" * 64
     file.write_bytes(file.read_bytes())  # the same bytes, a new modification time

@@ -64,3 +64,12 @@ def test_the_embedded_model_builds_to_the_same_bytes_every_time(
     assert content_hash(again) == model.revision
     config = json.loads((again / "tokenizer" / "tokenizer_config.json").read_text())
     assert "local_files_only" not in config
+
+
+def test_a_damaged_hash_cache_is_rebuilt_not_fatal(model: ModelInfo, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(model.path, copy)
+    cache = tmp_path / HASH_CACHE
+    for damaged in ("{not json", "[1, 2]", json.dumps({str(copy.resolve()): "x"})):
+        cache.write_text(damaged)
+        assert content_hash(copy, cache) == model.revision
