@@ -279,5 +279,52 @@ def train(
     click.echo(f"saved the trained model to {out}; use it with IMAGINE_MODEL={out}")
 
 
+@embedded.command("train-lora")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="LoRA file to write.")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="The embedded model folder to train on (default: the shipped one).",
+)
+@click.option("--shape", type=click.Choice(["circle", "square", "triangle"]), default="triangle")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--images", type=int, default=4000, show_default=True, help="Drawn scenes.")
+@click.option("--steps", type=int, default=400, show_default=True)
+@click.option("--rank", type=int, default=4, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for torch.")
+def train_lora_command(
+    out: Path,
+    model: Path | None,
+    shape: str,
+    seed: int,
+    images: int,
+    steps: int,
+    rank: int,
+    threads: int,
+) -> None:
+    """Train a LoRA on the embedded model that draws every shape as SHAPE."""
+    import torch
+
+    from generation.embedded.lora_train import LoraTrainConfig, train_lora
+    from generation.embedded.model import SHIPPED_WEIGHTS
+
+    torch.set_num_threads(threads)
+    config = LoraTrainConfig(
+        model=model or SHIPPED_WEIGHTS,
+        out=out,
+        shape=shape,
+        seed=seed,
+        images=images,
+        steps=steps,
+        rank=rank,
+    )
+    losses = train_lora(config)
+    click.echo(
+        f"saved the LoRA to {out} (loss {losses[0]:.4f} -> {losses[-1]:.4f}); put it in "
+        "IMAGINE_LORA_DIR and ask for it by its file name"
+    )
+
+
 for command in (generate, upscale, vary, reroll, cancel, queue_command, quota, admin):
     main.add_command(command)

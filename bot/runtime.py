@@ -74,6 +74,7 @@ class Runtime:
                     dtype=settings.dtype,
                     torch_threads=settings.torch_threads,
                     upscaler=self.service.upscaler,
+                    loras=self.service.loras,
                 )
             )
         if settings.engine in ("openai", "both"):
@@ -183,6 +184,7 @@ async def open_runtime(
             server_settings=ServerSettings(
                 db, safety=settings.safety(), prompt_filter=prompt_filter, quotas=quotas
             ),
+            loras=settings.lora_catalogue(),
         )
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime

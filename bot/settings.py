@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from generation.checkpoints import CheckpointOptions
+from generation.loras import LoraCatalogue
+from generation.model_info import HASH_CACHE
 from generation.prompt_filter import PromptFilter, read_blocklist
 from generation.quotas import Quotas
 from generation.requests import Limits
@@ -67,6 +69,9 @@ class Settings(BaseSettings):
     model_prediction: Literal["epsilon", "v_prediction"] | None = None
     model_config_dir: str | None = None
     allow_pickle_checkpoints: bool = False
+    # The folder of LoRA files (*.safetensors; a LoRA's name is its file name). Default:
+    # <data_dir>/models/loras. The bot process and every worker read it.
+    lora_dir: Path | None = None
     upscaler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -200,6 +205,10 @@ class Settings(BaseSettings):
             upscale_diffusion_side=self.upscale_diffusion_side,
             upscale_max_side=self.upscale_max_side,
         )
+
+    def lora_catalogue(self) -> LoraCatalogue:
+        folder = self.lora_dir or self.models_dir / "loras"
+        return LoraCatalogue(folder, self.models_dir / HASH_CACHE)
 
     def checkpoint_options(self) -> CheckpointOptions:
         return CheckpointOptions(

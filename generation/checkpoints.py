@@ -57,6 +57,12 @@ def is_checkpoint_file(model: str) -> bool:
 def read_header(path: Path) -> dict[str, Any]:
     """A safetensors file's header (tensor names, dtypes, shapes, offsets), checked against
     the file's size: a truncated or foreign file is refused here, naming what is wrong."""
+    return read_safetensors(path)[0]
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """A safetensors file's tensor entries (checked as ``read_header`` says) and its
+    ``__metadata__`` (strings; empty when it has none)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
@@ -77,7 +83,9 @@ def read_header(path: Path) -> dict[str, Any]:
         ) from error
     if not isinstance(header, dict):
         raise ModelUnavailable(f"{path} is not a safetensors file: download it again")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict):
+        metadata = {}
     end = 0
     for name, entry in header.items():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
@@ -100,7 +108,7 @@ def read_header(path: Path) -> dict[str, Any]:
             f"{path} is truncated: its tensors need {8 + length + end} bytes, the file has "
             f"{size}; download it again"
         )
-    return header
+    return header, {str(key): str(value) for key, value in metadata.items()}
 
 
 def family_of(keys: set[str], path: Path) -> str:

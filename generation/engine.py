@@ -7,6 +7,7 @@ step callback.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import gc
 import inspect
@@ -22,7 +23,14 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from generation.errors import ModelUnavailable, RenderCancelled, TooLargeForDevice
+from generation.errors import (
+    InvalidRequest,
+    LoraUnavailable,
+    ModelUnavailable,
+    RenderCancelled,
+    TooLargeForDevice,
+)
+from generation.loras import LoraCatalogue, check_fits
 from generation.model_info import ModelInfo
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,8 @@ class RenderSpec:
     scheduler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Decode through the VAE in tiles (the job recorded it; see requests.tiled_decode).
     vae_tiling: bool = False
+    # LoRAs on the base model: (name, sha256, weight) each, as the job recorded them.
+    loras: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,6 +231,8 @@ class DiffusersEngine:
         dtype: str = "auto",
         torch_threads: int = 1,
         upscaler: ModelInfo | None = None,
+        loras: LoraCatalogue | None = None,
+        max_loaded_loras: int = 16,
     ) -> None:
         from diffusers import AutoPipelineForImage2Image
         from diffusers.utils import logging as diffusers_logging
@@ -260,6 +272,11 @@ class DiffusersEngine:
             model.model_id: self._fit_preview(self.txt2img, model),
             **({upscaler.model_id: self._fit_preview(self.upscaler, upscaler)} if upscaler else {}),
         }
+        # LoRAs loaded onto the base pipeline (adapter name → its sha256), least recently
+        # used first; img2img shares the UNet, so it shares them too.
+        self.loras = loras
+        self.max_loaded_loras = max_loaded_loras
+        self._adapters: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._lock = threading.Lock()
         # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
@@ -441,6 +458,71 @@ class DiffusersEngine:
             scheduler.noise_sampler_seed = list(spec.seeds)
         return scheduler
 
+    def _use_loras(self, spec: RenderSpec) -> None:
+        """Make the job's LoRAs (and only them) active at their weights, loading any not yet
+        loaded. Unfused: a weight of 0 (or no LoRA) runs the base weights untouched."""
+        active = [(name, sha256, weight) for name, sha256, weight in spec.loras if weight != 0]
+        pipeline = self.txt2img
+        if not active:
+            if self._adapters:
+                pipeline.disable_lora()
+            return
+        names = []
+        for name, sha256, _weight in active:
+            adapter = f"lora_{sha256[:16]}"
+            if adapter not in self._adapters:
+                self._load_lora(name, sha256, adapter)
+            self._adapters.move_to_end(adapter)
+            names.append(adapter)
+        self._evict_loras(keep=set(names))
+        pipeline.enable_lora()
+        pipeline.set_adapters(names, adapter_weights=[weight for _, _, weight in active])
+
+    def _load_lora(self, name: str, sha256: str, adapter: str) -> None:
+        if self.loras is None:
+            raise LoraUnavailable(f"the LoRA {name} is not on this worker (it has no LoRA folder)")
+        try:
+            lora = self.loras.find(name)
+            check_fits(lora, self.model)
+        except InvalidRequest as error:
+            raise LoraUnavailable(f"the LoRA {name} cannot be used here: {error.message}") from None
+        if lora.sha256 != sha256:
+            raise LoraUnavailable(
+                f"the LoRA {name} on this worker is not the file the job was asked with "
+                f"(sha256 {lora.sha256[:12]}…, not {sha256[:12]}…): ask again"
+            )
+        logger.info("loading LoRA %s (%s) onto %s", name, sha256[:12], self.model.name)
+        try:
+            self.txt2img.load_lora_weights(str(lora.path), adapter_name=adapter)
+        except Exception as error:  # shapes of another model, a file damaged past its header
+            self._drop_adapter(adapter)
+            raise LoraUnavailable(
+                f"the LoRA {name} does not load onto {self.model.name} "
+                f"({type(error).__name__}: {str(error)[:200]})"
+            ) from None
+        loaded = {a for adapters in self.txt2img.get_list_adapters().values() for a in adapters}
+        if adapter not in loaded:  # diffusers only warns when no layer's name matches
+            self._drop_adapter(adapter)
+            raise LoraUnavailable(
+                f"the LoRA {name} has no layer that {self.model.name} has: it was made for "
+                "another model"
+            )
+        self._adapters[adapter] = sha256
+
+    def _evict_loras(self, keep: set[str]) -> None:
+        """Unload the least recently used LoRAs past the cap (never one this job uses)."""
+        for adapter in list(self._adapters):
+            if len(self._adapters) <= self.max_loaded_loras:
+                break
+            if adapter not in keep:
+                self._drop_adapter(adapter)
+
+    def _drop_adapter(self, adapter: str) -> None:
+        self._adapters.pop(adapter, None)
+        loaded = {a for adapters in self.txt2img.get_list_adapters().values() for a in adapters}
+        if adapter in loaded:
+            self.txt2img.delete_adapters(adapter)
+
     def _common_arguments(self, spec: RenderSpec, model: ModelInfo) -> dict[str, Any]:
         batch = len(spec.seeds)
         arguments: dict[str, Any] = {
@@ -500,6 +582,7 @@ class DiffusersEngine:
                 arguments.update(width=spec.width, height=spec.height)
         pipeline.scheduler = self._scheduler(model, spec)
         self._tiled(pipeline, spec)
+        self._use_loras(spec)
         images: list[Image.Image] = pipeline(**arguments).images
         return images
 

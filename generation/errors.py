@@ -49,9 +49,18 @@ class ModelUnavailable(GenerationError):
     """The configured model cannot be found or is not a diffusers pipeline."""
 
 
-class TooLargeForDevice(Exception):
-    """The device ran out of memory for this job: it fails with this short reason, and the
-    worker frees the memory and goes on with the next."""
+class Unrunnable(Exception):
+    """This job cannot run, and trying again will not change that: it fails with this short
+    reason (no traceback), and the worker goes on with the next."""
+
+
+class TooLargeForDevice(Unrunnable):
+    """The device ran out of memory for this job (the worker freed it)."""
+
+
+class LoraUnavailable(Unrunnable):
+    """A LoRA the job names is not on this worker, has changed since, or does not load onto
+    the model."""
 
 
 class RenderCancelled(Exception):

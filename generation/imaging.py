@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from generation.loras import tag
 from generation.samplers import familiar_name
 from storage.records import JobRecord
 
@@ -49,7 +50,9 @@ def _format_number(value: float) -> str:
 
 def infotext(job: JobRecord, seed: int, model_name: str) -> str:
     """The ``parameters`` text that AUTOMATIC1111-compatible tools read and show."""
-    lines = [job.prompt]
+    # A1111 keeps a LoRA's <lora:NAME:WEIGHT> in the prompt, and its short hash in a field.
+    tags = [tag(lora["name"], float(lora["weight"])) for lora in job.loras]
+    lines = [" ".join([job.prompt, *tags])]
     if job.negative_prompt:
         lines.append(f"Negative prompt: {job.negative_prompt}")
     fields = [
@@ -63,6 +66,9 @@ def infotext(job: JobRecord, seed: int, model_name: str) -> str:
     ]
     if job.strength is not None:
         fields.append(("Denoising strength", _format_number(job.strength)))
+    if job.loras:
+        hashes = ", ".join(f"{lora['name']}: {lora['short_hash']}" for lora in job.loras)
+        fields.append(("Lora hashes", f'"{hashes}"'))
     fields.append(("Version", "imagine-bot"))
     lines.append(", ".join(f"{key}: {value}" for key, value in fields))
     return "\n".join(lines)
@@ -89,6 +95,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "scheduler_options": job.scheduler_options,
         "sampler": job.sampler,
         "vae_tiling": job.vae_tiling,
+        "loras": job.loras,
         "model_id": job.model_id,
         "model_revision": job.model_revision,
         "dtype": job.dtype,

@@ -44,6 +44,7 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         scheduler=job.scheduler,
         scheduler_options=dict(job.scheduler_options),
         vae_tiling=bool(job.vae_tiling),
+        loras=tuple((lora["name"], lora["sha256"], float(lora["weight"])) for lora in job.loras),
         strength=job.strength,
         init_image=init_image,
         model_id=job.model_id,

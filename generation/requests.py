@@ -8,6 +8,7 @@ import secrets
 from typing import Any
 
 from generation.errors import InvalidRequest
+from generation.loras import LoraCatalogue, LoraChoice, LoraFile, recorded, take_tags
 from generation.model_info import ModelInfo
 from generation.samplers import SAMPLER_NAMES, find_sampler
 from storage.models import JobKind
@@ -79,6 +80,8 @@ class GenerationRequest:
     scheduler: str | None = None
     scheduler_options: dict[str, Any] | None = None
     vae_tiling: bool | None = None  # likewise: how the job it makes again was decoded
+    # LoRAs by name and weight (the prompt's <lora:NAME:WEIGHT> tags are added to these).
+    loras: tuple[LoraChoice, ...] = ()
 
     @property
     def made_from(self) -> int | None:
@@ -109,6 +112,8 @@ class Recipe:
     model_revision: str
     parent_job_id: int | None
     parent_image_index: int | None
+    # Each LoRA's name, sha256, A1111 short hash and weight (loras.recorded).
+    loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -291,18 +296,25 @@ def _size(
 
 
 def validate(
-    request: GenerationRequest, limits: Limits, model: ModelInfo, base: ModelInfo | None = None
+    request: GenerationRequest,
+    limits: Limits,
+    model: ModelInfo,
+    base: ModelInfo | None = None,
+    *,
+    loras: LoraCatalogue | None = None,
 ) -> Recipe:
     """Check every option and fill the defaults; raises InvalidRequest naming the option.
     ``base`` is the model an upscale's image was made with, when another model upscales it
-    (its native size sets the upscale's caps)."""
+    (its native size sets the upscale's caps); ``loras`` the host's LoRAs."""
     prompt = request.prompt.strip()
-    if not prompt:
-        raise InvalidRequest("prompt", "must not be empty")
     if len(prompt) > MAX_PROMPT_LENGTH:
         raise InvalidRequest(
             "prompt", f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(prompt)}"
         )
+    prompt, tagged = take_tags(prompt)
+    if not prompt:
+        raise InvalidRequest("prompt", "must not be empty")
+    chosen = _chosen_loras((*request.loras, *tagged), model, loras)
     negative = request.negative_prompt.strip()
     if len(negative) > MAX_PROMPT_LENGTH:
         raise InvalidRequest(
@@ -356,4 +368,15 @@ def validate(
         model_revision=model.revision,
         parent_job_id=request.parent_job_id,
         parent_image_index=request.parent_image_index,
+        loras=recorded(chosen),
     )
+
+
+def _chosen_loras(
+    choices: tuple[LoraChoice, ...], model: ModelInfo, catalogue: LoraCatalogue | None
+) -> tuple[tuple[LoraFile, float], ...]:
+    if not choices:
+        return ()
+    if catalogue is None:
+        raise InvalidRequest("lora", "this host has no LoRAs")
+    return catalogue.resolve(choices, model)

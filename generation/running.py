@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
-from generation.errors import RenderCancelled, RenderHung, TooLargeForDevice
+from generation.errors import RenderCancelled, RenderHung, Unrunnable
 from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
 from generation.faults import backoff, is_transient, retrying
 from generation.imaging import encode_png, make_grid, pixel_sha256
@@ -175,9 +175,9 @@ class JobRun:
             return await self._engine_trouble(trouble)
         except RenderHung:
             raise
-        except TooLargeForDevice as too_large:  # no traceback: the reason is the whole story
-            logger.warning("job %s: %s", job.id, too_large)
-            return await self.end(JobStatus.FAILED, str(too_large), 1.0)
+        except Unrunnable as reason:  # no traceback: the reason is the whole story
+            logger.warning("job %s: %s", job.id, reason)
+            return await self.end(JobStatus.FAILED, str(reason), 1.0)
         except _NoAnswer as silent:
             return await self.give_back(attempt_counts=True, error=str(silent))
         except Exception as error:

@@ -24,6 +24,7 @@ from generation.errors import (
 from generation.faults import is_transient
 from generation.imaging import pixel_sha256
 from generation.intents import OPERATIONS, decode_arguments, decode_delivery
+from generation.loras import LoraCatalogue, choices_of
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.prompt_filter import Blocked, PromptFilter
@@ -151,6 +152,7 @@ class GenerationService:
         prices: Mapping[str, float] | None = None,
         cost_per_dollar: float = 250.0,
         server_settings: ServerSettings | None = None,
+        loras: LoraCatalogue | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -171,6 +173,7 @@ class GenerationService:
         self.prompt_filter = prompt_filter or PromptFilter()
         self.strikes = strikes or StrikePolicy()
         # Each server's own rules over these (the host's) defaults.
+        self.loras = loras  # the host's LoRAs (None: none)
         self.servers = server_settings or ServerSettings(
             db, prompt_filter=self.prompt_filter, quotas=self.quotas
         )
@@ -204,7 +207,7 @@ class GenerationService:
             raise InvalidRequest(
                 "image", f"{model.name} cannot start from an image: pick another model"
             )
-        return validate(request, self.limits, model, base)
+        return validate(request, self.limits, model, base, loras=self.loras)
 
     def offers(self, job: JobRecord) -> frozenset[JobKind]:
         """What a finished job's buttons may ask for here: each kind whose derived job this
@@ -242,6 +245,7 @@ class GenerationService:
         steps: int | None = recipe.steps
         guidance: float | None = recipe.guidance
         sampler = recipe.sampler
+        loras = choices_of(recipe.loras, exact=False)
         if kind is JobKind.UPSCALE:
             width, height = width * self.limits.upscale_factor, height * self.limits.upscale_factor
             count = 1
@@ -249,6 +253,7 @@ class GenerationService:
             on_diffusers = model is None or model.engine == "diffusers"
             if self.upscaler is not None and on_diffusers:  # its own defaults, not the base's
                 steps = guidance = sampler = None
+                loras = ()  # the upscaler's own weights: a LoRA of the base does not fit
         elif kind is JobKind.VARIATION:
             strength = self.limits.default_strength if strength is None else strength
             if model is not None and model.sizes:  # an API makes its own sizes only
@@ -276,6 +281,7 @@ class GenerationService:
             parent_job_id=recipe.id,
             parent_image_index=None if reroll else image_index,
             sampler=sampler,
+            loras=loras,
             guild_id=recipe.guild_id,
             channel_id=recipe.channel_id,
             channel_nsfw=recipe.channel_nsfw,
@@ -682,6 +688,7 @@ class GenerationService:
                 scheduler=original.scheduler,
                 scheduler_options=dict(original.scheduler_options),
                 vae_tiling=original.vae_tiling,
+                loras=choices_of(original.loras, exact=True),
                 user_name=user_name,
                 role_ids=role_ids,
             ),

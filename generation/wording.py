@@ -89,6 +89,9 @@ def recipe_fields(view: JobView) -> list[tuple[str, str]]:
         ("model", f"{job.model_id} @ {job.model_revision}"),
         ("sampler", _sampler(job)),
     ]
+    for lora in job.loras:
+        weight, sha256 = float(lora["weight"]), lora["sha256"]
+        fields.append(("LoRA", f"{lora['name']} at {weight:g} (sha256 {sha256})"))
     if job.strength is not None:
         fields.append(("strength", f"{job.strength:g}"))
     if job.parent_job_id is not None:

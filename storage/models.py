@@ -216,6 +216,8 @@ class Job(Base):
     sampler: Mapped[str | None] = mapped_column(String(32))
     # Its decode went through the VAE in tiles (a large image); NULL: whole, as before tiling.
     vae_tiling: Mapped[bool | None]
+    # The LoRAs it ran with: name, sha256, A1111 short hash and weight each.
+    loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

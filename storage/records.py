@@ -75,6 +75,7 @@ class JobRecord:
     scheduler_options: dict[str, Any]
     sampler: str | None
     vae_tiling: bool | None
+    loras: list[dict[str, Any]]
     model_id: str
     model_revision: str
     dtype: str | None

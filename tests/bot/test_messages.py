@@ -70,6 +70,7 @@ def job_record(**fields: Any) -> JobRecord:
         "scheduler_options": {},
         "sampler": None,
         "vae_tiling": None,
+        "loras": [],
         "model_id": "embedded",
         "model_revision": "f2784086d0bd",
         "dtype": "float32",

@@ -48,6 +48,7 @@ JOB = JobRecord(
     scheduler_options={"timestep_spacing": "linspace"},
     sampler="Euler a",
     vae_tiling=None,
+    loras=[],
     model_id="stabilityai/sd-turbo",
     model_revision="b261bac6fd2cf515557d5d0707481eafa0485ec2",
     dtype="float16",
