@@ -273,6 +273,6 @@ def test_the_trainer_makes_the_same_lora_from_the_same_config(tmp_path: Path) ->
     first, second = (safe_open(tmp_path / f"{n}.safetensors", "pt") for n in ("a", "b"))
     assert first.metadata() == second.metadata()  # (safetensors orders metadata at random)
     assert sorted(first.keys()) == sorted(second.keys())
-    assert all(torch.equal(first.get_tensor(k), second.get_tensor(k)) for k in first.keys())
+    assert all(torch.equal(first.get_tensor(k), second.get_tensor(k)) for k in first.keys())  # noqa: SIM118
     lora = LoraCatalogue(tmp_path).find("a")
     assert (lora.family, lora.text_width, lora.base_model) == ("sd", 64, "embedded (trained-v1)")
