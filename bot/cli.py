@@ -133,6 +133,45 @@ def workers_command(settings: Settings, as_json: bool) -> None:
         )
 
 
+@main.command(name="loras")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def loras_command(settings: Settings, as_json: bool) -> None:
+    """The LoRAs in IMAGINE_LORA_DIR: what each was made for, its hashes, or why it is
+    refused."""
+    from generation.errors import InvalidRequest
+
+    catalogue = settings.lora_catalogue()
+    rows: list[dict[str, Any]] = []
+    for name in catalogue.names():
+        try:
+            lora = catalogue.find(name)
+        except InvalidRequest as error:
+            rows.append({"name": name, "refused": error.message})
+            continue
+        rows.append(
+            {
+                "name": name,
+                "family": lora.family,
+                "text_width": lora.text_width,
+                "sha256": lora.sha256,
+                "short_hash": lora.short_hash,
+                "base_model": lora.base_model,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no LoRA in {catalogue.folder} (*.safetensors)")
+    for row in rows:
+        if "refused" in row:
+            click.echo(f"{row['name']:<24} refused: {row['refused']}")
+        else:
+            made_for = f"{row['family'] or '?'} (text width {row['text_width'] or '?'})"
+            click.echo(f"{row['name']:<24} {made_for:<24} {row['short_hash']}")
+
+
 @main.command(name="reproduce")
 @click.argument("job_id", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -13,7 +13,9 @@ import click
 from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_options
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
+from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
+from generation.loras import parse_choice
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView
@@ -44,6 +46,13 @@ from storage.models import JobKind
     default=None,
     help=f"A sampler by its usual name (default: the model's own): {', '.join(SAMPLER_NAMES)}.",
 )
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="NAME[:WEIGHT]",
+    help="A LoRA from IMAGINE_LORA_DIR and its weight (default 1); repeat for more.",
+)
 @wait_options
 @click.pass_obj
 def generate(
@@ -58,11 +67,17 @@ def generate(
     count: int | None,
     model: str | None,
     sampler: str | None,
+    loras: tuple[str, ...],
     user_id: int,
     no_wait: bool,
     as_json: bool,
 ) -> None:
-    """Make images from PROMPT: queue a job, run it here, print where the images are."""
+    """Make images from PROMPT: queue a job, run it here, print where the images are.
+    <lora:NAME:WEIGHT> in PROMPT adds a LoRA too."""
+    try:
+        choices = tuple(parse_choice(text) for text in loras)
+    except InvalidRequest as error:
+        raise click.BadParameter(error.message, param_hint="--lora") from None
     request = GenerationRequest(
         prompt=prompt,
         user_id=user_id,
@@ -75,6 +90,7 @@ def generate(
         count=count,
         model=model,
         sampler=sampler,
+        loras=choices,
     )
     _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
 

@@ -38,6 +38,7 @@ from generation.errors import (
 )
 from generation.faults import retrying
 from generation.intents import decode_arguments, decode_delivery, encode_request
+from generation.loras import MAX_LORA_WEIGHT, LoraChoice
 from generation.outbox import DeliveryTarget
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest, nearest_size
@@ -153,6 +154,15 @@ def channel_flags(channel: Any) -> tuple[bool | None, bool | None]:
     return nsfw, public
 
 
+def _lora_choices(name: str | None, weight: float | None) -> tuple[LoraChoice, ...]:
+    """/imagine's ``lora`` and ``lora_weight`` options as the request's LoRA."""
+    if name is None:
+        if weight is not None:
+            raise InvalidRequest("lora_weight", "weighs a LoRA: name one in the lora option")
+        return ()
+    return (LoraChoice(name.strip(), 1.0 if weight is None else weight),)
+
+
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()))
 
@@ -194,6 +204,8 @@ class ImagineCog(commands.Cog):
         strength="How far to move from the start image (0–1).",
         model="Which model makes the images.",
         sampler="How the noise is taken away, by its usual name (default: the model's own).",
+        lora="A LoRA to add (more: <lora:NAME:WEIGHT> in the prompt).",
+        lora_weight="How strongly the LoRA applies (default 1; 0 is the model without it).",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=name, value=name) for name in ASPECTS],
@@ -213,6 +225,8 @@ class ImagineCog(commands.Cog):
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         model: str | None = None,
         sampler: str | None = None,
+        lora: str | None = None,
+        lora_weight: app_commands.Range[float, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT] | None = None,
     ) -> None:
         # The declared ranges and choices are hints for the client; everything is checked here,
         # before answering, so bad input gets a plain ephemeral reply.
@@ -243,6 +257,7 @@ class ImagineCog(commands.Cog):
                 strength=strength,
                 model=model,
                 sampler=sampler,
+                loras=_lora_choices(lora, lora_weight),
                 kind=JobKind.IMG2IMG if image is not None else JobKind.TXT2IMG,
                 init_image=b"" if image is not None else None,  # downloaded once answered
                 guild_id=interaction.guild_id,
@@ -286,6 +301,22 @@ class ImagineCog(commands.Cog):
             return await self.service.submit(dataclasses.replace(request, init_image=data), target)
 
         await self._submit(interaction, submit=submit, aspect=aspect)
+
+    @imagine.autocomplete("lora")
+    async def _lora_names(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """The host's LoRAs that fit the model asked for, matching what was typed (Discord
+        shows 25; a name it cannot carry is left out)."""
+        catalogue = self.service.loras
+        if catalogue is None:
+            return []
+        asked = interaction.namespace.model
+        model = (
+            self.service.model_for(asked) if asked in self._model_names() else self.service.model
+        )
+        names = await asyncio.to_thread(catalogue.suggest, current, model)
+        return [app_commands.Choice(name=name, value=name) for name in names]
 
     async def _submit(  # noqa: PLR0912, PLR0915 - one path, each way off it designed
         self,

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from generation.loras import LoraChoice
 from generation.outbox import DeliveryTarget
 from generation.requests import GenerationRequest
 from storage.db import Database
@@ -37,6 +38,7 @@ def encode_request(request: GenerationRequest) -> dict[str, Any]:
         raise ValueError("a request with a start image is not written down")
     values = dataclasses.asdict(request)
     values["role_ids"] = list(request.role_ids)
+    values["loras"] = [dataclasses.asdict(choice) for choice in request.loras]
     return values
 
 
@@ -47,6 +49,7 @@ def decode_arguments(operation: str, arguments: Mapping[str, Any]) -> dict[str, 
         values["role_ids"] = tuple(values["role_ids"])
     if operation == "submit":
         values["kind"] = JobKind(values["kind"])
+        values["loras"] = tuple(LoraChoice(**choice) for choice in values.get("loras", ()))
         return {"request": GenerationRequest(**values)}
     if values.get("channel") is not None:
         values["channel"] = tuple(values["channel"])

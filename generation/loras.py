@@ -18,7 +18,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from generation.checkpoints import read_safetensors
 from generation.errors import InvalidRequest, ModelUnavailable
@@ -89,6 +89,20 @@ def take_tags(prompt: str) -> tuple[str, list[LoraChoice]]:
         choices.append(LoraChoice(name, weight))
     text = _TAG.sub(" ", prompt)
     return " ".join(text.split()) if choices else prompt, choices
+
+
+def parse_choice(text: str) -> LoraChoice:
+    """``NAME`` or ``NAME:WEIGHT`` (the command line's --lora)."""
+    name, colon, weight = text.rpartition(":")
+    if not colon:
+        name, weight = text, "1"
+    try:
+        value = float(weight)
+    except ValueError:
+        raise InvalidRequest("lora", f"{text!r}: write NAME or NAME:WEIGHT, like x:0.8") from None
+    if not name.strip():
+        raise InvalidRequest("lora", f"{text!r} names no LoRA")
+    return LoraChoice(name.strip(), value)
 
 
 def tag(name: str, weight: float) -> str:
@@ -174,7 +188,25 @@ def _family(keys: set[str], metadata: dict[str, str], width: int | None) -> str 
     return None
 
 
-def check_fits(lora: LoraFile, model: ModelInfo) -> None:
+class LoraLayout(Protocol):
+    """What a LoRA's header says it was made for."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def family(self) -> str | None: ...
+    @property
+    def text_width(self) -> int | None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layout:
+    name: str
+    family: str | None
+    text_width: int | None
+
+
+def check_fits(lora: LoraLayout, model: ModelInfo) -> None:
     """Refuse a LoRA made for another family (or another text width) than ``model``."""
     if model.engine != "diffusers" or model.family == "upscaler":
         raise InvalidRequest("lora", f"{model.name} takes no LoRA")
@@ -193,6 +225,14 @@ def check_fits(lora: LoraFile, model: ModelInfo) -> None:
         )
 
 
+def _fits(family: str | None, width: int | None, model: ModelInfo) -> bool:
+    try:
+        check_fits(_Layout("", family, width), model)
+    except InvalidRequest:
+        return False
+    return True
+
+
 def _label(family: str) -> str:
     return {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "Flux"}.get(family, family)
 
@@ -204,6 +244,7 @@ class LoraCatalogue:
         self.folder = folder
         self.cache_file = cache_file
         self._described: dict[str, tuple[tuple[int, int], LoraFile]] = {}
+        self._layouts: dict[str, tuple[tuple[int, int], tuple[str | None, int | None]]] = {}
 
     def names(self) -> list[str]:
         """Every LoRA's name, sorted (a listing of the folder: cheap enough per keystroke)."""
@@ -222,6 +263,35 @@ class LoraCatalogue:
         first = [name for name in names if name.lower().startswith(needle)]
         then = [name for name in names if needle in name.lower() and name not in first]
         return (first + then)[:limit]
+
+    def suggest(self, text: str, model: ModelInfo, limit: int = 25) -> list[str]:
+        """Names for autocomplete that fit ``model`` (judged from headers alone, cached:
+        hashing waits until a LoRA is asked for) and Discord can carry (100 characters)."""
+        fitting = []
+        for name in self.search(text, limit=len(self.names())):
+            if len(name) > 100:
+                continue
+            assert self.folder is not None
+            try:
+                family, width = self._layout(self.folder / f"{name}{SUFFIX}")
+            except (ModelUnavailable, OSError):
+                continue  # asked for by name, it is refused with the reason
+            if _fits(family, width, model):
+                fitting.append(name)
+                if len(fitting) == limit:
+                    break
+        return fitting
+
+    def _layout(self, path: Path) -> tuple[str | None, int | None]:
+        stat = path.stat()
+        stamp = (stat.st_size, stat.st_mtime_ns)
+        known = self._layouts.get(path.name)
+        if known is None or known[0] != stamp:
+            header, metadata = read_safetensors(path)
+            width = _text_width(header)
+            known = (stamp, (_family(set(header), metadata, width), width))
+            self._layouts[path.name] = known
+        return known[1]
 
     def find(self, name: str) -> LoraFile:
         """The LoRA called ``name``; refused naming the ones there are."""

@@ -166,6 +166,34 @@ class LocalDiscord(FakeDiscord):
         await self.dispatch("INTERACTION_CREATE", self._payload(interaction, data))
         return interaction
 
+    async def suggestions(
+        self, command: str, user: FakeUser, focused: str, text: str, **options: Any
+    ) -> list[dict[str, Any]]:
+        """What Discord shows ``user`` typing ``text`` into ``focused`` of ``/command`` (an
+        autocomplete interaction; the bot answers with up to 25 choices)."""
+        registered = self.commands.get(command)
+        if registered is None:
+            raise AssertionError(f"/{command} was never registered")
+        self._check_may_use(registered, user, self.channel_of(user))
+        declared = {o["name"]: o for o in registered.get("options", [])}
+        if not declared.get(focused, {}).get("autocomplete"):
+            raise AssertionError(f"/{command} {focused} does not suggest (no autocomplete)")
+        values = [
+            {"name": name, "type": declared[name]["type"], "value": value}
+            for name, value in options.items()
+        ]
+        values.append(
+            {"name": focused, "type": declared[focused]["type"], "value": text, "focused": True}
+        )
+        data = {"id": registered["id"], "name": command, "type": 1, "options": values}
+        interaction = self._interaction(4, user, data)
+        await self.dispatch("INTERACTION_CREATE", self._payload(interaction, data))
+        await self.wait_for(
+            lambda: interaction.callback_type is not None, 10, f"suggestions for {focused}"
+        )
+        body = next(b for i, _, b in reversed(self.callbacks) if i == interaction.id)
+        return list(body.get("choices") or [])
+
     def _check_may_use(self, registered: dict[str, Any], user: FakeUser, channel_id: int) -> None:
         """Discord does not offer a command to a member who lacks its default permissions
         (unless the server's owner allowed one of their roles), nor a guild-only one in a DM."""

@@ -135,14 +135,34 @@ def _check_command_level(
             )
         seen_optional = seen_optional or not option.get("required")
         choices = option.get("choices") or []
-        if len(choices) > CHOICES:
-            errors.count((*where, "choices"), choices, 0, CHOICES)
-        for number, choice in enumerate(choices):
-            errors.max_length((*where, "choices", number, "name"), choice.get("name"), CHOICE_NAME)
-            if isinstance(choice.get("value"), str):
-                errors.max_length(
-                    (*where, "choices", number, "value"), choice["value"], CHOICE_STRING_VALUE
-                )
+        if option.get("autocomplete") and (choices or option.get("type") not in (3, 4, 10)):
+            # Only string, integer and number options suggest; never with fixed choices.
+            errors.add(
+                (*where, "autocomplete"),
+                "APPLICATION_COMMAND_OPTION_CHOICES_AUTOCOMPLETE",
+                "Autocomplete cannot be set for options with choices or of this type",
+            )
+        _check_choices(errors, (*where, "choices"), choices)
+
+
+def _check_choices(errors: FormErrors, where: tuple[str | int, ...], choices: list[Any]) -> None:
+    if len(choices) > CHOICES:
+        errors.count(where, choices, 0, CHOICES)
+    for number, choice in enumerate(choices):
+        name = choice.get("name")
+        if not name:
+            errors.add((*where, number, "name"), "BASE_TYPE_REQUIRED", "This field is required")
+        errors.max_length((*where, number, "name"), name, CHOICE_NAME)
+        if isinstance(choice.get("value"), str):
+            errors.max_length((*where, number, "value"), choice["value"], CHOICE_STRING_VALUE)
+
+
+def check_suggestions(body: dict[str, Any]) -> FormErrors:
+    """An autocomplete answer (callback type 8): at most 25 choices, each named 1-100
+    characters, a string value at most 100."""
+    errors = FormErrors()
+    _check_choices(errors, ("choices",), body.get("choices") or [])
+    return errors
 
 
 def is_empty(body: dict[str, Any], files: int) -> bool:

@@ -734,6 +734,12 @@ class FakeDiscord:
             raise ApiError(400, 50006, "Cannot send an empty message")
 
     @staticmethod
+    def check_suggestions(body: dict[str, Any]) -> None:
+        errors = rules.check_suggestions(body)
+        if errors:
+            raise invalid_form(errors)
+
+    @staticmethod
     def _after_edit(stored: dict[str, Any], body: dict[str, Any], files: int) -> dict[str, Any]:
         """The message an edit would leave: what the edit sets, the rest as it was."""
         after = {
@@ -798,7 +804,12 @@ class FakeDiscord:
             return api_error(404, 10062, "Unknown interaction")
         kind = call.json["type"]
         body = call.json.get("data") or {}
-        if kind == 4:
+        if (kind == 8) != (interaction.type == 4):
+            # Suggestions answer an autocomplete interaction, which takes nothing else.
+            return api_error(400, 50035, "Invalid Form Body (interaction response type)")
+        if kind == 8:
+            self.check_suggestions(body)
+        elif kind == 4:
             self.check(call, body, file_limit=interaction.attachment_size_limit)
         elif kind == 7 and interaction.message_id in self.messages:
             editing = self.messages[interaction.message_id]
