@@ -10,6 +10,7 @@ from typing import Any
 from generation.errors import InvalidRequest
 from generation.loras import LoraCatalogue, LoraChoice, LoraFile, recorded, take_tags
 from generation.model_info import ModelInfo
+from generation.presets import Preset
 from generation.samplers import SAMPLER_NAMES, find_sampler
 from storage.models import JobKind
 
@@ -114,6 +115,7 @@ class Recipe:
     parent_image_index: int | None
     # Each LoRA's name, sha256, A1111 short hash and weight (loras.recorded).
     loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    preset: str | None = None  # the preset it was asked through (its defaults are above)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -302,10 +304,14 @@ def validate(
     base: ModelInfo | None = None,
     *,
     loras: LoraCatalogue | None = None,
+    preset: Preset | None = None,
 ) -> Recipe:
     """Check every option and fill the defaults; raises InvalidRequest naming the option.
     ``base`` is the model an upscale's image was made with, when another model upscales it
-    (its native size sets the upscale's caps); ``loras`` the host's LoRAs."""
+    (its native size sets the upscale's caps); ``loras`` the host's LoRAs; ``preset`` the
+    preset the request was asked through, whose defaults come before the model's."""
+    if preset is not None:
+        request = _with_preset(request, preset)
     prompt = request.prompt.strip()
     if len(prompt) > MAX_PROMPT_LENGTH:
         raise InvalidRequest(
@@ -314,7 +320,8 @@ def validate(
     prompt, tagged = take_tags(prompt)
     if not prompt:
         raise InvalidRequest("prompt", "must not be empty")
-    chosen = _chosen_loras((*request.loras, *tagged), model, loras)
+    asked = (*request.loras, *tagged)
+    chosen = _chosen_loras(preset.with_loras(asked) if preset else asked, model, loras)
     negative = request.negative_prompt.strip()
     if len(negative) > MAX_PROMPT_LENGTH:
         raise InvalidRequest(
@@ -369,6 +376,21 @@ def validate(
         parent_job_id=request.parent_job_id,
         parent_image_index=request.parent_image_index,
         loras=recorded(chosen),
+        preset=preset.name if preset else None,
+    )
+
+
+def _with_preset(request: GenerationRequest, preset: Preset) -> GenerationRequest:
+    """The preset's defaults where the request says nothing (a size only as a whole)."""
+    sized = request.width is not None or request.height is not None
+    return dataclasses.replace(
+        request,
+        steps=preset.steps if request.steps is None else request.steps,
+        guidance=preset.guidance if request.guidance is None else request.guidance,
+        sampler=preset.sampler if request.sampler is None else request.sampler,
+        width=request.width if sized else preset.width,
+        height=request.height if sized else preset.height,
+        negative_prompt=preset.negative(request.negative_prompt.strip()),
     )
 
 

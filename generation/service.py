@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
 
-from generation.access import hidden
+from generation.access import Actor, hidden
 from generation.errors import (
     InvalidRequest,
     JobNotFound,
@@ -27,6 +27,7 @@ from generation.intents import OPERATIONS, decode_arguments, decode_delivery
 from generation.loras import LoraCatalogue, choices_of
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
+from generation.presets import Preset, PresetBook, Snapshot
 from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
 from generation.reproduce import REMOTE_PREFIXES, ReproduceReport, compare
@@ -153,6 +154,7 @@ class GenerationService:
         cost_per_dollar: float = 250.0,
         server_settings: ServerSettings | None = None,
         loras: LoraCatalogue | None = None,
+        presets: PresetBook | None = None,
     ) -> None:
         self.db = db
         self.model = model
@@ -174,6 +176,7 @@ class GenerationService:
         self.strikes = strikes or StrikePolicy()
         # Each server's own rules over these (the host's) defaults.
         self.loras = loras  # the host's LoRAs (None: none)
+        self.presets = presets or PresetBook(db)
         self.servers = server_settings or ServerSettings(
             db, prompt_filter=self.prompt_filter, quotas=self.quotas
         )
@@ -194,9 +197,28 @@ class GenerationService:
         names = ", ".join(info.name for info in self.models.values())
         raise InvalidRequest("model", f"must be one of {names}, not {name!r}")
 
-    def check(self, request: GenerationRequest) -> Recipe:
-        """Validate a request without touching storage: bad options fail here, at once."""
-        model = base = self.model_for(request.model)
+    def check(self, request: GenerationRequest, presets: Snapshot | None = None) -> Recipe:
+        """Validate a request without touching storage: bad options fail here, at once.
+        ``presets``: as last read, when not given. A job made from another carries its
+        recipe, so no preset applies to it again."""
+        preset = None
+        snapshot = self.presets.snapshot if presets is None else presets
+        if request.made_from is None:
+            preset = PresetBook.chosen(snapshot, request.model, request.guild_id)
+        try:
+            model = base = self.model_for(preset.source if preset else request.model)
+        except InvalidRequest:
+            if preset is not None:
+                raise InvalidRequest(
+                    "model",
+                    f"{preset.name}'s model {preset.source} is not run by this host any more: "
+                    "pick another",
+                ) from None
+            names = [p.name for p in PresetBook.offered(snapshot, request.guild_id)]
+            names += [info.name for info in self.models.values()]
+            raise InvalidRequest(
+                "model", f"must be one of {', '.join(names)}, not {request.model!r}"
+            ) from None
         if request.kind is JobKind.UPSCALE and self.upscaler and model.engine == "diffusers":
             model = self.upscaler
         if (
@@ -207,7 +229,22 @@ class GenerationService:
             raise InvalidRequest(
                 "image", f"{model.name} cannot start from an image: pick another model"
             )
-        return validate(request, self.limits, model, base, loras=self.loras)
+        return validate(request, self.limits, model, base, loras=self.loras, preset=preset)
+
+    def check_preset(self, preset: Preset) -> None:
+        """Refuse a preset whose model this host does not run, or whose defaults a request
+        could not take (a sampler the model refuses, a size past the caps, a missing LoRA)."""
+        probe = GenerationRequest(
+            "a preset's check",
+            user_id=0,
+            model=preset.name,
+            guild_id=preset.guild_ids[0] if preset.guild_ids else None,
+        )
+        self.check(probe, Snapshot({preset.name: preset}, {}))
+
+    async def put_preset(self, actor: Actor, preset: Preset) -> Preset:
+        self.check_preset(preset)
+        return await self.presets.put(actor, preset)
 
     def offers(self, job: JobRecord) -> frozenset[JobKind]:
         """What a finished job's buttons may ask for here: each kind whose derived job this
@@ -296,7 +333,7 @@ class GenerationService:
         ``delivery`` (where the result goes) is committed with the job, so whoever delivers
         results finds it after a restart.
         """
-        recipe = self.check(request)
+        recipe = self.check(request, await self.presets.current())
         # The filter runs before the transaction (only a strike is written inside it), and an
         # uploaded start image is hashed now but stored only once the job is admitted.
         rules = await self.servers.rules(request.guild_id)
@@ -469,7 +506,11 @@ class GenerationService:
             from generation.openai_engine import api_job_cost
 
             return api_job_cost(recipe, self.prices, self.cost_per_dollar)
-        return job_cost(recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler)
+        factor = self.cost_factors.get(recipe.model_id, 1.0)
+        preset = self.presets.snapshot.presets.get(recipe.preset) if recipe.preset else None
+        if preset is not None:
+            factor *= preset.cost_factor
+        return job_cost(recipe, factor, all_steps=upscaler)
 
     async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
         """The job with its place among its model's waiting jobs and its estimated time to

@@ -146,7 +146,32 @@ class GuildSettings(Base):
     age_restricted_only: Mapped[bool] = mapped_column(Boolean, default=False)
     # The server's limits by quota name, never looser than the host's.
     quotas: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The preset /imagine uses here when none is named; None: the host's default model.
+    default_model: Mapped[str | None] = mapped_column(String(64))
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelPreset(Base):
+    """A model as the host offers it: a name members pick, its source and its defaults, and
+    the servers that may use it (an empty list: every server the bot serves)."""
+
+    __tablename__ = "model_presets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # A hub id, a local folder or file, "embedded", or an image API's model (dall-e-3).
+    source: Mapped[str] = mapped_column(String(500))
+    sampler: Mapped[str | None] = mapped_column(String(32))
+    steps: Mapped[int | None]
+    guidance: Mapped[float | None]
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    negative_prefix: Mapped[str] = mapped_column(Text, default="")
+    # [{"name": ..., "weight": ...}]: LoRAs every job of the preset adds.
+    loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    cost_factor: Mapped[float] = mapped_column(default=1.0)
+    guild_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
@@ -218,6 +243,8 @@ class Job(Base):
     vae_tiling: Mapped[bool | None]
     # The LoRAs it ran with: name, sha256, A1111 short hash and weight each.
     loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # The preset it was asked through (its defaults are in the recipe already); None: none.
+    preset: Mapped[str | None] = mapped_column(String(64))
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))
@@ -292,6 +319,7 @@ class EventKind(enum.StrEnum):
     QUOTA = "quota"
     DELETE = "delete"
     SETTINGS = "settings"  # a server's settings changed
+    MODEL = "model"  # a model preset added, changed or removed
 
 
 class Usage(Base):

@@ -43,7 +43,25 @@ class GuildSettingsRecord:
     blocked_terms: list[str]
     age_restricted_only: bool
     quotas: dict[str, Any]
+    default_model: str | None
     updated_by: int | None
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ModelPresetRecord:
+    name: str
+    source: str
+    sampler: str | None
+    steps: int | None
+    guidance: float | None
+    width: int | None
+    height: int | None
+    negative_prefix: str
+    loras: list[dict[str, Any]]
+    cost_factor: float
+    guild_ids: list[int]
+    created_by: int | None
     updated_at: dt.datetime
 
 
@@ -76,6 +94,7 @@ class JobRecord:
     sampler: str | None
     vae_tiling: bool | None
     loras: list[dict[str, Any]]
+    preset: str | None
     model_id: str
     model_revision: str
     dtype: str | None

@@ -23,6 +23,7 @@ from storage.models import (
     Intent,
     Job,
     JobStatus,
+    ModelPreset,
     ModerationEvent,
     Review,
     Usage,
@@ -37,6 +38,7 @@ from storage.records import (
     ImageRecord,
     IntentRecord,
     JobRecord,
+    ModelPresetRecord,
     ModerationEventRecord,
     NewImage,
     UsageRecord,
@@ -676,6 +678,50 @@ class WorkerRepository:
     async def all(self) -> list[WorkerRecord]:
         rows = await self._session.scalars(select(WorkerRow).order_by(WorkerRow.started_at))
         return [to_record(WorkerRecord, row) for row in rows]
+
+
+class PresetRepository:
+    """The host's model presets (a handful: read whole)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def all(self) -> list[ModelPresetRecord]:
+        rows = await self._session.scalars(select(ModelPreset).order_by(ModelPreset.name))
+        return [to_record(ModelPresetRecord, row) for row in rows]
+
+    async def put(self, name: str, **values: Any) -> ModelPresetRecord:
+        """Add the preset, or replace the one of that name."""
+        row = await self._session.get(ModelPreset, name, populate_existing=True)
+        if row is None:
+            row = ModelPreset(name=name)
+            self._session.add(row)
+        for key, value in values.items():
+            setattr(row, key, value)
+        row.updated_at = utcnow()
+        await self._session.flush()
+        return to_record(ModelPresetRecord, row)
+
+    async def remove(self, name: str) -> bool:
+        result = await self._session.execute(delete(ModelPreset).where(ModelPreset.name == name))
+        return bool(getattr(result, "rowcount", 0))
+
+    async def defaults(self) -> dict[int, str]:
+        """Each server's default preset, for the servers that picked one."""
+        rows = await self._session.execute(
+            select(GuildSettings.guild_id, GuildSettings.default_model).where(
+                GuildSettings.default_model.is_not(None)
+            )
+        )
+        return {int(guild_id): str(name) for guild_id, name in rows}
+
+    async def clear_defaults(self, name: str) -> None:
+        """Servers whose default was ``name`` go back to the host's."""
+        await self._session.execute(
+            update(GuildSettings)
+            .where(GuildSettings.default_model == name)
+            .values(default_model=None, updated_at=utcnow())
+        )
 
 
 class IntentRepository:

@@ -17,6 +17,7 @@ from storage.repositories import (
     IntentRepository,
     JobRepository,
     ModerationEventRepository,
+    PresetRepository,
     UsageRepository,
     UserRepository,
     WorkerRepository,
@@ -36,6 +37,7 @@ class UnitOfWork:
     events: ModerationEventRepository
     workers: WorkerRepository
     intents: IntentRepository
+    presets: PresetRepository
     queue: JobQueue
 
     def __init__(
@@ -62,6 +64,7 @@ class UnitOfWork:
         self.events = ModerationEventRepository(self.session)
         self.workers = WorkerRepository(self.session)
         self.intents = IntentRepository(self.session)
+        self.presets = PresetRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

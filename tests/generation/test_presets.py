@@ -1,0 +1,174 @@
+"""Model presets: the host's named models with their defaults and the servers that may use
+them; a server's default among them; what a job asked through one records."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from generation.access import Actor
+from generation.engine import DiffusersEngine
+from generation.errors import InvalidRequest, NotAllowed
+from generation.events import EventBus
+from generation.loras import LoraCatalogue, LoraChoice
+from generation.model_info import ModelInfo
+from generation.presets import Preset, PresetBook
+from generation.requests import GenerationRequest, Limits
+from generation.service import GenerationService
+from generation.worker import Worker, WorkerConfig
+from storage.db import Database
+from storage.image_store import ImageStore
+from storage.models import JobKind
+from tests.generation.test_loras import SHIPPED_LORA
+
+ONE, TWO = 111, 222
+HOST = Actor(1, host=True)
+MODERATOR_ONE = Actor(2, guild_id=ONE, moderator=True)
+MODERATOR_TWO = Actor(3, guild_id=TWO, moderator=True)
+TRIANGLES = Preset(
+    name="tri",
+    source="embedded",
+    sampler="Euler a",
+    steps=6,
+    guidance=2.5,
+    negative_prefix="blurry",
+    loras=(LoraChoice("triangles", 0.8),),
+    cost_factor=2.0,
+    guild_ids=(ONE,),
+)
+
+
+@pytest.fixture
+async def sqlite(sqlite_url: str) -> AsyncIterator[Database]:
+    database = Database(sqlite_url)
+    await database.upgrade()
+    yield database
+    await database.close()
+
+
+def service_on(
+    db: Database, model: ModelInfo, store: ImageStore | None = None
+) -> GenerationService:
+    return GenerationService(
+        db,
+        model,
+        Limits(max_count=2, default_count=2),
+        store=store,
+        loras=LoraCatalogue(SHIPPED_LORA.parent),
+        presets=PresetBook(db, ttl=0),
+    )
+
+
+async def test_a_preset_fills_what_the_request_leaves_out_and_is_recorded(
+    sqlite: Database, trained_model: ModelInfo, store: ImageStore
+) -> None:
+    service = service_on(sqlite, trained_model, store)
+    await service.put_preset(HOST, TRIANGLES)
+    plain = await service.submit(GenerationRequest("a red circle", user_id=5, seed=1, guild_id=ONE))
+    job = (
+        await service.submit(
+            GenerationRequest(
+                "a red circle", user_id=5, seed=1, guild_id=ONE, model="tri", negative_prompt="text"
+            )
+        )
+    ).job
+    assert (job.steps, job.guidance, job.sampler, job.preset) == (6, 2.5, "Euler a", "tri")
+    assert job.negative_prompt == "blurry, text"
+    assert [(lora["name"], lora["weight"]) for lora in job.loras] == [("triangles", 0.8)]
+    per_step = job.cost / job.steps
+    assert per_step == pytest.approx(2 * plain.job.cost / plain.job.steps)  # its cost factor
+
+    # What the request says wins: its steps, its weight for the preset's LoRA (by name).
+    own = (
+        await service.submit(
+            GenerationRequest(
+                "a red circle <lora:triangles:0.3>", user_id=5, guild_id=ONE, model="tri", steps=9
+            )
+        )
+    ).job
+    assert own.steps == 9 and [lora["weight"] for lora in own.loras] == [0.3]
+
+    # A variation carries the recipe: the prefix and the LoRA are not applied twice.
+    engine = DiffusersEngine(
+        trained_model, device="cpu", dtype="float32", torch_threads=1, loras=service.loras
+    )
+    await Worker(sqlite, engine, store, EventBus(), WorkerConfig()).run(burst=True)
+    child = (await service.derive(JobKind.VARIATION, job.id, 0, user_id=5)).job
+    assert child.negative_prompt == "blurry, text" and len(child.loras) == 1
+    assert child.preset is None  # its recipe came from its parent, not the preset
+
+    # Another server may not use it, and is told what it may use.
+    with pytest.raises(
+        InvalidRequest, match=r"tri is not offered in this server; these are: \(none\)"
+    ):
+        await service.submit(GenerationRequest("a cat", user_id=5, guild_id=TWO, model="tri"))
+    with pytest.raises(InvalidRequest, match="must be one of embedded, not 'nope'"):
+        await service.submit(GenerationRequest("a cat", user_id=5, guild_id=TWO, model="nope"))
+
+
+@pytest.mark.parametrize(
+    ("change", "option", "reason"),
+    [
+        ({"source": "nope"}, "model", "is not run by this host any more"),
+        (
+            {"sampler": "DPM++ 2M Karras"},
+            "sampler",
+            "does not suit embedded's cosine noise schedule",
+        ),
+        ({"width": 4096, "height": 4096}, "width", ""),
+        ({"loras": (LoraChoice("missing"),)}, "lora", "there is no LoRA called 'missing'"),
+        ({"name": "Bad Name"}, "name", "is not a preset name"),
+        ({"cost_factor": 0.0}, "cost", "must be above 0"),
+    ],
+)
+async def test_a_preset_a_request_could_not_take_is_refused_naming_the_option(
+    sqlite: Database, trained_model: ModelInfo, change: dict[str, object], option: str, reason: str
+) -> None:
+    import dataclasses
+
+    service = service_on(sqlite, trained_model)
+    with pytest.raises(InvalidRequest) as refused:
+        await service.put_preset(HOST, dataclasses.replace(TRIANGLES, **change))  # type: ignore[arg-type]
+    assert refused.value.option == option and reason in refused.value.message
+    assert await PresetBook(sqlite).current() == PresetBook(sqlite).snapshot  # nothing stored
+
+
+async def test_only_host_admins_add_presets_and_moderators_pick_their_servers_default(
+    sqlite: Database, trained_model: ModelInfo
+) -> None:
+    service = service_on(sqlite, trained_model)
+    with pytest.raises(NotAllowed):
+        await service.put_preset(MODERATOR_ONE, TRIANGLES)
+    await service.put_preset(HOST, TRIANGLES)
+    with pytest.raises(NotAllowed):
+        await service.presets.set_default(MODERATOR_TWO, ONE, "tri")
+    with pytest.raises(InvalidRequest, match="'tri' is not a model this server may use"):
+        await service.presets.set_default(MODERATOR_TWO, TWO, "tri")
+    await service.presets.set_default(MODERATOR_ONE, ONE, "tri")
+    # Another process sees it (its book reads the table again).
+    other = service_on(sqlite, trained_model)
+    defaulted = (await other.submit(GenerationRequest("a red circle", user_id=5, guild_id=ONE))).job
+    assert defaulted.preset == "tri" and defaulted.steps == 6
+    elsewhere = (await other.submit(GenerationRequest("a red circle", user_id=5, guild_id=TWO))).job
+    assert elsewhere.preset is None and elsewhere.steps == trained_model.default_steps
+
+    await service.presets.remove(HOST, "tri")
+    after = (await other.submit(GenerationRequest("a red circle", user_id=6, guild_id=ONE))).job
+    assert after.preset is None  # the server's default went with it
+    with pytest.raises(InvalidRequest, match="no model preset called 'tri'"):
+        await service.presets.remove(HOST, "tri")
+    async with sqlite.uow() as uow:
+        events = await uow.events.recent(limit=10)
+    reasons = [event.reason for event in events]
+    assert "model tri added" in reasons and "model tri removed" in reasons
+
+
+def test_preset_names_are_what_discord_and_a_url_carry(tmp_path: Path) -> None:
+    from generation.presets import check_name
+
+    assert check_name("sdxl-turbo.v2") == "sdxl-turbo.v2"
+    for bad in ("", "UPPER", "-lead", "a" * 33, "with space", "../x"):
+        with pytest.raises(InvalidRequest):
+            check_name(bad)
