@@ -1,4 +1,5 @@
-"""/admin: logs, job, ban, unban, quota, settings, delete and flagged, with their buttons.
+"""/admin: logs, job, ban, unban, quota, settings, model, delete and flagged, with their
+buttons.
 
 Discord's ``default_member_permissions`` only hides commands; a server can change that, so
 every command and every button here checks the member itself.
@@ -21,8 +22,11 @@ from bot.limits import Message, Upload
 from generation.access import Actor, may_manage_users, may_moderate_job
 from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.imaging import fit_file
+from generation.loras import parse_choice
 from generation.moderation import Flagged, parse_duration
+from generation.presets import Preset, PresetBook
 from generation.quotas import SERVER_QUOTAS
+from generation.samplers import SAMPLER_NAMES
 from generation.server_settings import POLICY_CHOICES
 from storage.models import utcnow
 from storage.records import JobRecord
@@ -42,6 +46,23 @@ HOST_ONLY = (
     "Quotas and weights apply on every server this bot serves, so only the host's admins "
     "(IMAGINE_ADMIN_USER_IDS) set them. Ask the bot's host."
 )
+
+
+MODELS_HOST_ONLY = (
+    "The host's admins (IMAGINE_ADMIN_USER_IDS) add and remove models, as they run on the "
+    "host's GPUs; a server's moderators pick its default with /admin model default."
+)
+
+
+def _servers(text: str | None, here: int | None) -> tuple[int, ...]:
+    """Server ids, comma-separated; ``here`` is this server."""
+    ids = []
+    for part in _terms(text):
+        if part.lower() == "here" and here is not None:
+            ids.append(here)
+        else:
+            ids.append(_snowflake("servers", part) or 0)
+    return tuple(dict.fromkeys(ids))
 
 
 def _since(text: str | None) -> dt.datetime | None:
@@ -101,10 +122,12 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             raise JobNotFound(job_id)
         return job
 
-    async def _host_only(self, interaction: discord.Interaction[ImagineBot], actor: Actor) -> bool:
+    async def _host_only(
+        self, interaction: discord.Interaction[ImagineBot], actor: Actor, why: str = ""
+    ) -> bool:
         if may_manage_users(actor):
             return True
-        await refuse(interaction, HOST_ONLY)
+        await refuse(interaction, why or HOST_ONLY)
         return False
 
     async def _answer(self, interaction: discord.Interaction[ImagineBot], text: str) -> None:
@@ -319,6 +342,117 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
             await refuse(interaction, str(error))
             return
         await answer(interaction, messages.server_settings(rules, servers.host_rules()))
+
+    # -- /admin model ------------------------------------------------------------------------
+
+    model = app_commands.Group(name="model", description="The models members may pick.")
+
+    @model.command(name="list", description="The models this server may use, and its default.")
+    async def model_list(self, interaction: discord.Interaction[ImagineBot]) -> None:
+        actor = await self._allowed(interaction)
+        if actor is None:
+            return
+        snapshot = await self.service.presets.current()
+        where = None if actor.host else interaction.guild_id  # host admins see every preset
+        presets = (
+            list(snapshot.presets.values())
+            if where is None
+            else (PresetBook.offered(snapshot, where))
+        )
+        default = snapshot.defaults.get(interaction.guild_id or 0)
+        await answer(
+            interaction,
+            messages.presets(presets, default, self.service.model.name, all_servers=where is None),
+        )
+
+    @model.command(name="add", description="Offer a model by name, with its defaults.")
+    @app_commands.describe(
+        name="What members pick: 1-32 lowercase letters, digits, '.', '_' or '-'.",
+        source="One of the host's models (its name or id).",
+        sampler="Its default sampler.",
+        steps="Its default steps.",
+        guidance="Its default guidance.",
+        width="Its default width (with height).",
+        height="Its default height (with width).",
+        negative="Put before every negative prompt.",
+        loras="LoRAs every job adds: NAME[:WEIGHT], comma-separated.",
+        cost="Fair-share cost factor (1: as the model costs).",
+        servers="Server ids that may use it, comma-separated; 'here': this one; empty: all.",
+    )
+    @app_commands.choices(
+        sampler=[app_commands.Choice(name=name, value=name) for name in SAMPLER_NAMES]
+    )
+    async def model_add(  # noqa: PLR0917 - discord.py passes each option as an argument
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        name: str,
+        source: str,
+        sampler: str | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+        width: app_commands.Range[int, 64, 4096] | None = None,
+        height: app_commands.Range[int, 64, 4096] | None = None,
+        negative: str | None = None,
+        loras: str | None = None,
+        cost: app_commands.Range[float, 0.01, 100.0] | None = None,
+        servers: str | None = None,
+    ) -> None:
+        actor = await self._allowed(interaction)
+        if actor is None or not await self._host_only(interaction, actor, MODELS_HOST_ONLY):
+            return
+        try:
+            preset = Preset(
+                name=name.strip(),
+                source=source.strip(),
+                sampler=sampler,
+                steps=steps,
+                guidance=guidance,
+                width=width,
+                height=height,
+                negative_prefix=(negative or "").strip(),
+                loras=tuple(parse_choice(text) for text in _terms(loras)),
+                cost_factor=1.0 if cost is None else cost,
+                guild_ids=_servers(servers, interaction.guild_id),
+            )
+            await self.service.put_preset(actor, preset)
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        await self._answer(interaction, f"Model **{preset.name}** is offered ({preset.source}).")
+
+    @model.command(name="remove", description="Stop offering a model.")
+    async def model_remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:
+        actor = await self._allowed(interaction)
+        if actor is None or not await self._host_only(interaction, actor, MODELS_HOST_ONLY):
+            return
+        try:
+            await self.service.presets.remove(actor, name.strip())
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        await self._answer(
+            interaction,
+            f"Model **{name}** is no longer offered; servers that used it by default use the "
+            "host's model again. Jobs made with it keep their recipes.",
+        )
+
+    @model.command(name="default", description="This server's default model (empty: the host's).")
+    @app_commands.describe(name="A model this server may use; leave empty for the host's.")
+    async def model_default(
+        self, interaction: discord.Interaction[ImagineBot], name: str | None = None
+    ) -> None:
+        actor = await self._allowed(interaction)
+        if actor is None:
+            return
+        try:
+            await self.service.presets.set_default(
+                actor, interaction.guild_id, name.strip() if name else None
+            )
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        chosen = f"**{name}**" if name else f"the host's ({self.service.model.name})"
+        await self._answer(interaction, f"/imagine here now uses {chosen} when no model is named.")
 
     @app_commands.command(name="delete", description="Delete a job's result and image files.")
     async def delete(

@@ -14,8 +14,11 @@ from bot.runtime import open_runtime
 from bot.settings import Settings
 from generation.access import HOST
 from generation.errors import GenerationError
+from generation.loras import parse_choice
 from generation.moderation import parse_duration
+from generation.presets import Preset
 from generation.quotas import SERVER_QUOTAS
+from generation.samplers import SAMPLER_NAMES
 from generation.server_settings import POLICY_CHOICES
 from storage.models import utcnow
 
@@ -265,3 +268,122 @@ def server_settings(
         return
     for key, value in shown.items():
         click.echo(f"{key}: {value}")
+
+
+@admin.group(name="model")
+def model_group() -> None:
+    """Model presets: the models members pick by name, with their defaults."""
+
+
+def _preset_json(preset: Preset, defaults: dict[int, str]) -> dict[str, Any]:
+    values = preset.row()
+    values["default_in"] = sorted(g for g, name in defaults.items() if name == preset.name)
+    return values
+
+
+@model_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def model_list(settings: Settings, as_json: bool) -> None:
+    """Every preset, with its defaults and where it is a server's default."""
+
+    async def _list() -> list[dict[str, Any]]:
+        async with open_runtime(settings) as runtime:
+            snapshot = await runtime.service.presets.current()
+        return [_preset_json(p, snapshot.defaults) for p in snapshot.presets.values()]
+
+    rows = _run(_list())
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no model presets: members use the host's models")
+    for row in rows:
+        where = ", ".join(map(str, row["guild_ids"])) or "every server"
+        click.echo(f"{row['name']:<20} {row['source']:<40} {where}")
+
+
+@model_group.command(name="add")
+@click.argument("name")
+@click.argument("source")
+@click.option("--sampler", default=None, help=f"Its default sampler: {', '.join(SAMPLER_NAMES)}.")
+@click.option("--steps", type=int, default=None)
+@click.option("--guidance", type=float, default=None)
+@click.option("--width", type=int, default=None)
+@click.option("--height", type=int, default=None)
+@click.option("--negative", default="", help="Put before every negative prompt.")
+@click.option("--lora", "loras", multiple=True, metavar="NAME[:WEIGHT]", help="Repeatable.")
+@click.option("--cost", type=float, default=1.0, show_default=True, help="Cost factor.")
+@click.option("--guild", "guild_ids", type=int, multiple=True, help="A server that may use it.")
+@ACTOR
+@click.pass_obj
+def model_add(
+    settings: Settings,
+    name: str,
+    source: str,
+    sampler: str | None,
+    steps: int | None,
+    guidance: float | None,
+    width: int | None,
+    height: int | None,
+    negative: str,
+    loras: tuple[str, ...],
+    cost: float,
+    guild_ids: tuple[int, ...],
+    actor: int | None,
+) -> None:
+    """Offer SOURCE (one of the host's models) as NAME, with these defaults; replaces a
+    preset of that name. Without --guild, every server may use it."""
+
+    async def _add() -> None:
+        preset = Preset(
+            name=name,
+            source=source,
+            sampler=sampler,
+            steps=steps,
+            guidance=guidance,
+            width=width,
+            height=height,
+            negative_prefix=negative.strip(),
+            loras=tuple(parse_choice(text) for text in loras),
+            cost_factor=cost,
+            guild_ids=guild_ids,
+        )
+        async with open_runtime(settings) as runtime:
+            await runtime.service.put_preset(dataclasses.replace(HOST, user_id=actor), preset)
+
+    _run(_add())
+    click.echo(f"model {name} is offered ({source})")
+
+
+@model_group.command(name="remove")
+@click.argument("name")
+@ACTOR
+@click.pass_obj
+def model_remove(settings: Settings, name: str, actor: int | None) -> None:
+    """Stop offering NAME; servers whose default it was use the host's model again."""
+
+    async def _remove() -> None:
+        async with open_runtime(settings) as runtime:
+            await runtime.service.presets.remove(dataclasses.replace(HOST, user_id=actor), name)
+
+    _run(_remove())
+    click.echo(f"model {name} is no longer offered")
+
+
+@model_group.command(name="default")
+@click.argument("guild_id", type=int)
+@click.argument("name", required=False)
+@ACTOR
+@click.pass_obj
+def model_default(settings: Settings, guild_id: int, name: str | None, actor: int | None) -> None:
+    """GUILD_ID's default model: NAME, or the host's when NAME is left out."""
+
+    async def _default() -> None:
+        async with open_runtime(settings) as runtime:
+            await runtime.service.presets.set_default(
+                dataclasses.replace(HOST, user_id=actor), guild_id, name
+            )
+
+    _run(_default())
+    click.echo(f"server {guild_id} uses {name or 'the host model'} when none is named")

@@ -145,6 +145,10 @@ class ImagineBot(commands.Bot):
             for guild_id in settings.guild_ids:
                 await self._sync(guild_id)
         await self.deliveries.start()
+        if self.runtime.service.loras is not None:  # hash them now, not in a member's request
+            self._warming = asyncio.create_task(
+                asyncio.to_thread(self.runtime.service.loras.warm), name="hash LoRAs"
+            )
         self._resuming = asyncio.create_task(
             self.handlers.resume_written(self.started_at), name="resume"
         )

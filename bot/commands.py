@@ -39,7 +39,9 @@ from generation.errors import (
 from generation.faults import retrying
 from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.loras import MAX_LORA_WEIGHT, LoraChoice
+from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
+from generation.presets import PresetBook
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest, nearest_size
 from generation.samplers import SAMPLER_NAMES
@@ -171,23 +173,19 @@ class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.service = bot.runtime.service
-        self._show_models()
 
     def _model_names(self) -> list[str]:
         return [info.name for info in self.service.models.values()]
 
-    def _show_models(self) -> None:
-        """/imagine has a ``model`` option, with the host's models as choices, only when the
-        host offers more than one. (discord.py builds options from the signature; this edits
-        the built command, before it is synced.)"""
-        parameters = self.imagine._params
-        names = self._model_names()
-        if len(names) < 2:
-            parameters.pop("model", None)
-            return
-        parameters["model"].choices = [
-            app_commands.Choice(name=name, value=name) for name in names[:25]
-        ]
+    def _model_of(self, name: str | None, guild_id: int | None) -> ModelInfo:
+        """The model a request names (a preset's, a host model) as last read; the default
+        when it names none, or one that is refused later with the reason."""
+        snapshot = self.service.presets.snapshot
+        try:
+            preset = PresetBook.chosen(snapshot, name, guild_id)
+            return self.service.model_for(preset.source if preset else name)
+        except InvalidRequest:
+            return self.service.model
 
     # -- /imagine ----------------------------------------------------------------------------
 
@@ -202,7 +200,7 @@ class ImagineCog(commands.Cog):
         count="How many images (1–4).",
         image="An image to start from.",
         strength="How far to move from the start image (0–1).",
-        model="Which model makes the images.",
+        model="Which model makes the images (this server's presets and the host's models).",
         sampler="How the noise is taken away, by its usual name (default: the model's own).",
         lora="A LoRA to add (more: <lora:NAME:WEIGHT> in the prompt).",
         lora_weight="How strongly the LoRA applies (default 1; 0 is the model without it).",
@@ -230,7 +228,8 @@ class ImagineCog(commands.Cog):
     ) -> None:
         # The declared ranges and choices are hints for the client; everything is checked here,
         # before answering, so bad input gets a plain ephemeral reply.
-        chosen = self.service.model_for(model) if model in self._model_names() else None
+        await self.service.presets.hint()
+        chosen = self._model_of(model, interaction.guild_id)
         settings = self.bot.runtime.settings
         nsfw, public = channel_flags(interaction.channel)
         width = height = None
@@ -266,7 +265,8 @@ class ImagineCog(commands.Cog):
                 channel_public=public,
                 interaction_id=interaction.id,
             )
-            self.service.check(request)
+            # In a thread: the first use of a LoRA file hashes it.
+            await asyncio.to_thread(self.service.check, request)
         except InvalidRequest as error:
             await refuse(interaction, _invalid(error, aspect))
             return
@@ -275,7 +275,7 @@ class ImagineCog(commands.Cog):
         # (Read waiting at most a moment on the database: Discord wants an answer within 3 s;
         # the submit checks again with the server's settings as they are now.)
         rules = await self.service.servers.hint(request.guild_id)
-        blocked = rules.check_prompt(request.prompt, request.negative_prompt)
+        blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
 
         if blocked is not None:  # refused at once: no time to download an attachment
             unanswered = dataclasses.replace(
@@ -311,12 +311,31 @@ class ImagineCog(commands.Cog):
         catalogue = self.service.loras
         if catalogue is None:
             return []
-        asked = interaction.namespace.model
-        model = (
-            self.service.model_for(asked) if asked in self._model_names() else self.service.model
-        )
+        model = self._model_of(interaction.namespace.model, interaction.guild_id)
         names = await asyncio.to_thread(catalogue.suggest, current, model)
         return [app_commands.Choice(name=name, value=name) for name in names]
+
+    @imagine.autocomplete("model")
+    async def _model_suggestions(
+        self, interaction: discord.Interaction[ImagineBot], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """This server's presets (its default first), then the host's models."""
+        snapshot = await self.service.presets.hint()
+        guild_id = interaction.guild_id
+        default = snapshot.defaults.get(guild_id) if guild_id is not None else None
+        presets = sorted(
+            PresetBook.offered(snapshot, guild_id), key=lambda p: (p.name != default, p.name)
+        )
+        names = [p.name for p in presets]
+        names += [name for name in self._model_names() if name not in names]
+        needle = current.strip().lower()
+        return [
+            app_commands.Choice(
+                name=f"{name} (this server's default)" if name == default else name, value=name
+            )
+            for name in names
+            if needle in name.lower() and len(name) <= 100
+        ][:25]
 
     async def _submit(  # noqa: PLR0912, PLR0915 - one path, each way off it designed
         self,

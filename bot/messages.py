@@ -20,6 +20,7 @@ from bot.limits import CONTENT, MORE, ROWS, Message, Upload, clip, escape, quote
 from generation import wording
 from generation.imaging import FittedFile
 from generation.moderation import Flagged, JobReport, LogPage
+from generation.presets import Preset
 from generation.quotas import SERVER_QUOTAS, Usage
 from generation.reproduce import ReproduceReport
 from generation.server_settings import ServerRules
@@ -226,6 +227,48 @@ def server_settings(rules: ServerRules, host: ServerRules) -> Message:
     ]
     lines.append("**Limits:** " + ", ".join(shown))
     return Message(content=clip("\n".join(lines), CONTENT))
+
+
+def presets(
+    shown: Sequence[Preset], default: str | None, host_model: str, *, all_servers: bool
+) -> Message:
+    """/admin model list: each preset's source and defaults, and this server's default."""
+    head = f"**Default here:** {default or f'the host model ({host_model})'}" + (
+        "" if all_servers else "; the models this server may use:"
+    )
+    lines = []
+    for preset in shown:
+        parts = [preset.source]
+        parts += [f"{key} {value}" for key, value in _preset_defaults(preset) if value is not None]
+        if preset.negative_prefix:
+            parts.append(f"negative {quote(preset.negative_prefix, 60)}")
+        if preset.loras:
+            parts.append("LoRAs " + ", ".join(f"{c.name}:{c.weight:g}" for c in preset.loras))
+        if preset.cost_factor != 1:
+            parts.append(f"cost ×{preset.cost_factor:g}")
+        if all_servers:
+            parts.append(
+                "servers " + ", ".join(map(str, preset.guild_ids))
+                if preset.guild_ids
+                else "every server"
+            )
+        lines.append(f"**{preset.name}**: " + "; ".join(parts))
+    body, _ = _fit_lines(
+        lines or ["(no models beyond the host's)"],
+        CONTENT - units(head) - 1,
+        "… and more: `imagine-bot admin model list` shows them all",
+    )
+    return Message(content=f"{head}\n{body}")
+
+
+def _preset_defaults(preset: Preset) -> list[tuple[str, object]]:
+    size = f"{preset.width}×{preset.height}" if preset.width and preset.height else None
+    return [
+        ("sampler", preset.sampler),
+        ("steps", preset.steps),
+        ("guidance", None if preset.guidance is None else f"{preset.guidance:g}"),
+        ("size", size),
+    ]
 
 
 def went_elsewhere(job: JobRecord, *, dm: bool) -> Message:

@@ -284,7 +284,8 @@ class ResultRoutes:
                 mention=mention,
                 unattached=data is not None and fitted is None,
                 by_dm=by_dm,
-                offers=self.offers(view.job),
+                # In a thread: judging a LoRA job's buttons may read its files.
+                offers=await asyncio.to_thread(self.offers, view.job),
             )
             try:
                 return await send(result)

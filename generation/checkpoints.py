@@ -77,7 +77,7 @@ def read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raw = handle.read(length)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise ModelUnavailable(
             f"{path} is not a safetensors file (its header is not JSON): download it again"
         ) from error

@@ -496,6 +496,8 @@ class DiffusersEngine:
             self.txt2img.load_lora_weights(str(lora.path), adapter_name=adapter)
         except Exception as error:  # shapes of another model, a file damaged past its header
             self._drop_adapter(adapter)
+            if isinstance(error, RuntimeError) and _out_of_memory(error):
+                raise  # the render's own out-of-memory path frees it and says so
             raise LoraUnavailable(
                 f"the LoRA {name} does not load onto {self.model.name} "
                 f"({type(error).__name__}: {str(error)[:200]})"

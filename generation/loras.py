@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any, Protocol
 from generation.checkpoints import read_safetensors
 from generation.errors import InvalidRequest, ModelUnavailable
 from generation.model_info import ModelInfo, _cached_hash
+
+logger = logging.getLogger(__name__)
 
 MAX_LORAS = 5  # per job: each costs a little at every step, and a grid of them means little
 MAX_LORA_WEIGHT = 4.0  # |weight|: slider LoRAs go negative; beyond this a LoRA only breaks
@@ -88,6 +91,10 @@ def take_tags(prompt: str) -> tuple[str, list[LoraChoice]]:
                 ) from None
         choices.append(LoraChoice(name, weight))
     text = _TAG.sub(" ", prompt)
+    if "<lora:" in text.lower():  # a tag inside a tag: what is left would be read next time
+        raise InvalidRequest(
+            "prompt", "has a <lora: that is not a whole tag: write <lora:NAME:WEIGHT>"
+        )
     return " ".join(text.split()) if choices else prompt, choices
 
 
@@ -103,6 +110,22 @@ def parse_choice(text: str) -> LoraChoice:
     if not name.strip():
         raise InvalidRequest("lora", f"{text!r} names no LoRA")
     return LoraChoice(name.strip(), value)
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """What tells a file changed without reading it: its size, modification and change
+    times, and inode (a copy that keeps the old modification time still changes the rest)."""
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+
+
+_UNUSABLE = re.compile(r"[<>:,\"\n\r\t]")
+
+
+def usable_name(name: str) -> bool:
+    """A name a prompt tag, ``--lora NAME:WEIGHT``, A1111's ``Lora hashes`` and a Discord
+    choice (1-100 characters) can all carry."""
+    return 0 < len(name) <= 100 and name == name.strip() and not _UNUSABLE.search(name)
 
 
 def tag(name: str, weight: float) -> str:
@@ -146,8 +169,7 @@ def _hashes(path: Path, cache_file: Path | None) -> tuple[str, str]:
                 data.update(block)
         return f"{whole.hexdigest()}:{data.hexdigest()[:12]}"
 
-    stat = path.stat()
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    stamp = list(file_stamp(path))
     both = _cached_hash(cache_file, f"lora:{path.resolve()}", stamp, compute)
     sha256, _, short = both.partition(":")
     return sha256, short
@@ -157,7 +179,9 @@ def _text_width(header: dict[str, Any]) -> int | None:
     """The text width its cross-attention key layers read (the down matrix's inputs)."""
     for name, entry in header.items():
         flat = name.replace(".", "_")
-        if "attn2_to_k" in flat and ("lora_A" in name or "down" in name):
+        if "attn2_to_k" in flat and any(
+            part in name for part in ("lora_A.", "lora_down.", "lora.down.")
+        ):
             shape = entry.get("shape") or []
             if len(shape) >= 2:
                 return int(shape[1])
@@ -243,18 +267,30 @@ class LoraCatalogue:
     def __init__(self, folder: Path | None, cache_file: Path | None = None) -> None:
         self.folder = folder
         self.cache_file = cache_file
-        self._described: dict[str, tuple[tuple[int, int], LoraFile]] = {}
-        self._layouts: dict[str, tuple[tuple[int, int], tuple[str | None, int | None]]] = {}
+        self._described: dict[str, tuple[tuple[int, ...], LoraFile]] = {}
+        self._layouts: dict[str, tuple[tuple[int, ...], tuple[str | None, int | None]]] = {}
+        self._listing: tuple[tuple[int, int], list[str]] | None = None
 
     def names(self) -> list[str]:
-        """Every LoRA's name, sorted (a listing of the folder: cheap enough per keystroke)."""
-        if self.folder is None or not self.folder.is_dir():
+        """Every usable LoRA's name, sorted; the folder is listed again when it changes. A
+        name a prompt tag, the infotext or Discord could not carry is left out (see
+        ``usable_name``)."""
+        if self.folder is None:
             return []
-        return sorted(
-            path.name.removesuffix(SUFFIX)
-            for path in self.folder.iterdir()
-            if path.name.endswith(SUFFIX) and path.is_file()
-        )
+        try:
+            stat = self.folder.stat()
+            stamp = (stat.st_mtime_ns, stat.st_ino)
+            if self._listing is not None and self._listing[0] == stamp:
+                return self._listing[1]
+            listed = sorted(
+                path.name.removesuffix(SUFFIX)
+                for path in self.folder.iterdir()
+                if path.name.endswith(SUFFIX) and usable_name(path.name.removesuffix(SUFFIX))
+            )
+        except OSError:  # gone, or not readable: no LoRAs, said when one is asked for
+            return []
+        self._listing = (stamp, listed)
+        return listed
 
     def search(self, text: str, limit: int = 25) -> list[str]:
         """Names for autocomplete: those starting with ``text`` first, then containing it."""
@@ -274,8 +310,9 @@ class LoraCatalogue:
             assert self.folder is not None
             try:
                 family, width = self._layout(self.folder / f"{name}{SUFFIX}")
-            except (ModelUnavailable, OSError):
-                continue  # asked for by name, it is refused with the reason
+            except Exception as error:  # asked for by name, it is refused with the reason
+                logger.debug("LoRA %s not suggested: %s", name, error)
+                continue
             if _fits(family, width, model):
                 fitting.append(name)
                 if len(fitting) == limit:
@@ -283,8 +320,7 @@ class LoraCatalogue:
         return fitting
 
     def _layout(self, path: Path) -> tuple[str | None, int | None]:
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        stamp = file_stamp(path)
         known = self._layouts.get(path.name)
         if known is None or known[0] != stamp:
             header, metadata = read_safetensors(path)
@@ -293,20 +329,33 @@ class LoraCatalogue:
             self._layouts[path.name] = known
         return known[1]
 
+    def warm(self) -> None:
+        """Describe and hash every LoRA now (a thread at start), so that no request waits on
+        hashing a file; what cannot be used is logged."""
+        for name in self.names():
+            try:
+                self.find(name)
+            except InvalidRequest as error:
+                logger.warning("LoRA %s cannot be used: %s", name, error.message)
+
     def find(self, name: str) -> LoraFile:
         """The LoRA called ``name``; refused naming the ones there are."""
         names = self.names()
         if name not in names:
-            if not names:
-                where = "this host has no LoRAs (IMAGINE_LORA_DIR is empty or not set)"
+            if self.folder is None or not self.folder.is_dir():
+                where = f"this host has no LoRA folder ({self.folder} is not one: IMAGINE_LORA_DIR)"
+            elif not names:
+                where = f"this host has no LoRAs ({self.folder} holds no *.safetensors)"
             else:
                 close = self.search(name[:3], limit=10) or names[:10]
                 where = f"some there are: {', '.join(close)}"
             raise InvalidRequest("lora", f"there is no LoRA called {name!r}; {where}")
         assert self.folder is not None
         path = self.folder / f"{name}{SUFFIX}"
-        stat = path.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
+        try:
+            stamp = file_stamp(path)
+        except OSError as error:
+            raise InvalidRequest("lora", f"{name} cannot be read ({error.strerror})") from None
         known = self._described.get(name)
         if known is not None and known[0] == stamp:
             return known[1]
@@ -325,7 +374,7 @@ class LoraCatalogue:
         if len(choices) > MAX_LORAS:
             raise InvalidRequest("lora", f"at most {MAX_LORAS} LoRAs a job, not {len(choices)}")
         seen: set[str] = set()
-        resolved = []
+        resolved: list[tuple[LoraFile, float]] = []
         for choice in choices:
             if choice.name in seen:
                 raise InvalidRequest("lora", f"{choice.name} is named twice: name it once")
@@ -338,6 +387,11 @@ class LoraCatalogue:
                 )
             lora = self.find(choice.name)
             check_fits(lora, model)
+            twin = next((other for other, _ in resolved if other.sha256 == lora.sha256), None)
+            if twin is not None:
+                raise InvalidRequest(
+                    "lora", f"{choice.name} and {twin.name} are the same file: name it once"
+                )
             if choice.sha256 is not None and choice.sha256 != lora.sha256:
                 raise InvalidRequest(
                     "lora",

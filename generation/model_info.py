@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,8 +131,14 @@ def _cached_hash(cache_file: Path | None, key: str, stamp: Any, compute: Callabl
     if cache_file is not None:
         cache[key] = {"stamp": stamp, "hash": result}
         with contextlib.suppress(OSError):
+            # Written whole, then renamed: the bot, workers and threads share this file, and a
+            # reader never sees half of it.
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            cache_file.write_text(json.dumps(cache), encoding="utf-8")
+            partial = cache_file.with_name(
+                f".{cache_file.name}.{os.getpid()}.{threading.get_ident()}"
+            )
+            partial.write_text(json.dumps(cache), encoding="utf-8")
+            os.replace(partial, cache_file)
     return result
 
 

@@ -165,9 +165,9 @@ class PresetBook:
             return None
         if not preset.offered_in(guild_id):
             offered = ", ".join(p.name for p in PresetBook.offered(snapshot, guild_id))
-            where = "this server" if guild_id is not None else "outside the servers it is for"
+            where = "in this server" if guild_id is not None else "outside the servers it is for"
             raise InvalidRequest(
-                "model", f"{name} is not offered in {where}; these are: {offered or '(none)'}"
+                "model", f"{name} is not offered {where}; these are: {offered or '(none)'}"
             )
         return preset
 

@@ -85,6 +85,11 @@ class GenerationRequest:
     loras: tuple[LoraChoice, ...] = ()
 
     @property
+    def filtered_text(self) -> str:
+        """What the prompt filter reads as the prompt: the text and the LoRAs' names."""
+        return " ".join([self.prompt, *(choice.name for choice in self.loras)])
+
+    @property
     def made_from(self) -> int | None:
         """The job whose recipe this request carries (a button's parent, or the job it makes
         again): its prompt is that job's, not the requester's."""
@@ -317,7 +322,9 @@ def validate(
         raise InvalidRequest(
             "prompt", f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(prompt)}"
         )
-    prompt, tagged = take_tags(prompt)
+    # Tags are read from what a member typed, never again from a stored recipe's prompt (a
+    # job from before LoRAs may hold <lora:…> text, which its model saw as text).
+    prompt, tagged = (prompt, []) if request.made_from is not None else take_tags(prompt)
     if not prompt:
         raise InvalidRequest("prompt", "must not be empty")
     asked = (*request.loras, *tagged)

@@ -338,7 +338,7 @@ class GenerationService:
         # uploaded start image is hashed now but stored only once the job is admitted.
         rules = await self.servers.rules(request.guild_id)
         refuse_outside_age_restricted(rules, request)
-        blocked = rules.check_prompt(request.prompt, request.negative_prompt)
+        blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
         if blocked is not None and request.made_from is not None:
             # Made from another job: the prompt is that job's, not the presser's, so no
             # strike; the server blocked it since.

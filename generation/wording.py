@@ -86,7 +86,11 @@ def recipe_fields(view: JobView) -> list[tuple[str, str]]:
         ("seed", f"{job.seed} (image i uses seed + i)"),
         ("steps", f"{job.steps}   guidance: {job.guidance:g}"),
         ("size", f"{job.width}×{job.height}   images: {job.count}"),
-        ("model", f"{job.model_id} @ {job.model_revision}"),
+        (
+            "model",
+            f"{job.model_id} @ {job.model_revision}"
+            + (f" (preset {job.preset})" if job.preset else ""),
+        ),
         ("sampler", _sampler(job)),
     ]
     for lora in job.loras:

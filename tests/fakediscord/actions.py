@@ -108,16 +108,21 @@ class LocalDiscord(FakeDiscord):
         """Run ``/command`` (or ``/group sub``) as ``user`` (in their server's first channel,
         or ``channel_id``); an option given as an upload() dict is an attachment, a FakeUser a
         member."""
-        top, _, subcommand = command.partition(" ")
+        top, *path = command.split(" ")
         registered = self.commands.get(top)
         if registered is None:
             raise AssertionError(f"/{top} was never registered; known: {sorted(self.commands)}")
         self._check_may_use(registered, user, channel_id or self.channel_of(user))
         declared_options = registered.get("options", [])
-        if subcommand:
-            declared_options = next(
-                o for o in declared_options if o["name"] == subcommand and o["type"] == 1
-            ).get("options", [])
+        kinds = []
+        for depth, name in enumerate(path):
+            # A subcommand group (type 2) holds subcommands (type 1); a subcommand, options.
+            kind = 1 if depth == len(path) - 1 else 2
+            found = [o for o in declared_options if o["name"] == name and o["type"] == kind]
+            if not found:
+                raise AssertionError(f"/{command}: {top} has no {name!r} there")
+            declared_options = found[0].get("options", [])
+            kinds.append(kind)
         declared = {o["name"]: o for o in declared_options}
         values = []
         resolved: dict[str, Any] = {}
@@ -151,8 +156,8 @@ class LocalDiscord(FakeDiscord):
                 continue
             kind = declared[name]["type"] if name in declared else OPTION_TYPES[type(value)]
             values.append({"name": name, "type": kind, "value": value})
-        if subcommand:
-            values = [{"name": subcommand, "type": 1, "options": values}]
+        for name, kind in reversed(list(zip(path, kinds, strict=True))):
+            values = [{"name": name, "type": kind, "options": values}]
         data = {
             "id": registered["id"],
             "name": top,

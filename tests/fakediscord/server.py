@@ -856,7 +856,8 @@ class FakeDiscord:
 
     def _webhook_interaction(self, match: re.Match[str]) -> Interaction:
         interaction = self.interactions.get(match["token"])
-        if interaction is None:
+        if interaction is None or interaction.type == 4:
+            # An autocomplete interaction is answered with suggestions, and nothing else.
             raise ApiError(404, 10015, "Unknown Webhook")
         if interaction.refused or not interaction.alive():
             raise ApiError(401, 50027, "Invalid Webhook Token")

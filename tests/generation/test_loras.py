@@ -276,3 +276,72 @@ def test_the_trainer_makes_the_same_lora_from_the_same_config(tmp_path: Path) ->
     assert all(torch.equal(first.get_tensor(k), second.get_tensor(k)) for k in first.keys())  # noqa: SIM118
     lora = LoraCatalogue(tmp_path).find("a")
     assert (lora.family, lora.text_width, lora.base_model) == ("sd", 64, "embedded (trained-v1)")
+
+
+def test_a_tag_inside_a_tag_is_refused_and_a_stored_prompt_is_not_read_for_tags(
+    catalogue: LoraCatalogue, trained_model: ModelInfo
+) -> None:
+    from generation.requests import validate
+
+    with pytest.raises(InvalidRequest, match="is not a whole tag"):
+        take_tags("a cat <lora:<lora:x>y>")
+    # A job from before LoRAs whose prompt holds tag text: a job made from it keeps the text
+    # as its model saw it, and adds no LoRA.
+    old = "a cat <lora:triangles:1>"
+    derived = GenerationRequest(old, user_id=1, parent_job_id=9, kind=JobKind.REROLL)
+    recipe = validate(derived, Limits(), trained_model, loras=catalogue)
+    assert recipe.prompt == old and recipe.loras == []
+
+
+def test_the_same_file_under_two_names_odd_names_and_odd_headers(
+    tmp_path: Path, trained_model: ModelInfo
+) -> None:
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    for name in ("triangles", "triangles-copy", "bad:name", " padded"):
+        shutil.copy(SHIPPED_LORA, folder / f"{name}.safetensors")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (folder / "deep.safetensors").write_bytes(len(deep).to_bytes(8, "little") + deep)
+    # A LoRA whose up matrix comes first in the header (fp32 before fp16): its width is the
+    # down matrix's all the same.
+    prefix = f"{CROSS}.attn2.to_k".replace(".", "_").replace("unet_", "lora_unet_", 1)
+    save_file(
+        {
+            f"{prefix}.lora_up.weight": torch.zeros(64, 4),
+            f"{prefix}.lora_down.weight": torch.zeros(4, 64, dtype=torch.float16),
+        },
+        str(folder / "kohya.safetensors"),
+    )
+    catalogue = LoraCatalogue(folder)
+    assert catalogue.names() == ["deep", "kohya", "triangles", "triangles-copy"]
+    assert catalogue.suggest("", trained_model) == ["kohya", "triangles", "triangles-copy"]
+    assert catalogue.find("kohya").text_width == 64
+    with pytest.raises(InvalidRequest, match="is not a safetensors file"):
+        catalogue.find("deep")
+    with pytest.raises(InvalidRequest, match="triangles-copy and triangles are the same file"):
+        catalogue.resolve([LoraChoice("triangles"), LoraChoice("triangles-copy")], trained_model)
+    missing = LoraCatalogue(tmp_path / "typo")
+    with pytest.raises(InvalidRequest, match="no LoRA folder"):
+        missing.find("triangles")
+
+
+async def test_a_loras_name_goes_through_the_prompt_filter(
+    tmp_path: Path, trained_model: ModelInfo, sqlite: Database
+) -> None:
+    from generation.errors import PromptBlocked
+    from generation.prompt_filter import PromptFilter
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(SHIPPED_LORA, folder / "forbidden-style.safetensors")
+    service = GenerationService(
+        sqlite,
+        trained_model,
+        Limits(),
+        loras=LoraCatalogue(folder),
+        prompt_filter=PromptFilter(["forbidden"]),
+    )
+    with pytest.raises(PromptBlocked):
+        await service.submit(
+            GenerationRequest("a cat", user_id=1, loras=(LoraChoice("forbidden-style"),))
+        )

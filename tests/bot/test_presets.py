@@ -1,0 +1,110 @@
+"""Model presets through the local Discord: the host offers a model to one server, whose
+moderator makes it the default; members of another server are neither offered it nor may use
+it; the command line manages the same presets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from generation.engine import DiffusersEngine
+from generation.model_info import ModelInfo
+from tests.bot.conftest import running_bot
+from tests.bot.test_access import two_server_settings
+from tests.bot.test_imagine import png_of
+from tests.bot.test_loras import lora_folder
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.payloads import FakeUser
+from tests.test_cli import imagine, ok_json
+
+
+async def said(server: LocalDiscord, user: FakeUser, command: str, **options: object) -> str:
+    asked = await server.invoke(command, user, **options)
+    return await server.wait_for(lambda: server.ephemeral_answer(asked), what=f"/{command}")
+
+
+async def test_a_preset_for_one_server_its_default_there_and_nowhere_else(
+    local_discord: LocalDiscord, tmp_path: Path, trained_model: ModelInfo
+) -> None:
+    server = local_discord
+    settings = two_server_settings(server, tmp_path, lora_dir=lora_folder(tmp_path), max_count=1)
+    engine = await asyncio.to_thread(
+        DiffusersEngine,
+        trained_model,
+        device="cpu",
+        dtype="float32",
+        torch_threads=1,
+        loras=settings.lora_catalogue(),
+    )
+    async with running_bot(settings, engine):
+        server.show_to_everyone("admin")
+        add = {"name": "tri", "source": "embedded", "steps": 6, "loras": "triangles:0.8"}
+        assert "host's admins" in await said(server, server.admin, "admin model add", **add)
+        answer = await said(
+            server, server.host, "admin model add", **add, negative="blurry", servers="here"
+        )
+        assert "Model **tri** is offered (embedded)" in answer
+        refused = await said(
+            server, server.host, "admin model add", name="bad", source="embedded", loras="nope"
+        )
+        assert "there is no LoRA called 'nope'" in refused
+
+        offered = await server.suggestions("imagine", server.alice, "model", "")
+        assert [c["value"] for c in offered] == ["tri", "embedded"]
+        elsewhere = await server.suggestions("imagine", server.carol, "model", "")
+        assert [c["value"] for c in elsewhere] == ["embedded"]
+        not_here = await said(server, server.carol, "imagine", prompt="a cat", model="tri")
+        assert "tri is not offered in this server; these are: (none)" in not_here
+        assert "not a model this server may use" in await said(
+            server, server.dave, "admin model default", name="tri"
+        )
+        assert "/imagine here now uses **tri**" in await said(
+            server, server.admin, "admin model default", name="tri"
+        )
+        offered = await server.suggestions("imagine", server.alice, "model", "t")
+        assert offered == [{"name": "tri (this server's default)", "value": "tri"}]
+
+        asked = await server.invoke(
+            "imagine", server.alice, prompt="a red circle on a blue background", seed=3
+        )
+        recipe = json.loads(png_of(server, await server.wait_for_result(asked)).text["imagine-bot"])
+        assert (recipe["preset"], recipe["steps"], recipe["negative_prompt"]) == (
+            "tri",
+            6,
+            "blurry",
+        )
+        assert [(x["name"], x["weight"]) for x in recipe["loras"]] == [("triangles", 0.8)]
+        listed = await said(server, server.admin, "admin model list")
+        assert "**Default here:** tri" in listed and "**tri**: embedded; steps 6" in listed
+
+        removed = await said(server, server.host, "admin model remove", name="tri")
+        assert "no longer offered" in removed
+        asked = await server.invoke("imagine", server.alice, prompt="a red circle", seed=3)
+        recipe = json.loads(png_of(server, await server.wait_for_result(asked)).text["imagine-bot"])
+        assert recipe["preset"] is None and recipe["steps"] == trained_model.default_steps
+
+
+def test_the_command_line_adds_lists_defaults_and_removes_presets(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    added = imagine(
+        data, "admin", "model", "add", "quick", "embedded", "--steps", "4", "--guild", "7"
+    )
+    assert added.returncode == 0, added.stderr
+    bad = imagine(data, "admin", "model", "add", "slow", "embedded", "--sampler", "DPM++ 2M Karras")
+    assert bad.returncode != 0 and "does not suit embedded's cosine" in bad.stderr
+    assert imagine(data, "admin", "model", "default", "7", "quick").returncode == 0
+    other = imagine(data, "admin", "model", "default", "8", "quick")
+    assert other.returncode != 0 and "not a model this server may use" in other.stderr
+    listed = ok_json(imagine(data, "admin", "model", "list", "--json"))
+    assert [(row["name"], row["steps"], row["guild_ids"], row["default_in"]) for row in listed] == [
+        ("quick", 4, [7], [7])
+    ]
+    # The command line acts outside any server: a preset for server 7 is not offered there.
+    outside = imagine(data, "generate", "a cat", "--model", "quick", "--no-wait")
+    assert (
+        outside.returncode != 0
+        and "quick is not offered outside the servers it is for" in outside.stderr
+    )
+    assert imagine(data, "admin", "model", "remove", "quick").returncode == 0
+    assert ok_json(imagine(data, "admin", "model", "list", "--json")) == []
