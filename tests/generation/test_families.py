@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -50,14 +49,6 @@ def engine_for(info: ModelInfo) -> DiffusersEngine:
             info, device="cpu", dtype="float32", torch_threads=1
         )
     return _ENGINES[info.family_label]
-
-
-@pytest.fixture
-async def sqlite(sqlite_url: str) -> AsyncIterator[Database]:
-    database = Database(sqlite_url)
-    await database.upgrade()
-    yield database
-    await database.close()
 
 
 def test_each_family_is_described_from_its_configs(built: dict[str, ModelInfo]) -> None:

@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import io
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -188,14 +187,6 @@ def test_a_lora_that_does_not_load_fails_the_job_with_the_reason_and_the_engine_
     with pytest.raises(LoraUnavailable, match="not the file the job was asked with"):
         lora_engine.render(dataclasses.replace(spec, loras=(("triangles", "f" * 64, 1.0),)))
     assert np.array_equal(np.asarray(lora_engine.render(spec)[0]), before)
-
-
-@pytest.fixture
-async def sqlite(sqlite_url: str) -> AsyncIterator[Database]:
-    database = Database(sqlite_url)
-    await database.upgrade()
-    yield database
-    await database.close()
 
 
 async def test_a_lora_job_records_its_lora_carries_it_to_buttons_and_makes_it_again(

@@ -3,7 +3,6 @@ them; a server's default among them; what a job asked through one records."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -38,14 +37,6 @@ TRIANGLES = Preset(
     cost_factor=2.0,
     guild_ids=(ONE,),
 )
-
-
-@pytest.fixture
-async def sqlite(sqlite_url: str) -> AsyncIterator[Database]:
-    database = Database(sqlite_url)
-    await database.upgrade()
-    yield database
-    await database.close()
 
 
 def service_on(
