@@ -376,7 +376,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         height="Its default height (with width).",
         negative="Put before every negative prompt.",
         loras="LoRAs every job adds: NAME[:WEIGHT], comma-separated.",
-        cost="Fair-share cost factor (1: as the model costs).",
+        cost="Fair-share factor, 0.1-10: what its jobs are charged next to the model's own.",
         servers="Server ids that may use it, comma-separated; 'here': this one; empty: all.",
     )
     @app_commands.choices(
@@ -394,7 +394,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         height: app_commands.Range[int, 64, 4096] | None = None,
         negative: str | None = None,
         loras: str | None = None,
-        cost: app_commands.Range[float, 0.01, 100.0] | None = None,
+        cost: app_commands.Range[float, 0.1, 10.0] | None = None,
         servers: str | None = None,
     ) -> None:
         actor = await self._allowed(interaction)

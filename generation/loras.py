@@ -285,7 +285,9 @@ class LoraCatalogue:
             listed = sorted(
                 path.name.removesuffix(SUFFIX)
                 for path in self.folder.iterdir()
-                if path.name.endswith(SUFFIX) and usable_name(path.name.removesuffix(SUFFIX))
+                if path.name.endswith(SUFFIX)
+                and usable_name(path.name.removesuffix(SUFFIX))
+                and path.is_file()
             )
         except OSError:  # gone, or not readable: no LoRAs, said when one is asked for
             return []
@@ -363,6 +365,8 @@ class LoraCatalogue:
             lora = describe(path, self.cache_file)
         except ModelUnavailable as error:
             raise InvalidRequest("lora", str(error)) from error
+        except OSError as error:
+            raise InvalidRequest("lora", f"{name} cannot be read ({error.strerror})") from None
         self._described[name] = (stamp, lora)
         return lora
 

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from generation.access import Actor, may_edit_settings
 from generation.errors import InvalidRequest, NotAllowed
 from generation.loras import LoraChoice
@@ -31,6 +33,8 @@ from storage.records import ModelPresetRecord
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 MAX_PRESETS = 100  # what a member scrolls through, 25 at a time
 MAX_NEGATIVE_PREFIX = 500
+# A preset's fair-share factor: what its jobs are charged next to the model's own.
+MIN_FACTOR, MAX_FACTOR = 0.1, 10.0
 HINT_SECONDS = 0.5
 
 
@@ -153,23 +157,16 @@ class PresetBook:
 
     @staticmethod
     def chosen(snapshot: Snapshot, name: str | None, guild_id: int | None) -> Preset | None:
-        """The preset a request names, or its server's default when it names no model;
-        None when it names a host model (or nothing, with no default). A preset this server
-        may not use is refused with the ones it may."""
+        """The preset a request names, or its server's default when it names no model; None
+        when it names a host model, or nothing with no default, or a preset this server may
+        not use (which is then refused as a name this server does not know: another server's
+        presets are not told)."""
         if name is None:
-            default = snapshot.defaults.get(guild_id) if guild_id is not None else None
-            preset = snapshot.presets.get(default) if default else None
-            return preset if preset is not None and preset.offered_in(guild_id) else None
+            name = snapshot.defaults.get(guild_id) if guild_id is not None else None
+            if name is None:
+                return None
         preset = snapshot.presets.get(name)
-        if preset is None:
-            return None
-        if not preset.offered_in(guild_id):
-            offered = ", ".join(p.name for p in PresetBook.offered(snapshot, guild_id))
-            where = "in this server" if guild_id is not None else "outside the servers it is for"
-            raise InvalidRequest(
-                "model", f"{name} is not offered {where}; these are: {offered or '(none)'}"
-            )
-        return preset
+        return preset if preset is not None and preset.offered_in(guild_id) else None
 
     async def put(self, actor: Actor, preset: Preset) -> Preset:
         """Add a preset or replace one (host admins; the caller has checked its values)."""
@@ -181,9 +178,10 @@ class PresetBook:
                 "negative",
                 f"a preset's negative prefix is at most {MAX_NEGATIVE_PREFIX} characters",
             )
-        if not 0 < preset.cost_factor <= 100:
+        if not MIN_FACTOR <= preset.cost_factor <= MAX_FACTOR:
             raise InvalidRequest(
-                "cost", f"must be above 0 and at most 100, not {preset.cost_factor:g}"
+                "cost",
+                f"must be from {MIN_FACTOR:g} to {MAX_FACTOR:g}, not {preset.cost_factor:g}",
             )
         values = preset.row()
         async with self.db.uow() as uow:
@@ -195,6 +193,8 @@ class PresetBook:
                 **{k: v for k, v in values.items() if k != "name"},
                 created_by=actor.user_id,
             )
+            if preset.guild_ids:  # servers no longer allowed lose it as their default
+                await uow.presets.clear_defaults(preset.name, keep=preset.guild_ids)
             await uow.events.add(
                 kind=EventKind.MODEL,
                 actor_id=actor.user_id,
@@ -204,7 +204,12 @@ class PresetBook:
                 details=values,
                 created_at=utcnow(),
             )
-            await uow.commit()
+            try:
+                await uow.commit()
+            except IntegrityError:  # added by someone else at the same moment
+                raise InvalidRequest(
+                    "name", f"{preset.name} was being added elsewhere at the same time: try again"
+                ) from None
         self.forget()
         return preset
 

@@ -83,6 +83,9 @@ class GenerationRequest:
     vae_tiling: bool | None = None  # likewise: how the job it makes again was decoded
     # LoRAs by name and weight (the prompt's <lora:NAME:WEIGHT> tags are added to these).
     loras: tuple[LoraChoice, ...] = ()
+    # A job made from another: its parent's preset, for the record and its fair-share factor
+    # (its defaults are in the recipe already, never applied again).
+    preset: str | None = None
 
     @property
     def filtered_text(self) -> str:
@@ -315,6 +318,11 @@ def validate(
     ``base`` is the model an upscale's image was made with, when another model upscales it
     (its native size sets the upscale's caps); ``loras`` the host's LoRAs; ``preset`` the
     preset the request was asked through, whose defaults come before the model's."""
+    if len(request.negative_prompt.strip()) > MAX_PROMPT_LENGTH:  # the member's own, alone
+        raise InvalidRequest(
+            "negative",
+            f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(request.negative_prompt)}",
+        )
     if preset is not None:
         request = _with_preset(request, preset)
     prompt = request.prompt.strip()
@@ -330,10 +338,6 @@ def validate(
     asked = (*request.loras, *tagged)
     chosen = _chosen_loras(preset.with_loras(asked) if preset else asked, model, loras)
     negative = request.negative_prompt.strip()
-    if len(negative) > MAX_PROMPT_LENGTH:
-        raise InvalidRequest(
-            "negative", f"must be at most {MAX_PROMPT_LENGTH} characters, not {len(negative)}"
-        )
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     _check_int("seed", seed, 0, MAX_SEED)
     steps = model.default_steps if request.steps is None else request.steps
@@ -383,7 +387,7 @@ def validate(
         parent_job_id=request.parent_job_id,
         parent_image_index=request.parent_image_index,
         loras=recorded(chosen),
-        preset=preset.name if preset else None,
+        preset=preset.name if preset else request.preset,
     )
 
 

@@ -205,19 +205,38 @@ class GenerationService:
         snapshot = self.presets.snapshot if presets is None else presets
         if request.made_from is None:
             preset = PresetBook.chosen(snapshot, request.model, request.guild_id)
-        try:
-            model = base = self.model_for(preset.source if preset else request.model)
-        except InvalidRequest:
-            if preset is not None:
-                raise InvalidRequest(
-                    "model",
-                    f"{preset.name}'s model {preset.source} is not run by this host any more: "
-                    "pick another",
-                ) from None
+        if preset is not None and request.model is None:
+            # The server's default, which the member did not pick: if it no longer works
+            # (its model, a LoRA or its size gone), the host's model serves, and the log says.
+            try:
+                return self._validate(request, preset)
+            except InvalidRequest as error:
+                logger.warning(
+                    "server %s's default model %s cannot be used (%s); using %s",
+                    request.guild_id,
+                    preset.name,
+                    error,
+                    self.model.name,
+                )
+                return self._validate(request, None)
+        if preset is None and request.model is not None and request.model not in self._names():
             names = [p.name for p in PresetBook.offered(snapshot, request.guild_id)]
             names += [info.name for info in self.models.values()]
             raise InvalidRequest(
                 "model", f"must be one of {', '.join(names)}, not {request.model!r}"
+            )
+        return self._validate(request, preset)
+
+    def _names(self) -> set[str]:
+        return {name for info in self.models.values() for name in (info.name, info.model_id)}
+
+    def _validate(self, request: GenerationRequest, preset: Preset | None) -> Recipe:
+        try:
+            model = base = self.model_for(preset.source if preset else request.model)
+        except InvalidRequest:
+            assert preset is not None
+            raise InvalidRequest(
+                "model", f"{preset.name}'s model is not run by this host any more: pick another"
             ) from None
         if request.kind is JobKind.UPSCALE and self.upscaler and model.engine == "diffusers":
             model = self.upscaler
@@ -234,6 +253,10 @@ class GenerationService:
     def check_preset(self, preset: Preset) -> None:
         """Refuse a preset whose model this host does not run, or whose defaults a request
         could not take (a sampler the model refuses, a size past the caps, a missing LoRA)."""
+        if preset.name in self._names():
+            raise InvalidRequest(
+                "name", f"{preset.name} is the name of a host model: pick another name"
+            )
         probe = GenerationRequest(
             "a preset's check",
             user_id=0,
@@ -319,6 +342,7 @@ class GenerationService:
             parent_image_index=None if reroll else image_index,
             sampler=sampler,
             loras=loras,
+            preset=recipe.preset,
             guild_id=recipe.guild_id,
             channel_id=recipe.channel_id,
             channel_nsfw=recipe.channel_nsfw,
@@ -466,7 +490,9 @@ class GenerationService:
                 interaction_id=request.interaction_id,
                 reproduces_job_id=request.reproduces_job_id,
                 cost=self._cost(recipe, upscaler),
-                weight=self.weight(user, request.role_ids),
+                # A preset's factor is what its jobs are charged in fair share: the user's
+                # weight divided by it (the cost stays the model's, which ETAs measure).
+                weight=self.weight(user, request.role_ids) / self._preset_factor(recipe),
                 attempts=0,
                 max_attempts=self.max_attempts,
                 cancel_requested=False,
@@ -506,11 +532,12 @@ class GenerationService:
             from generation.openai_engine import api_job_cost
 
             return api_job_cost(recipe, self.prices, self.cost_per_dollar)
-        factor = self.cost_factors.get(recipe.model_id, 1.0)
+        return job_cost(recipe, self.cost_factors.get(recipe.model_id, 1.0), all_steps=upscaler)
+
+    def _preset_factor(self, recipe: Recipe) -> float:
+        """The preset's fair-share factor as it stands (1 once the preset is gone)."""
         preset = self.presets.snapshot.presets.get(recipe.preset) if recipe.preset else None
-        if preset is not None:
-            factor *= preset.cost_factor
-        return job_cost(recipe, factor, all_steps=upscaler)
+        return preset.cost_factor if preset is not None else 1.0
 
     async def _submission(self, uow: UnitOfWork, job: JobRecord) -> Submission:
         """The job with its place among its model's waiting jobs and its estimated time to
@@ -730,6 +757,7 @@ class GenerationService:
                 scheduler_options=dict(original.scheduler_options),
                 vae_tiling=original.vae_tiling,
                 loras=choices_of(original.loras, exact=True),
+                preset=original.preset,
                 user_name=user_name,
                 role_ids=role_ids,
             ),

@@ -715,13 +715,13 @@ class PresetRepository:
         )
         return {int(guild_id): str(name) for guild_id, name in rows}
 
-    async def clear_defaults(self, name: str) -> None:
-        """Servers whose default was ``name`` go back to the host's."""
-        await self._session.execute(
-            update(GuildSettings)
-            .where(GuildSettings.default_model == name)
-            .values(default_model=None, updated_at=utcnow())
-        )
+    async def clear_defaults(self, name: str, keep: Iterable[int] = ()) -> None:
+        """Servers whose default was ``name`` go back to the host's (but those in ``keep``)."""
+        query = update(GuildSettings).where(GuildSettings.default_model == name)
+        kept = list(keep)
+        if kept:
+            query = query.where(GuildSettings.guild_id.not_in(kept))
+        await self._session.execute(query.values(default_model=None, updated_at=utcnow()))
 
 
 class IntentRepository:

@@ -120,6 +120,24 @@ def _check_command_level(
     options = item.get("options") or []
     if len(options) > COMMAND_OPTIONS:
         errors.count((*path, "options"), options, 0, COMMAND_OPTIONS)
+    # Nesting as Discord allows it: a command holds subcommands and groups, or plain options
+    # (never both); a group (at the top only) holds subcommands only; a subcommand, plain
+    # options only.
+    kinds = {1 if option.get("type") in (1, 2) else 0 for option in options}
+    depth = sum(1 for part in path if part == "options")
+    level = item.get("type") if depth else 0  # 0: the command itself
+    nested = [option for option in options if option.get("type") in (1, 2)]
+    if (
+        len(kinds) > 1
+        or (level == 2 and len(nested) != len(options))
+        or (level == 1 and nested)
+        or any(option.get("type") == 2 and depth > 0 for option in nested)
+    ):
+        errors.add(
+            (*path, "options"),
+            "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID",
+            "Subcommands and subcommand groups are nested wrongly",
+        )
     seen_optional = False
     for index, option in enumerate(options):
         where = (*path, "options", index)

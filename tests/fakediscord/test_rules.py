@@ -479,3 +479,28 @@ def test_a_command_past_discords_limits_is_refused_where_discord_refuses_it() ->
     assert not rules.check_command({"name": "don't", "description": "x"})
     assert not rules.check_command({"name": "हिंदी", "description": "x"})
     assert not rules.check_command({"name": "Make variations", "type": 3})
+
+
+def test_subcommands_nest_only_as_discord_allows() -> None:
+    def sub(name: str, *options: dict[str, object]) -> dict[str, object]:
+        return {"name": name, "description": "x", "type": 1, "options": list(options)}
+
+    def group(name: str, *options: dict[str, object]) -> dict[str, object]:
+        return {"name": name, "description": "x", "type": 2, "options": list(options)}
+
+    plain = {"name": "text", "description": "x", "type": 3}
+    good = {
+        "name": "admin",
+        "description": "x",
+        "options": [sub("logs", plain), group("model", sub("add", plain))],
+    }
+    assert not rules.check_command(good)
+    for options in (
+        [group("model", group("inner", sub("add")))],  # a group in a group
+        [sub("logs", sub("inner"))],  # a subcommand in a subcommand
+        [sub("logs"), plain],  # subcommands beside a plain option
+        [group("model", plain)],  # a plain option in a group
+    ):
+        assert rules.check_command({"name": "admin", "description": "x", "options": options}), (
+            options
+        )

@@ -68,8 +68,10 @@ async def test_a_preset_fills_what_the_request_leaves_out_and_is_recorded(
     assert (job.steps, job.guidance, job.sampler, job.preset) == (6, 2.5, "Euler a", "tri")
     assert job.negative_prompt == "blurry, text"
     assert [(lora["name"], lora["weight"]) for lora in job.loras] == [("triangles", 0.8)]
-    per_step = job.cost / job.steps
-    assert per_step == pytest.approx(2 * plain.job.cost / plain.job.steps)  # its cost factor
+    # Its factor is a fair-share charge: the weight is divided by it; the cost (what ETAs
+    # measure) stays the model's.
+    assert (job.weight, plain.job.weight) == (0.5, 1.0)
+    assert job.cost / job.steps == pytest.approx(plain.job.cost / plain.job.steps)
 
     # What the request says wins: its steps, its weight for the preset's LoRA (by name).
     own = (
@@ -88,11 +90,12 @@ async def test_a_preset_fills_what_the_request_leaves_out_and_is_recorded(
     await Worker(sqlite, engine, store, EventBus(), WorkerConfig()).run(burst=True)
     child = (await service.derive(JobKind.VARIATION, job.id, 0, user_id=5)).job
     assert child.negative_prompt == "blurry, text" and len(child.loras) == 1
-    assert child.preset is None  # its recipe came from its parent, not the preset
+    assert (child.preset, child.weight, child.steps) == ("tri", 0.5, 6)  # charged alike
 
     # Another server may not use it, and is told what it may use.
     with pytest.raises(
-        InvalidRequest, match=r"tri is not offered in this server; these are: \(none\)"
+        InvalidRequest,
+        match="must be one of embedded, not 'tri'",  # as if it were not there
     ):
         await service.submit(GenerationRequest("a cat", user_id=5, guild_id=TWO, model="tri"))
     with pytest.raises(InvalidRequest, match="must be one of embedded, not 'nope'"):
@@ -108,10 +111,11 @@ async def test_a_preset_fills_what_the_request_leaves_out_and_is_recorded(
             "sampler",
             "does not suit embedded's cosine noise schedule",
         ),
-        ({"width": 4096, "height": 4096}, "width", ""),
+        ({"width": 4096, "height": 4096}, "width", "must be from 64 to 1024 pixels"),
+        ({"name": "embedded"}, "name", "is the name of a host model"),
         ({"loras": (LoraChoice("missing"),)}, "lora", "there is no LoRA called 'missing'"),
         ({"name": "Bad Name"}, "name", "is not a preset name"),
-        ({"cost_factor": 0.0}, "cost", "must be above 0"),
+        ({"cost_factor": 0.01}, "cost", "must be from 0.1 to 10"),
     ],
 )
 async def test_a_preset_a_request_could_not_take_is_refused_naming_the_option(
@@ -163,3 +167,36 @@ def test_preset_names_are_what_discord_and_a_url_carry(tmp_path: Path) -> None:
     for bad in ("", "UPPER", "-lead", "a" * 33, "with space", "../x"):
         with pytest.raises(InvalidRequest):
             check_name(bad)
+
+
+async def test_a_default_that_no_longer_works_falls_back_and_limiting_clears_defaults(
+    sqlite: Database, trained_model: ModelInfo, tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    shutil.copy(SHIPPED_LORA, folder / "triangles.safetensors")
+    service = GenerationService(
+        sqlite,
+        trained_model,
+        Limits(max_count=2, default_count=2),
+        loras=LoraCatalogue(folder),
+        presets=PresetBook(sqlite, ttl=0),
+    )
+    everywhere = dataclasses.replace(TRIANGLES, guild_ids=())
+    await service.put_preset(HOST, everywhere)
+    await service.presets.set_default(MODERATOR_ONE, ONE, "tri")
+    await service.presets.set_default(MODERATOR_TWO, TWO, "tri")
+    # The host limits it to server ONE: server TWO's default goes back to the host's.
+    await service.put_preset(HOST, TRIANGLES)
+    snapshot = await service.presets.current()
+    assert snapshot.defaults == {ONE: "tri"}
+    # Its LoRA file is deleted: ONE's members, who did not pick it, get the host's model.
+    (folder / "triangles.safetensors").unlink()
+    job = (await service.submit(GenerationRequest("a red circle", user_id=5, guild_id=ONE))).job
+    assert job.preset is None and job.steps == trained_model.default_steps
+    # Named explicitly, it is refused with the reason.
+    with pytest.raises(InvalidRequest, match="no LoRA called 'triangles'"):
+        await service.submit(GenerationRequest("a cat", user_id=5, guild_id=ONE, model="tri"))
