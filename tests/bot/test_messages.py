@@ -71,6 +71,7 @@ def job_record(**fields: Any) -> JobRecord:
         "sampler": None,
         "vae_tiling": None,
         "loras": [],
+        "preset": None,
         "model_id": "embedded",
         "model_revision": "f2784086d0bd",
         "dtype": "float32",
