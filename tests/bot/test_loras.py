@@ -99,8 +99,15 @@ async def test_imagine_suggests_fitting_loras_and_records_the_one_picked(
 
 def test_the_command_line_lists_generates_with_and_reproduces_loras(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = {"IMAGINE_LORA_DIR": str(lora_folder(tmp_path))}
-    listed = {row["name"]: row for row in ok_json(imagine(data, "loras", "--json", env=env))}
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    env = {"IMAGINE_LORA_DIR": str(lora_folder(tmp_path)), "IMAGINE_DATA_DIR": str(data)}
+    # Listing and a malformed --lora need no model: run in this process.
+    shown = CliRunner().invoke(main, ["loras", "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    listed = {row["name"]: row for row in json.loads(shown.output)}
     assert (listed["triangles"]["family"], listed["triangles"]["text_width"]) == ("sd", 64)
     assert "not a safetensors file" in listed["triangles-broken"]["refused"]
     out = ok_json(
@@ -121,5 +128,5 @@ def test_the_command_line_lists_generates_with_and_reproduces_loras(tmp_path: Pa
     assert out["status"] == "succeeded"
     again = ok_json(imagine(data, "reproduce", str(out["job_id"]), "--json", env=env))
     assert again["identical"] is True
-    bad = imagine(data, "generate", "a cat", "--lora", "triangles:heavy", env=env)
-    assert bad.returncode != 0 and "write NAME or NAME:WEIGHT" in bad.stderr
+    bad = CliRunner().invoke(main, ["generate", "a cat", "--lora", "triangles:heavy"], env=env)
+    assert bad.exit_code != 0 and "write NAME or NAME:WEIGHT" in bad.output

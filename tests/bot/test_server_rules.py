@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.admin import NOT_ALLOWED
 from generation.access import HOST
+from generation.worker import Worker
 from tests.bot.conftest import RunningBot, running_bot, settled_delivery
 from tests.bot.test_access import answer_to, two_server_settings
 from tests.bot.test_imagine import png_of
@@ -236,12 +237,23 @@ async def test_cross_removes_every_message_of_a_job_and_cancels_one_still_waitin
 ) -> None:
     server = local_discord
     settings = two_server_settings(server, tmp_path, delivery_sweep_interval=0.2)
-    async with running_bot(settings, trained_engine) as running:
+    async with running_bot(settings) as running:
         # Delivered late: the progress message says where, the result is a channel message.
+        # (No worker until the token is dead: a fast job must not beat the test to it.)
         asked = await server.invoke("imagine", server.alice, prompt="a circle", steps=4, count=1)
         job = await _wait_job(running, asked)
-        await server.wait_for(lambda: server.queued(asked) or server.original(asked))
+        await server.wait_for(lambda: server.queued(asked), what="queued")
         server.expire(asked)
+        runtime = running.runtime
+        worker = Worker(
+            runtime.db,
+            trained_engine,
+            runtime.store,
+            runtime.events,
+            settings.worker_config(),
+            servers=runtime.service.servers,
+        )
+        await worker.run(burst=True)
         delivery = await settled_delivery(running, job)
         assert delivery.delivered_via == "channel"
         original, result = asked.original_id, delivery.result_message_id
