@@ -502,8 +502,7 @@ class DiffusersEngine:
                 f"the LoRA {name} does not load onto {self.model.name} "
                 f"({type(error).__name__}: {str(error)[:200]})"
             ) from None
-        loaded = {a for adapters in self.txt2img.get_list_adapters().values() for a in adapters}
-        if adapter not in loaded:  # diffusers only warns when no layer's name matches
+        if adapter not in self._loaded_adapters():  # diffusers only warns when no layer matches
             self._drop_adapter(adapter)
             raise LoraUnavailable(
                 f"the LoRA {name} has no layer that {self.model.name} has: it was made for "
@@ -521,9 +520,13 @@ class DiffusersEngine:
 
     def _drop_adapter(self, adapter: str) -> None:
         self._adapters.pop(adapter, None)
-        loaded = {a for adapters in self.txt2img.get_list_adapters().values() for a in adapters}
-        if adapter in loaded:
+        if adapter in self._loaded_adapters():
             self.txt2img.delete_adapters(adapter)
+
+    def _loaded_adapters(self) -> set[str]:
+        """The adapters peft holds on any of the pipeline's components."""
+        listed = self.txt2img.get_list_adapters().values()
+        return {adapter for adapters in listed for adapter in adapters}
 
     def _common_arguments(self, spec: RenderSpec, model: ModelInfo) -> dict[str, Any]:
         batch = len(spec.seeds)

@@ -141,14 +141,15 @@ def describe(path: Path, cache_file: Path | None = None) -> LoraFile:
             f"{path.name} is not a LoRA (none of its tensors is a lora_A/lora_B or "
             "lora_down/lora_up pair): it may be a full model, a VAE or an embedding"
         )
+    width = _text_width(header)
     sha256, short = _hashes(path, cache_file)
     return LoraFile(
         name=path.name.removesuffix(SUFFIX),
         path=path,
         sha256=sha256,
         short_hash=short,
-        family=_family(keys, metadata, _text_width(header)),
-        text_width=_text_width(header),
+        family=_family(keys, metadata, width),
+        text_width=width,
         base_model=metadata.get("imagine.base_model") or metadata.get("ss_sd_model_name"),
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from bot.settings import Settings
 from generation.engine import DiffusersEngine
 from generation.model_info import ModelInfo
 from tests.bot.conftest import bot_settings, running_bot
@@ -37,20 +38,25 @@ def lora_folder(root: Path) -> Path:
     return folder
 
 
+async def lora_engine(settings: Settings, model: ModelInfo) -> DiffusersEngine:
+    """The trained model's engine with the settings' LoRA folder, built off the loop."""
+    return await asyncio.to_thread(
+        DiffusersEngine,
+        model,
+        device="cpu",
+        dtype="float32",
+        torch_threads=1,
+        loras=settings.lora_catalogue(),
+    )
+
+
 async def test_imagine_suggests_fitting_loras_and_records_the_one_picked(
     local_discord: LocalDiscord, tmp_path: Path, trained_model: ModelInfo
 ) -> None:
     server = local_discord
     folder = lora_folder(tmp_path)
     settings = bot_settings(server, tmp_path / "data", lora_dir=folder, max_count=1)
-    engine = await asyncio.to_thread(
-        DiffusersEngine,
-        trained_model,
-        device="cpu",
-        dtype="float32",
-        torch_threads=1,
-        loras=settings.lora_catalogue(),
-    )
+    engine = await lora_engine(settings, trained_model)
     async with running_bot(settings, engine) as running:
         # Typed "tri": the SDXL one and the broken file are not offered for this model.
         shown = await server.suggestions("imagine", server.alice, "lora", "tri")

@@ -4,16 +4,14 @@ it; the command line manages the same presets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
-from generation.engine import DiffusersEngine
 from generation.model_info import ModelInfo
 from tests.bot.conftest import running_bot
 from tests.bot.test_access import two_server_settings
 from tests.bot.test_imagine import png_of
-from tests.bot.test_loras import lora_folder
+from tests.bot.test_loras import lora_engine, lora_folder
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.payloads import FakeUser
 from tests.test_cli import imagine, ok_json
@@ -29,14 +27,7 @@ async def test_a_preset_for_one_server_its_default_there_and_nowhere_else(
 ) -> None:
     server = local_discord
     settings = two_server_settings(server, tmp_path, lora_dir=lora_folder(tmp_path), max_count=1)
-    engine = await asyncio.to_thread(
-        DiffusersEngine,
-        trained_model,
-        device="cpu",
-        dtype="float32",
-        torch_threads=1,
-        loras=settings.lora_catalogue(),
-    )
+    engine = await lora_engine(settings, trained_model)
     async with running_bot(settings, engine):
         server.show_to_everyone("admin")
         add = {"name": "tri", "source": "embedded", "steps": 6, "loras": "triangles:0.8"}
