@@ -127,9 +127,9 @@ async def test_a_60_s_outage_during_a_job_ends_with_its_result_delivered_once(
         waited = time.monotonic() - began
         assert waited >= 59, "nothing got through while Discord answered 503"
         assert waited <= 60 + 4 + 3, "tried again within the backoff's cap of the outage's end"
+        delivered = await settled_delivery(running, job_id)  # marked just after Discord's answer
         await asyncio.sleep(1.0)
         assert results_for(server, job_id) == posted and len(posted) == 1, "delivered once"
-        delivered = await _delivery(running, job_id)
         assert (delivered.state, delivered.delivered_via) == ("delivered", "channel")
         # Backoff, not a hammer: 0.5 s doubling to 4 s (with jitter) over 60 s.
         assert 12 <= delivered.attempts <= 40, delivered.attempts
@@ -169,11 +169,11 @@ async def test_a_40_s_outage_during_five_jobs_ends_with_all_five_delivered_once(
             posted = await server.wait_for(lambda j=job_id: _posted(server, j), seconds=80)
             results.append(posted[0])
         assert time.monotonic() - began >= 39
+        settled = [await settled_delivery(running, job_id) for job_id in job_ids]
         await asyncio.sleep(1.0)
-        for job_id, result in zip(job_ids, results, strict=True):
+        for job_id, result, delivered in zip(job_ids, results, settled, strict=True):
             assert results_for(server, job_id) == [result], "each once"
             assert json.loads(png_of(server, result).text["imagine-bot"])["job_id"] == job_id
-            delivered = await _delivery(running, job_id)
             assert delivered.state == DeliveryState.DELIVERED and delivered.attempts >= 1
 
 
