@@ -175,7 +175,7 @@ class ImagineCog(commands.Cog):
         self.service = bot.runtime.service
 
     def _model_names(self) -> list[str]:
-        return [info.name for info in self.service.models.values()]
+        return [info.name for info in self.service.host_models.values()]
 
     def _model_of(self, name: str | None, guild_id: int | None) -> ModelInfo:
         """The model a request names (a preset's, a host model) as last read; the default
@@ -183,7 +183,7 @@ class ImagineCog(commands.Cog):
         snapshot = self.service.presets.snapshot
         try:
             preset = PresetBook.chosen(snapshot, name, guild_id)
-            return self.service.model_for(preset.source if preset else name)
+            return self.service.preset_model(preset) if preset else self.service.model_for(name)
         except InvalidRequest:
             return self.service.model
 

@@ -75,6 +75,8 @@ class Runtime:
                     torch_threads=settings.torch_threads,
                     upscaler=self.service.upscaler,
                     loras=self.service.loras,
+                    memory_budget=settings.model_budgets()[0],
+                    cpu_budget=settings.model_budgets()[1],
                 )
             )
         if settings.engine in ("openai", "both"):
@@ -112,6 +114,8 @@ class Runtime:
                 self.settings.worker_config(),
                 checker=checker,
                 servers=self.service.servers,
+                presets=self.service.presets,
+                models_dir=self.settings.models_dir,
             )
         return self.worker
 
@@ -185,6 +189,7 @@ async def open_runtime(
                 db, safety=settings.safety(), prompt_filter=prompt_filter, quotas=quotas
             ),
             loras=settings.lora_catalogue(),
+            models_dir=settings.models_dir,
         )
         runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
         yield runtime

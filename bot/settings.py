@@ -86,6 +86,13 @@ class Settings(BaseSettings):
     # twice the model's native size), by a resize beyond it, and never past the max.
     upscale_diffusion_side: int | None = Field(default=None, ge=64)
     upscale_max_side: int = Field(default=4096, ge=64)
+    # Several models on one worker (the presets'): the bytes of weights kept on the device
+    # together (GB; empty: 60 % of a GPU's memory, one model at a time on the CPU), and in CPU
+    # RAM once moved off a GPU (GB; empty: a quarter of the machine's RAM).
+    model_memory_gb: float | None = Field(default=None, ge=0)
+    model_cpu_gb: float | None = Field(default=None, ge=0)
+    # A job for a loaded model goes first while it is within this many jobs of its fair turn.
+    group_bound: float = Field(default=2.0, ge=0)
     lease_seconds: float = Field(default=120.0, gt=0)
     # A job with no progress for this long (or 5 × its expected time, if longer) is hung: it
     # goes back to the queue (or fails, out of attempts) and the worker process exits.
@@ -256,4 +263,13 @@ class Settings(BaseSettings):
             poll_interval=self.poll_interval,
             hang_seconds=self.hang_seconds,
             api_give_up_seconds=self.api_give_up_seconds,
+            group_bound=self.group_bound,
+        )
+
+    def model_budgets(self) -> tuple[int | None, int | None]:
+        """The engine's budgets in bytes (None: its defaults for the device)."""
+        memory, cpu = self.model_memory_gb, self.model_cpu_gb
+        return (
+            None if memory is None else int(memory * 1024**3),
+            None if cpu is None else int(cpu * 1024**3),
         )

@@ -13,8 +13,10 @@ import gc
 import inspect
 import json
 import logging
+import os
 import platform
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ from PIL import Image
 from generation.errors import (
     InvalidRequest,
     LoraUnavailable,
+    ModelLoadFailed,
     ModelUnavailable,
     RenderCancelled,
     TooLargeForDevice,
@@ -197,6 +200,17 @@ def resolve_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
     return device, names[dtype]
 
 
+def default_budgets(device: str) -> tuple[int, int]:
+    """Bytes of model weights kept on the device, and in CPU RAM once moved off it, when the
+    host sets neither: on a GPU, 60 % of its memory (the rest is for activations) and a
+    quarter of the machine's RAM; on the CPU, one model at a time and nothing kept."""
+    if torch.device(device).type != "cuda":
+        return 0, 0
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return int(total * 0.6), ram // 4
+
+
 def library_versions() -> dict[str, str]:
     import diffusers
     import numpy
@@ -216,11 +230,68 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-class DiffusersEngine:
-    """Loads a diffusers text-to-image pipeline once and renders from it, one call at a time.
+@dataclasses.dataclass(eq=False)
+class LoadedModel:
+    """One model's pipelines, on the device or kept in CPU RAM, and the LoRAs loaded onto it
+    (adapter name → its sha256, least recently used first; img2img shares the UNet, so it
+    shares them too)."""
 
-    A host may configure a diffusion upscaler too (its own weights); without one, upscales
-    are a Lanczos resize followed by a low-strength img2img pass with the base weights.
+    model: ModelInfo
+    txt2img: Any
+    img2img: Any
+    nbytes: int  # its parameters' and buffers' bytes, counted once however shared
+    on_device: bool = True
+    adapters: collections.OrderedDict[str, str] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
+
+    def to(self, device: str) -> None:
+        self.txt2img.to(device)
+
+
+@dataclasses.dataclass
+class LoadCounts:
+    """What the engine did to have each job's model on the device."""
+
+    cold: int = 0  # loaded from its files
+    from_cpu: int = 0  # moved back from CPU RAM
+    offloaded: int = 0  # moved to CPU RAM to make room
+    dropped: int = 0  # let go of entirely to make room
+    cold_seconds: float = 0.0
+    from_cpu_seconds: float = 0.0
+
+
+def parameter_bytes(*pipelines: Any) -> int:
+    """The bytes of every parameter and buffer of the pipelines' modules, each tensor's
+    storage counted once (from_pipe shares modules; tied weights share storage)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for pipeline in pipelines:
+        if pipeline is None:
+            continue
+        for component in pipeline.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for tensor in (*component.parameters(), *component.buffers()):
+                storage = tensor.untyped_storage()
+                key = (str(tensor.device), storage.data_ptr())
+                if key not in seen:
+                    seen.add(key)
+                    total += storage.nbytes()
+    return total
+
+
+class DiffusersEngine:
+    """Runs diffusers pipelines, one call at a time: the host's model, the models its presets
+    name (``offer``), and an upscaler if the host configured one.
+
+    Models are loaded when a job first needs them and kept on the device while their
+    parameter bytes fit ``memory_budget`` (0: one model at a time besides the upscaler; None:
+    ``default_budgets``); the least recently used goes first, to CPU RAM while
+    ``cpu_budget`` has room (a GPU's swap back is then a copy, not a load from disk), else
+    freed. Without a diffusion
+    upscaler, upscales are a Lanczos resize and a low-strength img2img pass with the job's
+    model's weights.
     """
 
     def __init__(
@@ -233,8 +304,9 @@ class DiffusersEngine:
         upscaler: ModelInfo | None = None,
         loras: LoraCatalogue | None = None,
         max_loaded_loras: int = 16,
+        memory_budget: int | None = None,
+        cpu_budget: int | None = None,
     ) -> None:
-        from diffusers import AutoPipelineForImage2Image
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # progress is ours to report, per job
@@ -250,38 +322,146 @@ class DiffusersEngine:
             torch_threads=torch.get_num_threads(),
             library_versions=library_versions(),
         )
-        self.txt2img: Any = self._load(model)
-        # from_pipe shares every module: img2img and upscale add no second copy of the weights.
-        self.img2img: Any = None
-        if model.img2img:
-            try:
-                self.img2img = AutoPipelineForImage2Image.from_pipe(self.txt2img)
-            except ValueError:  # a pipeline diffusers has no image-to-image twin for
-                logger.warning("%s cannot start from an image: no img2img pipeline", model.name)
-        self.upscaler: Any = self._load(upscaler, upscaler=True) if upscaler else None
-        for pipeline in (self.txt2img, self.img2img, self.upscaler):
-            if pipeline is not None:
-                pipeline.set_progress_bar_config(disable=True)
+        auto_memory, auto_cpu = default_budgets(device)
+        self.memory_budget = auto_memory if memory_budget is None else memory_budget
+        self.cpu_budget = auto_cpu if cpu_budget is None else cpu_budget
+        self.counts = LoadCounts()
+        self._offered: dict[str, ModelInfo] = {}
+        # Loaded models, least recently used first.
+        self._loaded: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
         # Each model's own scheduler config: every sampler is built from it, never from the
         # previous job's (whose options would otherwise carry over).
-        self._scheduler_configs = {model.model_id: dict(self.txt2img.scheduler.config)}
-        if self.upscaler is not None:
-            self._scheduler_configs[upscaler.model_id] = dict(self.upscaler.scheduler.config)  # type: ignore[union-attr]
+        self._scheduler_configs: dict[str, dict[str, Any]] = {}
         self._schedulers: dict[tuple[str, str, str], Any] = {}
-        self.previews = {
-            model.model_id: self._fit_preview(self.txt2img, model),
-            **({upscaler.model_id: self._fit_preview(self.upscaler, upscaler)} if upscaler else {}),
-        }
-        # LoRAs loaded onto the base pipeline (adapter name → its sha256), least recently
-        # used first; img2img shares the UNet, so it shares them too.
+        self.previews: dict[str, LatentPreview | None] = {}
+        self._ensure(model)
+        self.upscaler: Any = self._load(upscaler, upscaler=True) if upscaler else None
+        if self.upscaler is not None:
+            assert upscaler is not None
+            self.upscaler.set_progress_bar_config(disable=True)
+            self._scheduler_configs[upscaler.model_id] = dict(self.upscaler.scheduler.config)
+            self.previews[upscaler.model_id] = self._fit_preview(self.upscaler, upscaler)
         self.loras = loras
         self.max_loaded_loras = max_loaded_loras
-        self._adapters: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._lock = threading.Lock()
         # One long-lived thread per device: torch's per-thread caches stay warm between jobs.
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
 
-    def _load(self, model: ModelInfo, *, upscaler: bool = False) -> Any:
+    # -- which models, and where they are ------------------------------------------------------
+
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """The models this engine can run, by model id: the host's first."""
+        runnable = [self.model, *self._offered.values(), self.upscaler_model]
+        return {model.model_id: model for model in runnable if model is not None}
+
+    @property
+    def loaded(self) -> list[str]:
+        """The models on the device now, most recently used first (a worker prefers their
+        jobs, within its fair-share bound)."""
+        return [mid for mid, loaded in reversed(self._loaded.items()) if loaded.on_device]
+
+    def offer(self, models: list[ModelInfo]) -> None:
+        """The presets' models this worker has the files of (the worker checked); the host's
+        model and the upscaler are always offered. One no longer offered stays loaded until
+        it is the least recently used."""
+        fixed = {self.model.model_id}
+        if self.upscaler_model is not None:
+            fixed.add(self.upscaler_model.model_id)
+        self._offered = {m.model_id: m for m in models if m.model_id not in fixed}
+
+    @property
+    def txt2img(self) -> Any:
+        """The host model's text-to-image pipeline (loaded again if it was let go of)."""
+        return self._ensure(self.model).txt2img
+
+    @property
+    def img2img(self) -> Any:
+        return self._ensure(self.model).img2img
+
+    def _ensure(self, model: ModelInfo) -> LoadedModel:
+        """The model on the device: already there, moved back from CPU RAM, or loaded from its
+        files; others are moved off (least recently used first) to keep to the budget."""
+        loaded = self._loaded.get(model.model_id)
+        if loaded is not None:
+            self._loaded.move_to_end(model.model_id)
+            if not loaded.on_device:
+                started = time.perf_counter()
+                self._make_room(loaded.nbytes, keep=model.model_id)
+                loaded.to(self.runtime.device)
+                loaded.on_device = True
+                self.counts.from_cpu += 1
+                self.counts.from_cpu_seconds += time.perf_counter() - started
+                logger.info("%s moved back onto %s", model.name, self.runtime.device)
+            return loaded
+        from diffusers import AutoPipelineForImage2Image
+
+        started = time.perf_counter()
+        txt2img = self._load(model, device="cpu")
+        # from_pipe shares every module: img2img and upscale add no second copy of the weights.
+        img2img = None
+        if model.img2img:
+            try:
+                img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
+            except ValueError:  # a pipeline diffusers has no image-to-image twin for
+                logger.warning("%s cannot start from an image: no img2img pipeline", model.name)
+        for pipeline in (txt2img, img2img):
+            if pipeline is not None:
+                pipeline.set_progress_bar_config(disable=True)
+        loaded = LoadedModel(model, txt2img, img2img, parameter_bytes(txt2img, img2img))
+        self._make_room(loaded.nbytes, keep=model.model_id)
+        loaded.to(self.runtime.device)
+        self._loaded[model.model_id] = loaded
+        self._scheduler_configs[model.model_id] = dict(txt2img.scheduler.config)
+        if model.model_id not in self.previews:
+            self.previews[model.model_id] = self._fit_preview(txt2img, model)
+        self.counts.cold += 1
+        self.counts.cold_seconds += time.perf_counter() - started
+        return loaded
+
+    def _make_room(self, nbytes: int, keep: str) -> None:
+        """Move models off the device, least recently used first, until ``nbytes`` more fit
+        the budget (a model larger than the budget alone is still run, alone)."""
+        for model_id, loaded in list(self._loaded.items()):
+            on_device = sum(x.nbytes for x in self._loaded.values() if x.on_device)
+            if on_device + nbytes <= self.memory_budget:
+                return
+            if model_id == keep or not loaded.on_device:
+                continue
+            self._let_go(loaded, keep)
+
+    def _let_go(self, loaded: LoadedModel, keep: str) -> None:
+        """To CPU RAM if it fits there (freeing the older kept ones, never ``keep``, the model
+        being moved back), else freed."""
+        if loaded.nbytes <= self.cpu_budget:
+            for other in list(self._loaded.values()):
+                kept = sum(
+                    x.nbytes
+                    for x in self._loaded.values()
+                    if not x.on_device and x.model.model_id != keep
+                )
+                if kept + loaded.nbytes <= self.cpu_budget:
+                    break
+                if not other.on_device and other.model.model_id != keep:
+                    self._forget(other)
+            loaded.to("cpu")
+            loaded.on_device = False
+            self.counts.offloaded += 1
+            logger.info("%s moved to CPU RAM to make room", loaded.model.name)
+        else:
+            self._forget(loaded)
+            logger.info("%s unloaded to make room", loaded.model.name)
+        _free_memory()
+
+    def _forget(self, loaded: LoadedModel) -> None:
+        del self._loaded[loaded.model.model_id]
+        loaded.txt2img = loaded.img2img = None
+        self.counts.dropped += 1
+        self._schedulers = {
+            k: v for k, v in self._schedulers.items() if k[0] != loaded.model.model_id
+        }
+
+    def _load(self, model: ModelInfo, *, upscaler: bool = False, device: str | None = None) -> Any:
         """``from_pretrained`` of a local folder as it is, or of the hub revision described;
         ``from_single_file`` of a checkpoint file with its family's configs."""
         from diffusers import AutoPipelineForText2Image, DiffusionPipeline
@@ -317,7 +497,7 @@ class DiffusersEngine:
                         f"{model.name} could not be loaded from {source} ({type(error).__name__}: "
                         f"{str(error)[:300]}): download it again, or check IMAGINE_MODEL"
                     ) from error
-        return pipeline.to(self.runtime.device)
+        return pipeline.to(device or self.runtime.device)
 
     def _fit_preview(self, pipeline: Any, model: ModelInfo) -> LatentPreview | None:
         side = max(model.size_multiple * 8, min(256, model.native_width, model.native_height))
@@ -330,12 +510,6 @@ class DiffusersEngine:
         if preview is None:
             logger.warning("%s: no step previews (its VAE gave no finite latents)", model.name)
         return preview
-
-    @property
-    def models(self) -> dict[str, ModelInfo]:
-        """The models this engine can run, by model id."""
-        loaded = [self.model, self.upscaler_model]
-        return {model.model_id: model for model in loaded if model is not None}
 
     async def render_async(
         self, spec: RenderSpec, on_step: StepCallback | None = None
@@ -377,7 +551,7 @@ class DiffusersEngine:
                         model_id == self.upscaler_model.model_id
                     ):
                         return self._run_upscaler(spec, on_step)
-                    return self._run_base(spec, on_step)
+                    return self._run_base(self._ready(self.models[model_id]), spec, on_step)
             except RenderCancelled:
                 logger.info("render stopped at the step callback's request")
                 raise
@@ -403,8 +577,24 @@ class DiffusersEngine:
         except Exception:
             logger.exception("could not cast the VAE back to %s", self.runtime.dtype)
 
+    def _ready(self, model: ModelInfo) -> LoadedModel:
+        """``_ensure``, failing the job (not the worker) when the model does not load."""
+        try:
+            return self._ensure(model)
+        except ModelUnavailable as error:
+            raise ModelLoadFailed(str(error)) from None
+        except RuntimeError as error:
+            if not _out_of_memory(error):
+                raise
+            self._loaded.pop(model.model_id, None)
+            _free_memory()
+            raise ModelLoadFailed(
+                f"{model.name} does not fit on this GPU ({self.runtime.device}) now"
+            ) from None
+
     def _cast_back(self) -> None:
-        for pipeline in (self.txt2img, self.upscaler):
+        on_device = [loaded.txt2img for loaded in self._loaded.values() if loaded.on_device]
+        for pipeline in (*on_device, self.upscaler):
             vae = getattr(pipeline, "vae", None)
             if vae is not None and vae.dtype != self._torch_dtype:
                 vae.to(dtype=self._torch_dtype)
@@ -458,32 +648,32 @@ class DiffusersEngine:
             scheduler.noise_sampler_seed = list(spec.seeds)
         return scheduler
 
-    def _use_loras(self, spec: RenderSpec) -> None:
+    def _use_loras(self, loaded: LoadedModel, spec: RenderSpec) -> None:
         """Make the job's LoRAs (and only them) active at their weights, loading any not yet
         loaded. Unfused: a weight of 0 (or no LoRA) runs the base weights untouched."""
         active = [(name, sha256, weight) for name, sha256, weight in spec.loras if weight != 0]
-        pipeline = self.txt2img
+        pipeline = loaded.txt2img
         if not active:
-            if self._adapters:
+            if loaded.adapters:
                 pipeline.disable_lora()
             return
         names = []
         for name, sha256, _weight in active:
             adapter = f"lora_{sha256[:16]}"
-            if adapter not in self._adapters:
-                self._load_lora(name, sha256, adapter)
-            self._adapters.move_to_end(adapter)
+            if adapter not in loaded.adapters:
+                self._load_lora(loaded, name, sha256, adapter)
+            loaded.adapters.move_to_end(adapter)
             names.append(adapter)
-        self._evict_loras(keep=set(names))
+        self._evict_loras(loaded, keep=set(names))
         pipeline.enable_lora()
         pipeline.set_adapters(names, adapter_weights=[weight for _, _, weight in active])
 
-    def _load_lora(self, name: str, sha256: str, adapter: str) -> None:
+    def _load_lora(self, loaded: LoadedModel, name: str, sha256: str, adapter: str) -> None:
         if self.loras is None:
             raise LoraUnavailable(f"the LoRA {name} is not on this worker (it has no LoRA folder)")
         try:
             lora = self.loras.find(name)
-            check_fits(lora, self.model)
+            check_fits(lora, loaded.model)
         except InvalidRequest as error:
             raise LoraUnavailable(f"the LoRA {name} cannot be used here: {error.message}") from None
         if lora.sha256 != sha256:
@@ -491,41 +681,43 @@ class DiffusersEngine:
                 f"the LoRA {name} on this worker is not the file the job was asked with "
                 f"(sha256 {lora.sha256[:12]}…, not {sha256[:12]}…): ask again"
             )
-        logger.info("loading LoRA %s (%s) onto %s", name, sha256[:12], self.model.name)
+        model = loaded.model
+        logger.info("loading LoRA %s (%s) onto %s", name, sha256[:12], model.name)
         try:
-            self.txt2img.load_lora_weights(str(lora.path), adapter_name=adapter)
+            loaded.txt2img.load_lora_weights(str(lora.path), adapter_name=adapter)
         except Exception as error:  # shapes of another model, a file damaged past its header
-            self._drop_adapter(adapter)
+            self._drop_adapter(loaded, adapter)
             if isinstance(error, RuntimeError) and _out_of_memory(error):
                 raise  # the render's own out-of-memory path frees it and says so
             raise LoraUnavailable(
-                f"the LoRA {name} does not load onto {self.model.name} "
+                f"the LoRA {name} does not load onto {model.name} "
                 f"({type(error).__name__}: {str(error)[:200]})"
             ) from None
-        if adapter not in self._loaded_adapters():  # diffusers only warns when no layer matches
-            self._drop_adapter(adapter)
+        # diffusers only warns when no layer matches
+        if adapter not in self._loaded_adapters(loaded):
+            self._drop_adapter(loaded, adapter)
             raise LoraUnavailable(
-                f"the LoRA {name} has no layer that {self.model.name} has: it was made for "
-                "another model"
+                f"the LoRA {name} has no layer that {model.name} has: it was made for another model"
             )
-        self._adapters[adapter] = sha256
+        loaded.adapters[adapter] = sha256
 
-    def _evict_loras(self, keep: set[str]) -> None:
+    def _evict_loras(self, loaded: LoadedModel, keep: set[str]) -> None:
         """Unload the least recently used LoRAs past the cap (never one this job uses)."""
-        for adapter in list(self._adapters):
-            if len(self._adapters) <= self.max_loaded_loras:
+        for adapter in list(loaded.adapters):
+            if len(loaded.adapters) <= self.max_loaded_loras:
                 break
             if adapter not in keep:
-                self._drop_adapter(adapter)
+                self._drop_adapter(loaded, adapter)
 
-    def _drop_adapter(self, adapter: str) -> None:
-        self._adapters.pop(adapter, None)
-        if adapter in self._loaded_adapters():
-            self.txt2img.delete_adapters(adapter)
+    def _drop_adapter(self, loaded: LoadedModel, adapter: str) -> None:
+        loaded.adapters.pop(adapter, None)
+        if adapter in self._loaded_adapters(loaded):
+            loaded.txt2img.delete_adapters(adapter)
 
-    def _loaded_adapters(self) -> set[str]:
+    @staticmethod
+    def _loaded_adapters(loaded: LoadedModel) -> set[str]:
         """The adapters peft holds on any of the pipeline's components."""
-        listed = self.txt2img.get_list_adapters().values()
+        listed = loaded.txt2img.get_list_adapters().values()
         return {adapter for adapters in listed for adapter in adapters}
 
     def _common_arguments(self, spec: RenderSpec, model: ModelInfo) -> dict[str, Any]:
@@ -553,8 +745,10 @@ class DiffusersEngine:
         else:
             pipeline.vae.disable_tiling()
 
-    def _run_base(self, spec: RenderSpec, on_step: StepCallback | None) -> list[Image.Image]:
-        model, preview = self.model, self.previews[self.model.model_id]
+    def _run_base(
+        self, loaded: LoadedModel, spec: RenderSpec, on_step: StepCallback | None
+    ) -> list[Image.Image]:
+        model, preview = loaded.model, self.previews[loaded.model.model_id]
 
         def callback(
             pipeline: Any, step: int, _timestep: Any, tensors: dict[str, Any]
@@ -575,19 +769,19 @@ class DiffusersEngine:
             callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]
         )
         if spec.init_image is None:
-            pipeline = self.txt2img
+            pipeline = loaded.txt2img
             arguments.update(width=spec.width, height=spec.height)
         else:
-            if self.img2img is None:
+            if loaded.img2img is None:
                 raise ValueError(f"{model.name} ({model.family_label}) cannot start from an image")
-            pipeline = self.img2img
+            pipeline = loaded.img2img
             init = _resized(spec.init_image, spec.width, spec.height)
             arguments.update(image=[init] * len(spec.seeds), strength=spec.strength)
             if model.family == "flux":  # Flux's img2img takes the size as its own arguments
                 arguments.update(width=spec.width, height=spec.height)
         pipeline.scheduler = self._scheduler(model, spec)
         self._tiled(pipeline, spec)
-        self._use_loras(spec)
+        self._use_loras(loaded, spec)
         images: list[Image.Image] = pipeline(**arguments).images
         return images
 

@@ -63,6 +63,11 @@ class LoraUnavailable(Unrunnable):
     the model."""
 
 
+class ModelLoadFailed(Unrunnable):
+    """A model this worker announced it could run did not load (its files changed or broke
+    since): the job fails with the reason; the worker's other models go on."""
+
+
 class RenderCancelled(Exception):
     """Raised from the pipeline's step callback to stop a job at the next step."""
 

@@ -95,6 +95,18 @@ class ModelInfo:
     def flow(self) -> bool:
         return self.prediction == "flow"
 
+    def to_dict(self) -> dict[str, Any]:
+        """Its fields, as JSON stores them (a preset's row keeps the model it runs)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelInfo:
+        """Back from ``to_dict``; fields a newer version wrote and this one lacks are left."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        fields = {key: value for key, value in values.items() if key in known}
+        fields["sizes"] = tuple(tuple(size) for size in fields.get("sizes", ()))
+        return cls(**fields)
+
     @property
     def family_label(self) -> str:
         """How hosts call the family: SD 1.x, SD 2.x, SDXL, SD3, Flux."""

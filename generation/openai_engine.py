@@ -330,7 +330,21 @@ class EngineSet:
         self.engines = engines
         self.model = engines[0].model
         self.runtime = engines[0].runtime
-        self.models = {mid: info for engine in engines for mid, info in engine.models.items()}
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return {mid: info for engine in self.engines for mid, info in engine.models.items()}
+
+    @property
+    def loaded(self) -> list[str]:
+        """The models ready to run now: the pipelines' on the device, and an API's."""
+        return [mid for engine in self.engines for mid in getattr(engine, "loaded", engine.models)]
+
+    def offer(self, models: list[Any]) -> None:
+        """The presets' models go to the engine that loads models (the pipeline's)."""
+        for engine in self.engines:
+            if hasattr(engine, "offer"):
+                engine.offer(models)
 
     def _engine(self, model_id: str | None) -> Any:
         for engine in self.engines:

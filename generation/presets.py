@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from generation.access import Actor, may_edit_settings
 from generation.errors import InvalidRequest, NotAllowed
 from generation.loras import LoraChoice
+from generation.model_info import ModelInfo
 from storage.db import Database
 from storage.models import EventKind, utcnow
 from storage.records import ModelPresetRecord
@@ -41,7 +42,7 @@ HINT_SECONDS = 0.5
 @dataclasses.dataclass(frozen=True, slots=True)
 class Preset:
     name: str
-    source: str  # a host model's name or id
+    source: str  # a host model's name or id, or a hub id, folder or file of its own (model)
     sampler: str | None = None
     steps: int | None = None
     guidance: float | None = None
@@ -51,6 +52,8 @@ class Preset:
     loras: tuple[LoraChoice, ...] = ()
     cost_factor: float = 1.0
     guild_ids: tuple[int, ...] = ()  # empty: every server
+    # The model it runs when that is not one of the host's: described where it was added.
+    model: ModelInfo | None = None
 
     @classmethod
     def of(cls, record: ModelPresetRecord) -> Preset:
@@ -66,6 +69,7 @@ class Preset:
             loras=tuple(LoraChoice(str(x["name"]), float(x["weight"])) for x in record.loras),
             cost_factor=record.cost_factor,
             guild_ids=tuple(int(g) for g in record.guild_ids),
+            model=ModelInfo.from_dict(record.model) if record.model else None,
         )
 
     def offered_in(self, guild_id: int | None) -> bool:
@@ -77,6 +81,7 @@ class Preset:
         values = dataclasses.asdict(self)
         values["loras"] = [{"name": c.name, "weight": c.weight} for c in self.loras]
         values["guild_ids"] = list(self.guild_ids)
+        values["model"] = self.model.to_dict() if self.model else None
         return values
 
     def negative(self, negative: str) -> str:

@@ -9,6 +9,7 @@ import io
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +19,7 @@ from generation.errors import (
     InvalidRequest,
     JobNotFound,
     JobStateError,
+    ModelUnavailable,
     NotAllowed,
     UserBanned,
 )
@@ -25,7 +27,7 @@ from generation.faults import is_transient
 from generation.imaging import pixel_sha256
 from generation.intents import OPERATIONS, decode_arguments, decode_delivery
 from generation.loras import LoraCatalogue, choices_of
-from generation.model_info import ModelInfo
+from generation.model_info import ModelInfo, describe_model
 from generation.outbox import DeliveryTarget
 from generation.presets import Preset, PresetBook, Snapshot
 from generation.prompt_filter import Blocked, PromptFilter
@@ -155,11 +157,13 @@ class GenerationService:
         server_settings: ServerSettings | None = None,
         loras: LoraCatalogue | None = None,
         presets: PresetBook | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.db = db
         self.model = model
-        # Every model a request may name (by name or id); the first is the default.
-        self.models = {info.model_id: info for info in (model, *more_models)}
+        # Every host model a request may name (by name or id); the first is the default.
+        self.host_models = {info.model_id: info for info in (model, *more_models)}
+        self.models_dir = models_dir
         # An image API's price per image (USD) by "model:WxH" or "model", and how many cost
         # units a dollar is worth next to local jobs' megapixel-steps.
         self.prices = dict(prices or {})
@@ -187,15 +191,29 @@ class GenerationService:
             return user.weight
         return max((self.role_weights[r] for r in role_ids if r in self.role_weights), default=1.0)
 
+    @property
+    def models(self) -> dict[str, ModelInfo]:
+        """Every model a job may run on, by model id: the host's, then the presets' own (as
+        last read: a job of a removed preset's model can no longer be made again)."""
+        models = dict(self.host_models)
+        for preset in self.presets.snapshot.presets.values():
+            if preset.model is not None:
+                models.setdefault(preset.model.model_id, preset.model)
+        return models
+
     def model_for(self, name: str | None) -> ModelInfo:
-        """The model a request names (by its name or id); the default one for None."""
+        """The host model a request names (by its name or id); the default one for None."""
         if name is None:
             return self.model
-        for info in self.models.values():
+        for info in self.host_models.values():
             if name in (info.name, info.model_id):
                 return info
-        names = ", ".join(info.name for info in self.models.values())
+        names = ", ".join(info.name for info in self.host_models.values())
         raise InvalidRequest("model", f"must be one of {names}, not {name!r}")
+
+    def preset_model(self, preset: Preset) -> ModelInfo:
+        """The model a preset runs: its own, or the host model its source names."""
+        return preset.model or self.model_for(preset.source)
 
     def check(self, request: GenerationRequest, presets: Snapshot | None = None) -> Recipe:
         """Validate a request without touching storage: bad options fail here, at once.
@@ -221,18 +239,18 @@ class GenerationService:
                 return self._validate(request, None)
         if preset is None and request.model is not None and request.model not in self._names():
             names = [p.name for p in PresetBook.offered(snapshot, request.guild_id)]
-            names += [info.name for info in self.models.values()]
+            names += [info.name for info in self.host_models.values()]
             raise InvalidRequest(
                 "model", f"must be one of {', '.join(names)}, not {request.model!r}"
             )
         return self._validate(request, preset)
 
     def _names(self) -> set[str]:
-        return {name for info in self.models.values() for name in (info.name, info.model_id)}
+        return {name for info in self.host_models.values() for name in (info.name, info.model_id)}
 
     def _validate(self, request: GenerationRequest, preset: Preset | None) -> Recipe:
         try:
-            model = base = self.model_for(preset.source if preset else request.model)
+            model = base = self.preset_model(preset) if preset else self.model_for(request.model)
         except InvalidRequest:
             assert preset is not None
             raise InvalidRequest(
@@ -266,8 +284,30 @@ class GenerationService:
         self.check(probe, Snapshot({preset.name: preset}, {}))
 
     async def put_preset(self, actor: Actor, preset: Preset) -> Preset:
+        """Add or change a preset (host admins). A source that is not a host model's name is
+        described here (its configs read, its weights hashed; nothing loaded), and the row
+        keeps that description: workers that have the same files announce they can run it."""
+        if not actor.host:
+            raise NotAllowed("only the host's admins add or change models")
+        preset = dataclasses.replace(preset, model=await self._describe_source(preset.source))
         self.check_preset(preset)
         return await self.presets.put(actor, preset)
+
+    async def _describe_source(self, source: str) -> ModelInfo | None:
+        """None for a host model's name or id (or a source that is one); else its model."""
+        if source in self._names():
+            return None
+        if self.models_dir is None:
+            raise InvalidRequest("source", f"must be one of the host's models, not {source!r}")
+        try:
+            model = await asyncio.to_thread(describe_model, source, self.models_dir)
+        except ModelUnavailable as error:
+            raise InvalidRequest("source", str(error)) from None
+        if model.model_id in self.host_models:
+            return None
+        if model.family == "upscaler":
+            raise InvalidRequest("source", f"{model.name} is an upscaler: a preset draws images")
+        return model
 
     def offers(self, job: JobRecord) -> frozenset[JobKind]:
         """What a finished job's buttons may ask for here: each kind whose derived job this

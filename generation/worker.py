@@ -15,11 +15,14 @@ import os
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from generation.errors import RenderHung
+from generation.errors import ModelUnavailable, RenderHung
 from generation.events import EventBus, JobClaimed, JobFailed
 from generation.faults import backoff, is_transient
+from generation.model_info import ModelInfo, describe_model
+from generation.presets import PresetBook
 from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
 from generation.server_settings import ServerSettings
@@ -33,6 +36,9 @@ if TYPE_CHECKING:  # the engine module imports torch: seconds the bot-only proce
     from generation.engine import Engine
 
 logger = logging.getLogger(__name__)
+
+# How often a worker looks again for the presets' models on this host (seconds).
+MODELS_RECHECK = 60.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,6 +57,9 @@ class WorkerConfig:
     # GPU. On the CPU the two fight over the same cores and the GIL: benchmarks/overhead.py
     # measured the overlap slower there.
     overlap_completion: bool | None = None
+    # A job for a model already loaded is taken before the fair-share order's next while its
+    # start tag is within this many jobs of that next job's (0: always the fair order).
+    group_bound: float = 2.0
 
 
 class Worker:
@@ -67,8 +76,16 @@ class Worker:
         checker: SafetyChecker | None = None,
         safety: SafetyPolicy | None = None,
         servers: ServerSettings | None = None,
+        presets: PresetBook | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         self.db = db
+        # The host's presets: those whose model this host has the files of are offered to
+        # the engine, and announced (the claim takes only jobs for models announced).
+        self.presets = presets
+        self.models_dir = models_dir
+        self._offered: frozenset[tuple[str, str]] | None = None
+        self._offered_at = 0.0
         self.engine = engine
         self.store = store
         self.events = events
@@ -118,6 +135,42 @@ class Worker:
         for model in models:
             self._paused[model] = max(self._paused.get(model, 0.0), until)
 
+    async def refresh_models(self) -> None:
+        """Offer the engine the presets' models this host can load (the same files the preset
+        was described from), and announce the change: when the presets change, and every
+        ``MODELS_RECHECK`` seconds (files copied to this host since). A database that is away
+        leaves the last offer as it was."""
+        offer = getattr(self.engine, "offer", None)
+        if offer is None or self.presets is None or self.models_dir is None:
+            return
+        try:
+            snapshot = await self.presets.current()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            logger.warning("worker %s could not read the presets: %s", self.worker_id, error)
+            return
+        wanted = {
+            (p.model.model_id, p.model.revision): (p.source, p.model)
+            for p in snapshot.presets.values()
+            if p.model is not None and p.model.engine == "diffusers"
+        }
+        recheck = time.monotonic() - self._offered_at > MODELS_RECHECK
+        if frozenset(wanted) == self._offered and not recheck:
+            return
+        found = await asyncio.to_thread(_loadable, list(wanted.values()), self.models_dir)
+        before = set(self.engine.models)
+        offer(found)
+        self._offered, self._offered_at = frozenset(wanted), time.monotonic()
+        if set(self.engine.models) == before:
+            return
+        logger.info(
+            "worker %s runs %s",
+            self.worker_id,
+            ", ".join(m.name for m in self.engine.models.values()),
+        )
+        await self._announce()
+
     def _claimable(self) -> list[str]:
         now = time.monotonic()
         return [m for m in self.engine.models if self._paused.get(m, 0.0) <= now]
@@ -157,6 +210,7 @@ class Worker:
     async def _next(self, burst: bool) -> int | None:
         """Claim and run one job: 1; 0 when there was none to run now; None when a burst has
         drained the queue."""
+        await self.refresh_models()
         models = self._claimable()
         if not models:
             await self._pause(min(self._paused.values()) - time.monotonic())
@@ -274,6 +328,9 @@ class Worker:
                 self.config.lease_seconds,
                 now,
                 model_ids=list(self.engine.models) if models is None else models,
+                # Bound 0: the fair order alone (a tie goes to the older job, loaded or not).
+                prefer=list(getattr(self.engine, "loaded", ())) if self.config.group_bound else [],
+                bound=self.config.group_bound,
             )
             job_id = claimed[0].id if claimed else None
             await uow.workers.beat(self.worker_id, "busy" if claimed else "idle", job_id, now)
@@ -343,3 +400,28 @@ class Worker:
             return outcome
         finally:
             await run.close()
+
+
+def _loadable(wanted: list[tuple[str, ModelInfo]], models_dir: Path) -> list[ModelInfo]:
+    """The models whose source this host has, as they were when their preset was added."""
+    found = []
+    for source, model in wanted:
+        try:
+            here = describe_model(source, models_dir)
+        except ModelUnavailable as error:
+            logger.info("%s is not on this host: %s", model.name, error)
+            continue
+        except Exception:  # unreadable files, a config of another version: not run here
+            logger.exception("%s could not be described on this host", model.name)
+            continue
+        if (here.model_id, here.revision) != (model.model_id, model.revision):
+            logger.warning(
+                "%s here is not the one its preset was added with (revision %s, not %s): "
+                "this worker does not run it",
+                model.name,
+                here.revision[:12],
+                model.revision[:12],
+            )
+            continue
+        found.append(model)
+    return found

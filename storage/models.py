@@ -171,6 +171,10 @@ class ModelPreset(Base):
     loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     cost_factor: Mapped[float] = mapped_column(default=1.0)
     guild_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # The model the preset runs when it is not one of the host's (None): its description
+    # (generation.model_info.ModelInfo), read once where the preset was added, so a process
+    # that cannot see the files still knows its sizes and family.
+    model: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

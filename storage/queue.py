@@ -82,10 +82,15 @@ def finish_tag(start: float, cost: float, weight: float) -> float:
     return start + cost / weight
 
 
-def select_next_job(model_id: str, now: dt.datetime | None = None) -> Select[int, float | None]:
+def select_next_job(
+    model_id: str, now: dt.datetime | None = None
+) -> Select[int, float | None, float, float]:
     """The claim policy for one model: the waiting job with the lowest start tag (oldest
-    first on a tie) that no retry's ``not_before`` holds back past ``now``."""
-    waiting = select(Job.id, Job.start_tag).where(QUEUED, Job.model_id == model_id)
+    first on a tie) that no retry's ``not_before`` holds back past ``now``; with its cost and
+    weight (its span of virtual time)."""
+    waiting = select(Job.id, Job.start_tag, Job.cost, Job.weight).where(
+        QUEUED, Job.model_id == model_id
+    )
     if now is not None:
         waiting = waiting.where(or_(Job.not_before.is_(None), Job.not_before <= now))
     return waiting.order_by(Job.start_tag, Job.id).limit(1)
@@ -424,15 +429,23 @@ class JobQueue:
         lease_seconds: float,
         now: dt.datetime,
         model_ids: Sequence[str] | None = None,
+        *,
+        prefer: Sequence[str] = (),
+        bound: float = 0.0,
     ) -> tuple[JobRecord, Lease] | None:
         """Take the next job for ``owner`` with a lease, or None when nothing waits; a worker
-        gives ``model_ids``, the models it has loaded, and gets only their jobs."""
+        gives ``model_ids``, the models it can run, and gets only their jobs.
+
+        ``prefer``: the models it has loaded. Their lowest job is taken instead of the lowest
+        of all while its start tag is within ``bound`` jobs of the lowest (the lowest job's
+        span, cost over weight, ``bound`` times): a mixed queue then does not swap models
+        every job, and no job waits more than that bound longer than its fair turn."""
         self.reaped = await self.reap_expired(now)
         if model_ids is None:
             model_ids = sorted(await self.models())
         # One LIMIT 1 through the index per model; the lowest tag of those runs. A job another
         # worker is claiming at this moment is skipped, not waited for.
-        best: tuple[float, int, str] | None = None
+        heads: list[tuple[float, int, str, float]] = []
         for model_id in model_ids:
             found = (
                 await self._session.execute(
@@ -440,12 +453,17 @@ class JobQueue:
                 )
             ).one_or_none()
             if found is not None:
-                found_id, found_tag = found
-                key = (float(found_tag or 0.0), int(found_id), model_id)
-                best = key if best is None or key < best else best
-        if best is None:
+                found_id, found_tag, cost, weight = found
+                span = float(cost) / float(weight) if weight else 0.0
+                heads.append((float(found_tag or 0.0), int(found_id), model_id, span))
+        if not heads:
             return None
-        tag, job_id, model_id = best
+        lowest = min(heads)
+        loaded = [head for head in heads if head[2] in prefer]
+        best = lowest
+        if loaded and min(loaded)[0] <= lowest[0] + bound * lowest[3]:
+            best = min(loaded)
+        tag, job_id, model_id, _span = best
         expires = now + dt.timedelta(seconds=lease_seconds)
         result = await self._session.execute(
             update(Job)

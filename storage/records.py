@@ -61,6 +61,7 @@ class ModelPresetRecord:
     loras: list[dict[str, Any]]
     cost_factor: float
     guild_ids: list[int]
+    model: dict[str, Any] | None
     created_by: int | None
     updated_at: dt.datetime
 

@@ -3,14 +3,17 @@ them; a server's default among them; what a job asked through one records."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from generation.access import Actor
 from generation.engine import DiffusersEngine
 from generation.errors import InvalidRequest, NotAllowed
 from generation.events import EventBus
+from generation.imaging import pixel_sha256
 from generation.loras import LoraCatalogue, LoraChoice
 from generation.model_info import ModelInfo
 from generation.presets import Preset, PresetBook
@@ -20,6 +23,7 @@ from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobKind
+from storage.records import ImageRecord
 from tests.generation.test_loras import SHIPPED_LORA
 
 ONE, TWO = 111, 222
@@ -105,7 +109,7 @@ async def test_a_preset_fills_what_the_request_leaves_out_and_is_recorded(
 @pytest.mark.parametrize(
     ("change", "option", "reason"),
     [
-        ({"source": "nope"}, "model", "is not run by this host any more"),
+        ({"source": "nope"}, "source", "must be one of the host's models, not 'nope'"),
         (
             {"sampler": "DPM++ 2M Karras"},
             "sampler",
@@ -200,3 +204,71 @@ async def test_a_default_that_no_longer_works_falls_back_and_limiting_clears_def
     # Named explicitly, it is refused with the reason.
     with pytest.raises(InvalidRequest, match="no LoRA called 'triangles'"):
         await service.submit(GenerationRequest("a cat", user_id=5, guild_id=ONE, model="tri"))
+
+
+async def test_a_preset_runs_a_model_of_its_own_on_the_workers_that_have_its_files(
+    sqlite: Database, model: ModelInfo, trained_model: ModelInfo, store: ImageStore, tmp_path: Path
+) -> None:
+    import shutil
+
+    models_dir = tmp_path / "models"
+    folder = models_dir / "shapes-copy"
+    shutil.copytree(trained_model.path, folder)
+    service = GenerationService(
+        sqlite,
+        model,  # the host's model: the random-weight one
+        Limits(max_count=1, default_count=1),
+        store=store,
+        presets=PresetBook(sqlite, ttl=0),
+        models_dir=models_dir,
+    )
+    preset = await service.put_preset(HOST, Preset(name="shapes", source=str(folder), steps=4))
+    assert preset.model is not None and preset.model.revision == trained_model.revision
+    job = (
+        await service.submit(GenerationRequest("a red circle", user_id=5, seed=3, model="shapes"))
+    ).job
+    assert (job.model_id, job.preset, job.steps) == (preset.model.model_id, "shapes", 4)
+
+    # A host without its files neither offers the model nor claims the job.
+    hidden = tmp_path / "elsewhere"
+    folder.rename(hidden)
+    engine = DiffusersEngine(model, device="cpu", dtype="float32", memory_budget=0)
+    worker = Worker(
+        sqlite,
+        engine,
+        store,
+        EventBus(),
+        WorkerConfig(worker_id="w-models"),
+        presets=PresetBook(sqlite, ttl=0),
+        models_dir=models_dir,
+    )
+    assert await worker.run(burst=True) == 0
+    assert list(engine.models) == [model.model_id]
+
+    # The files come (the worker looks again): it announces the model and runs the job on it.
+    hidden.rename(folder)
+    worker._offered_at = 0.0  # as if MODELS_RECHECK had passed
+    assert await worker.run(burst=True) == 1
+    async with sqlite.uow() as uow:
+        rows = await uow.workers.all()
+        done = await uow.jobs.get(job.id)
+    assert rows[0].models["ids"] == [model.model_id, preset.model.model_id]
+    assert done is not None and done.status == "succeeded"
+    assert engine.loaded == [preset.model.model_id]
+    # Its pixels are the trained model's (the copy's weights), not the host model's.
+    same = GenerationService(sqlite, trained_model, Limits(max_count=1, default_count=1))
+    twin = (await same.submit(GenerationRequest("a red circle", user_id=6, seed=3, steps=4))).job
+    trained = DiffusersEngine(trained_model, device="cpu", dtype="float32")
+    await Worker(sqlite, trained, store, EventBus(), WorkerConfig()).run(burst=True)
+    async with sqlite.uow() as uow:
+        ours, theirs = await uow.images.for_job(job.id), await uow.images.for_job(twin.id)
+
+    def drawn(images: list[ImageRecord]) -> list[str]:
+        return [pixel_sha256(Image.open(io.BytesIO(store.get(i.path)))) for i in images]
+
+    assert drawn(ours) == drawn(theirs)
+
+    # A preset whose source no host model names, and that cannot be described, is refused.
+    with pytest.raises(InvalidRequest, match="nope") as refused:
+        await service.put_preset(HOST, Preset(name="gone", source="nope/not-downloaded"))
+    assert refused.value.option == "source"

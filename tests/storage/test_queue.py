@@ -461,3 +461,43 @@ async def test_an_idle_model_joins_the_level_of_the_models_its_worker_serves_wit
             await uow.commit()
     upscale = await add_job(db, user_id=4, model_id="upscaler", cost=1.0)
     assert upscale.start_tag == 40.0  # the base model's level, not the upscaler's 0
+
+
+@pytest.mark.parametrize(
+    ("prefer", "bound", "swaps"), [(False, 0.0, 11), (True, 0.0, 6), (True, 2.0, 2)]
+)
+async def test_a_worker_keeps_to_its_loaded_model_while_within_the_bound(
+    db: Database, prefer: bool, bound: float, swaps: int
+) -> None:
+    """Two users, one model each, six jobs each: the fair order alternates models every job
+    (on equal tags, the older first); preferring the loaded model on equal tags halves the
+    swaps; within two jobs of the lowest tag it swaps twice, and no job is claimed more than
+    the bound (in jobs) past the lowest waiting tag."""
+    jobs = []
+    for _ in range(6):
+        jobs.append(await add_job(db, user_id=1, model_id="model-a"))
+        jobs.append(await add_job(db, user_id=2, model_id="model-b"))
+    waiting = {job.id: job for job in jobs}
+    span = jobs[0].cost / jobs[0].weight
+    loaded: str | None = None
+    changes, lags = 0, []
+    while waiting:
+        async with db.uow() as uow:
+            claimed = await uow.queue.claim(
+                "w",
+                LEASE,
+                utcnow(),
+                model_ids=["model-a", "model-b"],
+                prefer=[loaded] if loaded and prefer else [],
+                bound=bound,
+            )
+            await uow.commit()
+        assert claimed is not None
+        job = claimed[0]
+        lags.append(job.start_tag - min(w.start_tag for w in waiting.values()))
+        del waiting[job.id]
+        changes += loaded is not None and job.model_id != loaded
+        loaded = job.model_id
+    assert changes == swaps
+    assert max(lags) <= bound * span + 1e-9
+    assert max(lags) > 0 or bound == 0  # it did take a job ahead of its turn
