@@ -368,7 +368,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
     @model.command(name="add", description="Offer a model by name, with its defaults.")
     @app_commands.describe(
         name="What members pick: 1-32 lowercase letters, digits, '.', '_' or '-'.",
-        source="One of the host's models (its name or id).",
+        source="One of the host's models, or a hub id, folder or checkpoint file on this host.",
         sampler="Its default sampler.",
         steps="Its default steps.",
         guidance="Its default guidance.",
@@ -414,11 +414,15 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                 cost_factor=1.0 if cost is None else cost,
                 guild_ids=_servers(servers, interaction.guild_id),
             )
+            # A model of its own is described here (its weights hashed): seconds, past the
+            # three Discord gives an answer.
+            await interaction.response.defer(thinking=True, ephemeral=True)
             await self.service.put_preset(actor, preset)
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        await self._answer(interaction, f"Model **{preset.name}** is offered ({preset.source}).")
+        text = f"Model **{preset.name}** is offered ({preset.source})."
+        await interaction.edit_original_response(**messages.plain(text).edit_kwargs())
 
     @model.command(name="remove", description="Stop offering a model.")
     async def model_remove(self, interaction: discord.Interaction[ImagineBot], name: str) -> None:

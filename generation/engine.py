@@ -334,6 +334,7 @@ class DiffusersEngine:
         self._scheduler_configs: dict[str, dict[str, Any]] = {}
         self._schedulers: dict[tuple[str, str, str], Any] = {}
         self.previews: dict[str, LatentPreview | None] = {}
+        self._on_device: tuple[str, ...] = ()
         self._ensure(model)
         self.upscaler: Any = self._load(upscaler, upscaler=True) if upscaler else None
         if self.upscaler is not None:
@@ -358,8 +359,14 @@ class DiffusersEngine:
     @property
     def loaded(self) -> list[str]:
         """The models on the device now, most recently used first (a worker prefers their
-        jobs, within its fair-share bound)."""
-        return [mid for mid, loaded in reversed(self._loaded.items()) if loaded.on_device]
+        jobs, within its fair-share bound). Read from the event loop's thread: a tuple the
+        pipeline thread replaces whole, never the dict it changes."""
+        return list(self._on_device)
+
+    def _note_loaded(self) -> None:
+        self._on_device = tuple(
+            mid for mid, loaded in reversed(self._loaded.items()) if loaded.on_device
+        )
 
     def offer(self, models: list[ModelInfo]) -> None:
         """The presets' models this worker has the files of (the worker checked); the host's
@@ -393,6 +400,7 @@ class DiffusersEngine:
                 self.counts.from_cpu += 1
                 self.counts.from_cpu_seconds += time.perf_counter() - started
                 logger.info("%s moved back onto %s", model.name, self.runtime.device)
+            self._note_loaded()
             return loaded
         from diffusers import AutoPipelineForImage2Image
 
@@ -417,6 +425,7 @@ class DiffusersEngine:
             self.previews[model.model_id] = self._fit_preview(txt2img, model)
         self.counts.cold += 1
         self.counts.cold_seconds += time.perf_counter() - started
+        self._note_loaded()
         return loaded
 
     def _make_room(self, nbytes: int, keep: str) -> None:
@@ -582,11 +591,13 @@ class DiffusersEngine:
         try:
             return self._ensure(model)
         except ModelUnavailable as error:
+            self._note_loaded()
             raise ModelLoadFailed(str(error)) from None
         except RuntimeError as error:
             if not _out_of_memory(error):
                 raise
             self._loaded.pop(model.model_id, None)
+            self._note_loaded()
             _free_memory()
             raise ModelLoadFailed(
                 f"{model.name} does not fit on this GPU ({self.runtime.device}) now"

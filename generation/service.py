@@ -237,7 +237,13 @@ class GenerationService:
                     self.model.name,
                 )
                 return self._validate(request, None)
-        if preset is None and request.model is not None and request.model not in self._names():
+        carried = request.made_from is not None and request.model in self.models
+        if (
+            preset is None
+            and request.model is not None
+            and request.model not in self._names()
+            and not carried
+        ):
             names = [p.name for p in PresetBook.offered(snapshot, request.guild_id)]
             names += [info.name for info in self.host_models.values()]
             raise InvalidRequest(
@@ -250,7 +256,14 @@ class GenerationService:
 
     def _validate(self, request: GenerationRequest, preset: Preset | None) -> Recipe:
         try:
-            model = base = self.preset_model(preset) if preset else self.model_for(request.model)
+            if preset is not None:
+                model = base = self.preset_model(preset)
+            elif request.made_from is not None and request.model in self.models:
+                # A job made from another runs on its model, a preset's own too (by its id:
+                # a member cannot name it, only carry it from a job of theirs).
+                model = base = self.models[request.model]
+            else:
+                model = base = self.model_for(request.model)
         except InvalidRequest:
             assert preset is not None
             raise InvalidRequest(
@@ -302,7 +315,13 @@ class GenerationService:
         try:
             model = await asyncio.to_thread(describe_model, source, self.models_dir)
         except ModelUnavailable as error:
-            raise InvalidRequest("source", str(error)) from None
+            hosts = ", ".join(info.name for info in self.host_models.values())
+            raise InvalidRequest(
+                "source",
+                f"could not be described here ({error}); a preset's source is one of the "
+                f"host's models ({hosts}), a hub id in this host's cache, or a model folder "
+                "or checkpoint file on this host",
+            ) from None
         if model.model_id in self.host_models:
             return None
         if model.family == "upscaler":

@@ -136,6 +136,8 @@ async def running_bot(
                 settings.worker_config(),
                 checker=checker,
                 servers=runtime.service.servers,
+                presets=runtime.service.presets,
+                models_dir=settings.models_dir,
             )
         bot = ImagineBot(runtime, guild_ready_timeout=0.05)
         settle_heap()  # as `imagine-bot run` does before it serves

@@ -5,10 +5,11 @@ it; the command line manages the same presets."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from generation.model_info import ModelInfo
-from tests.bot.conftest import running_bot
+from tests.bot.conftest import bot_settings, running_bot
 from tests.bot.test_access import two_server_settings
 from tests.bot.test_imagine import png_of
 from tests.bot.test_loras import lora_engine, lora_folder
@@ -96,3 +97,47 @@ def test_the_command_line_adds_lists_defaults_and_removes_presets(tmp_path: Path
     assert outside.returncode != 0 and "must be one of embedded, not 'quick'" in outside.stderr
     assert imagine(data, "admin", "model", "remove", "quick").returncode == 0
     assert ok_json(imagine(data, "admin", "model", "list", "--json")) == []
+
+
+async def test_a_preset_of_a_model_of_its_own_runs_on_the_worker_that_has_its_files(
+    local_discord: LocalDiscord, tmp_path: Path, model: ModelInfo, trained_model: ModelInfo
+) -> None:
+    """The host adds a preset whose source is a folder on this host (the trained model's
+    copy) while the bot's own model is the random-weight one: the worker loads it when the
+    job comes, and the picture is the copy's, not the host model's."""
+    from generation.engine import DiffusersEngine
+
+    server = local_discord
+    settings = bot_settings(
+        server,
+        tmp_path / "data",
+        model="embedded-random",
+        max_count=1,
+        admin_user_ids=[server.host.id],
+    )
+    folder = settings.models_dir / "shapes"
+    shutil.copytree(trained_model.path, folder)
+    engine = DiffusersEngine(model, device="cpu", dtype="float32", memory_budget=0)
+    async with running_bot(settings, engine) as running:
+        server.show_to_everyone("admin")
+        answer = await said(
+            server, server.host, "admin model add", name="shapes", source=str(folder), steps=4
+        )
+        assert f"Model **shapes** is offered ({folder})" in answer
+        refused = await said(
+            server, server.host, "admin model add", name="gone", source=str(tmp_path / "none")
+        )
+        assert "could not be described here" in refused and "embedded-random" in refused
+        offered = await server.suggestions("imagine", server.alice, "model", "")
+        assert [c["value"] for c in offered][:1] == ["shapes"]
+        asked = await server.invoke(
+            "imagine", server.alice, prompt="a red circle", model="shapes", seed=3
+        )
+        png = png_of(server, await server.wait_for_result(asked, seconds=120))
+        recipe = json.loads(png.text["imagine-bot"])
+        assert (recipe["preset"], recipe["model_id"], recipe["steps"]) == ("shapes", str(folder), 4)
+        assert engine.loaded == [str(folder)]
+        assert running.worker is not None
+        async with running.runtime.db.uow() as uow:
+            (row,) = await uow.workers.all()
+        assert str(folder) in row.models["ids"]

@@ -267,6 +267,11 @@ async def test_a_preset_runs_a_model_of_its_own_on_the_workers_that_have_its_fil
         return [pixel_sha256(Image.open(io.BytesIO(store.get(i.path)))) for i in images]
 
     assert drawn(ours) == drawn(theirs)
+    # A variation of it runs on the same model (carried by id: a member cannot name it).
+    child = (await service.derive(JobKind.VARIATION, job.id, 0, user_id=5)).job
+    assert (child.model_id, child.preset) == (preset.model.model_id, "shapes")
+    with pytest.raises(InvalidRequest, match="must be one of"):
+        await service.submit(GenerationRequest("a cat", user_id=5, model=preset.model.model_id))
 
     # A preset whose source no host model names, and that cannot be described, is refused.
     with pytest.raises(InvalidRequest, match="nope") as refused:
