@@ -335,6 +335,8 @@ class DiffusersEngine:
         self._schedulers: dict[tuple[str, str, str], Any] = {}
         self.previews: dict[str, LatentPreview | None] = {}
         self._on_device: tuple[str, ...] = ()
+        self.loading_since: float | None = None  # time.monotonic() a load began
+        self.last_load_seconds = 0.0  # loading during the last render
         self._ensure(model)
         self.upscaler: Any = self._load(upscaler, upscaler=True) if upscaler else None
         if self.upscaler is not None:
@@ -364,9 +366,10 @@ class DiffusersEngine:
         return list(self._on_device)
 
     def _note_loaded(self) -> None:
-        self._on_device = tuple(
-            mid for mid, loaded in reversed(self._loaded.items()) if loaded.on_device
-        )
+        on_device = [mid for mid, loaded in reversed(self._loaded.items()) if loaded.on_device]
+        if self.upscaler_model is not None:  # always there, outside the budget
+            on_device.append(self.upscaler_model.model_id)
+        self._on_device = tuple(on_device)
 
     def offer(self, models: list[ModelInfo]) -> None:
         """The presets' models this worker has the files of (the worker checked); the host's
@@ -388,18 +391,38 @@ class DiffusersEngine:
 
     def _ensure(self, model: ModelInfo) -> LoadedModel:
         """The model on the device: already there, moved back from CPU RAM, or loaded from its
-        files; others are moved off (least recently used first) to keep to the budget."""
+        files; others are moved off (least recently used first) to keep to the budget. While
+        it loads, ``loading_since`` says so (a load is not a hung render: see running.py), and
+        the seconds it took go to ``last_load_seconds`` (not the job's measured time)."""
         loaded = self._loaded.get(model.model_id)
-        if loaded is not None:
+        if loaded is not None and loaded.model.revision != model.revision:
+            # Its files changed and its preset was added again: the weights in memory are old.
+            logger.info("%s changed (now %s): loading it again", model.name, model.revision[:12])
+            self._forget(loaded)
+            self.previews.pop(model.model_id, None)
+            loaded = None
+        if loaded is not None and loaded.on_device:
             self._loaded.move_to_end(model.model_id)
-            if not loaded.on_device:
-                started = time.perf_counter()
-                self._make_room(loaded.nbytes, keep=model.model_id)
-                loaded.to(self.runtime.device)
-                loaded.on_device = True
-                self.counts.from_cpu += 1
-                self.counts.from_cpu_seconds += time.perf_counter() - started
-                logger.info("%s moved back onto %s", model.name, self.runtime.device)
+            self._note_loaded()
+            return loaded
+        self.loading_since = time.monotonic()
+        started = time.perf_counter()
+        try:
+            return self._bring(model, loaded)
+        finally:
+            self.loading_since = None
+            self.last_load_seconds += time.perf_counter() - started
+
+    def _bring(self, model: ModelInfo, loaded: LoadedModel | None) -> LoadedModel:
+        if loaded is not None:  # kept in CPU RAM
+            self._loaded.move_to_end(model.model_id)
+            started = time.perf_counter()
+            self._make_room(loaded.nbytes, keep=model.model_id)
+            loaded.to(self.runtime.device)
+            loaded.on_device = True
+            self.counts.from_cpu += 1
+            self.counts.from_cpu_seconds += time.perf_counter() - started
+            logger.info("%s moved back onto %s", model.name, self.runtime.device)
             self._note_loaded()
             return loaded
         from diffusers import AutoPipelineForImage2Image
@@ -453,10 +476,17 @@ class DiffusersEngine:
                     break
                 if not other.on_device and other.model.model_id != keep:
                     self._forget(other)
-            loaded.to("cpu")
-            loaded.on_device = False
-            self.counts.offloaded += 1
-            logger.info("%s moved to CPU RAM to make room", loaded.model.name)
+            try:
+                loaded.to("cpu")
+            except RuntimeError as error:  # no CPU RAM for it after all: half moved, freed
+                if not _out_of_memory(error):
+                    raise
+                self._forget(loaded)
+                logger.warning("%s could not be moved to CPU RAM: unloaded", loaded.model.name)
+            else:
+                loaded.on_device = False
+                self.counts.offloaded += 1
+                logger.info("%s moved to CPU RAM to make room", loaded.model.name)
         else:
             self._forget(loaded)
             logger.info("%s unloaded to make room", loaded.model.name)
@@ -540,9 +570,10 @@ class DiffusersEngine:
     def render(self, spec: RenderSpec, on_step: StepCallback | None = None) -> list[Image.Image]:
         """Run one batched call; ``on_step`` may raise RenderCancelled to stop at the next step."""
         model_id = spec.model_id or self.model.model_id
-        if model_id not in self.models:
+        models = self.models  # read once: offer() may replace the offered models meanwhile
+        if model_id not in models:
             raise ValueError(
-                f"the job needs model {model_id!r}; this worker has {', '.join(self.models)}"
+                f"the job needs model {model_id!r}; this worker has {', '.join(models)}"
             )
         if spec.kind == "upscale" and spec.strength == 0:
             # Past what diffusion may make at this size: a resize only (see requests).
@@ -551,6 +582,7 @@ class DiffusersEngine:
             return [_resized(spec.init_image, spec.width, spec.height) for _ in spec.seeds]
         threads = spec.torch_threads or self.runtime.torch_threads
         with self._lock:
+            self.last_load_seconds = 0.0
             self._cast_back()
             out_of_memory = False
             try:
@@ -560,7 +592,7 @@ class DiffusersEngine:
                         model_id == self.upscaler_model.model_id
                     ):
                         return self._run_upscaler(spec, on_step)
-                    return self._run_base(self._ready(self.models[model_id]), spec, on_step)
+                    return self._run_model(models[model_id], spec, on_step)
             except RenderCancelled:
                 logger.info("render stopped at the step callback's request")
                 raise
@@ -586,6 +618,33 @@ class DiffusersEngine:
         except Exception:
             logger.exception("could not cast the VAE back to %s", self.runtime.dtype)
 
+    def _run_model(
+        self, model: ModelInfo, spec: RenderSpec, on_step: StepCallback | None
+    ) -> list[Image.Image]:
+        """The job on its model; out of memory with other models on the device, they are
+        moved off and it is tried once more (they took the memory, not the job)."""
+        try:
+            return self._run_base(self._ready(model), spec, on_step)
+        except RuntimeError as error:
+            if not _out_of_memory(error) or not self._others_on_device(model):
+                raise
+        # Here once the failed call's frame let go of its tensors.
+        self._clear_others(model)
+        return self._run_base(self._ready(model), spec, on_step)
+
+    def _others_on_device(self, model: ModelInfo) -> bool:
+        return any(other.on_device and mid != model.model_id for mid, other in self._loaded.items())
+
+    def _clear_others(self, model: ModelInfo) -> None:
+        """Move every other model off the device (out of memory next to them)."""
+        logger.warning("out of memory next to other models: moving them off for %s", model.name)
+        _free_memory()
+        for other in list(self._loaded.values()):
+            if other.on_device and other.model.model_id != model.model_id:
+                self._let_go(other, keep=model.model_id)
+        self._note_loaded()
+        _free_memory()
+
     def _ready(self, model: ModelInfo) -> LoadedModel:
         """``_ensure``, failing the job (not the worker) when the model does not load."""
         try:
@@ -599,9 +658,19 @@ class DiffusersEngine:
             self._loaded.pop(model.model_id, None)
             self._note_loaded()
             _free_memory()
-            raise ModelLoadFailed(
-                f"{model.name} does not fit on this GPU ({self.runtime.device}) now"
-            ) from None
+        if self._others_on_device(model):  # they took the memory: they go, and once more
+            self._clear_others(model)
+            try:
+                return self._ensure(model)
+            except RuntimeError as error:
+                if not _out_of_memory(error):
+                    raise
+                self._loaded.pop(model.model_id, None)
+                self._note_loaded()
+                _free_memory()
+        raise ModelLoadFailed(
+            f"{model.name} does not fit on this GPU ({self.runtime.device}) now"
+        ) from None
 
     def _cast_back(self) -> None:
         on_device = [loaded.txt2img for loaded in self._loaded.values() if loaded.on_device]

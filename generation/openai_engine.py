@@ -330,6 +330,16 @@ class EngineSet:
         self.engines = engines
         self.model = engines[0].model
         self.runtime = engines[0].runtime
+        self._last: Any = engines[0]  # the engine of the last render
+
+    @property
+    def loading_since(self) -> float | None:
+        starts = [getattr(engine, "loading_since", None) for engine in self.engines]
+        return min((start for start in starts if start is not None), default=None)
+
+    @property
+    def last_load_seconds(self) -> float:
+        return float(getattr(self._last, "last_load_seconds", 0.0))
 
     @property
     def models(self) -> dict[str, Any]:
@@ -366,7 +376,8 @@ class EngineSet:
     async def render_async(
         self, spec: Any, on_step: Callable[[Any], None] | None = None
     ) -> list[Image.Image]:
-        result: list[Image.Image] = await self._engine(spec.model_id).render_async(spec, on_step)
+        self._last = self._engine(spec.model_id)
+        result: list[Image.Image] = await self._last.render_async(spec, on_step)
         return result
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +31,8 @@ from generation.model_info import ModelInfo
 from storage.db import Database
 from storage.models import EventKind, utcnow
 from storage.records import ModelPresetRecord
+
+logger = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,31}$")
 MAX_PRESETS = 100  # what a member scrolls through, 25 at a time
@@ -102,6 +105,20 @@ class Snapshot:
     defaults: dict[int, str]  # a server's default preset's name
 
 
+def _readable(records: Iterable[ModelPresetRecord]) -> dict[str, Preset]:
+    """The presets by name; a row this version cannot read (its model's description written
+    by hand, or by a version whose fields differ) is left out, with an error in the log."""
+    presets = {}
+    for record in records:
+        try:
+            presets[record.name] = Preset.of(record)
+        except (TypeError, ValueError, KeyError) as error:
+            logger.error(
+                "model preset %s cannot be read (%s): it is not offered", record.name, error
+            )
+    return presets
+
+
 def check_name(name: str) -> str:
     if not NAME.match(name):
         raise InvalidRequest(
@@ -139,9 +156,7 @@ class PresetBook:
             async with self.db.uow() as uow:
                 records = await uow.presets.all()
                 defaults = await uow.presets.defaults()
-            self._snapshot = Snapshot(
-                {record.name: Preset.of(record) for record in records}, defaults
-            )
+            self._snapshot = Snapshot(_readable(records), defaults)
             self._read_at = self._monotonic()
         return self._snapshot
 

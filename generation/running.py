@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
-from generation.errors import RenderCancelled, RenderHung, Unrunnable
+from generation.errors import ModelLoadFailed, RenderCancelled, RenderHung, Unrunnable
 from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
 from generation.faults import backoff, is_transient, retrying
 from generation.imaging import encode_png, make_grid, pixel_sha256
@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # After an image API refused the host's key, that engine's models wait this long.
 KEY_RETRY_SECONDS = 60.0
+# A model's load (from disk, or a first download from the hub) may take this long before the
+# job counts as hung; the step watchdog starts when it is loaded.
+MAX_LOAD_SECONDS = 1800.0
+# A model that did not load is not tried again on this worker for this long.
+MODEL_RETRY_SECONDS = 300.0
 WATCH_SECONDS = 0.5  # how often a running job looks at its lease, its cancel and its progress
 HUNG_ERROR = "it hung: no progress for {seconds:.0f} s, with no attempt left"
 HUNG_RECORD_SECONDS = 5.0  # a hung process tries this long to record the hang, then goes
@@ -78,7 +83,8 @@ class RunSettings:
     api_give_up_seconds: float
     checker: SafetyChecker | None
     servers: ServerSettings  # each server's safety policy (off: its images are not checked)
-    pause_models: Callable[[str, float], None]  # an engine's trouble: its models wait
+    # An engine's trouble: its models wait (``alone``: only that model, on this worker).
+    pause_models: Callable[..., None]
 
 
 class _Progress:
@@ -175,6 +181,12 @@ class JobRun:
             return await self._engine_trouble(trouble)
         except RenderHung:
             raise
+        except ModelLoadFailed as failure:
+            # Its files broke or went on this host, or the GPU is full now: another worker
+            # may run it; this one leaves the model alone a while (and looks at its files).
+            logger.warning("job %s: %s; back to the queue", job.id, failure)
+            self.settings.pause_models(job.model_id, MODEL_RETRY_SECONDS, alone=True)
+            return await self.give_back(attempt_counts=True, error=str(failure))
         except Unrunnable as reason:  # no traceback: the reason is the whole story
             logger.warning("job %s: %s", job.id, reason)
             return await self.end(JobStatus.FAILED, str(reason), 1.0)
@@ -186,7 +198,9 @@ class JobRun:
                 return await self.give_back(attempt_counts=True, error=_describe(error))
             logger.exception("job %s failed", job.id)
             return await self.end(JobStatus.FAILED, _describe(error), 1.0)
-        return Rendered(images, time.perf_counter() - started)
+        # Loading the model is not the job's GPU time (what ETAs and the hang budget measure).
+        loading = getattr(self.settings.engine, "last_load_seconds", 0.0)
+        return Rendered(images, max(0.0, time.perf_counter() - started - loading))
 
     async def _watched(self, work: Awaitable[T], *, threaded: bool = True) -> T:
         """``work``, watched: stopped at its next step when the lease is lost or a cancel is
@@ -203,6 +217,9 @@ class JobRun:
                     return task.result()
                 if self.keeper.lost.is_set() or self.keeper.cancel_requested:
                     state.stop.set()
+                since = getattr(self.settings.engine, "loading_since", None)
+                if since is not None and time.monotonic() - since < MAX_LOAD_SECONDS:
+                    state.last_at = time.monotonic()  # loading its model is no hang
                 if time.monotonic() - state.last_at > self.budget:
                     state.stop.set()
                     if not threaded:

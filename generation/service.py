@@ -55,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 # Writing an uploaded start image may take this long (the submit's transaction waits on it).
 UPLOAD_SECONDS = 15.0
+# A worker heard from within this long (and not stopped) counts as running the models it
+# announced; a job of a model none runs is told so.
+SERVED_WITHIN = dt.timedelta(hours=1)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +70,9 @@ class Submission:
     position: int
     eta_seconds: float | None = None
     capped: bool = False  # more than storage.queue.PLACE_CAP jobs ahead: "1,000+ in line"
+    # The name of its model when no running worker has announced it (a preset's own model
+    # whose files no GPU host has, or whose hosts are all down): it waits until one does.
+    unserved: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,6 +122,17 @@ def refuse_outside_age_restricted(rules: ServerRules, request: GenerationRequest
             "this server's moderators allow /imagine only in age-restricted channels; "
             "ask again in one of those"
         )
+
+
+def _model_name(models: Mapping[str, ModelInfo], model_id: str) -> str:
+    model = models.get(model_id)
+    return model.name if model is not None else model_id
+
+
+def default_job_cost(model: ModelInfo, count: int = 4) -> float:
+    """What a grid at the model's defaults costs (its native size and steps): the unit a
+    worker's grouping bound is counted in."""
+    return model.native_width * model.native_height * model.default_steps * count / 1_000_000
 
 
 def job_cost(recipe: Recipe, factor: float = 1.0, *, all_steps: bool = False) -> float:
@@ -237,7 +254,19 @@ class GenerationService:
                     self.model.name,
                 )
                 return self._validate(request, None)
-        carried = request.made_from is not None and request.model in self.models
+        carried = request.made_from is not None and self._may_carry(request, snapshot)
+        if (
+            request.made_from is not None
+            and request.model is not None
+            and request.model not in self._names()
+            and not carried
+        ):
+            # Never the model's id in words: it may be a folder on the host.
+            raise InvalidRequest(
+                "model",
+                f"job {request.made_from}'s model is not offered here any more: make a new "
+                "picture with /imagine",
+            )
         if (
             preset is None
             and request.model is not None
@@ -251,6 +280,19 @@ class GenerationService:
             )
         return self._validate(request, preset)
 
+    def _may_carry(self, request: GenerationRequest, snapshot: Snapshot) -> bool:
+        """Whether a job made from another may run on the model it carries by id: a host
+        model, or a preset's own model while a preset with it is offered in the job's server
+        (a preset taken from that server takes its buttons' jobs with it)."""
+        if request.model in self.host_models:
+            return True
+        return any(
+            preset.model is not None
+            and preset.model.model_id == request.model
+            and preset.offered_in(request.guild_id)
+            for preset in snapshot.presets.values()
+        )
+
     def _names(self) -> set[str]:
         return {name for info in self.host_models.values() for name in (info.name, info.model_id)}
 
@@ -259,6 +301,7 @@ class GenerationService:
             if preset is not None:
                 model = base = self.preset_model(preset)
             elif request.made_from is not None and request.model in self.models:
+                # (check() allowed it: _may_carry)
                 # A job made from another runs on its model, a preset's own too (by its id:
                 # a member cannot name it, only carry it from a job of theirs).
                 model = base = self.models[request.model]
@@ -617,6 +660,18 @@ class GenerationService:
                 etas[job.model_id] = await self._eta_function(uow, job.model_id)
             eta = etas[job.model_id](job, waiting)
             found.append(Submission(job, waiting.position, eta, capped=waiting.capped))
+        own = {
+            s.job.model_id for s in found if s.position and s.job.model_id not in self.host_models
+        }
+        if own:  # a preset's own model: is a worker running it?
+            served = await uow.workers.serving(self.clock() - SERVED_WITHIN)
+            models = self.models
+            found = [
+                dataclasses.replace(s, unserved=_model_name(models, s.job.model_id))
+                if s.position and s.job.model_id in own - served
+                else s
+                for s in found
+            ]
         return found
 
     async def _eta_function(

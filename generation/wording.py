@@ -47,7 +47,13 @@ def describe_place(submission: Submission) -> str:
     """A waiting job's place in line; its status once it is not waiting."""
     if submission.position == 0:
         return submission.job.status
-    return place_text(submission.position, submission.eta_seconds, submission.capped)
+    place = place_text(submission.position, submission.eta_seconds, submission.capped)
+    if submission.unserved is not None:
+        place += (
+            f"; no GPU host runs {submission.unserved} right now: it waits until one does, "
+            "or cancel it and pick another model"
+        )
+    return place
 
 
 def what(job: JobRecord) -> str:

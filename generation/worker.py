@@ -26,6 +26,7 @@ from generation.presets import PresetBook
 from generation.running import JobRun, Rendered, RunSettings
 from generation.safety import SafetyChecker, SafetyPolicy
 from generation.server_settings import ServerSettings
+from generation.service import default_job_cost
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
@@ -58,7 +59,8 @@ class WorkerConfig:
     # measured the overlap slower there.
     overlap_completion: bool | None = None
     # A job for a model already loaded is taken before the fair-share order's next while its
-    # start tag is within this many jobs of that next job's (0: always the fair order).
+    # start tag is within this many jobs of that next job's (0: always the fair order). A job
+    # here is a 2×2 grid at the host model's defaults, for a member of weight 1.
     group_bound: float = 2.0
 
 
@@ -126,11 +128,15 @@ class Worker:
 
     # -- which models may be claimed -------------------------------------------------------
 
-    def pause_models(self, model_id: str, seconds: float) -> None:
+    def pause_models(self, model_id: str, seconds: float, *, alone: bool = False) -> None:
         """An engine is in trouble (an image API's 429 or refused key): its models wait
-        ``seconds``; the other engine's keep running."""
+        ``seconds``; the other engine's keep running. ``alone``: only this model waits (it
+        did not load here)."""
         siblings = getattr(self.engine, "siblings", None)
-        models = siblings(model_id) if siblings else list(self.engine.models)
+        if alone:
+            models = [model_id]
+        else:
+            models = siblings(model_id) if siblings else list(self.engine.models)
         until = time.monotonic() + seconds
         for model in models:
             self._paused[model] = max(self._paused.get(model, 0.0), until)
@@ -161,15 +167,17 @@ class Worker:
         found = await asyncio.to_thread(_loadable, list(wanted.values()), self.models_dir)
         before = set(self.engine.models)
         offer(found)
-        self._offered, self._offered_at = frozenset(wanted), time.monotonic()
+        offered = frozenset(wanted), time.monotonic()
         if set(self.engine.models) == before:
+            self._offered, self._offered_at = offered
             return
         logger.info(
             "worker %s runs %s",
             self.worker_id,
             ", ".join(m.name for m in self.engine.models.values()),
         )
-        await self._announce()
+        if await self._announce():  # else tried again at the next claim
+            self._offered, self._offered_at = offered
 
     def _claimable(self) -> list[str]:
         now = time.monotonic()
@@ -330,7 +338,7 @@ class Worker:
                 model_ids=list(self.engine.models) if models is None else models,
                 # Bound 0: the fair order alone (a tie goes to the older job, loaded or not).
                 prefer=list(getattr(self.engine, "loaded", ())) if self.config.group_bound else [],
-                bound=self.config.group_bound,
+                bound=self.config.group_bound * default_job_cost(self.engine.model),
             )
             job_id = claimed[0].id if claimed else None
             await uow.workers.beat(self.worker_id, "busy" if claimed else "idle", job_id, now)
@@ -354,8 +362,9 @@ class Worker:
         async with self.db.uow() as uow:
             return await uow.queue.waiting_count(list(self.engine.models)) > 0
 
-    async def _announce(self) -> None:
-        """Say who this worker is (id, host, device, models) where `imagine-bot workers` looks."""
+    async def _announce(self) -> bool:
+        """Say who this worker is (id, host, device, models) where `imagine-bot workers` looks
+        (and the claims of the models it announces); False when the database was away."""
         try:
             async with self.db.uow() as uow:
                 await uow.workers.announce(
@@ -371,6 +380,8 @@ class Worker:
             if not is_transient(error):
                 raise
             logger.warning("worker %s could not announce itself: %s", self.worker_id, error)
+            return False
+        return True
 
     async def _beat(self, state: str, job_id: int | None) -> None:
         try:
@@ -407,7 +418,7 @@ def _loadable(wanted: list[tuple[str, ModelInfo]], models_dir: Path) -> list[Mod
     found = []
     for source, model in wanted:
         try:
-            here = describe_model(source, models_dir)
+            here = describe_model(source, models_dir, None if model.local else model.revision)
         except ModelUnavailable as error:
             logger.info("%s is not on this host: %s", model.name, error)
             continue

@@ -82,15 +82,10 @@ def finish_tag(start: float, cost: float, weight: float) -> float:
     return start + cost / weight
 
 
-def select_next_job(
-    model_id: str, now: dt.datetime | None = None
-) -> Select[int, float | None, float, float]:
+def select_next_job(model_id: str, now: dt.datetime | None = None) -> Select[int, float | None]:
     """The claim policy for one model: the waiting job with the lowest start tag (oldest
-    first on a tie) that no retry's ``not_before`` holds back past ``now``; with its cost and
-    weight (its span of virtual time)."""
-    waiting = select(Job.id, Job.start_tag, Job.cost, Job.weight).where(
-        QUEUED, Job.model_id == model_id
-    )
+    first on a tie) that no retry's ``not_before`` holds back past ``now``."""
+    waiting = select(Job.id, Job.start_tag).where(QUEUED, Job.model_id == model_id)
     if now is not None:
         waiting = waiting.where(or_(Job.not_before.is_(None), Job.not_before <= now))
     return waiting.order_by(Job.start_tag, Job.id).limit(1)
@@ -149,9 +144,13 @@ class JobQueue:
             served = set((models or {}).get("ids", []))
             if model_id in served:
                 together |= served
-        level = await self._session.scalar(
-            select(func.max(QueueClock.virtual_time)).where(QueueClock.model_id.in_(together))
-        )
+        highest = select(func.max(QueueClock.virtual_time))
+        if together == {model_id} and await self._session.get(QueueClock, model_id) is None:
+            # A model new to the queue that no worker has announced yet (a preset's own,
+            # asked for before its worker found it): at the highest level of all, so its
+            # jobs do not go ahead of everyone's once a worker takes it up.
+            return float(await self._session.scalar(highest) or 0.0)
+        level = await self._session.scalar(highest.where(QueueClock.model_id.in_(together)))
         return float(level or 0.0)
 
     async def _clock(self, model_id: str) -> float:
@@ -437,15 +436,15 @@ class JobQueue:
         gives ``model_ids``, the models it can run, and gets only their jobs.
 
         ``prefer``: the models it has loaded. Their lowest job is taken instead of the lowest
-        of all while its start tag is within ``bound`` jobs of the lowest (the lowest job's
-        span, cost over weight, ``bound`` times): a mixed queue then does not swap models
-        every job, and no job waits more than that bound longer than its fair turn."""
+        of all while its start tag is within ``bound`` (virtual time: cost over weight) of the
+        lowest: a mixed queue then does not swap models every job, and no job is passed by
+        jobs started more than that bound after its own start tag."""
         self.reaped = await self.reap_expired(now)
         if model_ids is None:
             model_ids = sorted(await self.models())
         # One LIMIT 1 through the index per model; the lowest tag of those runs. A job another
         # worker is claiming at this moment is skipped, not waited for.
-        heads: list[tuple[float, int, str, float]] = []
+        heads: list[tuple[float, int, str]] = []
         for model_id in model_ids:
             found = (
                 await self._session.execute(
@@ -453,17 +452,16 @@ class JobQueue:
                 )
             ).one_or_none()
             if found is not None:
-                found_id, found_tag, cost, weight = found
-                span = float(cost) / float(weight) if weight else 0.0
-                heads.append((float(found_tag or 0.0), int(found_id), model_id, span))
+                found_id, found_tag = found
+                heads.append((float(found_tag or 0.0), int(found_id), model_id))
         if not heads:
             return None
         lowest = min(heads)
         loaded = [head for head in heads if head[2] in prefer]
         best = lowest
-        if loaded and min(loaded)[0] <= lowest[0] + bound * lowest[3]:
+        if loaded and min(loaded)[0] <= lowest[0] + max(0.0, bound):
             best = min(loaded)
-        tag, job_id, model_id, _span = best
+        tag, job_id, model_id = best
         expires = now + dt.timedelta(seconds=lease_seconds)
         result = await self._session.execute(
             update(Job)

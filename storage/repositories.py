@@ -675,6 +675,16 @@ class WorkerRepository:
             .values(state=state, current_job_id=job_id, heartbeat_at=now)
         )
 
+    async def serving(self, since: dt.datetime) -> set[str]:
+        """The models announced by workers that have not stopped and were heard from since
+        ``since`` (a busy worker is heard from at each claim)."""
+        rows = await self._session.scalars(
+            select(WorkerRow.models).where(
+                WorkerRow.state != "stopped", WorkerRow.heartbeat_at >= since
+            )
+        )
+        return {model for models in rows for model in (models or {}).get("ids", [])}
+
     async def all(self) -> list[WorkerRecord]:
         rows = await self._session.scalars(select(WorkerRow).order_by(WorkerRow.started_at))
         return [to_record(WorkerRecord, row) for row in rows]

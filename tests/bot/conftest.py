@@ -118,6 +118,23 @@ class RunningBot:
     worker: Worker | None
 
 
+def worker_for(
+    runtime: Runtime, settings: Settings, engine: Any, checker: Any | None = None
+) -> Worker:
+    """The worker ``imagine-bot run`` builds, on ``engine``."""
+    return Worker(
+        runtime.db,
+        engine,
+        runtime.store,
+        runtime.events,
+        settings.worker_config(),
+        checker=checker,
+        servers=runtime.service.servers,
+        presets=runtime.service.presets,
+        models_dir=settings.models_dir,
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_bot(
     settings: Settings, engine: Any | None = None, checker: Any | None = None
@@ -128,17 +145,7 @@ async def running_bot(
         worker = None
         if engine is not None:
             runtime.engine = engine
-            worker = Worker(
-                runtime.db,
-                engine,
-                runtime.store,
-                runtime.events,
-                settings.worker_config(),
-                checker=checker,
-                servers=runtime.service.servers,
-                presets=runtime.service.presets,
-                models_dir=settings.models_dir,
-            )
+            worker = worker_for(runtime, settings, engine, checker)
         bot = ImagineBot(runtime, guild_ready_timeout=0.05)
         settle_heap()  # as `imagine-bot run` does before it serves
         tasks = [asyncio.create_task(bot.start(TOKEN))]

@@ -16,8 +16,7 @@ from PIL import Image
 
 from bot.admin import NOT_ALLOWED
 from generation.access import HOST
-from generation.worker import Worker
-from tests.bot.conftest import RunningBot, running_bot, settled_delivery
+from tests.bot.conftest import RunningBot, running_bot, settled_delivery, worker_for
 from tests.bot.test_access import answer_to, two_server_settings
 from tests.bot.test_imagine import png_of
 from tests.bot.test_moderation import FixedScores
@@ -244,16 +243,7 @@ async def test_cross_removes_every_message_of_a_job_and_cancels_one_still_waitin
         job = await _wait_job(running, asked)
         await server.wait_for(lambda: server.queued(asked), what="queued")
         server.expire(asked)
-        runtime = running.runtime
-        worker = Worker(
-            runtime.db,
-            trained_engine,
-            runtime.store,
-            runtime.events,
-            settings.worker_config(),
-            servers=runtime.service.servers,
-        )
-        await worker.run(burst=True)
+        await worker_for(running.runtime, settings, trained_engine).run(burst=True)
         delivery = await settled_delivery(running, job)
         assert delivery.delivered_via == "channel"
         original, result = asked.original_id, delivery.result_message_id

@@ -277,3 +277,69 @@ async def test_a_preset_runs_a_model_of_its_own_on_the_workers_that_have_its_fil
     with pytest.raises(InvalidRequest, match="nope") as refused:
         await service.put_preset(HOST, Preset(name="gone", source="nope/not-downloaded"))
     assert refused.value.option == "source"
+
+
+async def test_a_model_no_worker_runs_is_said_and_joins_the_queue_at_everyones_level(
+    sqlite: Database, model: ModelInfo, trained_model: ModelInfo, tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    from generation.wording import describe_place
+    from storage.models import utcnow
+
+    models_dir = tmp_path / "models"
+    shutil.copytree(trained_model.path, models_dir / "shapes")
+    service = GenerationService(
+        sqlite,
+        model,
+        Limits(max_count=1, default_count=1),
+        presets=PresetBook(sqlite, ttl=0),
+        models_dir=models_dir,
+    )
+    for _ in range(3):  # the host model's queue has moved on: its level is above 0
+        await service.submit(GenerationRequest("a cat", user_id=7, steps=30))
+        async with sqlite.uow() as uow:
+            assert await uow.queue.claim("w", 60, utcnow(), model_ids=[model.model_id])
+            await uow.commit()
+    level = (await service.submit(GenerationRequest("a cat", user_id=10))).job.start_tag
+    assert level > 0
+
+    preset = await service.put_preset(
+        HOST, Preset(name="shapes", source=str(models_dir / "shapes"), guild_ids=(ONE,))
+    )
+    assert preset.model is not None
+    asked = await service.submit(
+        GenerationRequest("a circle", user_id=5, model="shapes", guild_id=ONE)
+    )
+    assert asked.job.start_tag >= level, "a model new to the queue does not go ahead of everyone"
+    assert asked.unserved == "shapes"
+    assert "no GPU host runs shapes right now" in describe_place(asked)
+    async with sqlite.uow() as uow:  # a worker finds its files and announces it
+        await uow.workers.announce(
+            "w-shapes",
+            host="gpu-2",
+            pid=1,
+            device="cuda",
+            models=[preset.model.model_id],
+            now=await uow.now(),
+        )
+        await uow.commit()
+    assert (await service.status(asked.job.id)).unserved is None
+
+    # Taken from server ONE: a button on the job there is refused, never naming the folder.
+    await service.put_preset(HOST, dataclasses.replace(preset, guild_ids=(TWO,)))
+    await service.presets.current()
+    reroll = service._derived_request(JobKind.REROLL, asked.job, None, 5)
+    with pytest.raises(InvalidRequest) as refused:
+        service.check(reroll)
+    assert "is not offered here any more" in refused.value.message
+    assert str(models_dir) not in refused.value.message
+
+    # A row this version cannot read is left out; the others are offered.
+    async with sqlite.uow() as uow:
+        values = {key: value for key, value in preset.row().items() if key != "name"}
+        await uow.presets.put("broken", **{**values, "model": {"x": 1}})
+        await uow.commit()
+    snapshot = await service.presets.current()
+    assert sorted(snapshot.presets) == ["shapes"]

@@ -489,7 +489,7 @@ async def test_a_worker_keeps_to_its_loaded_model_while_within_the_bound(
                 utcnow(),
                 model_ids=["model-a", "model-b"],
                 prefer=[loaded] if loaded and prefer else [],
-                bound=bound,
+                bound=bound * span,
             )
             await uow.commit()
         assert claimed is not None
