@@ -7,10 +7,10 @@ random-weight one, each a folder of its own), four users each alternating betwee
 queued through the service and run by a real worker and engine whose budget holds one model
 (so every change of model is a swap). Grouping on: the worker's default bound, two jobs;
 off: bound 0, the fair order alone. The lag of a claimed job is its start
-tag minus the lowest waiting start tag when it was claimed, in jobs (one job's span of
-virtual time: its cost over its weight).
+tag minus the lowest waiting start tag when it was claimed, in jobs (a 2×2 grid at the
+model's defaults for a member of weight 1: what every job here is, and the bound's unit).
 
-    python benchmarks/models.py [--jobs 100] [--steps 2] [--json]
+    python benchmarks/models.py [--jobs 100] [--json]
 
 Goals: ≤ 5 swaps per 100 jobs with grouping; largest lag within the bound; unique parameter
 bytes with img2img, inpainting and a LoRA ≤ 1.1 × txt2img alone (an upscaler's own weights
@@ -48,7 +48,7 @@ from generation.model_info import ModelInfo, describe_model
 from generation.presets import Preset, PresetBook
 from generation.quotas import Quotas
 from generation.requests import GenerationRequest, Limits
-from generation.service import GenerationService
+from generation.service import GenerationService, default_job_cost
 from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -69,7 +69,7 @@ def _models(root: Path) -> tuple[ModelInfo, Path, Path]:
     return trained, shapes, noise
 
 
-async def run_queue(jobs: int, steps: int, grouping: bool, threads: int) -> dict[str, Any]:
+async def run_queue(jobs: int, grouping: bool, threads: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="models-bench-"))
     host, shapes, noise = _models(root)
     db = Database(f"sqlite+aiosqlite:///{root / 'imagine.db'}")
@@ -79,14 +79,14 @@ async def run_queue(jobs: int, steps: int, grouping: bool, threads: int) -> dict
     service = GenerationService(
         db,
         host,
-        Limits(max_count=1, default_count=1),
+        Limits(),  # each job a 2×2 grid at the model's defaults: the bound's unit
         quotas=Quotas(queued_per_user=jobs, queued_per_guild=jobs, images_per_user_day=jobs),
         store=store,
         presets=presets,
         models_dir=root / "models",
     )
     for name, folder in (("shapes", shapes), ("noise", noise)):
-        await service.put_preset(HOST, Preset(name=name, source=str(folder), steps=steps))
+        await service.put_preset(HOST, Preset(name=name, source=str(folder)))
     names = ("shapes", "noise")
     for n in range(jobs):
         user, turn = n % USERS, n // USERS
@@ -113,7 +113,7 @@ async def run_queue(jobs: int, steps: int, grouping: bool, threads: int) -> dict
     lags, waiting = [], {job.id: job for job in claimed}
     for job in claimed:
         lowest = min(other.start_tag for other in waiting.values())
-        lags.append((job.start_tag - lowest) / (job.cost / job.weight))
+        lags.append((job.start_tag - lowest) / default_job_cost(host))
         del waiting[job.id]
     swaps = sum(1 for a, b in itertools.pairwise(claimed) if a.model_id != b.model_id)
     shutil.rmtree(root, ignore_errors=True)
@@ -171,14 +171,11 @@ def _fields(spec: RenderSpec) -> dict[str, Any]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    runs = [
-        await run_queue(args.jobs, args.steps, grouping, args.threads) for grouping in (True, False)
-    ]
-    weights = weights_and_loads(args.steps)
+    runs = [await run_queue(args.jobs, grouping, args.threads) for grouping in (True, False)]
+    weights = weights_and_loads(2)
     if args.json:
         print(json.dumps({"queue": runs, "weights": weights}, indent=2))
         return
