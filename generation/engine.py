@@ -646,31 +646,24 @@ class DiffusersEngine:
         _free_memory()
 
     def _ready(self, model: ModelInfo) -> LoadedModel:
-        """``_ensure``, failing the job (not the worker) when the model does not load."""
-        try:
-            return self._ensure(model)
-        except ModelUnavailable as error:
-            self._note_loaded()
-            raise ModelLoadFailed(str(error)) from None
-        except RuntimeError as error:
-            if not _out_of_memory(error):
-                raise
-            self._loaded.pop(model.model_id, None)
-            self._note_loaded()
-            _free_memory()
-        if self._others_on_device(model):  # they took the memory: they go, and once more
-            self._clear_others(model)
+        """``_ensure``, failing the job (not the worker) when the model does not load. Out of
+        memory next to other models: they took it, so they go, and it is tried once more."""
+        for attempt in range(2):
             try:
                 return self._ensure(model)
+            except ModelUnavailable as error:
+                self._note_loaded()
+                raise ModelLoadFailed(str(error)) from None
             except RuntimeError as error:
                 if not _out_of_memory(error):
                     raise
-                self._loaded.pop(model.model_id, None)
+                self._loaded.pop(model.model_id, None)  # half moved: loaded again next time
                 self._note_loaded()
-                _free_memory()
-        raise ModelLoadFailed(
-            f"{model.name} does not fit on this GPU ({self.runtime.device}) now"
-        ) from None
+            _free_memory()  # once the failed load's frame has let go of its tensors
+            if attempt or not self._others_on_device(model):
+                break
+            self._clear_others(model)
+        raise ModelLoadFailed(f"{model.name} does not fit on this GPU ({self.runtime.device}) now")
 
     def _cast_back(self) -> None:
         on_device = [loaded.txt2img for loaded in self._loaded.values() if loaded.on_device]

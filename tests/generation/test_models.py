@@ -91,15 +91,20 @@ def test_a_model_moved_off_is_kept_in_cpu_ram_while_it_fits_and_freed_past_it(
     assert list(engine._loaded) == [model.model_id]
 
 
+def offered_copy(trained_model: ModelInfo, tmp_path: Path) -> tuple[ModelInfo, DiffusersEngine]:
+    """A copy of the trained model in its own folder, offered to an engine of the original."""
+    shutil.copytree(trained_model.path, tmp_path / "copy")
+    copy = describe_model(str(tmp_path / "copy"), tmp_path)
+    engine = DiffusersEngine(trained_model, device="cpu", dtype="float32", memory_budget=0)
+    engine.offer([copy])
+    return copy, engine
+
+
 def test_a_model_whose_files_went_away_fails_its_job_and_the_others_run(
     trained_model: ModelInfo, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "copy"
-    shutil.copytree(trained_model.path, folder)
-    copy = describe_model(str(folder), tmp_path)
-    engine = DiffusersEngine(trained_model, device="cpu", dtype="float32", memory_budget=0)
-    engine.offer([copy])
-    shutil.rmtree(folder)
+    copy, engine = offered_copy(trained_model, tmp_path)
+    shutil.rmtree(tmp_path / "copy")
     with pytest.raises(ModelLoadFailed, match="copy"):
         engine.render(spec(copy))
     assert engine.render(spec(trained_model))  # the host's model still runs
@@ -191,14 +196,10 @@ async def test_a_slow_load_is_no_hang_and_is_not_the_jobs_measured_time(
 async def test_a_model_that_does_not_load_goes_back_and_waits_on_this_worker_alone(
     sqlite: Database, trained_model: ModelInfo, store: ImageStore, tmp_path: Path
 ) -> None:
-    folder = tmp_path / "copy"
-    shutil.copytree(trained_model.path, folder)
-    copy = describe_model(str(folder), tmp_path)
-    engine = DiffusersEngine(trained_model, device="cpu", dtype="float32", memory_budget=0)
-    engine.offer([copy])
+    copy, engine = offered_copy(trained_model, tmp_path)
     service = GenerationService(sqlite, trained_model, Limits(), more_models=[copy])
     job_id = (await service.submit(GenerationRequest("a cat", user_id=1, model="copy"))).job.id
-    shutil.rmtree(folder)  # gone from this host since it was offered
+    shutil.rmtree(tmp_path / "copy")  # gone from this host since it was offered
     worker = Worker(sqlite, engine, store, EventBus(), WorkerConfig(poll_interval=0.05))
     assert await worker.run_once()
     job = (await service.job(job_id)).job
