@@ -13,12 +13,15 @@ import click
 from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_options
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
+from generation import parameters
 from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
 from generation.loras import parse_choice
+from generation.model_info import ModelInfo
+from generation.presets import PresetBook
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
-from generation.service import JobView
+from generation.service import GenerationService, JobView, Submission
 from generation.wording import describe_place, place_text
 from storage.models import JobKind
 
@@ -92,7 +95,28 @@ def generate(
         sampler=sampler,
         loras=choices,
     )
-    _submit_and_report(settings, lambda service: service.submit(request), no_wait, as_json)
+
+    async def submit(service: GenerationService) -> Submission:
+        snapshot = await service.presets.current()
+
+        def model_of(name: str | None) -> ModelInfo:
+            preset = PresetBook.chosen(snapshot, name, None)
+            if preset is not None:
+                return service.preset_model(preset)
+            try:
+                return service.model_for(name)
+            except InvalidRequest:  # refused by the submit, naming what there is
+                return service.model
+
+        # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
+        asked, overridden = parameters.apply(
+            request, model_of=model_of, min_side=service.limits.min_size
+        )
+        for name in overridden:
+            click.echo(f"--{name} in the prompt: the command's option is used instead", err=True)
+        return await service.submit(asked)
+
+    _submit_and_report(settings, submit, no_wait, as_json)
 
 
 def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_json: bool) -> None:

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,7 +20,7 @@ from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
 from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
-from generation import wording
+from generation import parameters, wording
 from generation.access import (
     Actor,
     may_act_on_job,
@@ -43,7 +42,7 @@ from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.presets import PresetBook
 from generation.rendering import grid_key
-from generation.requests import GenerationRequest, nearest_size
+from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView, Submission
 from storage.models import JobKind, JobStatus, utcnow
@@ -79,24 +78,13 @@ ENVELOPE = "\u2709"  # ✉️ arrives with or without the variation selector U+F
 CROSS = "\u274c"
 
 
-def size_for(
-    aspect: str,
-    native: tuple[int, int],
-    sizes: tuple[tuple[int, int], ...] = (),
-    multiple: int = 8,
-) -> tuple[int, int]:
-    """A width and height with the model's native area in the given aspect ratio, each a
-    multiple of the model's (8; 16 for Flux and SD3); for a model with a list of sizes (an
-    image API), the listed size nearest that ratio."""
+def aspect_ratio(aspect: str | None) -> tuple[int, int] | None:
+    """The aspect option's ratio (the client offers only these; anything else is refused)."""
+    if aspect is None:
+        return None
     if aspect not in ASPECTS:
         raise InvalidRequest("aspect", f"must be one of {', '.join(ASPECTS)}, not {aspect!r}")
-    across, down = ASPECTS[aspect]
-    area = native[0] * native[1]
-    width = math.sqrt(area * across / down)
-    if sizes:
-        return nearest_size(sizes, width, area / width)
-    step = max(8, multiple)
-    return round(width / step) * step, round(area / width / step) * step
+    return ASPECTS[aspect]
 
 
 def delivery_target(
@@ -165,6 +153,21 @@ def _lora_choices(name: str | None, weight: float | None) -> tuple[LoraChoice, .
     return (LoraChoice(name.strip(), 1.0 if weight is None else weight),)
 
 
+def request_sized(error: InvalidRequest, prompt: str) -> bool:
+    """Whether a size refusal came from --ar typed in the prompt (named so in the reply)."""
+    return error.option in {"width", "height"} and "--ar" in prompt.lower()
+
+
+async def _say_overridden(interaction: discord.Interaction[Any], overridden: list[str]) -> None:
+    """The options won over the same parameters typed in the prompt: say so, to the member."""
+    if not overridden:
+        return
+    names = ", ".join(f"--{name}" for name in overridden)
+    text = f"Your command's options were used instead of {names} in the prompt."
+    with contextlib.suppress(discord.HTTPException):  # a courtesy: the job is queued anyway
+        await interaction.followup.send(**messages.plain(text).send_kwargs(), ephemeral=True)
+
+
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()))
 
@@ -229,16 +232,10 @@ class ImagineCog(commands.Cog):
         # The declared ranges and choices are hints for the client; everything is checked here,
         # before answering, so bad input gets a plain ephemeral reply.
         await self.service.presets.hint()
-        chosen = self._model_of(model, interaction.guild_id)
         settings = self.bot.runtime.settings
         nsfw, public = channel_flags(interaction.channel)
-        width = height = None
+        overridden: list[str] = []
         try:
-            if aspect is not None:
-                info = chosen or self.service.model
-                width, height = size_for(
-                    aspect, (info.native_width, info.native_height), info.sizes, info.size_multiple
-                )
             if image is not None:
                 check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
             request = GenerationRequest(
@@ -250,8 +247,6 @@ class ImagineCog(commands.Cog):
                 seed=seed,
                 steps=steps,
                 guidance=guidance,
-                width=width,
-                height=height,
                 count=count,
                 strength=strength,
                 model=model,
@@ -265,10 +260,18 @@ class ImagineCog(commands.Cog):
                 channel_public=public,
                 interaction_id=interaction.id,
             )
+            # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
+            request, overridden = parameters.apply(
+                request,
+                aspect=aspect_ratio(aspect),
+                model_of=lambda name: self._model_of(name, interaction.guild_id),
+                min_side=self.service.limits.min_size,
+            )
             # In a thread: the first use of a LoRA file hashes it.
             await asyncio.to_thread(self.service.check, request)
         except InvalidRequest as error:
-            await refuse(interaction, _invalid(error, aspect))
+            sized = aspect or ("--ar" if request_sized(error, prompt) else None)
+            await refuse(interaction, _invalid(error, sized))
             return
 
         # A blocked prompt is refused (and its strike recorded) before any public answer.
@@ -290,6 +293,7 @@ class ImagineCog(commands.Cog):
             return
         if image is None:
             await self._submit(interaction, call=("submit", encode_request(request)), aspect=aspect)
+            await _say_overridden(interaction, overridden)
             return
 
         async def submit(target: DeliveryTarget) -> Submission:
@@ -301,6 +305,7 @@ class ImagineCog(commands.Cog):
             return await self.service.submit(dataclasses.replace(request, init_image=data), target)
 
         await self._submit(interaction, submit=submit, aspect=aspect)
+        await _say_overridden(interaction, overridden)
 
     @imagine.autocomplete("lora")
     async def _lora_names(

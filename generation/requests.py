@@ -86,11 +86,14 @@ class GenerationRequest:
     # A job made from another: its parent's preset, for the record and its fair-share factor
     # (its defaults are in the recipe already, never applied again).
     preset: str | None = None
+    # The prompt as typed when parameters (--ar, --no, ...) were taken out of it.
+    raw_prompt: str | None = None
 
     @property
     def filtered_text(self) -> str:
-        """What the prompt filter reads as the prompt: the text and the LoRAs' names."""
-        return " ".join([self.prompt, *(choice.name for choice in self.loras)])
+        """What the prompt filter reads as the prompt: the text as typed (its parameters'
+        values too) and the LoRAs' names."""
+        return " ".join([self.raw_prompt or self.prompt, *(c.name for c in self.loras)])
 
     @property
     def made_from(self) -> int | None:
@@ -124,6 +127,7 @@ class Recipe:
     # Each LoRA's name, sha256, A1111 short hash and weight (loras.recorded).
     loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     preset: str | None = None  # the preset it was asked through (its defaults are above)
+    raw_prompt: str | None = None  # the prompt as typed, when parameters were taken out
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -388,6 +392,7 @@ def validate(
         parent_image_index=request.parent_image_index,
         loras=recorded(chosen),
         preset=preset.name if preset else request.preset,
+        raw_prompt=request.raw_prompt,
     )
 
 

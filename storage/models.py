@@ -249,6 +249,8 @@ class Job(Base):
     loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     # The preset it was asked through (its defaults are in the recipe already); None: none.
     preset: Mapped[str | None] = mapped_column(String(64))
+    # The prompt as typed, when parameters (--ar 16:9, --no text) were taken out of it.
+    raw_prompt: Mapped[str | None] = mapped_column(Text)
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -96,6 +96,7 @@ class JobRecord:
     vae_tiling: bool | None
     loras: list[dict[str, Any]]
     preset: str | None
+    raw_prompt: str | None
     model_id: str
     model_revision: str
     dtype: str | None

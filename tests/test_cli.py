@@ -435,3 +435,34 @@ def test_a_servers_settings_from_the_command_line(tmp_path: Path, model: ModelIn
     back = ok_json(run("42", "--safety", "host", "--clear-quota", "queued_per_user", "--json"))
     assert back["safety_policy"] == "spoiler" and back["quotas"] == {}
     assert back["blocked_terms"] == ["teapot"], "a refused change changed nothing"
+
+
+def test_the_command_line_reads_the_same_parameters(tmp_path: Path) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from bot.cli import main
+    from storage.db import Database
+
+    data = tmp_path / "data"
+    env = {"IMAGINE_DATA_DIR": str(data), "IMAGINE_MODEL": "embedded-random"}
+    prompt = "a red circle --ar 1:2 --no blue --seed 9 --steps 3"
+    # --no-wait: queued, not run, so no model is loaded: this process is enough.
+    queued = CliRunner().invoke(main, ["generate", prompt, "--seed", "5", "--no-wait"], env=env)
+    assert queued.exit_code == 0, queued.output
+    assert "--seed in the prompt: the command's option is used instead" in queued.output
+
+    async def stored() -> Any:
+        database = Database(f"sqlite+aiosqlite:///{data / 'imagine.db'}")
+        try:
+            async with database.uow() as uow:
+                return (await uow.jobs.recent(limit=1))[0]
+        finally:
+            await database.close()
+
+    job = asyncio.run(stored())
+    assert (job.prompt, job.negative_prompt, job.seed, job.steps) == ("a red circle", "blue", 5, 3)
+    assert (job.width, job.height, job.raw_prompt) == (64, 128, prompt)
+    refused = CliRunner().invoke(main, ["generate", "a cat --tile"], env=env)
+    assert refused.exit_code != 0 and "--tile is not a parameter here" in refused.output

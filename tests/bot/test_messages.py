@@ -72,6 +72,7 @@ def job_record(**fields: Any) -> JobRecord:
         "vae_tiling": None,
         "loras": [],
         "preset": None,
+        "raw_prompt": None,
         "model_id": "embedded",
         "model_revision": "f2784086d0bd",
         "dtype": "float32",

@@ -99,13 +99,13 @@ async def test_an_attached_image_is_the_start_of_an_img2img_job(
 
 
 def test_an_aspect_maps_to_the_native_area_or_an_apis_nearest_size() -> None:
-    from bot.commands import size_for
+    from generation.parameters import size_for
 
-    assert size_for("1:1", (64, 64)) == (64, 64)
-    assert size_for("16:9", (512, 512)) == (680, 384)
+    assert size_for((1, 1), (64, 64)) == (64, 64)
+    assert size_for((16, 9), (512, 512)) == (680, 384)
     dall_e_3 = ((1024, 1024), (1792, 1024), (1024, 1792))
-    assert size_for("16:9", (1024, 1024), dall_e_3) == (1792, 1024)
-    assert size_for("2:3", (1024, 1024), dall_e_3) == (1024, 1792)
-    assert size_for("1:1", (1024, 1024), dall_e_3) == (1024, 1024)
+    assert size_for((16, 9), (1024, 1024), dall_e_3) == (1792, 1024)
+    assert size_for((2, 3), (1024, 1024), dall_e_3) == (1024, 1792)
+    assert size_for((1, 1), (1024, 1024), dall_e_3) == (1024, 1024)
     dall_e_2 = ((256, 256), (512, 512), (1024, 1024))  # all square: the native area decides
-    assert size_for("16:9", (1024, 1024), dall_e_2) == (1024, 1024)
+    assert size_for((16, 9), (1024, 1024), dall_e_2) == (1024, 1024)

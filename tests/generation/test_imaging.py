@@ -50,6 +50,7 @@ JOB = JobRecord(
     vae_tiling=None,
     loras=[],
     preset=None,
+    raw_prompt=None,
     model_id="stabilityai/sd-turbo",
     model_revision="b261bac6fd2cf515557d5d0707481eafa0485ec2",
     dtype="float16",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
@@ -155,9 +156,24 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
     engine: DiffusersEngine,
     store: ImageStore,
     events: EventBus,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     job_id = await submit(service, steps=40, count=1)
     worker = make_worker(db, engine, store, events, "w1", heartbeat_interval=0.05)
+    # The render waits at step 3 until the cancel is asked: on a busy machine a 40-step job
+    # could otherwise finish before the test's loop got to ask.
+    gate, render = threading.Event(), engine.render
+
+    def gated(spec: Any, on_step: Any = None) -> Any:
+        def step(progress: Any) -> None:
+            if progress.step == 3:
+                gate.wait(30)
+            if on_step is not None:
+                on_step(progress)
+
+        return render(spec, step)
+
+    monkeypatch.setattr(engine, "render", gated)
     seen = []
     async with events.subscribe() as queue:
         task = asyncio.create_task(worker.run_once())
@@ -168,6 +184,8 @@ async def test_cancel_stops_a_running_job_at_the_next_step(
             seen.append(event)
         seen.append(event)
         await service.cancel(job_id, user_id=1)
+        await asyncio.sleep(0.5)  # ten heartbeats: the run has heard of the cancel
+        gate.set()
         await asyncio.wait_for(task, 30)
         seen += [queue.get_nowait() for _ in range(queue.qsize())]
     view = await service.job(job_id)

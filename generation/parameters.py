@@ -1,0 +1,201 @@
+"""Midjourney's parameters typed in a prompt: ``neon city --ar 16:9 --no text --seed 7``.
+
+``parse`` takes them out of the text (a ``--`` inside a word, ``well--known``, is left alone;
+the em dash phones type for ``--`` counts too); ``apply`` puts them into a request where its
+options say nothing. The options win, and the names of the parameters they overrode are
+returned for the reply to say so. The request keeps the text as typed (``raw_prompt``): the
+prompt filter reads it, parameter values included, and the job records it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from generation.errors import InvalidRequest
+from generation.model_info import ModelInfo
+from generation.requests import GenerationRequest, nearest_size
+
+# A parameter starts a word: "--name" or "—name" after a space (or at the start).
+_START = re.compile(r"(?:^|(?<=\s))(?:--|\u2014)(?=[A-Za-z])")
+_NAME = re.compile(r"[A-Za-z]+")
+# What each parameter sets, and what its value is.
+PARAMETERS = {
+    "ar": "aspect ratio W:H",
+    "seed": "a whole number from 0 to 4294967295",
+    "no": "what to keep out, comma-separated (joined to the negative prompt)",
+    "steps": "a whole number",
+    "cfg": "guidance, a number",
+    "sampler": "a sampler's name",
+    "iw": "image weight with an attached image, 0-3: higher is closer to the image",
+    "model": "a model's name",
+}
+ALIASES = {"aspect": "ar", "negative": "no", "guidance": "cfg"}
+MAX_SEED = 2**32 - 1
+MAX_RATIO = 4.0  # 1:4 to 4:1; the size caps check the rest
+MAX_IMAGE_WEIGHT = 3.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Parameters:
+    """The prompt's text without its parameters, and their values by name."""
+
+    text: str
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def listed() -> str:
+    return ", ".join(f"--{name} ({what})" for name, what in PARAMETERS.items())
+
+
+def _refuse(message: str) -> InvalidRequest:
+    return InvalidRequest("prompt", f"{message}. The parameters are: {listed()}")
+
+
+def parse(prompt: str) -> Parameters:
+    """The parameters typed in ``prompt``; refused, naming the parameter, when one is unknown,
+    malformed or given twice."""
+    starts = [match.start() for match in _START.finditer(prompt)]
+    if not starts:
+        return Parameters(prompt)
+    values: dict[str, Any] = {}
+    for index, start in enumerate(starts):
+        end = starts[index + 1] if index + 1 < len(starts) else len(prompt)
+        body = prompt[start:end].lstrip("-\u2014")
+        name_match = _NAME.match(body)
+        assert name_match is not None  # the pattern's lookahead saw a letter
+        typed = name_match.group().lower()
+        name = ALIASES.get(typed, typed)
+        if name not in PARAMETERS:
+            raise _refuse(f"--{typed} is not a parameter here")
+        if name in values:
+            raise _refuse(f"--{name} is given twice")
+        values[name] = _value(name, body[name_match.end() :].strip())
+    text = " ".join(prompt[: starts[0]].split())  # parameters end the prompt, as there
+    if not text:
+        raise InvalidRequest("prompt", "has only parameters: say what to draw before them")
+    return Parameters(text, values)
+
+
+def _value(name: str, text: str) -> Any:
+    if not text:
+        raise _refuse(f"--{name} needs a value: {PARAMETERS[name]}")
+    if name == "ar":
+        match = re.fullmatch(r"(\d{1,4})\s*:\s*(\d{1,4})", text)
+        if not match or not int(match[1]) or not int(match[2]):
+            raise _refuse(f"--ar takes W:H, such as 16:9, not {text!r}")
+        across, down = int(match[1]), int(match[2])
+        if max(across / down, down / across) > MAX_RATIO:
+            raise _refuse(f"--ar {across}:{down} is past 4:1")
+        return across, down
+    if name in {"seed", "steps"}:
+        if not text.isdigit() or (name == "seed" and int(text) > MAX_SEED):
+            raise _refuse(f"--{name} takes {PARAMETERS[name]}, not {text!r}")
+        return int(text)
+    if name in {"cfg", "iw"}:
+        try:
+            number = float(text)
+        except ValueError:
+            raise _refuse(f"--{name} takes a number, not {text!r}") from None
+        if not math.isfinite(number) or number < 0:
+            raise _refuse(f"--{name} takes a number from 0, not {text!r}")
+        if name == "iw" and number > MAX_IMAGE_WEIGHT:
+            raise _refuse(f"--iw is from 0 to {MAX_IMAGE_WEIGHT:g}, not {text}")
+        return number
+    return text  # no, sampler, model: the words as typed
+
+
+def strength_of(image_weight: float) -> float:
+    """Image weight (Midjourney's --iw, 0-3, 1 by default) as img2img strength: 1 / (1 + iw),
+    so 0 ignores the image (strength 1), 1 is halfway (0.5), 3 stays closest (0.25)."""
+    return 1.0 / (1.0 + image_weight)
+
+
+def size_for(
+    aspect: tuple[int, int],
+    native: tuple[int, int],
+    sizes: tuple[tuple[int, int], ...] = (),
+    multiple: int = 8,
+    min_side: int = 0,
+) -> tuple[int, int]:
+    """A width and height with the model's native area in the given aspect ratio (its short
+    side at least ``min_side``, the host's smallest), each a multiple of the model's (8; 16
+    for Flux and SD3); for a model with a list of sizes (an image API), the listed size
+    nearest that ratio."""
+    across, down = aspect
+    area = native[0] * native[1]
+    width = math.sqrt(area * across / down)
+    height = area / width
+    if sizes:
+        return nearest_size(sizes, width, height)
+    grow = max(1.0, min_side / min(width, height))
+    step = max(8, multiple)
+    return round(width * grow / step) * step, round(height * grow / step) * step
+
+
+def sized_on(model: ModelInfo, aspect: tuple[int, int], min_side: int = 0) -> tuple[int, int]:
+    """``size_for`` on ``model``; refused on a model that draws its native size only."""
+    if model.fixed_size and aspect[0] * model.native_height != aspect[1] * model.native_width:
+        raise InvalidRequest(
+            "aspect",
+            f"{model.name} draws {model.native_width}×{model.native_height} only: leave out "
+            "the aspect ratio, or pick another model",
+        )
+    native = (model.native_width, model.native_height)
+    return size_for(aspect, native, model.sizes, model.size_multiple, min_side)
+
+
+def apply(
+    request: GenerationRequest,
+    *,
+    aspect: tuple[int, int] | None = None,
+    model_of: Callable[[str | None], ModelInfo],
+    min_side: int = 0,
+) -> tuple[GenerationRequest, list[str]]:
+    """The request with its prompt's parameters where its options (and ``aspect``, the aspect
+    option) say nothing, its size from the aspect on the model it will run (``model_of`` its
+    model option); and the parameters the options overrode. A width or height option is a
+    size option too: it wins over --ar."""
+    typed = parse(request.prompt)
+    values = typed.values
+    sized = request.width is not None or request.height is not None
+    options: dict[str, Any] = {
+        "seed": request.seed,
+        "steps": request.steps,
+        "cfg": request.guidance,
+        "sampler": request.sampler,
+        "model": request.model,
+        "ar": aspect or (True if sized else None),
+        "iw": request.strength,
+    }
+    overridden = [name for name, option in options.items() if option is not None and name in values]
+    if "iw" in values and request.init_image is None:
+        raise InvalidRequest("prompt", "--iw weighs an image to start from: attach one")
+
+    def chosen(name: str) -> Any:
+        return options[name] if options[name] is not None else values.get(name)
+
+    negative = ", ".join(part for part in (request.negative_prompt, values.get("no", "")) if part)
+    strength = request.strength
+    if strength is None and "iw" in values:
+        strength = strength_of(values["iw"])
+    changed = dataclasses.replace(
+        request,
+        prompt=typed.text,
+        raw_prompt=request.prompt if values else request.raw_prompt,
+        negative_prompt=negative,
+        seed=chosen("seed"),
+        steps=chosen("steps"),
+        guidance=chosen("cfg"),
+        sampler=chosen("sampler"),
+        model=chosen("model"),
+        strength=strength,
+    )
+    ratio = aspect if aspect is not None else (None if sized else values.get("ar"))
+    if ratio is not None:
+        width, height = sized_on(model_of(changed.model), ratio, min_side)
+        changed = dataclasses.replace(changed, width=width, height=height)
+    return changed, overridden

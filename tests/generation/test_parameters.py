@@ -1,0 +1,106 @@
+"""Midjourney's parameters typed in a prompt: taken out, put where the options say nothing,
+refused naming the list when unknown or malformed."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from generation.errors import InvalidRequest
+from generation.model_info import ModelInfo
+from generation.parameters import apply, parse, strength_of
+from generation.requests import GenerationRequest, Limits
+from generation.service import GenerationService
+from storage.db import Database
+
+
+def test_parameters_are_taken_out_of_the_prompt() -> None:
+    typed = parse("neon city at night --ar 16:9 --no text, watermark --seed 7 --cfg 4.5")
+    assert typed.text == "neon city at night"
+    assert typed.values == {"ar": (16, 9), "no": "text, watermark", "seed": 7, "cfg": 4.5}
+    # A phone's em dash counts; a -- inside a word, or with no letter after it, does not.
+    assert parse("a cat \u2014ar 2:3").values == {"ar": (2, 3)}
+    assert parse("well--known faces -- and more").values == {}
+    assert parse("a cat --sampler DPM++ 2M Karras").values == {"sampler": "DPM++ 2M Karras"}
+    assert parse("A CAT --AR 1:1 --Steps 4").values == {"ar": (1, 1), "steps": 4}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "says"),
+    [
+        ("a cat --chaos 50", "--chaos is not a parameter here"),
+        ("a cat --ar 16x9", "--ar takes W:H"),
+        ("a cat --ar 0:1", "--ar takes W:H"),
+        ("a cat --ar 9:1", "past 4:1"),
+        ("a cat --seed -1", "--seed takes a whole number"),
+        ("a cat --seed 4294967296", "--seed takes a whole number"),
+        ("a cat --seed 1 --seed 2", "--seed is given twice"),
+        ("a cat --cfg high", "--cfg takes a number"),
+        ("a cat --cfg nan", "--cfg takes a number from 0"),
+        ("a cat --iw 4", "--iw is from 0 to 3"),
+        ("a cat --no", "--no needs a value"),
+        ("--ar 1:1", "has only parameters"),
+    ],
+)
+def test_unknown_or_malformed_parameters_are_refused_with_the_list(prompt: str, says: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        parse(prompt)
+    assert refused.value.option == "prompt" and says in refused.value.message
+    if "only parameters" not in says:
+        assert "--ar (aspect ratio W:H)" in refused.value.message  # the list, to pick from
+
+
+def test_options_win_over_parameters_and_say_which(model: ModelInfo) -> None:
+    asked = GenerationRequest(
+        "neon city --ar 2:1 --no text --seed 9 --steps 3 --cfg 2",
+        user_id=1,
+        seed=5,
+        negative_prompt="blurry",
+    )
+    request, overridden = apply(asked, model_of=lambda name: model, min_side=64)
+    assert overridden == ["seed"]
+    assert (request.prompt, request.raw_prompt) == ("neon city", asked.prompt)
+    assert (request.seed, request.steps, request.guidance) == (5, 3, 2.0)
+    assert request.negative_prompt == "blurry, text"  # joined, never replaced
+    # 64×64's area at 2:1 grown to the smallest side the host takes, in multiples of 8.
+    assert (request.width, request.height) == (128, 64)
+    # The aspect option, and a width or height option, win over --ar.
+    squared, said = apply(asked, aspect=(1, 1), model_of=lambda name: model)
+    assert (squared.width, squared.height) == (64, 64) and said == ["seed", "ar"]
+    wide, said = apply(dataclasses.replace(asked, width=96), model_of=lambda name: model)
+    assert (wide.width, wide.height) == (96, None) and "ar" in said
+    # What the prompt filter reads: the text as typed, parameter values included.
+    assert "--no text" in request.filtered_text
+
+
+def test_image_weight_needs_an_image_and_maps_to_strength(model: ModelInfo) -> None:
+    with pytest.raises(InvalidRequest, match="attach one"):
+        apply(GenerationRequest("a cat --iw 2", user_id=1), model_of=lambda name: model)
+    with_image = GenerationRequest("a cat --iw 1", user_id=1, init_image=b"")
+    request, _ = apply(with_image, model_of=lambda name: model)
+    assert request.strength == 0.5
+    assert strength_of(0) == 1.0 and strength_of(3) == 0.25  # closer to the image as it grows
+
+
+def test_an_aspect_on_a_model_that_draws_one_size_is_refused(model: ModelInfo) -> None:
+    fixed = dataclasses.replace(model, fixed_size=True)
+    with pytest.raises(InvalidRequest, match="draws 64×64 only") as refused:
+        apply(GenerationRequest("a cat --ar 16:9", user_id=1), model_of=lambda name: fixed)
+    assert refused.value.option == "aspect"
+    same, _ = apply(GenerationRequest("a cat --ar 1:1", user_id=1), model_of=lambda name: fixed)
+    assert (same.width, same.height) == (64, 64)
+
+
+async def test_the_job_records_the_prompt_as_typed(
+    sqlite: Database, model: ModelInfo, tmp_path: Path
+) -> None:
+    service = GenerationService(sqlite, model, Limits())
+    asked, _ = apply(
+        GenerationRequest("a red circle --no blue --seed 3", user_id=1),
+        model_of=lambda name: model,
+    )
+    job = (await service.submit(asked)).job
+    assert (job.prompt, job.negative_prompt, job.seed) == ("a red circle", "blue", 3)
+    assert job.raw_prompt == "a red circle --no blue --seed 3"
