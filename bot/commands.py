@@ -155,7 +155,7 @@ def _lora_choices(name: str | None, weight: float | None) -> tuple[LoraChoice, .
 
 def request_sized(error: InvalidRequest, prompt: str) -> bool:
     """Whether a size refusal came from --ar typed in the prompt (named so in the reply)."""
-    return error.option in {"width", "height"} and "--ar" in prompt.lower()
+    return error.option in {"width", "height"} and parameters.asks_aspect(prompt)
 
 
 async def _say_overridden(interaction: discord.Interaction[Any], overridden: list[str]) -> None:

@@ -19,8 +19,11 @@ from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
 from generation.requests import GenerationRequest, nearest_size
 
-# A parameter starts a word: "--name" or "—name" after a space (or at the start).
-_START = re.compile(r"(?:^|(?<=\s))(?:--|\u2014)(?=[A-Za-z])")
+# A parameter starts a word: "--name", or "—name" / "–name" (the dashes phones type for "--"),
+# after a space or at the start.
+_START = re.compile(r"(?:^|(?<=\s))(--|\u2014|\u2013)(?=[A-Za-z])")
+_WHOLE = re.compile(r"[0-9]{1,10}")  # ASCII digits only: int() of anything else may raise
+_NUMBER = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,6})?|\.[0-9]{1,6}")
 _NAME = re.compile(r"[A-Za-z]+")
 # What each parameter sets, and what its value is.
 PARAMETERS = {
@@ -58,13 +61,18 @@ def _refuse(message: str) -> InvalidRequest:
 def parse(prompt: str) -> Parameters:
     """The parameters typed in ``prompt``; refused, naming the parameter, when one is unknown,
     malformed or given twice."""
-    starts = [match.start() for match in _START.finditer(prompt)]
+    # A dash before a word that is no parameter is prose ("a castle —gothic"); "--" never is.
+    starts = [
+        match.start()
+        for match in _START.finditer(prompt)
+        if match.group(1) == "--" or _known(prompt[match.end() :])
+    ]
     if not starts:
         return Parameters(prompt)
     values: dict[str, Any] = {}
     for index, start in enumerate(starts):
         end = starts[index + 1] if index + 1 < len(starts) else len(prompt)
-        body = prompt[start:end].lstrip("-\u2014")
+        body = prompt[start:end].lstrip("-\u2014\u2013")
         name_match = _NAME.match(body)
         assert name_match is not None  # the pattern's lookahead saw a letter
         typed = name_match.group().lower()
@@ -80,11 +88,26 @@ def parse(prompt: str) -> Parameters:
     return Parameters(text, values)
 
 
+def _known(rest: str) -> bool:
+    name = _NAME.match(rest)
+    return (
+        name is not None and ALIASES.get(name.group().lower(), name.group().lower()) in PARAMETERS
+    )
+
+
+def asks_aspect(prompt: str) -> bool:
+    """Whether the prompt types an aspect ratio (so a size refusal names --ar)."""
+    try:
+        return "ar" in parse(prompt).values
+    except InvalidRequest:
+        return False
+
+
 def _value(name: str, text: str) -> Any:
     if not text:
         raise _refuse(f"--{name} needs a value: {PARAMETERS[name]}")
     if name == "ar":
-        match = re.fullmatch(r"(\d{1,4})\s*:\s*(\d{1,4})", text)
+        match = re.fullmatch(r"([0-9]{1,4})\s*:\s*([0-9]{1,4})", text)
         if not match or not int(match[1]) or not int(match[2]):
             raise _refuse(f"--ar takes W:H, such as 16:9, not {text!r}")
         across, down = int(match[1]), int(match[2])
@@ -92,16 +115,13 @@ def _value(name: str, text: str) -> Any:
             raise _refuse(f"--ar {across}:{down} is past 4:1")
         return across, down
     if name in {"seed", "steps"}:
-        if not text.isdigit() or (name == "seed" and int(text) > MAX_SEED):
+        if not _WHOLE.fullmatch(text) or (name == "seed" and int(text) > MAX_SEED):
             raise _refuse(f"--{name} takes {PARAMETERS[name]}, not {text!r}")
         return int(text)
     if name in {"cfg", "iw"}:
-        try:
-            number = float(text)
-        except ValueError:
-            raise _refuse(f"--{name} takes a number, not {text!r}") from None
-        if not math.isfinite(number) or number < 0:
-            raise _refuse(f"--{name} takes a number from 0, not {text!r}")
+        if not _NUMBER.fullmatch(text):
+            raise _refuse(f"--{name} takes a number from 0, such as 4.5, not {text!r}")
+        number = float(text)
         if name == "iw" and number > MAX_IMAGE_WEIGHT:
             raise _refuse(f"--iw is from 0 to {MAX_IMAGE_WEIGHT:g}, not {text}")
         return number
@@ -182,10 +202,14 @@ def apply(
     strength = request.strength
     if strength is None and "iw" in values:
         strength = strength_of(values["iw"])
+    # The filter reads the words typed in parameters with the prompt; not their numbers,
+    # which it would read as letters (a seed of 84552 is not a word).
+    words = " ".join(str(values[name]) for name in ("no", "sampler", "model") if name in values)
     changed = dataclasses.replace(
         request,
         prompt=typed.text,
         raw_prompt=request.prompt if values else request.raw_prompt,
+        parameter_words=words,
         negative_prompt=negative,
         seed=chosen("seed"),
         steps=chosen("steps"),

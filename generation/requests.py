@@ -86,14 +86,17 @@ class GenerationRequest:
     # A job made from another: its parent's preset, for the record and its fair-share factor
     # (its defaults are in the recipe already, never applied again).
     preset: str | None = None
-    # The prompt as typed when parameters (--ar, --no, ...) were taken out of it.
+    # The prompt as typed when parameters (--ar, --no, ...) were taken out of it, and the
+    # words its parameters gave (--no, --sampler, --model): the filter reads them too.
     raw_prompt: str | None = None
+    parameter_words: str = ""
 
     @property
     def filtered_text(self) -> str:
-        """What the prompt filter reads as the prompt: the text as typed (its parameters'
-        values too) and the LoRAs' names."""
-        return " ".join([self.raw_prompt or self.prompt, *(c.name for c in self.loras)])
+        """What the prompt filter reads as the prompt: the text, the words typed in its
+        parameters, and the LoRAs' names."""
+        words = [self.prompt, self.parameter_words, *(c.name for c in self.loras)]
+        return " ".join(word for word in words if word)
 
     @property
     def made_from(self) -> int | None:

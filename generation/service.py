@@ -561,7 +561,7 @@ class GenerationService:
                     user_id=user.id,
                     guild_id=request.guild_id,
                     blocked=blocked,
-                    prompt=request.prompt,
+                    prompt=request.raw_prompt or request.prompt,  # as typed: what matched
                     negative_prompt=request.negative_prompt,
                     now=now,
                 )

@@ -22,7 +22,10 @@ def test_parameters_are_taken_out_of_the_prompt() -> None:
     assert typed.values == {"ar": (16, 9), "no": "text, watermark", "seed": 7, "cfg": 4.5}
     # A phone's em dash counts; a -- inside a word, or with no letter after it, does not.
     assert parse("a cat \u2014ar 2:3").values == {"ar": (2, 3)}
+    assert parse("a cat \u2013ar 2:3 \u2014no dogs").values == {"ar": (2, 3), "no": "dogs"}
     assert parse("well--known faces -- and more").values == {}
+    # A dash before a word that is no parameter is prose; "--" before one is refused.
+    assert parse("a castle \u2014gothic style").text == "a castle \u2014gothic style"
     assert parse("a cat --sampler DPM++ 2M Karras").values == {"sampler": "DPM++ 2M Karras"}
     assert parse("A CAT --AR 1:1 --Steps 4").values == {"ar": (1, 1), "steps": 4}
 
@@ -36,6 +39,10 @@ def test_parameters_are_taken_out_of_the_prompt() -> None:
         ("a cat --ar 9:1", "past 4:1"),
         ("a cat --seed -1", "--seed takes a whole number"),
         ("a cat --seed 4294967296", "--seed takes a whole number"),
+        ("a cat --seed \u00b2", "--seed takes a whole number"),  # isdigit() yet no int()
+        ("a cat --seed \u0667", "--seed takes a whole number"),  # an Arabic-Indic 7
+        ("a cat --steps " + "1" * 4400, "--steps takes a whole number"),  # past int()'s digits
+        ("a cat --cfg \u0663", "--cfg takes a number"),
         ("a cat --seed 1 --seed 2", "--seed is given twice"),
         ("a cat --cfg high", "--cfg takes a number"),
         ("a cat --cfg nan", "--cfg takes a number from 0"),
@@ -71,8 +78,13 @@ def test_options_win_over_parameters_and_say_which(model: ModelInfo) -> None:
     assert (squared.width, squared.height) == (64, 64) and said == ["seed", "ar"]
     wide, said = apply(dataclasses.replace(asked, width=96), model_of=lambda name: model)
     assert (wide.width, wide.height) == (96, None) and "ar" in said
-    # What the prompt filter reads: the text as typed, parameter values included.
-    assert "--no text" in request.filtered_text
+    # The filter reads the words typed in parameters, not their numbers (read as letters,
+    # a seed of 84552 would be "ass").
+    assert request.filtered_text == "neon city text"
+    from generation.prompt_filter import PromptFilter
+
+    seeded, _ = apply(GenerationRequest("a cat --seed 84552", user_id=1), model_of=lambda n: model)
+    assert PromptFilter(["ass"]).check(seeded.filtered_text) is None
 
 
 def test_image_weight_needs_an_image_and_maps_to_strength(model: ModelInfo) -> None:
