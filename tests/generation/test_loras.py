@@ -339,12 +339,16 @@ async def test_a_loras_name_goes_through_the_prompt_filter(
 
 
 def test_img2img_and_inpainting_share_the_weights_and_a_lora_adds_little(
-    trained_model: ModelInfo, lora_engine: DiffusersEngine, catalogue: LoraCatalogue
+    trained_model: ModelInfo, catalogue: LoraCatalogue
 ) -> None:
     """The benchmark's goal (benchmarks/models.py), held: one copy of the weights however
-    many pipelines use them, and a LoRA adds its own small matrices only."""
+    many pipelines use them, and a LoRA adds its own small matrices only. (An engine of its
+    own: the module's has LoRAs loaded by the tests before, in whatever order they ran.)"""
     from diffusers import AutoPipelineForInpainting
 
+    lora_engine = DiffusersEngine(
+        trained_model, device="cpu", dtype="float32", torch_threads=1, loras=catalogue
+    )
     txt2img = lora_engine.txt2img
     alone = parameter_bytes(txt2img)
     inpaint = AutoPipelineForInpainting.from_pipe(txt2img)
