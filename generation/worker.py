@@ -86,8 +86,12 @@ class Worker:
         # the engine, and announced (the claim takes only jobs for models announced).
         self.presets = presets
         self.models_dir = models_dir
-        self._offered: frozenset[tuple[str, str]] | None = None
-        self._offered_at = 0.0
+        # The presets' models last wanted, those found here (by id and revision: found once,
+        # they are not described again), and when the missing ones were last looked for.
+        self._wanted: frozenset[tuple[str, str]] | None = None
+        self._found: dict[tuple[str, str], ModelInfo] = {}
+        self._looked_at = 0.0
+        self._announced: frozenset[str] = frozenset()  # the models the workers table shows
         self.engine = engine
         self.store = store
         self.events = events
@@ -144,8 +148,9 @@ class Worker:
     async def refresh_models(self) -> None:
         """Offer the engine the presets' models this host can load (the same files the preset
         was described from), and announce the change: when the presets change, and every
-        ``MODELS_RECHECK`` seconds (files copied to this host since). A database that is away
-        leaves the last offer as it was."""
+        ``MODELS_RECHECK`` seconds for those not found (files copied to this host since; one
+        found is not described again: if its files go, its load fails the job back). A
+        database that is away leaves the last offer as it was."""
         offer = getattr(self.engine, "offer", None)
         if offer is None or self.presets is None or self.models_dir is None:
             return
@@ -161,23 +166,25 @@ class Worker:
             for p in snapshot.presets.values()
             if p.model is not None and p.model.engine == "diffusers"
         }
-        recheck = time.monotonic() - self._offered_at > MODELS_RECHECK
-        if frozenset(wanted) == self._offered and not recheck:
-            return
-        found = await asyncio.to_thread(_loadable, list(wanted.values()), self.models_dir)
-        before = set(self.engine.models)
-        offer(found)
-        offered = frozenset(wanted), time.monotonic()
-        if set(self.engine.models) == before:
-            self._offered, self._offered_at = offered
+        missing = [key for key in wanted if key not in self._found]
+        recheck = bool(missing) and time.monotonic() - self._looked_at > MODELS_RECHECK
+        if frozenset(wanted) != self._wanted or recheck:
+            new = await asyncio.to_thread(
+                _loadable, [wanted[key] for key in missing], self.models_dir
+            )
+            self._looked_at = time.monotonic()
+            found = {**self._found, **{(m.model_id, m.revision): m for m in new}}
+            self._found = {key: model for key, model in found.items() if key in wanted}
+            offer(list(self._found.values()))
+            self._wanted = frozenset(wanted)
+        if frozenset(self.engine.models) == self._announced:
             return
         logger.info(
             "worker %s runs %s",
             self.worker_id,
             ", ".join(m.name for m in self.engine.models.values()),
         )
-        if await self._announce():  # else tried again at the next claim
-            self._offered, self._offered_at = offered
+        await self._announce()  # if the database is away: again at the next claim
 
     def _claimable(self) -> list[str]:
         now = time.monotonic()
@@ -362,9 +369,9 @@ class Worker:
         async with self.db.uow() as uow:
             return await uow.queue.waiting_count(list(self.engine.models)) > 0
 
-    async def _announce(self) -> bool:
+    async def _announce(self) -> None:
         """Say who this worker is (id, host, device, models) where `imagine-bot workers` looks
-        (and the claims of the models it announces); False when the database was away."""
+        (and the claims of the models it announces)."""
         try:
             async with self.db.uow() as uow:
                 await uow.workers.announce(
@@ -380,8 +387,8 @@ class Worker:
             if not is_transient(error):
                 raise
             logger.warning("worker %s could not announce itself: %s", self.worker_id, error)
-            return False
-        return True
+            return
+        self._announced = frozenset(self.engine.models)
 
     async def _beat(self, state: str, job_id: int | None) -> None:
         try:

@@ -247,7 +247,7 @@ async def test_a_preset_runs_a_model_of_its_own_on_the_workers_that_have_its_fil
 
     # The files come (the worker looks again): it announces the model and runs the job on it.
     hidden.rename(folder)
-    worker._offered_at = 0.0  # as if MODELS_RECHECK had passed
+    worker._looked_at = 0.0  # as if MODELS_RECHECK had passed
     assert await worker.run(burst=True) == 1
     async with sqlite.uow() as uow:
         rows = await uow.workers.all()
