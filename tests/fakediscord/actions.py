@@ -239,6 +239,94 @@ class LocalDiscord(FakeDiscord):
             f"no button {label!r} on message {message_id}; it has {self.buttons(stored)}"
         )
 
+    async def choose(
+        self, message_id: int, placeholder: str, values: list[str], user: FakeUser
+    ) -> Interaction:
+        """Pick ``values`` (by label or value) in the string select with that placeholder (or
+        custom id) on a message; Discord sends only values the select offers, as many as it
+        allows."""
+        stored = self.messages[message_id]
+        for row in stored["components"]:
+            for component in row.get("components", []):
+                if component.get("type") != 3 or placeholder not in (
+                    component.get("placeholder"),
+                    component.get("custom_id"),
+                ):
+                    continue
+                offered = {o["label"]: o["value"] for o in component["options"]}
+                offered.update({o["value"]: o["value"] for o in component["options"]})
+                unknown = [v for v in values if v not in offered]
+                if unknown:
+                    raise AssertionError(f"{placeholder!r} offers no {unknown}: {sorted(offered)}")
+                low, high = component.get("min_values", 1), component.get("max_values", 1)
+                if not low <= len(values) <= high:
+                    raise AssertionError(f"{placeholder!r} takes {low} to {high} values")
+                data = {
+                    "custom_id": component["custom_id"],
+                    "component_type": 3,
+                    "values": [offered[v] for v in values],
+                }
+                interaction = self._interaction(3, user, data, int(stored["channel_id"]))
+                interaction.message_id = message_id
+                payload = self._payload(interaction, data)
+                payload["message"] = stored
+                await self.dispatch("INTERACTION_CREATE", payload)
+                return interaction
+        raise AssertionError(f"no select {placeholder!r} on message {message_id}")
+
+    def modal_fields(self, interaction: Interaction) -> dict[str, str]:
+        """The modal the interaction was answered with: each text input's label and its
+        pre-filled value."""
+        if interaction.modal is None:
+            raise AssertionError(f"interaction {interaction.id} was not answered with a modal")
+        fields = {}
+        for row in interaction.modal["components"]:
+            if row["type"] == 1:
+                item = row["components"][0]
+                fields[item["label"]] = item.get("value") or ""
+            else:
+                fields[row["label"]] = row["component"].get("value") or ""
+        return fields
+
+    async def submit_modal(
+        self, opened: Interaction, values: dict[str, str], user: FakeUser | None = None
+    ) -> Interaction:
+        """Fill in the modal ``opened`` was answered with (``values`` by label; a field not
+        given keeps its pre-filled value) and submit it, as its member (a required field left
+        empty, or a value outside its lengths, the client does not send)."""
+        modal = opened.modal
+        if modal is None:
+            raise AssertionError(f"interaction {opened.id} was not answered with a modal")
+        user = user or opened.user
+        submitted = []
+        labels = set()
+        for row in modal["components"]:
+            item = row["components"][0] if row["type"] == 1 else row["component"]
+            label = item["label"] if row["type"] == 1 else row["label"]
+            labels.add(label)
+            value = values.get(label, item.get("value") or "")
+            if item.get("required", True) and not value:
+                raise AssertionError(f"the modal's {label!r} is required")
+            low, high = item.get("min_length") or 0, item.get("max_length") or 4000
+            if value and not low <= len(value) <= high:
+                raise AssertionError(f"the modal's {label!r} takes {low} to {high} characters")
+            answer = {"type": 4, "custom_id": item["custom_id"], "value": value}
+            if row["type"] == 1:
+                submitted.append({"type": 1, "components": [answer]})
+            else:
+                submitted.append({"type": 18, "component": answer})
+        unknown = set(values) - labels
+        if unknown:
+            raise AssertionError(f"the modal has no field {sorted(unknown)}: {sorted(labels)}")
+        data = {"custom_id": modal["custom_id"], "components": submitted}
+        interaction = self._interaction(5, user, data, opened.channel_id)
+        interaction.message_id = opened.message_id  # a modal opened from a message's button
+        payload = self._payload(interaction, data)
+        if opened.message_id is not None and opened.message_id in self.messages:
+            payload["message"] = self.messages[opened.message_id]
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction
+
     async def react(self, message_id: int, emoji: str, user: FakeUser) -> None:
         stored = self.messages.get(message_id)
         channel_id = int(stored["channel_id"]) if stored else self.channel_of(user)

@@ -32,7 +32,16 @@ ATTACHMENTS = 10
 DEFAULT_FILE_LIMIT = 10 * 1024 * 1024  # a server without boosts, and DMs
 
 ACTION_ROW, BUTTON, LINK = 1, 2, 5
+STRING_SELECT, TEXT_INPUT, LABEL = 3, 4, 18
 SELECTS = {3, 5, 6, 7, 8}  # string, user, role, mentionable and channel selects
+# A modal (interaction response type 9): its title, its 1-5 components (a text input in an
+# action row, or a text input or string select in a label), a text input's label and lengths.
+MODAL_TITLE = 45
+MODAL_COMPONENTS = 5
+INPUT_LABEL = 45
+LABEL_DESCRIPTION = 100
+INPUT_LENGTH = 4000
+INPUT_PLACEHOLDER = 100
 
 
 def units(text: str) -> int:
@@ -256,13 +265,111 @@ def _check_item(
                 errors.add((*path, "url"), "URL_TYPE_INVALID_URL", "Not a well formed URL.")
             return
     elif kind in SELECTS:
-        errors.max_length((*path, "placeholder"), item.get("placeholder"), SELECT_PLACEHOLDER)
-        options = item.get("options") or []
-        if kind == 3:
-            errors.count((*path, "options"), options, 1, SELECT_OPTIONS)
-        for number, option in enumerate(options):
-            for key in ("label", "value", "description"):
-                errors.max_length((*path, "options", number, key), option.get(key), OPTION_TEXT)
+        _check_select(errors, path, item)
+    custom_id = item.get("custom_id")
+    if not custom_id:
+        errors.add((*path, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required")
+        return
+    errors.max_length((*path, "custom_id"), custom_id, CUSTOM_ID)
+    if custom_id in seen:
+        errors.add(
+            (*path, "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+            "Component custom id was already specified",
+        )
+    seen.add(custom_id)
+
+
+def _check_select(errors: FormErrors, path: tuple[str | int, ...], item: dict[str, Any]) -> None:
+    kind = item.get("type")
+    errors.max_length((*path, "placeholder"), item.get("placeholder"), SELECT_PLACEHOLDER)
+    options = item.get("options") or []
+    if kind == STRING_SELECT:
+        errors.count((*path, "options"), options, 1, SELECT_OPTIONS)
+        low, high = item.get("min_values", 1), item.get("max_values", 1)
+        if not 0 <= low <= high <= min(len(options), SELECT_OPTIONS):
+            errors.add(
+                (*path, "max_values"),
+                "NUMBER_TYPE_MAX",
+                "min_values and max_values must fit the options",
+            )
+        if sum(bool(option.get("default")) for option in options) > high:
+            errors.add((*path, "options"), "SELECT_DEFAULTS", "More defaults than max_values")
+        values = [option.get("value") for option in options]
+        if len(set(values)) != len(values):
+            errors.add((*path, "options"), "SELECT_DUPLICATE_VALUE", "Option values repeat")
+    for number, option in enumerate(options):
+        for key in ("label", "value", "description"):
+            errors.max_length((*path, "options", number, key), option.get(key), OPTION_TEXT)
+
+
+def check_modal(body: dict[str, Any]) -> FormErrors:
+    """Check a modal's ``data`` as Discord does (its documented limits)."""
+    errors = FormErrors()
+    custom_id = body.get("custom_id")
+    if not custom_id:
+        errors.add(("custom_id",), "BASE_TYPE_REQUIRED", "This field is required")
+    errors.max_length(("custom_id",), custom_id, CUSTOM_ID)
+    title = body.get("title")
+    if not title:
+        errors.add(("title",), "BASE_TYPE_REQUIRED", "This field is required")
+    errors.max_length(("title",), title, MODAL_TITLE)
+    rows = body.get("components") or []
+    errors.count(("components",), rows, 1, MODAL_COMPONENTS)
+    seen: set[str] = set()
+    for number, row in enumerate(rows):
+        path: tuple[str | int, ...] = ("components", number)
+        kind = row.get("type")
+        if kind == ACTION_ROW:  # the older form: one text input with its own label
+            items = row.get("components") or []
+            errors.count((*path, "components"), items, 1, 1)
+            for place, item in enumerate(items):
+                where = (*path, "components", place)
+                if item.get("type") != TEXT_INPUT:
+                    errors.add((*where, "type"), "UNION_TYPE_CHOICES", "Value must be one of {4}.")
+                    continue
+                _check_label(errors, where, item.get("label"), INPUT_LABEL)
+                _check_input(errors, where, item, seen)
+        elif kind == LABEL:
+            _check_label(errors, path, row.get("label"), INPUT_LABEL)
+            errors.max_length((*path, "description"), row.get("description"), LABEL_DESCRIPTION)
+            item = row.get("component") or {}
+            where = (*path, "component")
+            if item.get("type") == TEXT_INPUT:
+                if "label" in item:
+                    errors.add((*where, "label"), "BASE_TYPE_BAD", "A label's input has no label")
+                _check_input(errors, where, item, seen)
+            elif item.get("type") == STRING_SELECT:
+                _check_item(errors, where, item, seen)
+            else:
+                errors.add((*where, "type"), "UNION_TYPE_CHOICES", "Value must be one of {3, 4}.")
+        else:
+            errors.add((*path, "type"), "UNION_TYPE_CHOICES", "Value must be one of {1, 18}.")
+    return errors
+
+
+def _check_label(errors: FormErrors, path: tuple[str | int, ...], label: Any, limit: int) -> None:
+    if not label:
+        errors.add((*path, "label"), "BASE_TYPE_REQUIRED", "This field is required")
+    errors.max_length((*path, "label"), label, limit)
+
+
+def _check_input(
+    errors: FormErrors, path: tuple[str | int, ...], item: dict[str, Any], seen: set[str]
+) -> None:
+    """A text input: short (1) or paragraph (2), lengths within 0-4000, a value that fits them."""
+    if item.get("style") not in (1, 2):
+        errors.add((*path, "style"), "UNION_TYPE_CHOICES", "Value must be one of {1, 2}.")
+    low, high = item.get("min_length"), item.get("max_length")
+    if low is not None and not 0 <= int(low) <= INPUT_LENGTH:
+        errors.add((*path, "min_length"), "NUMBER_TYPE_MAX", f"Must be 0 to {INPUT_LENGTH}.")
+    if high is not None and not 1 <= int(high) <= INPUT_LENGTH:
+        errors.add((*path, "max_length"), "NUMBER_TYPE_MAX", f"Must be 1 to {INPUT_LENGTH}.")
+    value = item.get("value")
+    errors.max_length((*path, "value"), value, int(high) if high is not None else INPUT_LENGTH)
+    if value and low is not None and units(value) < int(low):
+        errors.add((*path, "value"), "BASE_TYPE_MIN_LENGTH", f"Must be {low} or more in length.")
+    errors.max_length((*path, "placeholder"), item.get("placeholder"), INPUT_PLACEHOLDER)
     custom_id = item.get("custom_id")
     if not custom_id:
         errors.add((*path, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required")

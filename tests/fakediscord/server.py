@@ -121,6 +121,7 @@ class Interaction:
     expired: bool = False
     refused: bool = False  # the token answers 401 although it has not expired
     answered: float | None = None  # time.monotonic() when the callback arrived
+    modal: dict[str, Any] | None = None  # the modal it was answered with (response type 9)
 
     def alive(self) -> bool:
         return not self.expired and time.monotonic() - self.created < TOKEN_LIFETIME
@@ -804,16 +805,7 @@ class FakeDiscord:
             return api_error(404, 10062, "Unknown interaction")
         kind = call.json["type"]
         body = call.json.get("data") or {}
-        if (kind == 8) != (interaction.type == 4):
-            # Suggestions answer an autocomplete interaction, which takes nothing else.
-            return api_error(400, 50035, "Invalid Form Body (interaction response type)")
-        if kind == 8:
-            self.check_suggestions(body)
-        elif kind == 4:
-            self.check(call, body, file_limit=interaction.attachment_size_limit)
-        elif kind == 7 and interaction.message_id in self.messages:
-            editing = self.messages[interaction.message_id]
-            self.check(call, body, file_limit=interaction.attachment_size_limit, editing=editing)
+        self._check_response(interaction, kind, call, body)
         interaction.callback_type = kind
         interaction.answered = time.monotonic()
         self.callbacks.append((interaction.id, kind, body))
@@ -846,6 +838,34 @@ class FakeDiscord:
         if resource is not None:
             answer["resource"] = resource
         return json_response(answer)
+
+    def _check_response(
+        self, interaction: Interaction, kind: int, call: Call, body: dict[str, Any]
+    ) -> None:
+        """Refuse a response Discord refuses: one of a type the interaction does not take, or
+        a message or modal past the limits."""
+        if (kind == 8) != (interaction.type == 4):
+            # Suggestions answer an autocomplete interaction, which takes nothing else.
+            raise ApiError(400, 50035, "Invalid Form Body (interaction response type)")
+        if kind == 9 and interaction.type not in (2, 3):
+            # A modal answers a command or a component, never a modal's submission.
+            raise ApiError(400, 50035, "Invalid Form Body (interaction response type)")
+        if kind in (6, 7) and interaction.message_id is None:
+            # Only an interaction on a message (a component, or a modal opened by one) can
+            # update that message.
+            raise ApiError(400, 50035, "Invalid Form Body (interaction response type)")
+        if kind == 8:
+            self.check_suggestions(body)
+        elif kind == 9:
+            errors = rules.check_modal(body)
+            if errors:
+                raise invalid_form(errors)
+            interaction.modal = body
+        elif kind == 4:
+            self.check(call, body, file_limit=interaction.attachment_size_limit)
+        elif kind == 7 and interaction.message_id in self.messages:
+            editing = self.messages[interaction.message_id]
+            self.check(call, body, file_limit=interaction.attachment_size_limit, editing=editing)
 
     def _too_late(self, interaction: Interaction) -> bool:
         if self.response_deadline is None:

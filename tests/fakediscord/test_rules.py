@@ -504,3 +504,123 @@ def test_subcommands_nest_only_as_discord_allows() -> None:
         assert rules.check_command({"name": "admin", "description": "x", "options": options}), (
             options
         )
+
+
+def _text_input(**fields: Any) -> dict[str, Any]:
+    return {"type": 4, "custom_id": "prompt", "style": 2, "label": "Prompt", **fields}
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "code"),
+    [
+        ({"title": "t" * 46}, ("title",), "BASE_TYPE_MAX_LENGTH"),
+        ({"components": []}, ("components",), "BASE_TYPE_BAD_LENGTH"),
+        (
+            {"components": [{"type": 1, "components": [_text_input()]}] * 6},
+            ("components",),
+            "BASE_TYPE_BAD_LENGTH",
+        ),
+        (
+            {"components": [{"type": 1, "components": [_text_input(label="l" * 46)]}]},
+            ("components", 0, "components", 0, "label"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            {"components": [{"type": 1, "components": [_text_input(value="v" * 4001)]}]},
+            ("components", 0, "components", 0, "value"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            {
+                "components": [
+                    {"type": 1, "components": [_text_input(max_length=10, value="v" * 11)]}
+                ]
+            },
+            ("components", 0, "components", 0, "value"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+        (
+            {"components": [{"type": 1, "components": [_text_input(style=3)]}]},
+            ("components", 0, "components", 0, "style"),
+            "UNION_TYPE_CHOICES",
+        ),
+        (
+            {"components": [{"type": 1, "components": [{"type": 2, "custom_id": "b"}]}]},
+            ("components", 0, "components", 0, "type"),
+            "UNION_TYPE_CHOICES",
+        ),
+        (
+            {
+                "components": [
+                    {"type": 1, "components": [_text_input()]},
+                    {"type": 1, "components": [_text_input()]},
+                ]
+            },
+            ("components", 1, "components", 0, "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+        ),
+    ],
+)
+def test_a_modal_is_held_to_discords_limits(
+    change: dict[str, Any], path: tuple[str | int, ...], code: str
+) -> None:
+    modal = {
+        "custom_id": "remix",
+        "title": "Remix",
+        "components": [{"type": 1, "components": [_text_input()]}],
+        **change,
+    }
+    errors = rules.check_modal(modal)
+    node = errors.tree
+    for part in path:
+        node = node[str(part)]
+    assert [error["code"] for error in node["_errors"]] == [code]
+    base = {
+        "custom_id": "remix",
+        "title": "Remix",
+        "components": [{"type": 1, "components": [_text_input()]}],
+    }
+    assert not rules.check_modal(base)
+
+
+async def test_a_modal_answers_a_command_or_a_component_but_not_a_modal(
+    server: LocalDiscord, http: aiohttp.ClientSession
+) -> None:
+    modal = {
+        "custom_id": "remix",
+        "title": "Remix",
+        "components": [{"type": 1, "components": [_text_input(value="a fox")]}],
+    }
+    command = await server.invoke("imagine", server.alice)
+    path = f"/interactions/{command.id}/{command.token}/callback"
+    status, _ = await _request(http, server, "POST", path, {"type": 9, "data": modal}, headers={})
+    assert status == 200
+    assert server.modal_fields(command) == {"Prompt": "a fox"}
+    submitted = await server.submit_modal(command, {"Prompt": "a cat"})
+    assert submitted.type == 5
+    path = f"/interactions/{submitted.id}/{submitted.token}/callback"
+    status, answer = await _request(
+        http, server, "POST", path, {"type": 9, "data": modal}, headers={}
+    )
+    assert status == 400 and answer["code"] == 50035
+    # Not opened from a message: it cannot update one (6, 7).
+    status, answer = await _request(http, server, "POST", path, {"type": 6}, headers={})
+    assert status == 400 and answer["code"] == 50035
+    assert (await _request(http, server, "POST", path, {"type": 5}, headers={}))[0] == 200
+
+
+def test_a_string_select_takes_as_many_values_as_it_has_options() -> None:
+    def select(**fields: Any) -> dict[str, Any]:
+        options = [{"label": "a", "value": "a"}, {"label": "b", "value": "b"}]
+        item = {"type": 3, "custom_id": "s", "options": options, **fields}
+        return {"content": "x", "components": [{"type": 1, "components": [item]}]}
+
+    assert not rules.check_message(select())
+    assert not rules.check_message(select(min_values=0, max_values=2))
+    assert rules.check_message(select(max_values=3))
+    options = [
+        {"label": "a", "value": "a", "default": True},
+        {"label": "b", "value": "b", "default": True},
+    ]
+    assert rules.check_message(select(options=options))
+    assert rules.check_message(select(options=[{"label": "a", "value": "a"}] * 2))
