@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -18,7 +19,7 @@ from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
 from generation.loras import parse_choice
 from generation.model_info import ModelInfo
-from generation.presets import PresetBook
+from generation.presets import Preset, PresetBook
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
 from generation.service import GenerationService, JobView, Submission
@@ -108,9 +109,28 @@ def generate(
             except InvalidRequest:  # refused by the submit, naming what there is
                 return service.model
 
+        def preset_of(name: str | None) -> Preset | None:
+            try:
+                return PresetBook.chosen(snapshot, name, None)
+            except InvalidRequest:
+                return None
+
+        # The user's /settings, where neither an option nor the prompt says otherwise.
+        prefs = await service.preferences(user_id)
+        if prefs.model is not None and not service.offered(prefs.model, snapshot, None):
+            click.echo(
+                f"user {user_id}'s default model {prefs.model} is not offered outside its "
+                "servers: the host's default is used",
+                err=True,
+            )
+            prefs = dataclasses.replace(prefs, model=None)
         # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
         asked, overridden = parameters.apply(
-            request, model_of=model_of, min_side=service.limits.min_size
+            request,
+            model_of=model_of,
+            min_side=service.limits.min_size,
+            defaults=prefs,
+            preset_of=preset_of,
         )
         for name in overridden:
             click.echo(f"--{name} in the prompt: the command's option is used instead", err=True)

@@ -17,6 +17,7 @@ from bot.admin import AdminCog
 from bot.buttons import AdminButton, JobButton, QueuePageButton
 from bot.commands import RECEIVED, ImagineCog, refuse
 from bot.delivery import Deliveries
+from bot.preferences import PreferencesCog, SettingsButton, SettingsSelect
 from bot.runtime import Runtime
 from generation.access import Access, Actor
 from generation.faults import is_transient
@@ -86,6 +87,7 @@ class ImagineBot(commands.Bot):
         self.making = asyncio.Semaphore(1 if runtime.db.dialect == "sqlite" else 3)
         self.handlers: ImagineCog
         self.admin: AdminCog
+        self.preferences: PreferencesCog
 
     def serves(self, guild_id: int | None, *, dm_commands: bool = True) -> bool:
         """Whether the bot serves this server (``IMAGINE_GUILD_IDS``, or every server when
@@ -136,7 +138,11 @@ class ImagineBot(commands.Bot):
         await self.add_cog(self.handlers)
         self.admin = AdminCog(self)
         await self.add_cog(self.admin)
-        self.add_dynamic_items(JobButton, AdminButton, QueuePageButton)
+        self.preferences = PreferencesCog(self)
+        await self.add_cog(self.preferences)
+        self.add_dynamic_items(
+            JobButton, AdminButton, QueuePageButton, SettingsSelect, SettingsButton
+        )
         self.tree.on_error = self._command_error  # type: ignore[method-assign]
         settings = self.runtime.settings
         if settings.open_to_all_servers or not settings.guild_ids:

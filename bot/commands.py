@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot import messages
 from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
+from bot.preferences import REMIXABLE, RemixForm
 from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
 from generation import parameters, wording
@@ -40,7 +41,8 @@ from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.loras import MAX_LORA_WEIGHT, LoraChoice
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
-from generation.presets import PresetBook
+from generation.preferences import ASPECTS
+from generation.presets import Preset, PresetBook
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
@@ -54,15 +56,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ASPECTS = {
-    "1:1": (1, 1),
-    "3:2": (3, 2),
-    "2:3": (2, 3),
-    "4:3": (4, 3),
-    "3:4": (3, 4),
-    "16:9": (16, 9),
-    "9:16": (9, 16),
-}
 UNKNOWN_INTERACTION = 10062
 UNKNOWN = object()  # the interaction was unknown to Discord when the bot answered it
 WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a database outage
@@ -158,12 +151,18 @@ def request_sized(error: InvalidRequest, prompt: str) -> bool:
     return error.option in {"width", "height"} and parameters.asks_aspect(prompt)
 
 
-async def _say_overridden(interaction: discord.Interaction[Any], overridden: list[str]) -> None:
-    """The options won over the same parameters typed in the prompt: say so, to the member."""
-    if not overridden:
+async def _say_overridden(
+    interaction: discord.Interaction[Any], overridden: list[str], note: str | None = None
+) -> None:
+    """The options won over the same parameters typed in the prompt, or the member's settings
+    could not all be used (``note``): say so, to the member."""
+    lines = [note] if note else []
+    if overridden:
+        names = ", ".join(f"--{name}" for name in overridden)
+        lines.append(f"Your command's options were used instead of {names} in the prompt.")
+    if not lines:
         return
-    names = ", ".join(f"--{name}" for name in overridden)
-    text = f"Your command's options were used instead of {names} in the prompt."
+    text = "\n".join(lines)
     with contextlib.suppress(discord.HTTPException):  # a courtesy: the job is queued anyway
         await interaction.followup.send(**messages.plain(text).send_kwargs(), ephemeral=True)
 
@@ -189,6 +188,13 @@ class ImagineCog(commands.Cog):
             return self.service.preset_model(preset) if preset else self.service.model_for(name)
         except InvalidRequest:
             return self.service.model
+
+    def _preset_of(self, name: str | None, guild_id: int | None) -> Preset | None:
+        """The preset a job on ``name`` runs (its server's default when None), if any."""
+        try:
+            return PresetBook.chosen(self.service.presets.snapshot, name, guild_id)
+        except InvalidRequest:
+            return None
 
     # -- /imagine ----------------------------------------------------------------------------
 
@@ -235,6 +241,7 @@ class ImagineCog(commands.Cog):
         settings = self.bot.runtime.settings
         nsfw, public = channel_flags(interaction.channel)
         overridden: list[str] = []
+        prefs, note = await self.bot.preferences.for_job(interaction.user.id, interaction.guild_id)
         try:
             if image is not None:
                 check_attachment(image, settings.max_upload_bytes, settings.max_upload_pixels)
@@ -266,6 +273,8 @@ class ImagineCog(commands.Cog):
                 aspect=aspect_ratio(aspect),
                 model_of=lambda name: self._model_of(name, interaction.guild_id),
                 min_side=self.service.limits.min_size,
+                defaults=prefs,  # the member's /settings, where neither says
+                preset_of=lambda name: self._preset_of(name, interaction.guild_id),
             )
             # In a thread: the first use of a LoRA file hashes it.
             await asyncio.to_thread(self.service.check, request)
@@ -293,7 +302,7 @@ class ImagineCog(commands.Cog):
             return
         if image is None:
             await self._submit(interaction, call=("submit", encode_request(request)), aspect=aspect)
-            await _say_overridden(interaction, overridden)
+            await _say_overridden(interaction, overridden, note)
             return
 
         async def submit(target: DeliveryTarget) -> Submission:
@@ -305,7 +314,7 @@ class ImagineCog(commands.Cog):
             return await self.service.submit(dataclasses.replace(request, init_image=data), target)
 
         await self._submit(interaction, submit=submit, aspect=aspect)
-        await _say_overridden(interaction, overridden)
+        await _say_overridden(interaction, overridden, note)
 
     @imagine.autocomplete("lora")
     async def _lora_names(
@@ -581,18 +590,74 @@ class ImagineCog(commands.Cog):
         job_id: int,
         index: int | None,
     ) -> None:
-        """U/V/🔄 and friends: a new job from the stored one, answered with a new message."""
+        """U/V/🔄 and friends: a new job from the stored one, answered with a new message;
+        with the member's remix mode on, a Vary or 🔄 opens the form to edit its prompt first."""
         if action is Action.CANCEL:
             await self._cancel(interaction, job_id)
             return
+        if action in REMIXABLE:
+            prefs = await self.bot.preferences.read(interaction.user.id)
+            if prefs is not None and prefs.remix:
+                await self._open_remix(interaction, action, job_id, index)
+                return
+        await self._derive(interaction, action, job_id, index)
+
+    async def _parent(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int
+    ) -> JobView | None:
+        """The job a button acts on, if the member may use it here (else refused: None)."""
         try:
             parent = await self._visible(interaction, job_id, on_message=True)
         except GenerationError as error:
             await refuse(interaction, str(error))
-            return
+            return None
         if not self.bot.serves(parent.job.guild_id, dm_commands=False):
             # A result (in a DM, say) of a server the host no longer serves.
             await refuse(interaction, messages.NOT_SERVED)
+            return None
+        return parent
+
+    async def _open_remix(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        action: Action,
+        job_id: int,
+        index: int | None,
+    ) -> None:
+        """The remix form, with the job's prompt and negative prompt to edit."""
+        parent = await self._parent(interaction, job_id)
+        if parent is None:
+            return
+        job = parent.job
+        form = RemixForm(action, job_id, index, job.prompt, job.negative_prompt)
+        await interaction.response.send_modal(form)
+
+    async def remix(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        action: Action,
+        job_id: int,
+        index: int | None,
+        *,
+        prompt: str,
+        negative: str,
+    ) -> None:
+        """The remix form sent: the variation or reroll, with the texts as edited."""
+        if action not in REMIXABLE:
+            await refuse(interaction, "Only a variation or a reroll can be remixed.")
+            return
+        await self._derive(interaction, action, job_id, index, edited=(prompt, negative))
+
+    async def _derive(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        action: Action,
+        job_id: int,
+        index: int | None,
+        edited: tuple[str, str] | None = None,
+    ) -> None:
+        parent = await self._parent(interaction, job_id)
+        if parent is None:
             return
         kind, strength = {
             Action.UPSCALE: (JobKind.UPSCALE, None),
@@ -617,6 +682,8 @@ class ImagineCog(commands.Cog):
             "user_name": interaction.user.name,
             "role_ids": list(_role_ids(interaction.user)),
         }
+        if edited is not None:  # the remix form's texts: the job records them
+            derive["prompt"], derive["negative_prompt"] = edited
         await self._submit(interaction, call=("derive", derive))
 
     def _actor(self, interaction: discord.Interaction[ImagineBot]) -> Actor:

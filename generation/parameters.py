@@ -17,6 +17,7 @@ from typing import Any
 
 from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
+from generation.preferences import Preferences
 from generation.requests import GenerationRequest, nearest_size
 
 # A parameter starts a word: "--name", or "—name" / "–name" (the dashes phones type for "--"),
@@ -174,11 +175,15 @@ def apply(
     aspect: tuple[int, int] | None = None,
     model_of: Callable[[str | None], ModelInfo],
     min_side: int = 0,
+    defaults: Preferences | None = None,
+    preset_of: Callable[[str | None], Any] = lambda _: None,
 ) -> tuple[GenerationRequest, list[str]]:
     """The request with its prompt's parameters where its options (and ``aspect``, the aspect
-    option) say nothing, its size from the aspect on the model it will run (``model_of`` its
-    model option); and the parameters the options overrode. A width or height option is a
-    size option too: it wins over --ar."""
+    option) say nothing, then the member's ``defaults`` (/settings) where neither does (less
+    what the job's preset, ``preset_of`` its model's name, sets itself); its size from the
+    aspect on the model it will run (``model_of`` its model's name); and the parameters the
+    options overrode. A width or height option is a size option too: it wins over --ar and
+    the default aspect."""
     typed = parse(request.prompt)
     values = typed.values
     sized = request.width is not None or request.height is not None
@@ -198,6 +203,17 @@ def apply(
     def chosen(name: str) -> Any:
         return options[name] if options[name] is not None else values.get(name)
 
+    model = chosen("model")
+    if defaults is not None:
+        model = model or defaults.model
+        defaults = defaults.under(preset_of(model))
+    else:
+        defaults = Preferences()
+
+    def fallback(name: str, default: Any) -> Any:
+        value = chosen(name)
+        return default if value is None else value
+
     negative = ", ".join(part for part in (request.negative_prompt, values.get("no", "")) if part)
     strength = request.strength
     if strength is None and "iw" in values:
@@ -212,14 +228,52 @@ def apply(
         parameter_words=words,
         negative_prompt=negative,
         seed=chosen("seed"),
-        steps=chosen("steps"),
-        guidance=chosen("cfg"),
-        sampler=chosen("sampler"),
-        model=chosen("model"),
+        steps=fallback("steps", defaults.steps),
+        guidance=fallback("cfg", defaults.guidance),
+        sampler=fallback("sampler", defaults.sampler),
+        model=model,
         strength=strength,
     )
     ratio = aspect if aspect is not None else (None if sized else values.get("ar"))
+    model_info = model_of(changed.model)
+    # The member's default aspect: for a picture made from nothing (one from an image keeps
+    # its shape), on a model that draws more than one size.
+    if ratio is None and not sized and request.init_image is None and not model_info.fixed_size:
+        ratio = defaults.ratio
     if ratio is not None:
-        width, height = sized_on(model_of(changed.model), ratio, min_side)
+        width, height = sized_on(model_info, ratio, min_side)
         changed = dataclasses.replace(changed, width=width, height=height)
     return changed, overridden
+
+
+# What a remix (the prompt edited before a variation or a reroll) cannot change: the job is
+# its parent's picture made again, at its size, on its model, from its image.
+FIXED_IN_REMIX = ("ar", "model", "iw")
+
+
+def remix(request: GenerationRequest, text: str, negative: str) -> GenerationRequest:
+    """A derived job's request with its prompt and negative prompt edited in the remix form:
+    the parameters typed in the new text (--no, --seed, --steps, --cfg, --sampler) apply to
+    it; those that would make another picture (--ar, --model, --iw) are refused."""
+    typed = parse(text)
+    values = typed.values
+    fixed = [f"--{name}" for name in FIXED_IN_REMIX if name in values]
+    if fixed:
+        raise InvalidRequest(
+            "prompt",
+            f"{', '.join(fixed)} cannot change in a remix: it varies its parent's picture, at "
+            "its size and on its model; ask /imagine for a new one instead",
+        )
+    negative = ", ".join(part for part in (negative.strip(), values.get("no", "")) if part)
+    words = " ".join(str(values[name]) for name in ("no", "sampler") if name in values)
+    return dataclasses.replace(
+        request,
+        prompt=typed.text,
+        raw_prompt=text if values else None,
+        parameter_words=words,
+        negative_prompt=negative,
+        seed=values.get("seed", request.seed),
+        steps=values.get("steps", request.steps),
+        guidance=values.get("cfg", request.guidance),
+        sampler=values.get("sampler", request.sampler),
+    )

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
 
+from generation import parameters
 from generation.access import Actor, hidden
 from generation.errors import (
     InvalidRequest,
@@ -29,6 +30,7 @@ from generation.intents import OPERATIONS, decode_arguments, decode_delivery
 from generation.loras import LoraCatalogue, choices_of
 from generation.model_info import ModelInfo, describe_model
 from generation.outbox import DeliveryTarget
+from generation.preferences import Preferences
 from generation.presets import Preset, PresetBook, Snapshot
 from generation.prompt_filter import Blocked, PromptFilter
 from generation.quotas import Quotas, Usage, admit, check_override, usage
@@ -711,6 +713,34 @@ class GenerationService:
         async with self.db.uow() as uow:
             return await self._submission(uow, await self._get(uow, job_id))
 
+    def offered(self, name: str, snapshot: Snapshot, guild_id: int | None) -> bool:
+        """Whether a model's name (a preset's or a host model's) may be used in ``guild_id``
+        (None: a DM or the command line)."""
+        try:
+            if PresetBook.chosen(snapshot, name, guild_id) is not None:
+                return True
+            self.model_for(name)
+        except InvalidRequest:
+            return False
+        return True
+
+    async def preferences(self, user_id: int) -> Preferences:
+        """The member's /settings (what still makes sense of them)."""
+        async with self.db.uow() as uow:
+            user = await uow.users.get(user_id)
+        stored = user.preferences if user is not None else None
+        return Preferences.from_dict(stored, self.limits.max_steps)
+
+    async def set_preferences(
+        self, user_id: int, preferences: Preferences, user_name: str = ""
+    ) -> Preferences:
+        """Store the member's /settings (all of them; ``Preferences()`` resets them)."""
+        async with self.db.uow() as uow:
+            await uow.users.ensure(user_id, user_name)
+            await uow.users.set_preferences(user_id, preferences.to_dict())
+            await uow.commit()
+        return preferences
+
     async def usage(self, user_id: int) -> Usage:
         """The user's limits (with overrides) and where they stand against them."""
         async with self.db.uow() as uow:
@@ -767,10 +797,14 @@ class GenerationService:
         role_ids: tuple[int, ...] = (),
         delivery: DeliveryTarget | None = None,
         channel: tuple[int | None, bool | None, bool | None] | None = None,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
     ) -> Submission:
         """A job made from another: upscale or vary image ``image_index``, or reroll the recipe.
         ``channel`` (its id, age-restricted, public) is where it was asked, if not the parent's
-        channel: a button pressed on a result that went elsewhere (a DM)."""
+        channel: a button pressed on a result that went elsewhere (a DM). ``prompt`` and
+        ``negative_prompt``: the texts as edited in the remix form (a variation or reroll
+        only), checked by the prompt filter like any prompt."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
             raise JobStateError(
@@ -784,6 +818,11 @@ class GenerationService:
         request = self._derived_request(
             kind, recipe, image_index, user_id, seed=seed, strength=strength
         )
+        if prompt is not None:
+            if kind is JobKind.UPSCALE:
+                raise InvalidRequest("prompt", "an upscale keeps its parent's prompt")
+            negative = recipe.negative_prompt if negative_prompt is None else negative_prompt
+            request = parameters.remix(request, prompt, negative)
         init_image = None
         if request.kind is JobKind.IMG2IMG:
             if recipe.init_image_path is None or self.store is None:

@@ -108,6 +108,8 @@ class User(Base):
     bucket_tokens: Mapped[float | None] = mapped_column(Float)
     bucket_updated_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The member's own defaults from /settings (see generation.preferences); None: none set.
+    preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class GuildBan(Base):
@@ -379,6 +381,19 @@ class Delivery(Base):
     delivered_via: Mapped[str | None] = mapped_column(String(16))
     # What went out held the images back for review: approving them sends them (again).
     withheld: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class ResultPost(Base):
+    """A job's result posted again (``/show``): its message, so ✉️ and ❌ on it act on the job
+    and ❌ takes it with the job's other messages."""
+
+    __tablename__ = "result_posts"
+
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    channel_id: Mapped[int | None] = mapped_column(BigInteger)
+    user_id: Mapped[int] = mapped_column(BigInteger)  # who asked for it
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class WorkerRow(Base):

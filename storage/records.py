@@ -22,6 +22,16 @@ class UserRecord:
     bucket_tokens: float | None
     bucket_updated_at: dt.datetime | None
     created_at: dt.datetime
+    preferences: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResultPostRecord:
+    message_id: int
+    job_id: int
+    channel_id: int | None
+    user_id: int
+    created_at: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

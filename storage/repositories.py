@@ -25,6 +25,7 @@ from storage.models import (
     JobStatus,
     ModelPreset,
     ModerationEvent,
+    ResultPost,
     Review,
     Usage,
     User,
@@ -41,6 +42,7 @@ from storage.records import (
     ModelPresetRecord,
     ModerationEventRecord,
     NewImage,
+    ResultPostRecord,
     UsageRecord,
     UserRecord,
     WorkerRecord,
@@ -124,6 +126,13 @@ class UserRepository:
         row = await self._session.get(User, user_id, populate_existing=True)
         assert row is not None
         return to_record(UserRecord, row)
+
+    async def set_preferences(self, user_id: int, preferences: dict[str, Any] | None) -> None:
+        """The member's /settings (replacing all; None: back to the defaults)."""
+        await self.ensure(user_id)
+        await self._session.execute(
+            update(User).where(User.id == user_id).values(preferences=preferences)
+        )
 
     async def guild_ban(self, guild_id: int, user_id: int) -> GuildBanRecord | None:
         row = await self._session.get(GuildBan, (guild_id, user_id), populate_existing=True)
@@ -586,6 +595,30 @@ class DeliveryRepository:
             .limit(limit)
         )
         return [to_record(DeliveryRecord, row) for row in rows]
+
+
+class ResultPostRepository:
+    """Results posted again (``/show``), by message and by job."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, **fields: Any) -> None:
+        await _insert_if_missing(self._session, ResultPost, **fields)
+
+    async def job_of(self, message_id: int) -> int | None:
+        return await self._session.scalar(
+            select(ResultPost.job_id).where(ResultPost.message_id == message_id)
+        )
+
+    async def for_job(self, job_id: int) -> list[ResultPostRecord]:
+        rows = await self._session.scalars(
+            select(ResultPost).where(ResultPost.job_id == job_id).order_by(ResultPost.message_id)
+        )
+        return [to_record(ResultPostRecord, row) for row in rows]
+
+    async def remove(self, message_id: int) -> None:
+        await self._session.execute(delete(ResultPost).where(ResultPost.message_id == message_id))
 
 
 class ModerationEventRepository:

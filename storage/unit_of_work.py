@@ -18,6 +18,7 @@ from storage.repositories import (
     JobRepository,
     ModerationEventRepository,
     PresetRepository,
+    ResultPostRepository,
     UsageRepository,
     UserRepository,
     WorkerRepository,
@@ -65,6 +66,7 @@ class UnitOfWork:
         self.workers = WorkerRepository(self.session)
         self.intents = IntentRepository(self.session)
         self.presets = PresetRepository(self.session)
+        self.posts = ResultPostRepository(self.session)
         self.queue = JobQueue(self.session, self._policy)
         return self
 

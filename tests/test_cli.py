@@ -466,3 +466,46 @@ def test_the_command_line_reads_the_same_parameters(tmp_path: Path) -> None:
     assert (job.width, job.height, job.raw_prompt) == (64, 128, prompt)
     refused = CliRunner().invoke(main, ["generate", "a cat --tile"], env=env)
     assert refused.exit_code != 0 and "--tile is not a parameter here" in refused.output
+
+
+def test_generate_for_a_user_takes_their_settings(tmp_path: Path) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from bot.cli import main
+    from generation.preferences import Preferences
+    from storage.db import Database
+
+    data = tmp_path / "data"
+    env = {"IMAGINE_DATA_DIR": str(data), "IMAGINE_MODEL": "embedded-random"}
+    made = CliRunner().invoke(main, ["generate", "a square", "--no-wait"], env=env)
+    assert made.exit_code == 0, made.output  # the database is made
+
+    async def in_database(prefs: Preferences | None = None) -> Any:
+        database = Database(f"sqlite+aiosqlite:///{data / 'imagine.db'}")
+        try:
+            async with database.uow() as uow:
+                if prefs is not None:
+                    await uow.users.set_preferences(42, prefs.to_dict())
+                    await uow.commit()
+                return (await uow.jobs.recent(limit=1))[0]
+        finally:
+            await database.close()
+
+    settings = Preferences(aspect="16:9", steps=3, guidance=2.5, sampler="Euler a")
+    asyncio.run(in_database(settings))
+    made = CliRunner().invoke(main, ["generate", "a circle", "--user", "42", "--no-wait"], env=env)
+    assert made.exit_code == 0, made.output
+    job = asyncio.run(in_database())
+    assert (job.user_id, job.steps, job.guidance, job.sampler) == (42, 3, 2.5, "Euler a")
+    assert job.width > job.height
+    # Another user's job takes none of them; an option wins over them.
+    CliRunner().invoke(main, ["generate", "a circle", "--user", "7", "--no-wait"], env=env)
+    job = asyncio.run(in_database())
+    assert job.steps != 3 and job.width == job.height
+    CliRunner().invoke(
+        main, ["generate", "a circle", "--user", "42", "--steps", "2", "--no-wait"], env=env
+    )
+    job = asyncio.run(in_database())
+    assert (job.steps, job.guidance) == (2, 2.5)

@@ -10,7 +10,9 @@ import pytest
 
 from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
-from generation.parameters import apply, parse, strength_of
+from generation.parameters import apply, parse, remix, strength_of
+from generation.preferences import Preferences
+from generation.presets import Preset
 from generation.requests import GenerationRequest, Limits
 from generation.service import GenerationService
 from storage.db import Database
@@ -116,3 +118,77 @@ async def test_the_job_records_the_prompt_as_typed(
     job = (await service.submit(asked)).job
     assert (job.prompt, job.negative_prompt, job.seed) == ("a red circle", "blue", 3)
     assert job.raw_prompt == "a red circle --no blue --seed 3"
+
+
+def test_settings_fill_what_neither_the_options_nor_the_prompt_say(model: ModelInfo) -> None:
+    mine = Preferences(model="shapes", aspect="2:3", sampler="Euler a", steps=7, guidance=3.0)
+    asked = GenerationRequest("neon city --cfg 5", user_id=1, steps=4)
+    request, overridden = apply(asked, model_of=lambda name: model, min_side=64, defaults=mine)
+    assert overridden == []
+    # The option (steps), then the prompt (--cfg), then the settings (the rest).
+    assert (request.steps, request.guidance, request.sampler) == (4, 5.0, "Euler a")
+    assert (request.model, request.width, request.height) == ("shapes", 64, 96)
+    # --ar and a size option win over the default aspect; an image keeps its own shape.
+    typed, _ = apply(
+        GenerationRequest("neon --ar 1:1", user_id=1), model_of=lambda n: model, defaults=mine
+    )
+    assert typed.width == typed.height == 64
+    from_image, _ = apply(
+        GenerationRequest("neon", user_id=1, init_image=b""),
+        model_of=lambda n: model,
+        defaults=mine,
+    )
+    assert from_image.width is None and from_image.steps == 7
+    # A model that draws one size takes no default aspect (not refused: it is no one's ask).
+    fixed = dataclasses.replace(model, fixed_size=True)
+    plain, _ = apply(GenerationRequest("neon", user_id=1), model_of=lambda n: fixed, defaults=mine)
+    assert plain.width is None
+    # What a preset sets itself wins over the member's settings (the host tuned it).
+    tuned = Preset(name="shapes", source="embedded", steps=2, width=64, height=64)
+    on_preset, _ = apply(
+        GenerationRequest("neon", user_id=1),
+        model_of=lambda n: model,
+        defaults=mine,
+        preset_of=lambda name: tuned if name == "shapes" else None,
+    )
+    assert (on_preset.steps, on_preset.width, on_preset.guidance) == (None, None, 3.0)
+
+
+def test_stored_settings_keep_only_what_still_makes_sense() -> None:
+    stored = {
+        "model": "x" * 65,
+        "aspect": "5:1",
+        "sampler": "Euler a",
+        "steps": 500,
+        "guidance": float("nan"),
+        "remix": "yes",
+        "chaos": 3,
+    }
+    assert Preferences.from_dict(stored, max_steps=50) == Preferences(sampler="Euler a")
+    assert Preferences.from_dict(None) == Preferences()
+    assert Preferences().to_dict() is None
+    mine = Preferences(steps=3, remix=True)
+    assert Preferences.from_dict(mine.to_dict()) == mine
+    with pytest.raises(InvalidRequest, match="from 1 to 50") as refused:
+        mine.changed(50, steps=51)
+    assert refused.value.option == "steps"
+    with pytest.raises(InvalidRequest, match="from 0 to 30"):
+        mine.changed(50, guidance=31.0)
+    with pytest.raises(InvalidRequest, match="must be one of"):
+        mine.changed(50, aspect="5:4")
+
+
+def test_a_remix_edits_the_texts_and_keeps_the_picture(model: ModelInfo) -> None:
+    parent = GenerationRequest(
+        "a red circle", user_id=1, negative_prompt="green", seed=3, steps=4, width=64, height=64
+    )
+    edited = remix(parent, "a blue circle --no red --steps 6", "yellow")
+    assert (edited.prompt, edited.negative_prompt) == ("a blue circle", "yellow, red")
+    assert (edited.steps, edited.seed, edited.width) == (6, 3, 64)
+    assert edited.raw_prompt == "a blue circle --no red --steps 6"
+    assert edited.filtered_text == "a blue circle red"
+    plain = remix(parent, "a blue circle", "")
+    assert (plain.raw_prompt, plain.negative_prompt) == (None, "")
+    for fixed in ("--ar 2:1", "--model shapes", "--iw 1"):
+        with pytest.raises(InvalidRequest, match="cannot change in a remix"):
+            remix(parent, f"a blue circle {fixed}", "")
