@@ -27,6 +27,7 @@ from generation.access import (
     may_act_on_job,
     may_moderate_job,
     may_see_job,
+    may_show_job,
     may_use_result,
 )
 from generation.errors import (
@@ -63,6 +64,7 @@ WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a data
 # command not answered within 3 s of being sent.
 ACK_DEADLINE = 2.0  # counted from when the interaction arrived (``extras[RECEIVED]``)
 RECEIVED = "received"
+POST_RECORD_SECONDS = 60.0  # how long a /show post's record is tried through an outage
 # A request answered but not stored before a crash is made at the next start while its answer
 # can still be edited (Discord keeps the token 15 minutes).
 RESUME_WINDOW = dt.timedelta(minutes=14)
@@ -728,15 +730,21 @@ class ImagineCog(commands.Cog):
         if emoji not in {ENVELOPE, CROSS}:
             return
         delivery = await self.bot.outbox.by_message(payload.message_id)
-        if delivery is None:
+        # A result posted again with /show is its job's too.
+        job_id = (
+            delivery.job_id
+            if delivery is not None
+            else await self.bot.outbox.post_job(payload.message_id)
+        )
+        if job_id is None:
             return
         try:
             if emoji == ENVELOPE:
-                await self._send_recipe(payload, delivery.job_id)
+                await self._send_recipe(payload, job_id)
             else:
-                await self._delete(payload, delivery.job_id)
+                await self._delete(payload, job_id)
         except (GenerationError, discord.HTTPException) as error:
-            logger.info("reaction %s on job %s: %s", emoji, delivery.job_id, error)
+            logger.info("reaction %s on job %s: %s", emoji, job_id, error)
 
     async def _send_recipe(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         view = await self.service.job(job_id)
@@ -839,6 +847,49 @@ class ImagineCog(commands.Cog):
             )
         data = await asyncio.to_thread(store.get, key)
         return [Upload(f"imagine-{job.id}-full.png", data)], ""
+
+    @app_commands.command(name="show", description="Post a job's result again, with its buttons.")
+    @app_commands.describe(id="The job's number (in its result, /job and /queue).")
+    async def show(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
+        """Its result posted here again, with working buttons and reactions: by its owner, or
+        by any member of its server for a job made in a public channel there."""
+        try:
+            view = await self._visible(interaction, id)
+            job = view.job
+            if job.guild_id != interaction.guild_id:
+                raise NotAllowed(f"job {id} was made in another server (or a DM): show it there")
+            if job.status != JobStatus.SUCCEEDED or not view.images:
+                raise JobStateError(f"job {id} has no images to show ({job.status})")
+            if not may_show_job(self._actor(interaction), job, view.images):
+                raise NotAllowed(
+                    f"job {id} is not yours to show: it was made in a channel not everyone here "
+                    "can see, or its images are held for the moderators' review"
+                )
+            nsfw, _ = channel_flags(interaction.channel)
+            if job.channel_nsfw and not nsfw:
+                raise NotAllowed(f"job {id} was made in an age-restricted channel: show it in one")
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        # Reading and fitting its file may take longer than Discord's 3 s: answer first.
+        await interaction.response.defer(thinking=True)
+
+        def edit(result: Message) -> Awaitable[discord.InteractionMessage]:
+            return interaction.edit_original_response(**result.edit_kwargs())
+
+        routes = self.bot.deliveries.routes
+        message = await routes.send_result(view, interaction.filesize_limit, edit)
+        # Recorded so ✉️ and ❌ on it act on the job (through a short database outage too).
+        # Not recorded, it could outlive the job's deletion: the command fails, and its
+        # failure answer takes the post's place (see ``refuse``).
+        until = time.monotonic() + POST_RECORD_SECONDS
+        await retrying(
+            lambda: self.bot.outbox.add_post(
+                message.id, job.id, interaction.channel_id, interaction.user.id
+            ),
+            what=f"recording job {job.id}'s post",
+            until=lambda: until,
+        )
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
     async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:

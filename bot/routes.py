@@ -182,7 +182,7 @@ class ResultRoutes:
             )
 
         try:
-            message = await self._send_result(view, delivery.attachment_size_limit, edit)
+            message = await self.send_result(view, delivery.attachment_size_limit, edit)
         except discord.HTTPException as error:
             if error.code in TOKEN_GONE or error.status == 401:
                 raise Closed(
@@ -222,7 +222,7 @@ class ResultRoutes:
 
         limit = guild.filesize_limit if guild is not None else DEFAULT_FILE_LIMIT
         try:
-            message = await self._send_result(view, limit, post, mention=f"<@{job.user_id}>")
+            message = await self.send_result(view, limit, post, mention=f"<@{job.user_id}>")
         except discord.HTTPException as error:
             if error.code in CHANNEL_CLOSED:
                 raise Closed(why(error)) from error
@@ -240,7 +240,7 @@ class ResultRoutes:
             def send(result: Message) -> Awaitable[discord.Message]:
                 return channel.send(**result.send_kwargs(), nonce=f"imagine-dm-{job.id}")
 
-            message = await self._send_result(view, DEFAULT_FILE_LIMIT, send, by_dm=True)
+            message = await self.send_result(view, DEFAULT_FILE_LIMIT, send, by_dm=True)
         except discord.HTTPException as error:
             if error.code in DM_CLOSED:
                 raise Closed(why(error)) from error
@@ -257,7 +257,7 @@ class ResultRoutes:
 
     # -- the message and its file ------------------------------------------------------------
 
-    async def _send_result(
+    async def send_result(
         self,
         view: JobView,
         limit: int | None,
@@ -350,6 +350,11 @@ class ResultRoutes:
         own message, and ``also`` (a channel id and message id: the one reacted to). Best
         effort: one that is gone already, or that Discord will not delete now, stays gone or
         stays."""
+        for post in await self.bot.outbox.posts(view.job.id):  # posted again with /show
+            with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+                if post.channel_id is not None:
+                    channel = self.bot.get_partial_messageable(post.channel_id)
+                    await channel.get_partial_message(post.message_id).delete()
         delivery = view.delivery
         if delivery is not None:
             via, result = delivery.delivered_via, delivery.result_message_id

@@ -109,6 +109,15 @@ def may_use_result(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] =
     return job.guild_id is not None and job.guild_id == actor.guild_id and not hidden(job, images)
 
 
+def may_show_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
+    """/show: post a finished job's result again, in the server it was made in (a job made
+    in a DM: there): its owner, or any member of that server for a job made in a channel
+    @everyone can see. Never a deleted job, nor one holding a flagged image not approved."""
+    if job.status != JobStatus.SUCCEEDED or hidden(job, images) or job.guild_id != actor.guild_id:
+        return False
+    return actor.user_id == job.user_id or (job.guild_id is not None and job.channel_public is True)
+
+
 def may_act_on_job(actor: Actor, job: JobRecord) -> bool:
     """Cancel it, delete it, reproduce it: its owner or its server's moderators."""
     return actor.user_id == job.user_id or actor.moderates(job.guild_id)

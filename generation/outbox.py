@@ -16,7 +16,7 @@ import random
 from generation.access import HIDDEN_REVIEWS
 from storage.db import Database
 from storage.models import EventKind
-from storage.records import DeliveryRecord, JobRecord
+from storage.records import DeliveryRecord, JobRecord, ResultPostRecord
 
 # An interaction token answers for 15 minutes; stop using it a little before.
 TOKEN_LIFETIME = dt.timedelta(minutes=15)
@@ -67,6 +67,29 @@ class Outbox:
     async def by_message(self, message_id: int) -> DeliveryRecord | None:
         async with self.db.uow() as uow:
             return await uow.deliveries.by_message(message_id)
+
+    async def add_post(
+        self, message_id: int, job_id: int, channel_id: int | None, user_id: int
+    ) -> None:
+        """A result posted again (/show): ✉️ and ❌ on it act on its job."""
+        async with self.db.uow() as uow:
+            await uow.posts.add(
+                message_id=message_id,
+                job_id=job_id,
+                channel_id=channel_id,
+                user_id=user_id,
+                created_at=await uow.now(),
+            )
+            await uow.commit()
+
+    async def post_job(self, message_id: int) -> int | None:
+        """The job a result posted again shows, if the message is one."""
+        async with self.db.uow() as uow:
+            return await uow.posts.job_of(message_id)
+
+    async def posts(self, job_id: int) -> list[ResultPostRecord]:
+        async with self.db.uow() as uow:
+            return await uow.posts.for_job(job_id)
 
     async def set_original(self, job_id: int, message_id: int) -> None:
         async with self.db.uow() as uow:

@@ -167,3 +167,68 @@ async def test_remix_mode_opens_the_prompt_before_a_variation_and_the_job_record
         assert by_bob.modal is None
         made = _recipe(server, await server.wait_for_result(by_bob))
         assert made["prompt"] == "a red circle"
+
+
+async def test_show_posts_a_result_again_with_working_buttons_for_whoever_may_see_it(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    private = server.add_channel(private=True)
+    nsfw = server.add_channel(nsfw=True)
+    settings = bot_settings(
+        server,
+        tmp_path / "data",
+        model="embedded-random",
+        max_count=1,
+        guild_ids=[server.guild_id, server.other_guild_id],
+    )
+    async with running_bot(settings, engine):
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=2)
+        )
+        job_id = _recipe(server, grid)["job_id"]
+
+        # Bob, a member of the server, shows alice's public job: a post of its own, in public,
+        # whose buttons work for him.
+        shown = await server.invoke("show", server.bob, id=job_id)
+        post = await server.wait_for_result(shown)
+        assert not post["flags"] & 64 and int(post["id"]) != int(grid["id"])
+        assert post["attachments"] and "U1" in server.buttons(post)
+        upscaled = await server.wait_for_result(
+            await server.click(int(post["id"]), "U1", server.bob)
+        )
+        made = _recipe(server, upscaled)
+        assert (made["kind"], made["parent_job_id"]) == ("upscale", job_id)
+        # ✉️ on the post sends bob the recipe.
+        await server.react(int(post["id"]), "✉️", server.bob)
+        await server.wait_for(lambda: server.dms(server.bob), what="the recipe by DM")
+
+        # Carol, of another server, cannot (it is as if there were no such job).
+        refused = await server.invoke("show", server.carol, id=job_id)
+        said = await server.wait_for(lambda: server.ephemeral_answer(refused), what="refusal")
+        assert "no job" in said.lower() or "not found" in said.lower()
+
+        # A job made in a private channel: its owner may show it, bob may not.
+        hidden = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, channel_id=private, prompt="a square")
+        )
+        hidden_id = _recipe(server, hidden)["job_id"]
+        refused = await server.invoke("show", server.bob, id=hidden_id)
+        said = await server.wait_for(lambda: server.ephemeral_answer(refused), what="refusal")
+        assert f"job {hidden_id} is not shown to you" in said
+        await server.wait_for_result(await server.invoke("show", server.alice, id=hidden_id))
+
+        # A job of an age-restricted channel is shown only in one.
+        adult = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, channel_id=nsfw, prompt="a circle")
+        )
+        adult_id = _recipe(server, adult)["job_id"]
+        refused = await server.invoke("show", server.alice, id=adult_id)
+        said = await server.wait_for(lambda: server.ephemeral_answer(refused), what="refusal")
+        assert "age-restricted channel: show it in one" in said
+
+        # ❌ by alice on her grid takes the post with it.
+        await server.react(int(grid["id"]), "❌", server.alice)
+        await server.wait_for(
+            lambda: int(post["id"]) in server.deleted, what="the shown post deleted"
+        )
