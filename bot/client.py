@@ -78,6 +78,8 @@ class ImagineBot(commands.Bot):
             progress_interval=runtime.settings.progress_interval,
             sweep_interval=runtime.settings.delivery_sweep_interval,
             moderation_channel_id=runtime.settings.moderation_channel_id,
+            place_interval=settings.place_interval,
+            place_edits_per_second=settings.place_edits_per_second,
         )
         self.intent_log = IntentLog(runtime.db)
         self.started_at = utcnow()  # records written before this are a stopped process's

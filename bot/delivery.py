@@ -20,6 +20,7 @@ import discord
 
 from bot import messages
 from bot.limits import DEFAULT_FILE_LIMIT, Message, Upload
+from bot.places import PlaceWatch
 from bot.routes import (
     NETWORK_ERRORS,
     TOKEN_GONE,
@@ -43,7 +44,7 @@ from generation.outbox import Outbox, token_valid
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import DeliveryState, utcnow
-from storage.records import DeliveryRecord
+from storage.records import DeliveryRecord, JobRecord
 
 if TYPE_CHECKING:
     from bot.client import ImagineBot
@@ -71,6 +72,8 @@ class Deliveries:
         progress_interval: float = 2.0,
         sweep_interval: float = 5.0,
         moderation_channel_id: int | None = None,
+        place_interval: float = 5.0,
+        place_edits_per_second: float = 10.0,
     ) -> None:
         self.moderation_channel_id = moderation_channel_id
         self.bot = bot
@@ -94,6 +97,15 @@ class Deliveries:
         self._unexpected: collections.Counter[int] = collections.Counter()
         self._held: set[int] = set()  # rows this process claimed whose try is not recorded
         self._subscribed = asyncio.Event()
+        # Waiting jobs' messages: their place in line, as it changes.
+        self.places = PlaceWatch(
+            service,
+            outbox,
+            self._edit_place,
+            interval=place_interval,
+            edits_per_second=place_edits_per_second,
+            skip=self._showing_other,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -102,6 +114,8 @@ class Deliveries:
         self._spawn(self._listen(), "deliveries-events")
         await self._subscribed.wait()
         self._spawn(self._sweep(), "deliveries-sweep")
+        if self.places.interval > 0 and self.places.budget.rate > 0:
+            self._spawn(self.places.run(), "places-in-line")
 
     async def drain(self, seconds: float) -> None:
         """Deliver what is due, and finish the deliveries under way, before the bot goes;
@@ -208,7 +222,21 @@ class Deliveries:
 
     async def show_queued(self, job_id: int, message: Message) -> None:
         """Put the queue place on the response, unless the result got there first."""
+        self.places.shown(job_id, message.content)
         await self._best_effort(job_id, message)
+
+    def _showing_other(self, job: JobRecord) -> bool:
+        """Whether the job's message is not to show its place now: not answered yet, its
+        progress being shown, its token no longer answering, or Discord away a moment ago."""
+        return (
+            job.interaction_id in self._acks
+            or job.id in self._progress_busy
+            or job.id in self._silent
+            or self._last_progress.get(job.id, -1e9) > time.monotonic()
+        )
+
+    async def _edit_place(self, delivery: DeliveryRecord, message: Message) -> None:
+        await self._best_effort(delivery.job_id, message)
 
     # -- progress --------------------------------------------------------------------------
 
@@ -246,6 +274,7 @@ class Deliveries:
         if lock.locked():
             return
         async with lock:
+            # Read under the lock: a result sent meanwhile is seen, never painted over.
             delivery = await self.outbox.get(job_id)
             if delivery is None or delivery.state != DeliveryState.PENDING or job_id in self._sent:
                 return

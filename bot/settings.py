@@ -147,6 +147,11 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(default=4096 * 4096, ge=1)
     # Edit a message with progress at most this often (Discord rate-limits edits).
     progress_interval: float = Field(default=2.0, ge=0)
+    # A waiting job's message shows its place in line, edited when it changed, at most this
+    # often (0: shown once), and all such edits together at most this many a second (Discord
+    # allows a bot about 50 requests a second in all).
+    place_interval: float = Field(default=5.0, ge=0)
+    place_edits_per_second: float = Field(default=10.0, ge=0, le=40)
     # A result Discord did not take for a passing reason is tried again after this many
     # seconds, doubling each time up to the cap (with jitter); every due result is looked at
     # every delivery_sweep_interval seconds.

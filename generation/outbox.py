@@ -64,6 +64,10 @@ class Outbox:
         async with self.db.uow() as uow:
             return await uow.deliveries.get(job_id)
 
+    async def for_jobs(self, job_ids: list[int]) -> dict[int, DeliveryRecord]:
+        async with self.db.uow() as uow:
+            return await uow.deliveries.for_jobs(job_ids)
+
     async def by_message(self, message_id: int) -> DeliveryRecord | None:
         async with self.db.uow() as uow:
             return await uow.deliveries.by_message(message_id)

@@ -94,6 +94,7 @@ class Call:
     json: Any
     files: list[tuple[str, bytes]]
     status: int = 0
+    at: float = dataclasses.field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclasses.dataclass

@@ -1,0 +1,140 @@
+"""A live place in line: while a job waits, its message says where it stands and when it
+should be done, edited as that changes.
+
+Discord allows a bot about 50 requests a second in all, and results, progress and commands
+need their share: the edits of waiting jobs' messages draw on a budget of their own (a token
+bucket, ``IMAGINE_PLACE_EDITS_PER_SECOND``), nearest the front first, each message at most
+once per ``IMAGINE_PLACE_INTERVAL`` and only when its text changed, and only while its
+interaction token answers. A thousand waiting jobs make at most that many edits a second; the
+ones left out this round are edited in a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from bot import messages
+from generation.outbox import Outbox, token_valid
+from generation.service import GenerationService, Submission
+from storage.models import DeliveryState, utcnow
+from storage.records import DeliveryRecord, JobRecord
+
+if TYPE_CHECKING:
+    from bot.limits import Message
+
+logger = logging.getLogger(__name__)
+
+WATCHED = 1000  # the waiting jobs looked at each round, front first (past them: "1,000+")
+
+
+class EditBudget:
+    """A token bucket: ``rate`` edits a second, at most ``burst`` at once."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else rate)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def take(self) -> bool:
+        """One edit now, if the budget has it."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+Edit = Callable[[DeliveryRecord, "Message"], Awaitable[None]]
+
+
+class PlaceWatch:
+    """Edits waiting jobs' messages with their place in line, within the edit budget."""
+
+    def __init__(
+        self,
+        service: GenerationService,
+        outbox: Outbox,
+        edit: Edit,
+        *,
+        interval: float,
+        edits_per_second: float,
+        skip: Callable[[JobRecord], bool] = lambda _: False,
+    ) -> None:
+        self.service = service
+        self.outbox = outbox
+        self.edit = edit  # a best-effort edit of the job's response (never over a result)
+        self.interval = interval
+        self.budget = EditBudget(edits_per_second, burst=edits_per_second)
+        self.skip = skip  # a job whose message shows something else now (its progress)
+        self._shown: dict[int, str] = {}  # job id -> the place text its message shows
+        self._edited: dict[int, float] = {}  # job id -> when its message was last edited
+
+    def shown(self, job_id: int, text: str) -> None:
+        """The job's message shows ``text`` now (the acknowledgement put it there)."""
+        self._shown[job_id] = text
+        self._edited[job_id] = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database away: the next round tries again
+                logger.info("places in line not updated: %s", error)
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def round(self) -> int:
+        """Edit the messages whose place changed, front first, while the budget lasts; how
+        many were edited."""
+        waiting = [s for s in await self.service.waiting(None, limit=WATCHED) if s.position]
+        self._forget({s.job.id for s in waiting})
+        changed = [s for s in waiting if self._due(s)]
+        if not changed:
+            return 0
+        deliveries = await self.outbox.for_jobs([s.job.id for s in changed])
+        now = utcnow()
+        edited = 0
+        for submission in self._front_first(changed):
+            delivery = deliveries.get(submission.job.id)
+            if (
+                delivery is None
+                or delivery.state != DeliveryState.PENDING
+                or not token_valid(delivery, now)
+                or self.skip(submission.job)
+            ):
+                continue
+            if not self.budget.take():
+                break  # the rest in a later round, still changed
+            message = messages.queued(submission)
+            self.shown(submission.job.id, message.content)
+            await self.edit(delivery, message)
+            edited += 1
+        return edited
+
+    def _due(self, submission: Submission) -> bool:
+        job_id = submission.job.id
+        if self._shown.get(job_id) == messages.queued(submission).content:
+            return False
+        return time.monotonic() - self._edited.get(job_id, -1e9) >= self.interval
+
+    @staticmethod
+    def _front_first(changed: Sequence[Submission]) -> list[Submission]:
+        return sorted(changed, key=lambda s: (s.position, s.job.id))
+
+    def _forget(self, waiting: set[int]) -> None:
+        """Jobs no longer waiting need no place."""
+        for job_id in [j for j in self._shown if j not in waiting]:
+            del self._shown[job_id]
+            self._edited.pop(job_id, None)
