@@ -27,7 +27,7 @@ from generation.moderation import Flagged, parse_duration
 from generation.presets import Preset, PresetBook
 from generation.quotas import SERVER_QUOTAS
 from generation.samplers import SAMPLER_NAMES
-from generation.server_settings import POLICY_CHOICES
+from generation.server_settings import POLICY_CHOICES, PRIVATE_MODES
 from storage.models import utcnow
 from storage.records import JobRecord
 
@@ -302,12 +302,14 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         block="Terms to block here, comma-separated (on top of the host's); a re: pattern alone.",
         unblock="Terms of this server's own to block no more, comma-separated.",
         age_restricted_only="Allow /imagine only in channels marked age-restricted.",
+        private_mode="Members choose private mode (allow), never (forbid), or always (force).",
         quota="A limit to set for this server (no looser than the host's).",
         limit="Its value here; leave empty to take the host's again.",
     )
     @app_commands.choices(
         safety=[app_commands.Choice(name=n, value=n) for n in POLICY_CHOICES],
         quota=[app_commands.Choice(name=n, value=n) for n in SERVER_QUOTAS],
+        private_mode=[app_commands.Choice(name=n, value=n) for n in PRIVATE_MODES],
     )
     async def settings(  # noqa: PLR0917 - discord.py passes each option as an argument
         self,
@@ -318,12 +320,13 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
         age_restricted_only: bool | None = None,
         quota: str | None = None,
         limit: float | None = None,
+        private_mode: str | None = None,
     ) -> None:
         actor = await self._allowed(interaction)
         if actor is None or interaction.guild_id is None:
             return
         servers = self.service.servers
-        changes = (safety, block, unblock, age_restricted_only, quota)
+        changes = (safety, block, unblock, age_restricted_only, quota, private_mode)
         try:
             if any(change is not None for change in changes):
                 rules = await servers.update(
@@ -335,6 +338,7 @@ class AdminCog(commands.GroupCog, group_name="admin", group_description="Moderat
                     age_restricted_only=age_restricted_only,
                     quotas={quota: limit} if quota and limit is not None else None,
                     clear_quotas=(quota,) if quota and limit is None else (),
+                    private_mode=private_mode,
                 )
             else:
                 rules = await servers.rules(interaction.guild_id)

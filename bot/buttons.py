@@ -25,7 +25,11 @@ class Action(enum.StrEnum):
     VARY_SUBTLE = "vs"
     VARY_STRONG = "vx"
     CANCEL = "c"
+    RECIPE = "rc"  # ✉️ and ❌ as buttons: a private (ephemeral) result takes no reactions
+    DELETE = "d"
 
+
+EMOJIS = {Action.REROLL: REROLL_EMOJI, Action.RECIPE: "✉️", Action.DELETE: "❌"}
 
 # How far a variation may move from its image: "Vary (subtle)" and "Vary (strong)".
 SUBTLE_STRENGTH = 0.35
@@ -55,9 +59,9 @@ class JobButton(
         super().__init__(
             discord.ui.Button(
                 label=_label(action, index),
-                emoji=REROLL_EMOJI if action is Action.REROLL else None,
+                emoji=EMOJIS.get(action),
                 style=discord.ButtonStyle.danger
-                if action is Action.CANCEL
+                if action in (Action.CANCEL, Action.DELETE)
                 else discord.ButtonStyle.secondary,
                 custom_id=custom_id,
                 row=row,  # the row is fixed when the view takes the item, so given here
@@ -93,6 +97,8 @@ def _label(action: Action, index: int | None) -> str | None:
         Action.VARY_SUBTLE: "Vary (subtle)",
         Action.VARY_STRONG: "Vary (strong)",
         Action.CANCEL: "Cancel",
+        Action.RECIPE: "Recipe",
+        Action.DELETE: "Delete",
     }[action]
 
 
@@ -105,13 +111,16 @@ def result_view(
     if job.status != JobStatus.SUCCEEDED:
         return None
     view = discord.ui.View(timeout=None)
+    if job.private:  # an ephemeral message takes no reactions: ✉️ and ❌ are buttons
+        view.add_item(JobButton(Action.RECIPE, job.id, row=2))
+        view.add_item(JobButton(Action.DELETE, job.id, row=2))
     upscale, vary = JobKind.UPSCALE in offers, JobKind.VARIATION in offers
     if job.kind == JobKind.UPSCALE:
         if vary:
-            view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0))
-            view.add_item(JobButton(Action.VARY_STRONG, job.id, 0))
+            view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0, row=0))
+            view.add_item(JobButton(Action.VARY_STRONG, job.id, 0, row=0))
         if upscale:
-            button = JobButton(Action.UPSCALE, job.id, 0)
+            button = JobButton(Action.UPSCALE, job.id, 0, row=0)
             button.item.label = "Upscale 2×"
             view.add_item(button)
         return view if view.children else None

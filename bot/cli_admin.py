@@ -19,7 +19,7 @@ from generation.moderation import parse_duration
 from generation.presets import Preset
 from generation.quotas import SERVER_QUOTAS
 from generation.samplers import SAMPLER_NAMES
-from generation.server_settings import POLICY_CHOICES
+from generation.server_settings import POLICY_CHOICES, PRIVATE_MODES
 from storage.models import utcnow
 
 ACTOR = click.option(
@@ -209,6 +209,12 @@ admin.add_command(quota)
     default=None,
     help="Allow /imagine only in channels marked age-restricted.",
 )
+@click.option(
+    "--private-mode",
+    type=click.Choice(PRIVATE_MODES),
+    default=None,
+    help="Members choose private mode (allow), never (forbid), or always (force).",
+)
 @click.option("--quota", "quotas", multiple=True, help="NAME=VALUE: a limit for this server.")
 @click.option("--clear-quota", multiple=True, help="NAME: take the host's limit again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
@@ -221,6 +227,7 @@ def server_settings(
     block: tuple[str, ...],
     unblock: tuple[str, ...],
     age_restricted_only: bool | None,
+    private_mode: str | None,
     quotas: tuple[str, ...],
     clear_quota: tuple[str, ...],
     as_json: bool,
@@ -238,7 +245,7 @@ def server_settings(
     async def _settings() -> dict[str, Any]:
         async with open_runtime(settings) as runtime:
             servers = runtime.service.servers
-            changing = safety or block or unblock or limits or clear_quota
+            changing = safety or block or unblock or limits or clear_quota or private_mode
             if changing or age_restricted_only is not None:
                 rules = await servers.update(
                     guild_id,
@@ -249,6 +256,7 @@ def server_settings(
                     age_restricted_only=age_restricted_only,
                     quotas=limits,
                     clear_quotas=clear_quota,
+                    private_mode=private_mode,
                 )
             else:
                 rules = await servers.rules(guild_id)
@@ -257,6 +265,7 @@ def server_settings(
             "safety_policy": rules.safety_policy,
             "safety_policy_is_servers": bool(rules.stored and rules.stored.safety_policy),
             "age_restricted_only": rules.age_restricted_only,
+            "private_mode": rules.private_mode,
             "blocked_terms": list(rules.blocked_terms),
             "quotas": dict(rules.quotas),
             "limits": {name: getattr(rules.limits, name) for name in SERVER_QUOTAS},

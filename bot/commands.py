@@ -64,6 +64,7 @@ WITHDRAW_SECONDS = 60.0  # how long a cancel after 10062 is tried through a data
 # command not answered within 3 s of being sent.
 ACK_DEADLINE = 2.0  # counted from when the interaction arrived (``extras[RECEIVED]``)
 RECEIVED = "received"
+PRIVATE = "private"  # in ``extras``: the job will be private, so its answer is ephemeral
 POST_RECORD_SECONDS = 60.0  # how long a /show post's record is tried through an outage
 # A request answered but not stored before a crash is made at the next start while its answer
 # can still be edited (Discord keeps the token 15 minutes).
@@ -268,6 +269,7 @@ class ImagineCog(commands.Cog):
                 channel_nsfw=nsfw,
                 channel_public=public,
                 interaction_id=interaction.id,
+                private=bool(prefs and prefs.private),
             )
             # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
             request, overridden = parameters.apply(
@@ -290,6 +292,7 @@ class ImagineCog(commands.Cog):
         # the submit checks again with the server's settings as they are now.)
         rules = await self.service.servers.hint(request.guild_id)
         blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
+        interaction.extras[PRIVATE] = rules.private(request.private)
 
         if blocked is not None:  # refused at once: no time to download an attachment
             unanswered = dataclasses.replace(
@@ -564,10 +567,12 @@ class ImagineCog(commands.Cog):
 
     @staticmethod
     async def _acknowledge(interaction: discord.Interaction[ImagineBot]) -> int | object | None:
-        """Defer with "thinking…": the response message's id, if Discord said it; ``UNKNOWN``
-        if Discord no longer knows the interaction (10062: it told the member it failed)."""
+        """Defer with "thinking…" (only the member sees it, for a private job): the response
+        message's id, if Discord said it; ``UNKNOWN`` if Discord no longer knows the
+        interaction (10062: it told the member it failed)."""
+        private = bool(interaction.extras.get(PRIVATE))
         try:
-            response = await interaction.response.defer(thinking=True)
+            response = await interaction.response.defer(thinking=True, ephemeral=private)
         except discord.HTTPException as error:
             logger.warning("could not answer interaction %s: %s", interaction.id, error)
             if error.code == UNKNOWN_INTERACTION:
@@ -596,6 +601,12 @@ class ImagineCog(commands.Cog):
         with the member's remix mode on, a Vary or 🔄 opens the form to edit its prompt first."""
         if action is Action.CANCEL:
             await self._cancel(interaction, job_id)
+            return
+        if action is Action.RECIPE:
+            await self._recipe_button(interaction, job_id)
+            return
+        if action is Action.DELETE:
+            await self._delete_button(interaction, job_id)
             return
         if action in REMIXABLE:
             prefs = await self.bot.preferences.read(interaction.user.id)
@@ -686,7 +697,61 @@ class ImagineCog(commands.Cog):
         }
         if edited is not None:  # the remix form's texts: the job records them
             derive["prompt"], derive["negative_prompt"] = edited
+        # Private as its parent was, or as the presser's own setting asks.
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        private = parent.job.private or bool(prefs and prefs.private)
+        derive["private"] = private
+        rules = await self.service.servers.hint(parent.job.guild_id)
+        interaction.extras[PRIVATE] = rules.private(private)
         await self._submit(interaction, call=("derive", derive))
+
+    async def _recipe_button(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int
+    ) -> None:
+        """✉️ on a private result (an ephemeral message takes no reactions): the recipe,
+        to the presser alone."""
+        try:
+            view = await self._visible(interaction, job_id, on_message=True)
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        await answer(interaction, messages.recipe(view))
+
+    async def _delete_button(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int
+    ) -> None:
+        """❌ on a private result: as the reaction does, by its owner or its server's
+        moderator; the message it sits on goes with the job's others."""
+        try:
+            job = (await self._visible(interaction, job_id, on_message=True)).job
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        actor = self._actor(interaction)
+        if job.user_id != interaction.user.id and not may_moderate_job(actor, job):
+            await refuse(interaction, f"job {job_id} is not yours to delete")
+            return
+        await interaction.response.defer()  # the deletion may take longer than 3 s
+        try:
+            await self._end_job(job_id, interaction.user.id, is_admin=may_moderate_job(actor, job))
+        except GenerationError as error:
+            await interaction.followup.send(str(error), ephemeral=True)
+            return
+        with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+            await interaction.delete_original_response()  # the message the button is on
+        await self.bot.deliveries.routes.remove_all(await self.service.job(job_id))
+
+    async def _end_job(self, job_id: int, user_id: int, *, is_admin: bool) -> None:
+        """Cancel the job if it has not ended (nothing more is posted for it), else delete
+        it, as ❌ does."""
+        try:
+            await self.service.cancel(
+                job_id, user_id, is_admin=is_admin, withdraw="removed with ❌ before it ended"
+            )
+        except JobStateError:  # it has ended (perhaps just now): deleted, as a finished job
+            await self.bot.runtime.moderation.delete_job(
+                user_id, job_id, is_admin=is_admin, reason="❌"
+            )
 
     def _actor(self, interaction: discord.Interaction[ImagineBot]) -> Actor:
         return self.bot.actor(interaction.user, interaction.guild_id, interaction.permissions)
@@ -766,17 +831,7 @@ class ImagineCog(commands.Cog):
         )
         if job.user_id != payload.user_id and not is_admin:
             return  # someone else's ❌ (another server's moderator's too) does nothing
-        try:
-            await self.service.cancel(
-                job_id,
-                payload.user_id,
-                is_admin=is_admin,
-                withdraw="removed with ❌ before it ended",
-            )
-        except JobStateError:  # it has ended (perhaps just now): deleted, as a finished job
-            await self.bot.runtime.moderation.delete_job(
-                payload.user_id, job_id, is_admin=is_admin, reason="❌ reaction"
-            )
+        await self._end_job(job_id, payload.user_id, is_admin=is_admin)
         view = await self.service.job(job_id)
         await self.bot.deliveries.routes.remove_all(
             view, also=(payload.channel_id, payload.message_id)
@@ -865,6 +920,8 @@ class ImagineCog(commands.Cog):
                     f"job {id} is not yours to show: it was made in a channel not everyone here "
                     "can see, or its images are held for the moderators' review"
                 )
+            if job.private and (await self.service.servers.hint(job.guild_id)).private(False):
+                raise NotAllowed(f"job {id} is private, as every job here must be")
             nsfw, _ = channel_flags(interaction.channel)
             if job.channel_nsfw and not nsfw:
                 raise NotAllowed(f"job {id} was made in an age-restricted channel: show it in one")
@@ -918,4 +975,6 @@ class ImagineCog(commands.Cog):
             "role_ids": list(_role_ids(interaction.user)),
             "channel": [interaction.channel_id, nsfw, public],
         }
+        rules = await self.service.servers.hint(job.guild_id)
+        interaction.extras[PRIVATE] = rules.private(job.private)
         await self._submit(interaction, call=("reproduce", again))

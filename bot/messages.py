@@ -219,6 +219,12 @@ def server_settings(rules: ServerRules, host: ServerRules) -> Message:
         + ("only in age-restricted channels" if rules.age_restricted_only else "in any channel"),
         "**Blocked here, on top of the host's:** "
         + (", ".join(quote(t, 60) for t in rules.blocked_terms) or "nothing"),
+        "**Private mode:** "
+        + {
+            "allow": "each member chooses (/settings)",
+            "forbid": "never: every job is public",
+            "force": "always: every job is answered to its member alone",
+        }[rules.private_mode],
     ]
     shown = [
         f"{name} {getattr(rules.limits, name):g}"

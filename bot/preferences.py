@@ -80,16 +80,14 @@ class SettingsSelect(
 class SettingsButton(
     Served,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=SETTINGS + r":(?P<what>remix|numbers|reset)",
+    template=SETTINGS + r":(?P<what>remix|private|numbers|reset)",
 ):
     def __init__(self, what: str, prefs: Preferences | None = None) -> None:
+        remix, private = bool(prefs and prefs.remix), bool(prefs and prefs.private)
+        on, off = discord.ButtonStyle.success, discord.ButtonStyle.secondary
         label, style = {
-            "remix": (
-                "Remix mode: on" if prefs and prefs.remix else "Remix mode: off",
-                discord.ButtonStyle.success
-                if prefs and prefs.remix
-                else discord.ButtonStyle.secondary,
-            ),
+            "remix": (f"Remix mode: {'on' if remix else 'off'}", on if remix else off),
+            "private": (f"Private mode: {'on' if private else 'off'}", on if private else off),
             "numbers": ("Steps & guidance…", discord.ButtonStyle.secondary),
             "reset": ("Reset settings", discord.ButtonStyle.danger),
         }[what]
@@ -156,7 +154,7 @@ def settings_message(prefs: Preferences, models: list[str], note: str = "") -> M
             "Sampler",
         )
     )
-    for what in ("remix", "numbers", "reset"):
+    for what in ("remix", "private", "numbers", "reset"):
         view.add_item(SettingsButton(what, prefs))
     return Message(content=clip(text, 2000), view=view)
 
@@ -318,8 +316,18 @@ class PreferencesCog(commands.Cog):
                 f"{LOST}: try again in a moment.", ephemeral=True
             )
             return
-        message = settings_message(prefs, self.models_here(interaction.guild_id))
+        note = await self._server_note(interaction.guild_id)
+        message = settings_message(prefs, self.models_here(interaction.guild_id), note)
         await interaction.response.send_message(**message.send_kwargs(), ephemeral=True)
+
+    async def _server_note(self, guild_id: int | None) -> str:
+        """What this server decides for its members whatever their settings say."""
+        mode = (await self.service.servers.hint(guild_id)).private_mode
+        if mode == "forbid":
+            return "This server does not allow private mode: your jobs here are public."
+        if mode == "force":
+            return "Every job in this server is private, whatever your setting says."
+        return ""
 
     async def change(
         self, interaction: discord.Interaction[ImagineBot], values: dict[str, Any]
@@ -351,7 +359,9 @@ class PreferencesCog(commands.Cog):
             await interaction.followup.send(messages.AWAY, ephemeral=True)
             return
         self._cache[user.id] = (time.monotonic(), changed)
-        message = settings_message(changed, self.models_here(interaction.guild_id), "Saved.")
+        note = await self._server_note(interaction.guild_id)
+        models = self.models_here(interaction.guild_id)
+        message = settings_message(changed, models, " ".join(filter(None, ["Saved.", note])))
         with contextlib.suppress(discord.HTTPException):
             await interaction.edit_original_response(**message.edit_kwargs())
 
@@ -370,7 +380,7 @@ class PreferencesCog(commands.Cog):
             await self.change(interaction, {"reset": True})
             return
         prefs = await self.read(interaction.user.id)
-        await self.change(interaction, {"remix": not (prefs.remix if prefs else False)})
+        await self.change(interaction, {what: not (getattr(prefs, what) if prefs else False)})
 
     # -- forms -------------------------------------------------------------------------------
 

@@ -160,7 +160,8 @@ class ResultRoutes:
         tries: list[tuple[Way, Callable[[], Awaitable[int | None]]]] = []
         if token_valid(delivery, utcnow()):
             tries.append((Way.RESPONSE, lambda: self._response(delivery, view)))
-        tries.append((Way.CHANNEL, lambda: self._channel(delivery, view)))
+        if not view.job.private:  # a private result goes to its owner alone: never posted
+            tries.append((Way.CHANNEL, lambda: self._channel(delivery, view)))
         tries.append((Way.DM, lambda: self._dm(view)))
         for way, attempt in tries:
             try:

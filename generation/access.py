@@ -94,7 +94,7 @@ def hidden(job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
 def may_see_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
     """/job: the owner; the moderators of its server; members of the server it was made in,
     when it was made in a channel @everyone can see (not a private channel or thread, nor a
-    job whose channel is not known), unless it is hidden."""
+    job whose channel is not known), unless it is hidden or private."""
     if actor.user_id == job.user_id or actor.moderates(job.guild_id):
         return True
     return job.channel_public is True and may_use_result(actor, job, images)
@@ -103,19 +103,27 @@ def may_see_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()
 def may_use_result(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
     """A button or reaction on a result's message: whoever can see the message (a member of
     the server it is in; the channel's own permissions decided that) unless the job is
-    hidden; its owner and its server's moderators always."""
+    hidden or private; its owner and its server's moderators always."""
     if actor.user_id == job.user_id or actor.moderates(job.guild_id):
         return True
-    return job.guild_id is not None and job.guild_id == actor.guild_id and not hidden(job, images)
+    return (
+        job.guild_id is not None
+        and job.guild_id == actor.guild_id
+        and not job.private
+        and not hidden(job, images)
+    )
 
 
 def may_show_job(actor: Actor, job: JobRecord, images: Iterable[ImageRecord] = ()) -> bool:
     """/show: post a finished job's result again, in the server it was made in (a job made
     in a DM: there): its owner, or any member of that server for a job made in a channel
-    @everyone can see. Never a deleted job, nor one holding a flagged image not approved."""
+    @everyone can see, unless it is private. Never a deleted job, nor one holding a flagged
+    image not approved."""
     if job.status != JobStatus.SUCCEEDED or hidden(job, images) or job.guild_id != actor.guild_id:
         return False
-    return actor.user_id == job.user_id or (job.guild_id is not None and job.channel_public is True)
+    if actor.user_id == job.user_id:
+        return True
+    return job.guild_id is not None and job.channel_public is True and not job.private
 
 
 def may_act_on_job(actor: Actor, job: JobRecord) -> bool:

@@ -41,6 +41,7 @@ class Preferences:
     steps: int | None = None
     guidance: float | None = None
     remix: bool = False
+    private: bool = False  # results to the member alone (a server may forbid or force it)
 
     @property
     def ratio(self) -> tuple[int, int] | None:
@@ -66,6 +67,7 @@ class Preferences:
             and 0 <= guidance <= MAX_GUIDANCE
             else None,
             remix=values.get("remix") is True,
+            private=values.get("private") is True,
         )
 
     def to_dict(self) -> dict[str, Any] | None:
@@ -105,6 +107,7 @@ class Preferences:
             ("Steps", str(self.steps) if self.steps is not None else "the model's own"),
             ("Guidance", f"{self.guidance:g}" if self.guidance is not None else "the model's own"),
             ("Remix", "on: Vary and 🔄 open the prompt to edit first" if self.remix else "off"),
+            ("Private mode", "on: results only you see" if self.private else "off"),
         ]
 
 
@@ -128,5 +131,5 @@ def _check(name: str, value: Any, max_steps: int) -> None:
         raise InvalidRequest("guidance", f"must be a number from 0 to {MAX_GUIDANCE:g}")
     if name == "model" and (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME):
         raise InvalidRequest("model", f"must be a model's name of at most {MAX_NAME} characters")
-    if name == "remix" and not isinstance(value, bool):
-        raise InvalidRequest("remix", "must be on or off")
+    if name in ("remix", "private") and not isinstance(value, bool):
+        raise InvalidRequest(name, "must be on or off")

@@ -90,6 +90,8 @@ class GenerationRequest:
     # words its parameters gave (--no, --sampler, --model): the filter reads them too.
     raw_prompt: str | None = None
     parameter_words: str = ""
+    # Private mode asked for (the member's setting; the server may forbid or force it).
+    private: bool = False
 
     @property
     def filtered_text(self) -> str:

@@ -35,6 +35,10 @@ MAX_TERMS = 500  # a server's own blocked terms
 MAX_TERM_LENGTH = 200
 
 
+# Private mode in a server: members choose (allow), never (forbid), or always (force).
+PRIVATE_MODES = ("allow", "forbid", "force")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ServerRules:
     """What holds in one server now (``guild_id`` None: outside any server, the host's)."""
@@ -47,9 +51,16 @@ class ServerRules:
     limits: Quotas  # what holds here: the host's, tightened by the server's own
     stored: GuildSettingsRecord | None = None
     filter: PromptFilter = dataclasses.field(default_factory=PromptFilter, repr=False)
+    private_mode: str = "allow"  # allow (members choose), forbid or force
 
     def check_prompt(self, prompt: str, negative_prompt: str = "") -> Blocked | None:
         return self.filter.check(prompt, negative_prompt, self.guild_id)
+
+    def private(self, wanted: bool) -> bool:
+        """Whether a job here is private, its member ``wanted`` it or not."""
+        if self.private_mode == "force":
+            return True
+        return wanted and self.private_mode != "forbid"
 
 
 class ServerSettings:
@@ -92,6 +103,7 @@ class ServerSettings:
             limits=self.quotas.within(stored.quotas if stored else {}),
             stored=stored,
             filter=terms_filter,
+            private_mode=(stored.private_mode if stored else None) or "allow",
         )
 
     async def rules(self, guild_id: int | None) -> ServerRules:
@@ -132,6 +144,7 @@ class ServerSettings:
         age_restricted_only: bool | None = None,
         quotas: Mapping[str, object] | None = None,
         clear_quotas: Iterable[str] = (),
+        private_mode: str | None = None,
     ) -> ServerRules:
         """Change a server's settings (its moderators and host admins), within the host's
         limits. Refused (nothing changed) with the reason naming the setting; the change is a
@@ -147,6 +160,10 @@ class ServerSettings:
         clear = tuple(clear_quotas)
         for name in clear:
             check_override(name, 1, SERVER_QUOTAS)
+        if private_mode is not None and private_mode not in PRIVATE_MODES:
+            raise InvalidRequest(
+                "private_mode", f"must be one of {', '.join(PRIVATE_MODES)}, not {private_mode!r}"
+            )
         added = [term.strip() for term in block if term.strip()]
         _check_change(self.host_rules(guild_id), safety_policy, added)
         self._check_quotas(checked_quotas)
@@ -175,6 +192,7 @@ class ServerSettings:
                     else age_restricted_only
                 ),
                 "quotas": limits,
+                "private_mode": stored.private_mode if private_mode is None else private_mode,
                 "updated_by": actor.user_id,
             }
             saved = await uow.guilds.set_settings(guild_id, **values)
@@ -190,6 +208,7 @@ class ServerSettings:
                     "blocked_terms_removed": sorted(removed),
                     "age_restricted_only": values["age_restricted_only"],
                     "quotas": limits,
+                    "private_mode": values["private_mode"] or "allow",
                 },
                 created_at=utcnow(),
             )

@@ -591,6 +591,7 @@ class GenerationService:
                 channel_id=request.channel_id,
                 channel_nsfw=request.channel_nsfw,
                 channel_public=request.channel_public,
+                private=rules.private(request.private),
                 interaction_id=request.interaction_id,
                 reproduces_job_id=request.reproduces_job_id,
                 cost=self._cost(recipe, upscaler),
@@ -799,12 +800,14 @@ class GenerationService:
         channel: tuple[int | None, bool | None, bool | None] | None = None,
         prompt: str | None = None,
         negative_prompt: str | None = None,
+        private: bool | None = None,
     ) -> Submission:
         """A job made from another: upscale or vary image ``image_index``, or reroll the recipe.
         ``channel`` (its id, age-restricted, public) is where it was asked, if not the parent's
         channel: a button pressed on a result that went elsewhere (a DM). ``prompt`` and
         ``negative_prompt``: the texts as edited in the remix form (a variation or reroll
-        only), checked by the prompt filter like any prompt."""
+        only), checked by the prompt filter like any prompt. ``private``: private mode asked
+        for (None: as its parent was)."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
             raise JobStateError(
@@ -843,6 +846,7 @@ class GenerationService:
                 interaction_id=interaction_id,
                 user_name=user_name,
                 role_ids=role_ids,
+                private=recipe.private if private is None else private,
             ),
             delivery,
         )
@@ -913,6 +917,7 @@ class GenerationService:
                 preset=original.preset,
                 user_name=user_name,
                 role_ids=role_ids,
+                private=original.private,
             ),
             delivery,
         )

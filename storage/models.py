@@ -150,6 +150,8 @@ class GuildSettings(Base):
     quotas: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The preset /imagine uses here when none is named; None: the host's default model.
     default_model: Mapped[str | None] = mapped_column(String(64))
+    # Private mode here: allow (members choose), forbid or force; None: allow.
+    private_mode: Mapped[str | None] = mapped_column(String(8))
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -253,6 +255,8 @@ class Job(Base):
     preset: Mapped[str | None] = mapped_column(String(64))
     # The prompt as typed, when parameters (--ar 16:9, --no text) were taken out of it.
     raw_prompt: Mapped[str | None] = mapped_column(Text)
+    # Private mode: answered to its owner alone (ephemeral, or by DM), hidden from others.
+    private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -56,6 +56,7 @@ class GuildSettingsRecord:
     default_model: str | None
     updated_by: int | None
     updated_at: dt.datetime
+    private_mode: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,6 +133,8 @@ class JobRecord:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     error: str | None
+    # Private mode: its messages only its owner sees (and its server's moderators, here).
+    private: bool = False
 
     @property
     def is_terminal(self) -> bool:

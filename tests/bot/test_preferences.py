@@ -39,7 +39,7 @@ async def test_settings_are_the_defaults_of_the_next_jobs_until_reset(
             ["Model"],
             ["Aspect"],
             ["Sampler"],
-            ["Remix mode: off", "Steps & guidance…", "Reset settings"],
+            ["Remix mode: off", "Private mode: off", "Steps & guidance…", "Reset settings"],
         ]
         panel_id = int(panel["id"])
 
