@@ -125,15 +125,23 @@ def generate(
             )
             prefs = dataclasses.replace(prefs, model=None)
         # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
-        asked, overridden = parameters.apply(
+        asked, overridden, dropped = await asyncio.to_thread(
+            parameters.apply_fitting,
             request,
+            check=lambda checked: service.check(checked, snapshot, strict=True),
+            lenient=lambda checked: service.check(checked, snapshot),
+            defaults=prefs,
             model_of=model_of,
             min_side=service.limits.min_size,
-            defaults=prefs,
             preset_of=preset_of,
         )
         for name in overridden:
             click.echo(f"--{name} in the prompt: the command's option is used instead", err=True)
+        for name in dropped:
+            click.echo(
+                f"user {user_id}'s default {name} does not fit this model: its own is used",
+                err=True,
+            )
         return await service.submit(asked)
 
     _submit_and_report(settings, submit, no_wait, as_json)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -18,6 +19,7 @@ from discord.ext import commands
 from bot import messages
 from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
+from bot.places import EditBudget
 from bot.preferences import REMIXABLE, RemixForm
 from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
@@ -42,7 +44,7 @@ from generation.intents import decode_arguments, decode_delivery, encode_request
 from generation.loras import MAX_LORA_WEIGHT, LoraChoice
 from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
-from generation.preferences import ASPECTS
+from generation.preferences import ASPECTS, Preferences
 from generation.presets import Preset, PresetBook
 from generation.rendering import grid_key
 from generation.requests import GenerationRequest
@@ -66,6 +68,8 @@ ACK_DEADLINE = 2.0  # counted from when the interaction arrived (``extras[RECEIV
 RECEIVED = "received"
 PRIVATE = "private"  # in ``extras``: the job will be private, so its answer is ephemeral
 POST_RECORD_SECONDS = 60.0  # how long a /show post's record is tried through an outage
+SHOW_BURST = 3  # /show: a member posts this many results at once, ...
+SHOW_REFILL_SECONDS = 20.0  # ... then one more every this many seconds
 # A request answered but not stored before a crash is made at the next start while its answer
 # can still be edited (Discord keeps the token 15 minutes).
 RESUME_WINDOW = dt.timedelta(minutes=14)
@@ -93,6 +97,7 @@ def delivery_target(
         channel_id=interaction.channel_id,
         reply_to_message_id=reply_to,
         attachment_size_limit=interaction.filesize_limit,
+        ephemeral=bool(interaction.extras.get(PRIVATE)),  # as it is answered (_acknowledge)
     )
 
 
@@ -170,6 +175,17 @@ async def _say_overridden(
         await interaction.followup.send(**messages.plain(text).send_kwargs(), ephemeral=True)
 
 
+def carries_job(message: discord.Message | None, job_id: int) -> bool:
+    """Whether a message holds a button of the job (a form submitted from it was opened
+    there)."""
+    wanted = re.compile(rf"imagine:[a-z]+:{job_id}(?::\d+)?")
+    return message is not None and any(
+        wanted.fullmatch(getattr(item, "custom_id", None) or "")
+        for row in message.components
+        for item in getattr(row, "children", ())
+    )
+
+
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
     return tuple(role.id for role in getattr(user, "roles", ()))
 
@@ -178,6 +194,7 @@ class ImagineCog(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.service = bot.runtime.service
+        self._shows: dict[int, EditBudget] = {}  # /show's bucket, per member
 
     def _model_names(self) -> list[str]:
         return [info.name for info in self.service.host_models.values()]
@@ -271,17 +288,28 @@ class ImagineCog(commands.Cog):
                 interaction_id=interaction.id,
                 private=bool(prefs and prefs.private),
             )
-            # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise.
-            request, overridden = parameters.apply(
+            # --ar, --no, --seed, ... typed in the prompt: where no option says otherwise; then
+            # the member's /settings, those the model can take. (In a thread: checking hashes
+            # a LoRA file at its first use.)
+            request, overridden, dropped = await asyncio.to_thread(
+                parameters.apply_fitting,
                 request,
+                check=lambda asked: self.service.check(asked, strict=True),
+                lenient=self.service.check,
+                defaults=prefs,
                 aspect=aspect_ratio(aspect),
                 model_of=lambda name: self._model_of(name, interaction.guild_id),
                 min_side=self.service.limits.min_size,
-                defaults=prefs,  # the member's /settings, where neither says
                 preset_of=lambda name: self._preset_of(name, interaction.guild_id),
             )
-            # In a thread: the first use of a LoRA file hashes it.
-            await asyncio.to_thread(self.service.check, request)
+            if dropped:
+                unfit = " and ".join(dropped)
+                note = " ".join(
+                    filter(
+                        None,
+                        [note, f"Your default {unfit} does not fit this model: its own was used."],
+                    )
+                )
         except InvalidRequest as error:
             sized = aspect or ("--ar" if request_sized(error, prompt) else None)
             await refuse(interaction, _invalid(error, sized))
@@ -435,7 +463,12 @@ class ImagineCog(commands.Cog):
                 await self.bot.outbox.set_original(job.id, acknowledged)
         finally:
             deliveries.answered(interaction.id)
-        await deliveries.show_queued(job.id, messages.queued(submission))
+        shown = messages.queued(submission)
+        if job.private and not target.ephemeral:
+            # Made private after a public answer (the server's setting changed meanwhile):
+            # nothing of it there; its result goes by direct message.
+            shown = messages.sent_privately(job)
+        await deliveries.show_queued(job.id, shown)
 
     async def resume_written(self, started: dt.datetime, delay: float = RESUME_DELAY) -> None:
         """Make the jobs of requests that were answered but not stored when the bot last
@@ -608,12 +641,11 @@ class ImagineCog(commands.Cog):
         if action is Action.DELETE:
             await self._delete_button(interaction, job_id)
             return
-        if action in REMIXABLE:
-            prefs = await self.bot.preferences.read(interaction.user.id)
-            if prefs is not None and prefs.remix:
-                await self._open_remix(interaction, action, job_id, index)
-                return
-        await self._derive(interaction, action, job_id, index)
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        if action in REMIXABLE and prefs is not None and prefs.remix:
+            await self._open_remix(interaction, action, job_id, index)
+            return
+        await self._derive(interaction, action, job_id, index, prefs=prefs)
 
     async def _parent(
         self, interaction: discord.Interaction[ImagineBot], job_id: int
@@ -655,11 +687,19 @@ class ImagineCog(commands.Cog):
         prompt: str,
         negative: str,
     ) -> None:
-        """The remix form sent: the variation or reroll, with the texts as edited."""
+        """The remix form sent: the variation or reroll, with the texts as edited. Only from
+        a message that carries the job's buttons (the form opened from one of them), whatever
+        its ``custom_id`` names."""
         if action not in REMIXABLE:
             await refuse(interaction, "Only a variation or a reroll can be remixed.")
             return
-        await self._derive(interaction, action, job_id, index, edited=(prompt, negative))
+        if not carries_job(interaction.message, job_id):
+            await refuse(interaction, "Open the remix form from the job's own result.")
+            return
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        await self._derive(
+            interaction, action, job_id, index, prefs=prefs, edited=(prompt, negative)
+        )
 
     async def _derive(
         self,
@@ -667,8 +707,11 @@ class ImagineCog(commands.Cog):
         action: Action,
         job_id: int,
         index: int | None,
+        *,
+        prefs: Preferences | None,
         edited: tuple[str, str] | None = None,
     ) -> None:
+        """``prefs``: the presser's settings as read (None: unread, taken as private mode)."""
         parent = await self._parent(interaction, job_id)
         if parent is None:
             return
@@ -697,9 +740,8 @@ class ImagineCog(commands.Cog):
         }
         if edited is not None:  # the remix form's texts: the job records them
             derive["prompt"], derive["negative_prompt"] = edited
-        # Private as its parent was, or as the presser's own setting asks.
-        prefs = await self.bot.preferences.read(interaction.user.id)
-        private = parent.job.private or bool(prefs and prefs.private)
+        # Private as its parent was, or as the presser's own setting asks (or may ask).
+        private = parent.job.private or prefs is None or prefs.private
         derive["private"] = private
         rules = await self.service.servers.hint(parent.job.guild_id)
         interaction.extras[PRIVATE] = rules.private(private)
@@ -796,20 +838,34 @@ class ImagineCog(commands.Cog):
             return
         delivery = await self.bot.outbox.by_message(payload.message_id)
         # A result posted again with /show is its job's too.
-        job_id = (
-            delivery.job_id
-            if delivery is not None
-            else await self.bot.outbox.post_job(payload.message_id)
-        )
+        post = None if delivery is not None else await self.bot.outbox.post(payload.message_id)
+        job_id = delivery.job_id if delivery is not None else post.job_id if post else None
         if job_id is None:
             return
         try:
             if emoji == ENVELOPE:
                 await self._send_recipe(payload, job_id)
+            elif post is not None and post.user_id == payload.user_id:
+                await self._take_back(payload, post.job_id)
             else:
                 await self._delete(payload, job_id)
         except (GenerationError, discord.HTTPException) as error:
             logger.info("reaction %s on job %s: %s", emoji, job_id, error)
+
+    async def _take_back(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
+        """❌ on a post made with /show, by whoever made it: that post goes (the job too, if
+        it is theirs, or they moderate it)."""
+        job = (await self.service.job(job_id)).job
+        is_admin = payload.member is not None and may_moderate_job(
+            self.bot.actor(payload.member, payload.guild_id), job
+        )
+        if job.user_id == payload.user_id or is_admin:
+            await self._delete(payload, job_id)
+            return
+        channel = self.bot.get_partial_messageable(payload.channel_id)
+        with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+            await channel.get_partial_message(payload.message_id).delete()
+        await self.bot.outbox.remove_post(payload.message_id)
 
     async def _send_recipe(self, payload: discord.RawReactionActionEvent, job_id: int) -> None:
         view = await self.service.job(job_id)
@@ -867,6 +923,8 @@ class ImagineCog(commands.Cog):
         try:
             view = await self._visible(interaction, id)
             parent, children = await self.service.lineage(id)
+            # Jobs made from it that the asker may not see (private ones) are not listed.
+            children = [c for c in children if may_see_job(self._actor(interaction), c)]
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
@@ -928,6 +986,16 @@ class ImagineCog(commands.Cog):
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
+        bucket = self._shows.setdefault(
+            interaction.user.id, EditBudget(1 / SHOW_REFILL_SECONDS, burst=SHOW_BURST)
+        )
+        if not bucket.take():
+            await refuse(
+                interaction,
+                f"You showed {SHOW_BURST} results just now: one more every "
+                f"{SHOW_REFILL_SECONDS:g} s.",
+            )
+            return
         # Reading and fitting its file may take longer than Discord's 3 s: answer first.
         await interaction.response.defer(thinking=True)
 
@@ -947,6 +1015,12 @@ class ImagineCog(commands.Cog):
             what=f"recording job {job.id}'s post",
             until=lambda: until,
         )
+        # Deleted (or held) while it went out: ❌ took the job's messages before this one was
+        # on record, so it goes now.
+        again = await self.service.job(job.id)
+        if not may_show_job(self._actor(interaction), again.job, again.images):
+            with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+                await interaction.delete_original_response()
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
     async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:
@@ -975,6 +1049,9 @@ class ImagineCog(commands.Cog):
             "role_ids": list(_role_ids(interaction.user)),
             "channel": [interaction.channel_id, nsfw, public],
         }
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        private = job.private or prefs is None or prefs.private
+        again["private"] = private
         rules = await self.service.servers.hint(job.guild_id)
-        interaction.extras[PRIVATE] = rules.private(job.private)
+        interaction.extras[PRIVATE] = rules.private(private)
         await self._submit(interaction, call=("reproduce", again))

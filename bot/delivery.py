@@ -40,7 +40,7 @@ from generation.events import (
 )
 from generation.imaging import fit_file
 from generation.openai_engine import CONTENT_REFUSED
-from generation.outbox import Outbox, token_valid
+from generation.outbox import Outbox, exposed, token_valid
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import DeliveryState, utcnow
@@ -251,6 +251,8 @@ class Deliveries:
             job = (await self.service.job(event.job_id)).job
             if job.interaction_id in self._acks:
                 return  # not answered yet: the response does not exist to edit
+            if exposed(job, delivery):
+                return  # a private job answered where others see it: no progress there
             preview = None
             shown = await self.routes.preview(job) if event.preview_png else None
             if event.preview_png and shown is not None:

@@ -283,6 +283,11 @@ def went_elsewhere(job: JobRecord, *, dm: bool) -> Message:
     return plain(f"{_headline(job)}: done; the result {where}.")
 
 
+def sent_privately(job: JobRecord) -> Message:
+    """What a private job's answer says where others may see it: nothing of the job."""
+    return plain(f"Job {job.id} is private: its result goes to its member alone.")
+
+
 def content_refused(job: JobRecord) -> Message:
     return plain(
         f"The image service refused job {job.id} under its content policy, so nothing was "

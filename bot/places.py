@@ -3,7 +3,7 @@ should be done, edited as that changes.
 
 Discord allows a bot about 50 requests a second in all, and results, progress and commands
 need their share: the edits of waiting jobs' messages draw on a budget of their own (a token
-bucket, ``IMAGINE_PLACE_EDITS_PER_SECOND``), nearest the front first, each message at most
+bucket, ``IMAGINE_PLACE_EDITS_PER_SECOND``), the longest unedited first, each message at most
 once per ``IMAGINE_PLACE_INTERVAL`` and only when its text changed, and only while its
 interaction token answers. A thousand waiting jobs make at most that many edits a second; the
 ones left out this round are edited in a later one.
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from bot import messages
-from generation.outbox import Outbox, token_valid
+from generation.outbox import Outbox, exposed, token_valid
 from generation.service import GenerationService, Submission
 from storage.models import DeliveryState, utcnow
 from storage.records import DeliveryRecord, JobRecord
@@ -85,6 +85,9 @@ class PlaceWatch:
         self._edited[job_id] = time.monotonic()
 
     async def run(self) -> None:
+        # Rounds come every second at most, so the budget is spent as it refills, while each
+        # message waits ``interval`` between edits.
+        tick = min(self.interval, 1.0)
         while True:
             started = time.monotonic()
             try:
@@ -93,11 +96,11 @@ class PlaceWatch:
                 raise
             except Exception as error:  # the database away: the next round tries again
                 logger.info("places in line not updated: %s", error)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
 
     async def round(self) -> int:
-        """Edit the messages whose place changed, front first, while the budget lasts; how
-        many were edited."""
+        """Edit the messages whose place changed, longest unedited first, while the budget
+        lasts; how many were edited."""
         waiting = [s for s in await self.service.waiting(None, limit=WATCHED) if s.position]
         self._forget({s.job.id for s in waiting})
         changed = [s for s in waiting if self._due(s)]
@@ -106,12 +109,13 @@ class PlaceWatch:
         deliveries = await self.outbox.for_jobs([s.job.id for s in changed])
         now = utcnow()
         edited = 0
-        for submission in self._front_first(changed):
+        for submission in self._longest_stale(changed):
             delivery = deliveries.get(submission.job.id)
             if (
                 delivery is None
                 or delivery.state != DeliveryState.PENDING
                 or not token_valid(delivery, now)
+                or exposed(submission.job, delivery)
                 or self.skip(submission.job)
             ):
                 continue
@@ -129,9 +133,12 @@ class PlaceWatch:
             return False
         return time.monotonic() - self._edited.get(job_id, -1e9) >= self.interval
 
-    @staticmethod
-    def _front_first(changed: Sequence[Submission]) -> list[Submission]:
-        return sorted(changed, key=lambda s: (s.position, s.job.id))
+    def _longest_stale(self, changed: Sequence[Submission]) -> list[Submission]:
+        """The messages edited longest ago first (front of the line first among equals):
+        jobs whose ETA changes every round do not keep the budget from the others."""
+        return sorted(
+            changed, key=lambda s: (self._edited.get(s.job.id, -1e9), s.position, s.job.id)
+        )
 
     def _forget(self, waiting: set[int]) -> None:
         """Jobs no longer waiting need no place."""

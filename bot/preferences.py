@@ -28,6 +28,7 @@ from generation.errors import GenerationError, InvalidRequest
 from generation.faults import is_transient
 from generation.preferences import ASPECTS, Preferences
 from generation.presets import PresetBook
+from generation.requests import MAX_PROMPT_LENGTH
 from generation.samplers import SAMPLER_NAMES
 
 if TYPE_CHECKING:
@@ -35,14 +36,17 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-READ_WAIT = 1.0  # seconds a command waits for the member's settings before going on without
+READ_WAIT = 0.5  # seconds a command waits for the member's settings before going on without
+UNREAD_SECONDS = 5.0  # after a read that failed, commands go on without for this long
 CACHE_SECONDS = 300.0  # how long settings read are trusted (this process writes them)
 UNSET = "-"  # a select's "not set" option (Discord needs a value for each option)
 SETTINGS = "imagine-settings"
 NUMBERS_FORM = "imagine-settings-numbers"
 REMIX_FORM = re.compile(r"imagine-remix:(?P<action>[a-z]+):(?P<job>\d+)(?::(?P<index>\d+))?$")
 REMIXABLE = frozenset({Action.VARY, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL})
-MAX_TEXT = 4000  # a text input holds at most this many characters
+# The remix form's fields: a prompt and its parameters; a negative prompt.
+PROMPT_FIELD = MAX_PROMPT_LENGTH + 300
+NEGATIVE_FIELD = MAX_PROMPT_LENGTH
 LOST = "Your settings could not be read just now"
 
 
@@ -200,10 +204,10 @@ class RemixForm(discord.ui.Modal):
                 label="Prompt",
                 custom_id="prompt",
                 style=discord.TextStyle.paragraph,
-                default=prompt[:MAX_TEXT],
+                default=prompt[:PROMPT_FIELD],
                 required=True,
                 min_length=1,
-                max_length=MAX_TEXT,
+                max_length=PROMPT_FIELD,
             )
         )
         self.add_item(
@@ -211,9 +215,9 @@ class RemixForm(discord.ui.Modal):
                 label="Negative prompt",
                 custom_id="negative",
                 style=discord.TextStyle.paragraph,
-                default=negative[:MAX_TEXT],
+                default=negative[:NEGATIVE_FIELD],
                 required=False,
-                max_length=MAX_TEXT,
+                max_length=NEGATIVE_FIELD,
             )
         )
 
@@ -253,6 +257,7 @@ class PreferencesCog(commands.Cog):
         self.bot = bot
         self.service = bot.runtime.service
         self._cache: dict[int, tuple[float, Preferences]] = {}
+        self._unread_until = 0.0  # the database did not answer: don't wait on it again yet
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -261,8 +266,11 @@ class PreferencesCog(commands.Cog):
         waiting at most ``wait`` seconds (a command must be answered within 3 s); None when
         they could not be read (the caller goes on without them and says so)."""
         cached = self._cache.get(user_id)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
             return cached[1]
+        if now < self._unread_until:  # it did not answer a moment ago: no second wait
+            return cached[1] if cached is not None else None
         try:
             prefs = await asyncio.wait_for(self.service.preferences(user_id), wait)
         except Exception as error:
@@ -270,6 +278,7 @@ class PreferencesCog(commands.Cog):
                 raise
             # The database away or slow: go on without (the caller says so).
             logger.warning("could not read user %s's settings: %s", user_id, error)
+            self._unread_until = time.monotonic() + UNREAD_SECONDS
             return cached[1] if cached is not None else None
         self._cache[user_id] = (time.monotonic(), prefs)
         return prefs
@@ -296,7 +305,10 @@ class PreferencesCog(commands.Cog):
         be used (unread, or a default model this server does not offer)."""
         prefs = await self.read(user_id)
         if prefs is None:
-            return None, f"{LOST}: this job uses the model's own defaults."
+            # Not knowing whether the member uses private mode, the job is answered to them
+            # alone (unless the server forbids it): never public against their setting.
+            note = f"{LOST}: this job uses the model's own defaults and is shown to you alone."
+            return Preferences(private=True), note
         if prefs.model is not None and not self.offered(prefs.model, guild_id):
             note = (
                 f"Your default model **{prefs.model}** is not offered here: this job uses the "
@@ -351,6 +363,7 @@ class PreferencesCog(commands.Cog):
             await interaction.followup.send(str(error), ephemeral=True)
             return
         except Exception as error:
+            self._cache.pop(user.id, None)  # the write may have landed: read it again
             if not is_transient(error):
                 logger.exception("user %s's settings could not be changed", user.id)
                 await interaction.followup.send(messages.BROKE, ephemeral=True)
@@ -399,10 +412,15 @@ class PreferencesCog(commands.Cog):
             return
         match = REMIX_FORM.match(custom_id)
         assert match is not None
+        try:
+            action = Action(match["action"])
+        except ValueError:  # no form of the bot's names it
+            logger.info("a remix form named an unknown action: %r", custom_id)
+            return
         index = match["index"]
         await self.bot.handlers.remix(
             interaction,
-            Action(match["action"]),
+            action,
             int(match["job"]),
             None if index is None else int(index),
             prompt=values.get("prompt", ""),

@@ -28,7 +28,7 @@ from bot import messages
 from bot.limits import DEFAULT_FILE_LIMIT, Message
 from generation.faults import is_transient
 from generation.imaging import TooLargeToFit, fit_file
-from generation.outbox import token_valid
+from generation.outbox import exposed, token_valid
 from generation.rendering import grid_key
 from generation.server_settings import ServerSettings
 from generation.service import JobView
@@ -158,7 +158,7 @@ class ResultRoutes:
         """The way that took the result, and its message."""
         reasons: list[str] = []
         tries: list[tuple[Way, Callable[[], Awaitable[int | None]]]] = []
-        if token_valid(delivery, utcnow()):
+        if token_valid(delivery, utcnow()) and not exposed(view.job, delivery):
             tries.append((Way.RESPONSE, lambda: self._response(delivery, view)))
         if not view.job.private:  # a private result goes to its owner alone: never posted
             tries.append((Way.CHANNEL, lambda: self._channel(delivery, view)))
@@ -324,6 +324,8 @@ class ResultRoutes:
         if way is Way.RESPONSE or delivery.original_message_id is None:
             return
         pointer = messages.went_elsewhere(view.job, dm=way is Way.DM).edit_kwargs()
+        if view.job.private:  # nothing of a private job where others may see it
+            pointer = messages.sent_privately(view.job).edit_kwargs()
         await self._on_original(delivery, edit=pointer)
 
     async def remove_progress(self, delivery: DeliveryRecord, way: Way) -> None:

@@ -33,6 +33,7 @@ class DeliveryTarget:
     channel_id: int | None = None
     reply_to_message_id: int | None = None
     attachment_size_limit: int | None = None  # bytes a file may weigh in answers to it
+    ephemeral: bool = False  # answered so that only its member sees it (private mode)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +47,13 @@ class Backoff:
     def after(self, attempts: int) -> float:
         ceiling = min(self.cap, self.base * 2 ** max(0, attempts - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def exposed(job: JobRecord, delivery: DeliveryRecord) -> bool:
+    """A private job whose request was answered where others see it (its server switched to
+    private mode between the answer and the job): nothing of it is shown on that answer, and
+    its result goes by direct message."""
+    return job.private and not delivery.ephemeral
 
 
 def token_valid(delivery: DeliveryRecord, now: dt.datetime) -> bool:
@@ -86,10 +94,15 @@ class Outbox:
             )
             await uow.commit()
 
-    async def post_job(self, message_id: int) -> int | None:
-        """The job a result posted again shows, if the message is one."""
+    async def post(self, message_id: int) -> ResultPostRecord | None:
+        """The result posted again that this message is, if it is one."""
         async with self.db.uow() as uow:
-            return await uow.posts.job_of(message_id)
+            return await uow.posts.get(message_id)
+
+    async def remove_post(self, message_id: int) -> None:
+        async with self.db.uow() as uow:
+            await uow.posts.remove(message_id)
+            await uow.commit()
 
     async def posts(self, job_id: int) -> list[ResultPostRecord]:
         async with self.db.uow() as uow:

@@ -246,6 +246,50 @@ def apply(
     return changed, overridden
 
 
+# The setting a refusal of an option may come from.
+FROM_SETTINGS = {
+    "sampler": "sampler",
+    "guidance": "guidance",
+    "steps": "steps",
+    "width": "aspect",
+    "height": "aspect",
+    "aspect": "aspect",
+    "model": "model",
+}
+
+
+def apply_fitting(
+    request: GenerationRequest,
+    *,
+    check: Callable[[GenerationRequest], object],
+    defaults: Preferences | None,
+    lenient: Callable[[GenerationRequest], object] | None = None,
+    **options: Any,
+) -> tuple[GenerationRequest, list[str], list[str]]:
+    """``apply``, then ``check`` the result: a refusal that one of the member's settings
+    caused (a sampler or guidance the model cannot take, an aspect past its size caps) drops
+    that setting and tries again, so a default never makes every job fail. Also the names of
+    the settings dropped, for the member to be told. Any other refusal is the ``lenient``
+    check's to judge (the service's, which serves a broken server default with the host's
+    model), or stands."""
+    dropped: list[str] = []
+    while True:
+        changed, overridden = apply(request, defaults=defaults, **options)
+        try:
+            check(changed)
+        except InvalidRequest as error:
+            name = FROM_SETTINGS.get(error.option)
+            if defaults is None or name is None or getattr(defaults, name) is None:
+                if lenient is None:
+                    raise
+                lenient(changed)
+                return changed, overridden, dropped
+            dropped.append(name)
+            defaults = dataclasses.replace(defaults, **{name: None})
+            continue
+        return changed, overridden, dropped
+
+
 # What a remix (the prompt edited before a variation or a reroll) cannot change: the job is
 # its parent's picture made again, at its size, on its model, from its image.
 FIXED_IN_REMIX = ("ar", "model", "iw")
@@ -268,6 +312,7 @@ def remix(request: GenerationRequest, text: str, negative: str) -> GenerationReq
     words = " ".join(str(values[name]) for name in ("no", "sampler") if name in values)
     return dataclasses.replace(
         request,
+        remixed=True,
         prompt=typed.text,
         raw_prompt=text if values else None,
         parameter_words=words,

@@ -92,6 +92,8 @@ class GenerationRequest:
     parameter_words: str = ""
     # Private mode asked for (the member's setting; the server may forbid or force it).
     private: bool = False
+    # Its prompt was edited in the remix form: the member's own text, judged as theirs.
+    remixed: bool = False
 
     @property
     def filtered_text(self) -> str:

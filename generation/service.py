@@ -234,15 +234,18 @@ class GenerationService:
         """The model a preset runs: its own, or the host model its source names."""
         return preset.model or self.model_for(preset.source)
 
-    def check(self, request: GenerationRequest, presets: Snapshot | None = None) -> Recipe:
+    def check(
+        self, request: GenerationRequest, presets: Snapshot | None = None, *, strict: bool = False
+    ) -> Recipe:
         """Validate a request without touching storage: bad options fail here, at once.
         ``presets``: as last read, when not given. A job made from another carries its
-        recipe, so no preset applies to it again."""
+        recipe, so no preset applies to it again. ``strict``: the server's default model is
+        refused like any other, not replaced by the host's (to judge a member's settings)."""
         preset = None
         snapshot = self.presets.snapshot if presets is None else presets
         if request.made_from is None:
             preset = PresetBook.chosen(snapshot, request.model, request.guild_id)
-        if preset is not None and request.model is None:
+        if preset is not None and request.model is None and not strict:
             # The server's default, which the member did not pick: if it no longer works
             # (its model, a LoRA or its size gone), the host's model serves, and the log says.
             try:
@@ -467,9 +470,10 @@ class GenerationService:
         rules = await self.servers.rules(request.guild_id)
         refuse_outside_age_restricted(rules, request)
         blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
-        if blocked is not None and request.made_from is not None:
+        if blocked is not None and request.made_from is not None and not request.remixed:
             # Made from another job: the prompt is that job's, not the presser's, so no
-            # strike; the server blocked it since.
+            # strike; the server blocked it since. (A remix's text is the presser's own: it
+            # is refused, and struck, as any prompt.)
             raise NotAllowed(
                 f"job {request.made_from}'s prompt is not allowed in this server any more, "
                 "so nothing was made"
@@ -861,11 +865,13 @@ class GenerationService:
         role_ids: tuple[int, ...] = (),
         delivery: DeliveryTarget | None = None,
         channel: tuple[int | None, bool | None, bool | None] | None = None,
+        private: bool | None = None,
     ) -> Submission:
         """Queue a job that makes ``job_id``'s images again from its recipe, exactly (the same
         kind, seed, batch, settings and start image), through bans, quotas, the button bucket
         and fair share like any job; when it ends, its images are compared with the first
-        ones (``JobView.reproduced``). Who may ask is the caller's to decide."""
+        ones (``JobView.reproduced``). Who may ask is the caller's to decide. ``private``:
+        private mode asked for (None: as the job was)."""
         view = await self.job(job_id)
         original = view.job
         if original.status != JobStatus.SUCCEEDED or not view.images:
@@ -917,7 +923,7 @@ class GenerationService:
                 preset=original.preset,
                 user_name=user_name,
                 role_ids=role_ids,
-                private=original.private,
+                private=original.private if private is None else private,
             ),
             delivery,
         )

@@ -385,6 +385,8 @@ class Delivery(Base):
     delivered_via: Mapped[str | None] = mapped_column(String(16))
     # What went out held the images back for review: approving them sends them (again).
     withheld: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The interaction was answered ephemerally: only its member sees that answer.
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ResultPost(Base):

@@ -187,6 +187,7 @@ class DeliveryRecord:
     last_error: str | None
     delivered_via: str | None
     withheld: bool
+    ephemeral: bool = False  # the interaction was answered so that only its member sees it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

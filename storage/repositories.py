@@ -606,10 +606,9 @@ class ResultPostRepository:
     async def add(self, **fields: Any) -> None:
         await _insert_if_missing(self._session, ResultPost, **fields)
 
-    async def job_of(self, message_id: int) -> int | None:
-        return await self._session.scalar(
-            select(ResultPost.job_id).where(ResultPost.message_id == message_id)
-        )
+    async def get(self, message_id: int) -> ResultPostRecord | None:
+        row = await self._session.get(ResultPost, message_id)
+        return to_record(ResultPostRecord, row) if row else None
 
     async def for_job(self, job_id: int) -> list[ResultPostRecord]:
         rows = await self._session.scalars(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.access import Actor
+from generation.preferences import Preferences
 from generation.presets import Preset
 from tests.bot.conftest import bot_settings, running_bot
 from tests.bot.test_imagine import png_of
@@ -232,3 +233,62 @@ async def test_show_posts_a_result_again_with_working_buttons_for_whoever_may_se
         await server.wait_for(
             lambda: int(post["id"]) in server.deleted, what="the shown post deleted"
         )
+
+
+async def test_a_remix_text_is_the_members_own_and_the_form_works_only_on_its_job(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(
+        server, tmp_path / "data", model="embedded-random", max_count=1, blocked_terms="dragon"
+    )
+    async with running_bot(settings, engine) as running:
+        service = running.runtime.service
+        await service.set_preferences(server.alice.id, Preferences(remix=True))
+        first = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=1)
+        )
+        second = await server.wait_for_result(
+            await server.invoke("imagine", server.bob, prompt="a blue square", seed=1)
+        )
+        bobs = _recipe(server, second)["job_id"]
+
+        # A blocked word typed in the form is the member's own: refused, and struck.
+        opened = await server.click(int(first["id"]), "V1", server.alice)
+        await server.wait_for(lambda: opened.modal, what="the remix form")
+        sent = await server.submit_modal(opened, {"Prompt": "a red dragon"})
+        refused = await server.wait_for(lambda: server.ephemeral_answer(sent), what="refusal")
+        assert "does not allow" in refused and "Strike 1 of 3" in refused
+        events = await running.runtime.moderation.events(target_user_id=server.alice.id)
+        assert [e for e in events if e.kind == "prompt_blocked"]
+
+        # A form whose custom id names another job than the message it came from is refused.
+        opened = await server.click(int(first["id"]), "V1", server.alice)
+        await server.wait_for(lambda: opened.modal, what="the remix form")
+        assert opened.modal is not None
+        opened.modal["custom_id"] = f"imagine-remix:v:{bobs}:0"
+        sent = await server.submit_modal(opened, {"Prompt": "a green square"})
+        refused = await server.wait_for(lambda: server.ephemeral_answer(sent), what="refusal")
+        assert "from the job's own result" in refused
+
+
+async def test_whoever_showed_a_result_may_take_their_post_back_and_shows_are_limited(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(server, tmp_path / "data", model="embedded-random", max_count=1)
+    async with running_bot(settings, engine) as running:
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=2)
+        )
+        job_id = _recipe(server, grid)["job_id"]
+        post = await server.wait_for_result(await server.invoke("show", server.bob, id=job_id))
+        await server.react(int(post["id"]), "❌", server.bob)
+        await server.wait_for(lambda: int(post["id"]) in server.deleted, what="the post gone")
+        assert (await running.runtime.service.job(job_id)).job.status == "succeeded"
+        assert int(grid["id"]) not in server.deleted, "alice's own result stays"
+        for _ in range(2):
+            await server.wait_for_result(await server.invoke("show", server.bob, id=job_id))
+        refused = await server.invoke("show", server.bob, id=job_id)
+        said = await server.wait_for(lambda: server.ephemeral_answer(refused), what="refusal")
+        assert "You showed 3 results just now" in said

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from generation.access import Actor
 from tests.bot.conftest import bot_settings, running_bot, worker_for
 from tests.bot.test_imagine import png_of
 from tests.fakediscord.actions import LocalDiscord
@@ -129,3 +130,52 @@ async def test_a_server_may_force_or_forbid_private_mode(
         shown = await server.invoke("settings", server.alice)
         panel = await server.wait_for(lambda: server.original(shown), what="the settings")
         assert "does not allow private mode" in panel["content"]
+
+
+async def test_a_job_made_private_after_a_public_answer_shows_nothing_there(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any, monkeypatch: Any
+) -> None:
+    server = local_discord
+    async with running_bot(_settings(server, tmp_path / "data"), engine) as running:
+        servers = running.runtime.service.servers
+
+        async def slow_database(guild_id: int | None, wait: float = 0.5) -> Any:
+            return servers.host_rules(guild_id)  # what a hint gives when the read is late
+
+        monkeypatch.setattr(servers, "hint", slow_database)
+        # The server forces private mode; the bot answers before it can read so.
+        await servers.update(server.guild_id, Actor(user_id=None, host=True), private_mode="force")
+        asked = await server.invoke("imagine", server.bob, prompt="a leaked circle", seed=2)
+        sent = await server.wait_for(
+            lambda: [m for m in server.dms(server.bob) if m["attachments"]],
+            what="the result by DM",
+        )
+        assert "Recipe" in server.buttons(sent[0])
+        answer = server.original(asked)
+        assert not answer["flags"] & EPHEMERAL and "is private" in answer["content"]
+        assert _public_mentions(server, "a leaked circle") == []
+
+
+async def test_settings_that_cannot_be_read_answer_the_job_privately_and_say_so(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any, monkeypatch: Any
+) -> None:
+    server = local_discord
+    async with running_bot(_settings(server, tmp_path / "data"), engine) as running:
+
+        async def away(user_id: int) -> Any:
+            raise TimeoutError  # the database does not answer in time
+
+        monkeypatch.setattr(running.runtime.service, "preferences", away)
+        asked = await server.invoke("imagine", server.alice, prompt="a careful circle", seed=2)
+        result = await server.wait_for_result(asked)
+        assert result["flags"] & EPHEMERAL
+        notes = await server.wait_for(
+            lambda: [
+                m["content"]
+                for m in server.messages.values()
+                if (m.get("interaction_metadata") or {}).get("id") == str(asked.id)
+                and "could not be read" in m["content"]
+            ],
+            what="the note",
+        )
+        assert "shown to you alone" in notes[0]

@@ -10,7 +10,7 @@ import pytest
 
 from generation.errors import InvalidRequest
 from generation.model_info import ModelInfo
-from generation.parameters import apply, parse, remix, strength_of
+from generation.parameters import apply, apply_fitting, parse, remix, strength_of
 from generation.preferences import Preferences
 from generation.presets import Preset
 from generation.requests import GenerationRequest, Limits
@@ -192,3 +192,36 @@ def test_a_remix_edits_the_texts_and_keeps_the_picture(model: ModelInfo) -> None
     for fixed in ("--ar 2:1", "--model shapes", "--iw 1"):
         with pytest.raises(InvalidRequest, match="cannot change in a remix"):
             remix(parent, f"a blue circle {fixed}", "")
+
+
+def test_a_setting_the_model_cannot_take_is_dropped_and_named(model: ModelInfo) -> None:
+    def check(request: GenerationRequest) -> None:
+        if request.sampler == "DPM++ 2M Karras":
+            raise InvalidRequest("sampler", "does not suit this model")
+        if request.steps is not None and request.steps > 20:
+            raise InvalidRequest("steps", "must be from 1 to 20")
+
+    mine = Preferences(sampler="DPM++ 2M Karras", steps=30, guidance=3.0)
+    request, _, dropped = apply_fitting(
+        GenerationRequest("neon", user_id=1), check=check, defaults=mine, model_of=lambda n: model
+    )
+    assert dropped == ["sampler", "steps"]
+    assert (request.sampler, request.steps, request.guidance) == (None, None, 3.0)
+    # What the member typed is refused as typed, never dropped.
+    with pytest.raises(InvalidRequest, match="1 to 20"):
+        apply_fitting(
+            GenerationRequest("neon --steps 40", user_id=1),
+            check=check,
+            defaults=mine,
+            model_of=lambda n: model,
+        )
+    # A refusal no setting caused is the lenient check's to judge.
+    lenient_saw = []
+    request, _, dropped = apply_fitting(
+        GenerationRequest("neon --steps 40", user_id=1),
+        check=check,
+        lenient=lenient_saw.append,
+        defaults=None,
+        model_of=lambda n: model,
+    )
+    assert lenient_saw == [request] and request.steps == 40 and dropped == []
