@@ -229,12 +229,7 @@ class LocalDiscord(FakeDiscord):
                 emoji = (component.get("emoji") or {}).get("name")
                 if label in (component.get("label"), emoji):
                     data = {"custom_id": component["custom_id"], "component_type": 2}
-                    interaction = self._interaction(3, user, data, int(stored["channel_id"]))
-                    interaction.message_id = message_id
-                    payload = self._payload(interaction, data)
-                    payload["message"] = stored
-                    await self.dispatch("INTERACTION_CREATE", payload)
-                    return interaction
+                    return await self._on_message(message_id, data, user)
         raise AssertionError(
             f"no button {label!r} on message {message_id}; it has {self.buttons(stored)}"
         )
@@ -266,13 +261,20 @@ class LocalDiscord(FakeDiscord):
                     "component_type": 3,
                     "values": [offered[v] for v in values],
                 }
-                interaction = self._interaction(3, user, data, int(stored["channel_id"]))
-                interaction.message_id = message_id
-                payload = self._payload(interaction, data)
-                payload["message"] = stored
-                await self.dispatch("INTERACTION_CREATE", payload)
-                return interaction
+                return await self._on_message(message_id, data, user)
         raise AssertionError(f"no select {placeholder!r} on message {message_id}")
+
+    async def _on_message(
+        self, message_id: int, data: dict[str, Any], user: FakeUser
+    ) -> Interaction:
+        """A component interaction on a stored message, as Discord sends it."""
+        stored = self.messages[message_id]
+        interaction = self._interaction(3, user, data, int(stored["channel_id"]))
+        interaction.message_id = message_id
+        payload = self._payload(interaction, data)
+        payload["message"] = stored
+        await self.dispatch("INTERACTION_CREATE", payload)
+        return interaction
 
     def modal_fields(self, interaction: Interaction) -> dict[str, str]:
         """The modal the interaction was answered with: each text input's label and its

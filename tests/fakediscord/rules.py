@@ -266,6 +266,13 @@ def _check_item(
             return
     elif kind in SELECTS:
         _check_select(errors, path, item)
+    _check_custom_id(errors, path, item, seen)
+
+
+def _check_custom_id(
+    errors: FormErrors, path: tuple[str | int, ...], item: dict[str, Any], seen: set[str]
+) -> None:
+    """A component's custom id: there, at most 100 long, unique in its message or modal."""
     custom_id = item.get("custom_id")
     if not custom_id:
         errors.add((*path, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required")
@@ -370,18 +377,7 @@ def _check_input(
     if value and low is not None and units(value) < int(low):
         errors.add((*path, "value"), "BASE_TYPE_MIN_LENGTH", f"Must be {low} or more in length.")
     errors.max_length((*path, "placeholder"), item.get("placeholder"), INPUT_PLACEHOLDER)
-    custom_id = item.get("custom_id")
-    if not custom_id:
-        errors.add((*path, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required")
-        return
-    errors.max_length((*path, "custom_id"), custom_id, CUSTOM_ID)
-    if custom_id in seen:
-        errors.add(
-            (*path, "custom_id"),
-            "COMPONENT_CUSTOM_ID_DUPLICATED",
-            "Component custom id was already specified",
-        )
-    seen.add(custom_id)
+    _check_custom_id(errors, path, item, seen)
 
 
 MENTION = re.compile(r"<@(?P<kind>[!&]?)(?P<id>\d+)>|@(?P<everyone>everyone|here)")
