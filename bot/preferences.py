@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord import app_commands
@@ -74,7 +74,7 @@ class SettingsSelect(
         return cls(match["what"], [discord.SelectOption(label=UNSET)], "")
 
     async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        values = (interaction.data or {}).get("values") or [UNSET]
+        values = _data(interaction).get("values") or [UNSET]
         chosen = str(values[0])
         await interaction.client.preferences.change(
             interaction, {self.what: None if chosen == UNSET else chosen}
@@ -222,6 +222,11 @@ class RemixForm(discord.ui.Modal):
         )
 
 
+def _data(interaction: discord.Interaction[Any]) -> dict[str, Any]:
+    """The interaction's ``data`` as Discord sent it (a component's values, a form's fields)."""
+    return cast(dict[str, Any], interaction.data or {})
+
+
 def form_values(interaction: discord.Interaction[Any]) -> dict[str, str]:
     """A submitted form's text inputs by custom id (in action rows or labels)."""
     found: dict[str, str] = {}
@@ -235,7 +240,7 @@ def form_values(interaction: discord.Interaction[Any]) -> dict[str, str]:
             elif "custom_id" in component:
                 found[str(component["custom_id"])] = str(component.get("value") or "")
 
-    walk(list((interaction.data or {}).get("components") or []))
+    walk(list(_data(interaction).get("components") or []))
     return found
 
 
@@ -401,7 +406,7 @@ class PreferencesCog(commands.Cog):
     async def on_interaction(self, interaction: discord.Interaction[ImagineBot]) -> None:
         if interaction.type is not discord.InteractionType.modal_submit:
             return
-        custom_id = str((interaction.data or {}).get("custom_id") or "")
+        custom_id = str(_data(interaction).get("custom_id") or "")
         if custom_id != NUMBERS_FORM and not REMIX_FORM.match(custom_id):
             return
         if not await self.bot.admit(interaction):

@@ -285,7 +285,8 @@ def apply_fitting(
                 lenient(changed)
                 return changed, overridden, dropped
             dropped.append(name)
-            defaults = dataclasses.replace(defaults, **{name: None})
+            unset: dict[str, Any] = {name: None}
+            defaults = dataclasses.replace(defaults, **unset)
             continue
         return changed, overridden, dropped
 
