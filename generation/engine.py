@@ -66,6 +66,9 @@ class RenderSpec:
     vae_tiling: bool = False
     # LoRAs on the base model: (name, sha256, weight) each, as the job recorded them.
     loras: tuple[tuple[str, str, float], ...] = ()
+    # An edit (generation.editing): the init image is its canvas, and the model paints
+    # where this mask is white (inpainting on the same weights).
+    mask_image: Image.Image | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -241,6 +244,7 @@ class LoadedModel:
     img2img: Any
     nbytes: int  # its parameters' and buffers' bytes, counted once however shared
     on_device: bool = True
+    inpaint: Any = None  # made from txt2img (from_pipe: the same modules) at its first edit
     adapters: collections.OrderedDict[str, str] = dataclasses.field(
         default_factory=collections.OrderedDict
     )
@@ -841,7 +845,18 @@ class DiffusersEngine:
         arguments.update(
             callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]
         )
-        if spec.init_image is None:
+        if spec.mask_image is not None:
+            if spec.init_image is None:
+                raise ValueError("an edit needs the canvas it paints on")
+            pipeline = self._inpainting(loaded)
+            arguments.update(
+                image=[spec.init_image] * len(spec.seeds),
+                mask_image=[spec.mask_image] * len(spec.seeds),
+                strength=1.0 if spec.strength is None else spec.strength,
+                width=spec.width,
+                height=spec.height,
+            )
+        elif spec.init_image is None:
             pipeline = loaded.txt2img
             arguments.update(width=spec.width, height=spec.height)
         else:
@@ -857,6 +872,20 @@ class DiffusersEngine:
         self._use_loras(loaded, spec)
         images: list[Image.Image] = pipeline(**arguments).images
         return images
+
+    @staticmethod
+    def _inpainting(loaded: LoadedModel) -> Any:
+        """The model's inpainting pipeline, made at its first edit from the loaded modules
+        (no second copy of the weights)."""
+        if loaded.inpaint is None:
+            from diffusers import AutoPipelineForInpainting
+
+            try:
+                loaded.inpaint = AutoPipelineForInpainting.from_pipe(loaded.txt2img)
+            except ValueError:  # a pipeline diffusers has no inpainting twin for
+                raise ValueError(f"{loaded.model.name} cannot paint into an image") from None
+            loaded.inpaint.set_progress_bar_config(disable=True)
+        return loaded.inpaint
 
     def _run_upscaler(self, spec: RenderSpec, on_step: StepCallback | None) -> list[Image.Image]:
         """The configured diffusion upscaler at its own factor, resized to the asked size."""

@@ -1,0 +1,144 @@
+"""Editing a finished image (Zoom Out, Make Square, Pan, Vary (Region)): the canvas and mask on
+the latent grid, the parent's pixels kept exactly outside the mask, and the engine painting
+into the canvas on the model's own weights."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generation.editing import Edit, composite, output_size, plan, region_boxes
+from generation.engine import RenderSpec
+from generation.errors import InvalidRequest
+
+
+def _parent(width: int = 64, height: int = 64, seed: int = 1) -> Image.Image:
+    """An image whose every pixel differs from its neighbours: any shift or blend shows."""
+    rng = random.Random(seed)
+    data = bytes(rng.randrange(256) for _ in range(width * height * 3))
+    return Image.frombytes("RGB", (width, height), data)
+
+
+def _painted(size: tuple[int, int]) -> Image.Image:
+    return Image.new("RGB", size, (0, 255, 0))
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_zoom_out_2x_keeps_the_size_with_the_old_image_half_size_in_the_middle() -> None:
+    parent = _parent()
+    made = plan(Edit.zoom(2.0), parent)
+    assert made.size == (64, 64)
+    result = _pixels(composite(made, _painted(made.size)))
+    half = _pixels(parent.resize((32, 32), Image.Resampling.LANCZOS))
+    assert (result[16:48, 16:48] == half).all(), "the old image, half-size, in the middle"
+    assert (result[:16] == (0, 255, 0)).all() and (result[:, 48:] == (0, 255, 0)).all()
+    # 1.5× on a wider image: the box on the 8-pixel latent grid, the size unchanged.
+    wide = plan(Edit.zoom(1.5), _parent(96, 64))
+    assert wide.size == (96, 64)
+    box = wide.mask.point(lambda v: 255 - v).getbbox()
+    assert box is not None and all(edge % 8 == 0 for edge in box)
+    assert (box[2] - box[0], box[3] - box[1]) == (64, 40)
+
+
+def test_pan_widens_by_half_and_keeps_the_old_pixels_on_the_far_side() -> None:
+    parent = _parent()
+    right = plan(Edit.pan("right"), parent)
+    assert right.size == (96, 64)
+    result = _pixels(composite(right, _painted(right.size)))
+    assert (result[:, :64] == _pixels(parent)).all(), "the old pixels on the left, exactly"
+    assert (result[:, 64:] == (0, 255, 0)).all()
+    up = plan(Edit.pan("up"), parent)
+    assert up.size == (64, 96)
+    result = _pixels(composite(up, _painted(up.size)))
+    assert (result[32:] == _pixels(parent)).all() and (result[:32] == (0, 255, 0)).all()
+    assert output_size(Edit.pan("left"), 64, 64, 8) == (96, 64)
+
+
+def test_make_square_pads_to_the_long_side() -> None:
+    parent = _parent(96, 64)
+    made = plan(Edit.square(), parent)
+    assert made.size == (96, 96)
+    result = _pixels(composite(made, _painted(made.size)))
+    assert (result[16:80] == _pixels(parent)).all()
+    with pytest.raises(InvalidRequest, match="square already"):
+        plan(Edit.square(), _parent(64, 64))
+
+
+def test_a_region_changes_only_its_cells_and_blends_inside_their_edge() -> None:
+    parent = _parent()
+    edit = Edit.region(cells=(1, 2, 5))
+    made = plan(edit, parent)
+    boxes = region_boxes(edit, 64, 64, 8)
+    assert all(edge % 8 == 0 for box in boxes for edge in box)
+    result = _pixels(composite(made, _painted(made.size)))
+    inside = np.asarray(made.mask) > 0
+    old = _pixels(parent)
+    assert (result[~inside] == old[~inside]).all(), "outside the cells: the parent's, exactly"
+    new = (result == (0, 255, 0)).all(axis=-1)
+    for left, top, right, bottom in boxes:  # inside, past the blend at its edge: all new
+        assert new[top + 5 : bottom - 5, left + 5 : right - 5].all()
+    assert not new[~inside].any()
+    # The blend is a thin band inside the edge: most of the region is the new image alone.
+    assert new[inside].mean() > 0.4
+    blended = inside & ~new & (result != old).any(axis=-1)
+    assert blended.any() and not blended[~inside].any()
+    # Every named area is a region; the whole image is not.
+    for area in ("left", "right", "top", "bottom", "centre", "border"):
+        assert np.asarray(plan(Edit.region(area=area), parent).mask).any()
+    with pytest.raises(InvalidRequest, match="whole image"):
+        Edit.region(cells=tuple(range(1, 10)))
+
+
+def test_an_edit_is_recorded_as_its_description_and_read_back_checked() -> None:
+    for edit in (
+        Edit.zoom(1.5),
+        Edit.square(),
+        Edit.pan("down"),
+        Edit.region(cells=(5, 2)),
+        Edit.region(area="border"),
+    ):
+        assert Edit.from_dict(edit.to_dict()) == edit
+    assert Edit.region(cells=(5, 2)).to_dict() == {"op": "region", "cells": [2, 5]}
+    assert Edit.zoom(2.0).describe() == "Zoom Out 2×"
+    for bad, option in (
+        ({"op": "zoom", "factor": 3}, "factor"),
+        ({"op": "pan", "direction": "north"}, "direction"),
+        ({"op": "region", "cells": [0]}, "cells"),
+        ({"op": "melt"}, "edit"),
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            Edit.from_dict(bad)
+        assert refused.value.option == option
+
+
+def test_the_engine_paints_the_mask_on_the_models_own_weights(engine: Any) -> None:
+    parent = _parent()
+    made = plan(Edit.pan("right"), parent)
+    spec = RenderSpec(
+        prompt="a red circle",
+        negative_prompt="",
+        seeds=(3,),
+        steps=4,
+        guidance=5.0,
+        width=made.size[0],
+        height=made.size[1],
+        scheduler=engine.model.scheduler,
+        init_image=made.canvas,
+        mask_image=made.mask,
+        kind="pan",
+    )
+    painted = engine.render(spec)
+    assert [image.size for image in painted] == [(96, 64)]
+    result = _pixels(composite(made, painted[0]))
+    assert (result[:, :64] == _pixels(parent)).all()
+    assert np.abs(result[:, 64:] - _pixels(made.canvas)[:, 64:]).mean() > 5, "painted anew"
+    # The same call again is the same image: the edit is reproducible from its description.
+    again = engine.render(spec)
+    assert (_pixels(again[0]) == _pixels(painted[0])).all()
