@@ -136,6 +136,10 @@ def test_the_engine_paints_the_mask_on_the_models_own_weights(engine: Any) -> No
     )
     painted = engine.render(spec)
     assert [image.size for image in painted] == [(96, 64)]
+    inpaint = engine._ensure(engine.model).inpaint
+    assert inpaint.unet is engine.txt2img.unet and inpaint.vae is engine.txt2img.vae, (
+        "the same weights, no second copy"
+    )
     result = _pixels(composite(made, painted[0]))
     assert (result[:, :64] == _pixels(parent)).all()
     assert np.abs(result[:, 64:] - _pixels(made.canvas)[:, 64:]).mean() > 5, "painted anew"
