@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from bot.cli_admin import admin
-from bot.cli_jobs import cancel, generate, reroll, upscale, vary
+from bot.cli_jobs import cancel, generate, pan, region, reroll, upscale, vary, zoom
 from bot.cli_queue import queue_command, quota
 from bot.cli_support import job_json, run_async
 from bot.runtime import open_runtime
@@ -365,5 +365,17 @@ def train_lora_command(
     )
 
 
-for command in (generate, upscale, vary, reroll, cancel, queue_command, quota, admin):
+for command in (
+    generate,
+    upscale,
+    vary,
+    reroll,
+    zoom,
+    pan,
+    region,
+    cancel,
+    queue_command,
+    quota,
+    admin,
+):
     main.add_command(command)

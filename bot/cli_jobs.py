@@ -15,6 +15,7 @@ from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_optio
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from generation import parameters
+from generation.editing import AREAS, DIRECTIONS, Edit
 from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
 from generation.loras import parse_choice
@@ -285,6 +286,121 @@ def reroll(
         no_wait,
         as_json,
     )
+
+
+def _edit_and_report(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    edit: Edit,
+    user_id: int,
+    seed: int | None,
+    no_wait: bool,
+    as_json: bool,
+    prompt: str | None = None,
+) -> None:
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(
+            JobKind.EDIT, job_id, index, user_id, seed=seed, edit=edit, prompt=prompt
+        ),
+        no_wait,
+        as_json,
+    )
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option(
+    "--factor",
+    type=click.Choice(["1.5", "2", "square"]),
+    default="2",
+    show_default=True,
+    help="Zoom Out 1.5× or 2× (the same size, the image shrunk into the middle and painted "
+    "around), or Make Square (padded to its long side).",
+)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@wait_options
+@click.pass_obj
+def zoom(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    factor: str,
+    seed: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Zoom out of image INDEX (0-3) of JOB_ID, or make it square."""
+    try:
+        edit = Edit.square() if factor == "square" else Edit.zoom(float(factor))
+    except InvalidRequest as error:
+        raise click.BadParameter(error.message, param_hint="--factor") from None
+    _edit_and_report(settings, job_id, index, edit, user_id, seed, no_wait, as_json)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option(
+    "--direction",
+    type=click.Choice(list(DIRECTIONS)),
+    required=True,
+    help="The side that grows by half the image.",
+)
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@wait_options
+@click.pass_obj
+def pan(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    direction: str,
+    seed: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Pan image INDEX (0-3) of JOB_ID: the image grows by half on one side, painted on."""
+    edit = Edit.pan(direction)
+    _edit_and_report(settings, job_id, index, edit, user_id, seed, no_wait, as_json)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option("--cells", default="", help="Cells of a 3×3 grid to paint anew, 1-9, e.g. 1,2,5.")
+@click.option(
+    "--area", type=click.Choice(list(AREAS)), default=None, help="Or a named area instead."
+)
+@click.option("--prompt", default=None, help="What to paint there (default: the job's prompt).")
+@click.option("--seed", type=int, default=None, help="0..4294967295; random when left out.")
+@wait_options
+@click.pass_obj
+def region(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    cells: str,
+    area: str | None,
+    prompt: str | None,
+    seed: int | None,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Vary (Region): paint the chosen cells of image INDEX (0-3) of JOB_ID anew; every
+    pixel outside them stays the image's own."""
+    try:
+        numbers = tuple(int(part) for part in cells.split(",") if part.strip())
+        edit = Edit.region(numbers, area or "")
+    except ValueError:
+        raise click.BadParameter(f"{cells!r} is not numbers 1-9", param_hint="--cells") from None
+    except InvalidRequest as error:
+        raise click.BadParameter(error.message, param_hint=f"--{error.option}") from None
+    _edit_and_report(settings, job_id, index, edit, user_id, seed, no_wait, as_json, prompt)
 
 
 @click.command()

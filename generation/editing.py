@@ -38,6 +38,7 @@ class Edit:
     direction: str = ""  # pan: the side that grows
     cells: tuple[int, ...] = ()  # region: the grid's cells, 1-9
     area: str = ""  # region: a named area instead of cells
+    multiple: int = 8  # the model's latent grid, in pixels: every box is on it
 
     @classmethod
     def zoom(cls, factor: float) -> Edit:
@@ -71,7 +72,7 @@ class Edit:
         return cls("region", cells=tuple(sorted(set(cells))), area=area)
 
     def to_dict(self) -> dict[str, Any]:
-        values: dict[str, Any] = {"op": self.op}
+        values: dict[str, Any] = {"op": self.op, "multiple": self.multiple}
         if self.op == "zoom":
             values["factor"] = self.factor
         elif self.op == "pan":
@@ -85,15 +86,20 @@ class Edit:
         """The recorded description, checked again (a row is data, not a promise)."""
         op = values.get("op")
         if op == "zoom":
-            return cls.zoom(float(values["factor"]))
-        if op == "square":
-            return cls.square()
-        if op == "pan":
-            return cls.pan(str(values["direction"]))
-        if op == "region":
+            edit = cls.zoom(float(values["factor"]))
+        elif op == "square":
+            edit = cls.square()
+        elif op == "pan":
+            edit = cls.pan(str(values["direction"]))
+        elif op == "region":
             cells = tuple(int(cell) for cell in values.get("cells") or ())
-            return cls.region(cells, str(values.get("area") or ""))
-        raise InvalidRequest("edit", f"is not an edit this bot makes: {op!r}")
+            edit = cls.region(cells, str(values.get("area") or ""))
+        else:
+            raise InvalidRequest("edit", f"is not an edit this bot makes: {op!r}")
+        multiple = int(values.get("multiple", 8))
+        if multiple not in (8, 16, 32, 64):
+            raise InvalidRequest("edit", f"has no latent grid of {multiple} pixels")
+        return dataclasses.replace(edit, multiple=multiple)
 
     def describe(self) -> str:
         if self.op == "zoom":
@@ -175,9 +181,10 @@ def region_boxes(edit: Edit, width: int, height: int, multiple: int) -> list[Box
     return areas[edit.area] if edit.area else [cell(n) for n in edit.cells]
 
 
-def plan(edit: Edit, parent: Image.Image, multiple: int = 8) -> Plan:
-    """The canvas and mask ``edit`` makes from ``parent`` (its size a multiple of
-    ``multiple``, as every image the bot makes is)."""
+def plan(edit: Edit, parent: Image.Image) -> Plan:
+    """The canvas and mask ``edit`` makes from ``parent`` (its size on the edit's latent
+    grid, as every image the bot makes is)."""
+    multiple = edit.multiple
     parent = parent.convert("RGB")
     width, height = parent.size
     if edit.op == "region":

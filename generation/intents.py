@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from generation.editing import Edit
 from generation.loras import LoraChoice
 from generation.outbox import DeliveryTarget
 from generation.requests import GenerationRequest
@@ -55,6 +56,8 @@ def decode_arguments(operation: str, arguments: Mapping[str, Any]) -> dict[str, 
         values["channel"] = tuple(values["channel"])
     if operation == "derive":
         values["kind"] = JobKind(values["kind"])
+        if values.get("edit") is not None:
+            values["edit"] = Edit.from_dict(values["edit"])
     return values
 
 

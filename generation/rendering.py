@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+from generation.editing import Edit, Plan, composite, plan
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.records import JobRecord
@@ -29,8 +30,25 @@ def attempt_prefix(job_id: int, attempt: int) -> str:
     return f"images/{job_id}/{attempt}"
 
 
-def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
-    """The exact pipeline call a job stands for: the same batch, seeds and settings."""
+def edit_plan(job: JobRecord, init_image: Image.Image | None) -> Plan | None:
+    """An edit's canvas and mask, made from its parent image and its description."""
+    if job.edit is None:
+        return None
+    if init_image is None:
+        raise LookupError(f"job {job.id} edits an image that is not there")
+    return plan(Edit.from_dict(job.edit), init_image)
+
+
+def finished(images: list[Image.Image], edit: Plan | None) -> list[Image.Image]:
+    """What the model made, with an edit's parent composited back outside its mask."""
+    return images if edit is None else [composite(edit, image) for image in images]
+
+
+def spec_for_job(
+    job: JobRecord, init_image: Image.Image | None, edit: Plan | None = None
+) -> RenderSpec:
+    """The exact pipeline call a job stands for: the same batch, seeds and settings (an
+    edit paints its canvas where its mask says)."""
     from generation.engine import RenderSpec
 
     return RenderSpec(
@@ -46,7 +64,8 @@ def spec_for_job(job: JobRecord, init_image: Image.Image | None) -> RenderSpec:
         vae_tiling=bool(job.vae_tiling),
         loras=tuple((lora["name"], lora["sha256"], float(lora["weight"])) for lora in job.loras),
         strength=job.strength,
-        init_image=init_image,
+        init_image=init_image if edit is None else edit.canvas,
+        mask_image=None if edit is None else edit.mask,
         model_id=job.model_id,
         torch_threads=job.torch_threads,
         kind=job.kind,

@@ -94,6 +94,8 @@ class GenerationRequest:
     private: bool = False
     # Its prompt was edited in the remix form: the member's own text, judged as theirs.
     remixed: bool = False
+    # An edit of its parent image (generation.editing.Edit.to_dict), for kind EDIT.
+    edit: dict[str, Any] | None = None
 
     @property
     def filtered_text(self) -> str:
@@ -135,6 +137,7 @@ class Recipe:
     loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     preset: str | None = None  # the preset it was asked through (its defaults are above)
     raw_prompt: str | None = None  # the prompt as typed, when parameters were taken out
+    edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -361,6 +364,12 @@ def validate(
     strength = request.strength
     if resize_only:  # past what diffusion may make: a Lanczos resize, recorded as strength 0
         strength = 0.0
+    elif request.kind is JobKind.EDIT:
+        if request.edit is None or request.parent_image_index is None:
+            raise InvalidRequest("edit", "edits one image of a finished job: name both")
+        if not model.img2img or model.engine != "diffusers":
+            raise InvalidRequest("edit", f"{model.name} cannot paint into an image")
+        strength = 1.0  # the masked area is painted anew; the rest is the parent's
     elif request.kind in IMAGE_KINDS:
         strength = limits.default_strength if strength is None else strength
         _check_float("strength", strength, 0.0, 1.0)
@@ -400,6 +409,7 @@ def validate(
         loras=recorded(chosen),
         preset=preset.name if preset else request.preset,
         raw_prompt=request.raw_prompt,
+        edit=request.edit,
     )
 
 

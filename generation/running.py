@@ -27,7 +27,15 @@ from generation.faults import backoff, is_transient, retrying
 from generation.imaging import encode_png, make_grid, pixel_sha256
 from generation.lease import LeaseKeeper
 from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
-from generation.rendering import attempt_prefix, grid_key, image_key, load_init_image, spec_for_job
+from generation.rendering import (
+    attempt_prefix,
+    edit_plan,
+    finished,
+    grid_key,
+    image_key,
+    load_init_image,
+    spec_for_job,
+)
 from generation.requests import is_resize_only
 from generation.safety import SafetyChecker, checker_name
 from generation.server_settings import ServerSettings
@@ -161,9 +169,10 @@ class JobRun:
                     "reading its start image",
                 )
             )
-            spec = spec_for_job(job, init_image)
+            edit = edit_plan(job, init_image)
+            spec = spec_for_job(job, init_image, edit)
             render = self.settings.engine.render_async(spec, on_step)
-            images = await self._watched(render, threaded=self.threaded)
+            images = finished(await self._watched(render, threaded=self.threaded), edit)
         except asyncio.CancelledError:
             # Shutting down mid-job: the pipeline thread stops at its next step, and the job
             # goes back to the queue at once instead of waiting out its lease.

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from generation import parameters
 from generation.access import Actor, hidden
+from generation.editing import Edit, output_size
 from generation.errors import (
     InvalidRequest,
     JobNotFound,
@@ -392,6 +393,34 @@ class GenerationService:
                 continue
             offered.add(kind)
         return frozenset(offered)
+
+    def _edit_request(
+        self,
+        recipe: JobRecord,
+        image_index: int | None,
+        user_id: int,
+        edit: Edit | None,
+        *,
+        seed: int | None = None,
+    ) -> GenerationRequest:
+        """An edit of image ``image_index`` of ``recipe``: a grid of the default count at the
+        size the edit makes, on the parent's model and latent grid."""
+        if edit is None:
+            raise InvalidRequest("edit", "name the edit: zoom, square, pan or region")
+        model = self.models.get(recipe.model_id)
+        multiple = max(8, model.size_multiple) if model is not None else 8
+        edit = dataclasses.replace(edit, multiple=multiple)
+        width, height = output_size(edit, recipe.width, recipe.height, multiple)
+        varied = self._derived_request(JobKind.VARIATION, recipe, image_index, user_id, seed=seed)
+        return dataclasses.replace(
+            varied,
+            kind=JobKind.EDIT,
+            strength=None,
+            width=width,
+            height=height,
+            count=None,
+            edit=edit.to_dict(),
+        )
 
     def _derived_request(
         self,
@@ -805,8 +834,10 @@ class GenerationService:
         prompt: str | None = None,
         negative_prompt: str | None = None,
         private: bool | None = None,
+        edit: Edit | None = None,
     ) -> Submission:
-        """A job made from another: upscale or vary image ``image_index``, or reroll the recipe.
+        """A job made from another: upscale, vary or edit (``edit``: Zoom Out, Make Square,
+        Pan, Vary (Region)) image ``image_index``, or reroll the recipe.
         ``channel`` (its id, age-restricted, public) is where it was asked, if not the parent's
         channel: a button pressed on a result that went elsewhere (a DM). ``prompt`` and
         ``negative_prompt``: the texts as edited in the remix form (a variation or reroll
@@ -822,9 +853,12 @@ class GenerationService:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
                 raise InvalidRequest("image", f"must be one of {', '.join(map(str, indices))}")
-        request = self._derived_request(
-            kind, recipe, image_index, user_id, seed=seed, strength=strength
-        )
+        if kind is JobKind.EDIT:
+            request = self._edit_request(recipe, image_index, user_id, edit, seed=seed)
+        else:
+            request = self._derived_request(
+                kind, recipe, image_index, user_id, seed=seed, strength=strength
+            )
         if prompt is not None:
             if kind is JobKind.UPSCALE:
                 raise InvalidRequest("prompt", "an upscale keeps its parent's prompt")
@@ -924,6 +958,7 @@ class GenerationService:
                 user_name=user_name,
                 role_ids=role_ids,
                 private=original.private if private is None else private,
+                edit=original.edit,
             ),
             delivery,
         )

@@ -61,6 +61,7 @@ class JobKind(enum.StrEnum):
     VARIATION = "variation"
     UPSCALE = "upscale"
     REROLL = "reroll"
+    EDIT = "edit"  # Zoom Out, Make Square, Pan or Vary (Region): see jobs.edit
 
 
 class JobStatus(enum.StrEnum):
@@ -257,6 +258,9 @@ class Job(Base):
     raw_prompt: Mapped[str | None] = mapped_column(Text)
     # Private mode: answered to its owner alone (ephemeral, or by DM), hidden from others.
     private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # An edit's description (generation.editing.Edit): its canvas and mask are made from the
+    # parent image and this alone.
+    edit: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -135,6 +135,7 @@ class JobRecord:
     error: str | None
     # Private mode: its messages only its owner sees (and its server's moderators, here).
     private: bool = False
+    edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
 
     @property
     def is_terminal(self) -> bool:

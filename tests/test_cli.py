@@ -509,3 +509,50 @@ def test_generate_for_a_user_takes_their_settings(tmp_path: Path) -> None:
     )
     job = asyncio.run(in_database())
     assert (job.steps, job.guidance) == (2, 2.5)
+
+
+def test_zoom_pan_and_region_edit_an_image_keeping_its_pixels(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+
+    def run(*args: str) -> Any:
+        return ok_json(imagine(data, *args, "--json", model="embedded-random"))
+
+    def pixels(path: str) -> Any:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+    parent = run("generate", "a red circle", "--count", "1", "--steps", "4", "--seed", "3")
+    old = pixels(parent["images"][0]["path"])
+    assert old.shape == (64, 64, 3)
+    job = str(parent["job_id"])
+
+    zoomed = run("zoom", job, "0", "--factor", "2", "--seed", "4")
+    assert (zoomed["kind"], zoomed["status"], zoomed["parent_job_id"]) == (
+        "edit",
+        "succeeded",
+        parent["job_id"],
+    )
+    half = np.asarray(
+        Image.fromarray(old.astype(np.uint8)).resize((32, 32), Image.Resampling.LANCZOS),
+        dtype=np.int16,
+    )
+    for image in zoomed["images"]:  # the same size, the old image half-size in the middle
+        made = pixels(image["path"])
+        assert made.shape == (64, 64, 3) and (made[16:48, 16:48] == half).all()
+
+    panned = run("pan", job, "0", "--direction", "right", "--seed", "4")
+    made = pixels(panned["images"][0]["path"])
+    assert made.shape == (64, 96, 3) and (made[:, :64] == old).all()
+
+    varied = run("region", job, "0", "--cells", "5", "--prompt", "a blue square", "--seed", "4")
+    assert varied["prompt"] == "a blue square"
+    made = pixels(varied["images"][0]["path"])
+    centre = np.zeros((64, 64), dtype=bool)
+    centre[24:40, 24:40] = True  # cell 5 on the 8-pixel grid
+    assert (made[~centre] == old[~centre]).all() and (made[centre] != old[centre]).any()
+
+    refused = imagine(data, "pan", job, "0", "--direction", "north", model="embedded-random")
+    assert refused.returncode != 0 and "north" in refused.stderr

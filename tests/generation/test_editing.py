@@ -105,7 +105,7 @@ def test_an_edit_is_recorded_as_its_description_and_read_back_checked() -> None:
         Edit.region(area="border"),
     ):
         assert Edit.from_dict(edit.to_dict()) == edit
-    assert Edit.region(cells=(5, 2)).to_dict() == {"op": "region", "cells": [2, 5]}
+    assert Edit.region(cells=(5, 2)).to_dict() == {"op": "region", "multiple": 8, "cells": [2, 5]}
     assert Edit.zoom(2.0).describe() == "Zoom Out 2×"
     for bad, option in (
         ({"op": "zoom", "factor": 3}, "factor"),
