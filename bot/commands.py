@@ -463,12 +463,7 @@ class ImagineCog(commands.Cog):
                 await self.bot.outbox.set_original(job.id, acknowledged)
         finally:
             deliveries.answered(interaction.id)
-        shown = messages.queued(submission)
-        if job.private and not target.ephemeral:
-            # Made private after a public answer (the server's setting changed meanwhile):
-            # nothing of it there; its result goes by direct message.
-            shown = messages.sent_privately(job)
-        await deliveries.show_queued(job.id, shown)
+        await deliveries.show_queued(job, messages.queued(submission))
 
     async def resume_written(self, started: dt.datetime, delay: float = RESUME_DELAY) -> None:
         """Make the jobs of requests that were answered but not stored when the bot last
@@ -528,7 +523,7 @@ class ImagineCog(commands.Cog):
             intent.interaction_id,
             submission.job.id,
         )
-        await self.bot.deliveries.show_queued(submission.job.id, messages.queued(submission))
+        await self.bot.deliveries.show_queued(submission.job, messages.queued(submission))
 
     async def _refuse_later(self, target: DeliveryTarget, text: str) -> None:
         """A refusal through the interaction's token: its "thinking…" goes, the member alone
@@ -1021,6 +1016,7 @@ class ImagineCog(commands.Cog):
         if not may_show_job(self._actor(interaction), again.job, again.images):
             with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
                 await interaction.delete_original_response()
+            await self.bot.outbox.remove_post(message.id)
 
     @app_commands.command(name="reproduce", description="Make a job's images again and compare.")
     async def reproduce(self, interaction: discord.Interaction[ImagineBot], id: int) -> None:

@@ -220,10 +220,11 @@ class Deliveries:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), 10)
 
-    async def show_queued(self, job_id: int, message: Message) -> None:
-        """Put the queue place on the response, unless the result got there first."""
-        self.places.shown(job_id, message.content)
-        await self._best_effort(job_id, message)
+    async def show_queued(self, job: JobRecord, message: Message) -> None:
+        """Put the queue place on the response, unless the result got there first (or the
+        job is private and the response is not: then it says only that)."""
+        self.places.shown(job.id, message.content)
+        await self._best_effort(job.id, message, job=job)
 
     def _showing_other(self, job: JobRecord) -> bool:
         """Whether the job's message is not to show its place now: not answered yet, its
@@ -268,7 +269,12 @@ class Deliveries:
             self._progress_busy.discard(event.job_id)
 
     async def _best_effort(
-        self, job_id: int, message: Message, *, keep_files: bool = False
+        self,
+        job_id: int,
+        message: Message,
+        *,
+        keep_files: bool = False,
+        job: JobRecord | None = None,
     ) -> None:
         """Edit the response, unless the result is on its way or there: never waits for the
         result, never holds it up (a slow edit is dropped), never paints over it."""
@@ -280,6 +286,8 @@ class Deliveries:
             delivery = await self.outbox.get(job_id)
             if delivery is None or delivery.state != DeliveryState.PENDING or job_id in self._sent:
                 return
+            if job is not None and exposed(job, delivery):
+                message = messages.sent_privately(job)  # nothing of it where others see
             try:
                 async with asyncio.timeout(PROGRESS_SECONDS):
                     await self.routes.webhook(delivery).edit_message(

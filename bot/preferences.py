@@ -283,7 +283,8 @@ class PreferencesCog(commands.Cog):
                 raise
             # The database away or slow: go on without (the caller says so).
             logger.warning("could not read user %s's settings: %s", user_id, error)
-            self._unread_until = time.monotonic() + UNREAD_SECONDS
+            if not isinstance(error, TimeoutError):  # away, not slow: don't ask again yet
+                self._unread_until = time.monotonic() + UNREAD_SECONDS
             return cached[1] if cached is not None else None
         self._cache[user_id] = (time.monotonic(), prefs)
         return prefs
@@ -312,7 +313,10 @@ class PreferencesCog(commands.Cog):
         if prefs is None:
             # Not knowing whether the member uses private mode, the job is answered to them
             # alone (unless the server forbids it): never public against their setting.
-            note = f"{LOST}: this job uses the model's own defaults and is shown to you alone."
+            note = (
+                f"{LOST}: this job uses the model's own defaults, and is shown to you alone "
+                "where this server allows private mode."
+            )
             return Preferences(private=True), note
         if prefs.model is not None and not self.offered(prefs.model, guild_id):
             note = (

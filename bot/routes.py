@@ -158,8 +158,11 @@ class ResultRoutes:
         """The way that took the result, and its message."""
         reasons: list[str] = []
         tries: list[tuple[Way, Callable[[], Awaitable[int | None]]]] = []
-        if token_valid(delivery, utcnow()) and not exposed(view.job, delivery):
-            tries.append((Way.RESPONSE, lambda: self._response(delivery, view)))
+        if token_valid(delivery, utcnow()):
+            # A private job answered where others see it: its result follows that answer,
+            # seen by its member alone.
+            answer = self._private_followup if exposed(view.job, delivery) else self._response
+            tries.append((Way.RESPONSE, lambda: answer(delivery, view)))
         if not view.job.private:  # a private result goes to its owner alone: never posted
             tries.append((Way.CHANNEL, lambda: self._channel(delivery, view)))
         tries.append((Way.DM, lambda: self._dm(view)))
@@ -193,6 +196,26 @@ class ResultRoutes:
             if error.code in CHANNEL_CLOSED:
                 raise Closed(why(error)) from error
             raise  # passing (tried again later), or unexpected (a few times, then recorded)
+        return message.id
+
+    async def _private_followup(self, delivery: DeliveryRecord, view: JobView) -> int | None:
+        """An ephemeral follow-up to the interaction (its answer, which others see, says
+        only that the job is private)."""
+        webhook = self.webhook(delivery)
+
+        def send(result: Message) -> Awaitable[discord.WebhookMessage]:
+            return webhook.send(**result.send_kwargs(), ephemeral=True, wait=True)
+
+        try:
+            message = await self.send_result(view, delivery.attachment_size_limit, send)
+        except discord.HTTPException as error:
+            if error.code in TOKEN_GONE or error.status == 401:
+                raise Closed(
+                    f"the command's token no longer answers (Discord {error.status}/{error.code})"
+                ) from error
+            if error.code in CHANNEL_CLOSED:
+                raise Closed(why(error)) from error
+            raise
         return message.id
 
     async def _channel(self, delivery: DeliveryRecord, view: JobView) -> int:

@@ -279,14 +279,18 @@ def apply_fitting(
             check(changed)
         except InvalidRequest as error:
             name = FROM_SETTINGS.get(error.option)
-            if defaults is None or name is None or getattr(defaults, name) is None:
+            without = None
+            if defaults is not None and name is not None and getattr(defaults, name) is not None:
+                unset: dict[str, Any] = {name: None}
+                without = dataclasses.replace(defaults, **unset)
+            # The setting caused it only if it was applied (a preset's own value wins over it).
+            if without is None or apply(request, defaults=without, **options)[0] == changed:
                 if lenient is None:
                     raise
                 lenient(changed)
                 return changed, overridden, dropped
-            dropped.append(name)
-            unset: dict[str, Any] = {name: None}
-            defaults = dataclasses.replace(defaults, **unset)
+            dropped.append(name)  # type: ignore[arg-type]
+            defaults = without
             continue
         return changed, overridden, dropped
 
@@ -311,9 +315,10 @@ def remix(request: GenerationRequest, text: str, negative: str) -> GenerationReq
         )
     negative = ", ".join(part for part in (negative.strip(), values.get("no", "")) if part)
     words = " ".join(str(values[name]) for name in ("no", "sampler") if name in values)
+    edited = typed.text != request.prompt or negative != request.negative_prompt
     return dataclasses.replace(
         request,
-        remixed=True,
+        remixed=edited,  # the member's own text (the parent's as it was is not theirs)
         prompt=typed.text,
         raw_prompt=text if values else None,
         parameter_words=words,

@@ -146,9 +146,16 @@ async def test_a_job_made_private_after_a_public_answer_shows_nothing_there(
         # The server forces private mode; the bot answers before it can read so.
         await servers.update(server.guild_id, Actor(user_id=None, host=True), private_mode="force")
         asked = await server.invoke("imagine", server.bob, prompt="a leaked circle", seed=2)
+        # Its result follows the public answer, seen by bob alone.
         sent = await server.wait_for(
-            lambda: [m for m in server.dms(server.bob) if m["attachments"]],
-            what="the result by DM",
+            lambda: [
+                m
+                for m in server.messages.values()
+                if (m.get("interaction_metadata") or {}).get("id") == str(asked.id)
+                and m["flags"] & EPHEMERAL
+                and m["attachments"]
+            ],
+            what="the result as an ephemeral follow-up",
         )
         assert "Recipe" in server.buttons(sent[0])
         answer = server.original(asked)

@@ -225,3 +225,29 @@ def test_a_setting_the_model_cannot_take_is_dropped_and_named(model: ModelInfo) 
         model_of=lambda n: model,
     )
     assert lenient_saw == [request] and request.steps == 40 and dropped == []
+
+
+def test_a_refusal_of_the_presets_own_value_drops_no_setting(model: ModelInfo) -> None:
+    tuned = Preset(name="shapes", source="embedded", steps=40)
+    seen: list[GenerationRequest] = []
+
+    def check(request: GenerationRequest) -> None:
+        if request.steps is None:  # the preset's 40 steps, past this host's cap
+            raise InvalidRequest("steps", "must be from 1 to 20")
+
+    request, _, dropped = apply_fitting(
+        GenerationRequest("neon", user_id=1),
+        check=check,
+        lenient=seen.append,
+        defaults=Preferences(model="shapes", steps=10),
+        model_of=lambda n: model,
+        preset_of=lambda name: tuned if name == "shapes" else None,
+    )
+    assert dropped == [] and seen == [request], "the member's steps were never applied"
+
+
+def test_a_remix_sent_back_unchanged_is_not_the_members_text() -> None:
+    parent = GenerationRequest("a red circle", user_id=1, negative_prompt="green")
+    assert not remix(parent, "a red circle", "green").remixed
+    assert remix(parent, "a red circle", "green, blue").remixed
+    assert remix(parent, "a red square", "green").remixed
