@@ -849,6 +849,29 @@ class GenerationService:
                 f"job {parent_job_id} has no images to start from yet ({parent.job.status})"
             )
         recipe = parent.job
+        if kind is JobKind.REROLL and recipe.kind == JobKind.EDIT and recipe.edit is not None:
+            # An edit made again with a new seed is the same edit of the same image.
+            assert recipe.parent_job_id is not None
+            source = (await self.job(recipe.parent_job_id)).job
+            return await self.derive(
+                JobKind.EDIT,
+                recipe.parent_job_id,
+                recipe.parent_image_index,
+                user_id,
+                seed=seed,
+                interaction_id=interaction_id,
+                user_name=user_name,
+                role_ids=role_ids,
+                delivery=delivery,
+                channel=channel,
+                # A region's own prompt stays (the remix form's, if it was edited again).
+                prompt=prompt if prompt is not None else _unless(recipe.prompt, source.prompt),
+                negative_prompt=negative_prompt
+                if negative_prompt is not None
+                else _unless(recipe.negative_prompt, source.negative_prompt),
+                private=recipe.private if private is None else private,
+                edit=Edit.from_dict(recipe.edit),
+            )
         if kind is not JobKind.REROLL:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
@@ -859,11 +882,12 @@ class GenerationService:
             request = self._derived_request(
                 kind, recipe, image_index, user_id, seed=seed, strength=strength
             )
-        if prompt is not None:
+        if prompt is not None or negative_prompt is not None:
             if kind is JobKind.UPSCALE:
                 raise InvalidRequest("prompt", "an upscale keeps its parent's prompt")
+            text = recipe.prompt if prompt is None else prompt
             negative = recipe.negative_prompt if negative_prompt is None else negative_prompt
-            request = parameters.remix(request, prompt, negative)
+            request = parameters.remix(request, text, negative)
         init_image = None
         if request.kind is JobKind.IMG2IMG:
             if recipe.init_image_path is None or self.store is None:
@@ -1041,3 +1065,8 @@ class GenerationService:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+
+def _unless(text: str, same: str) -> str | None:
+    """``text``, unless it is ``same`` (None: nothing changed)."""
+    return None if text == same else text

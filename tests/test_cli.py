@@ -543,6 +543,11 @@ def test_zoom_pan_and_region_edit_an_image_keeping_its_pixels(tmp_path: Path) ->
         made = pixels(image["path"])
         assert made.shape == (64, 64, 3) and (made[16:48, 16:48] == half).all()
 
+    # 🔄 on an edit is the same edit of the same image, with a new seed.
+    again = run("reroll", str(zoomed["job_id"]), "--seed", "9")
+    assert (again["kind"], again["parent_job_id"], again["seed"]) == ("edit", parent["job_id"], 9)
+    assert (pixels(again["images"][0]["path"])[16:48, 16:48] == half).all()
+
     panned = run("pan", job, "0", "--direction", "right", "--seed", "4")
     made = pixels(panned["images"][0]["path"])
     assert made.shape == (64, 96, 3) and (made[:, :64] == old).all()
