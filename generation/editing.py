@@ -83,7 +83,15 @@ class Edit:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Edit:
-        """The recorded description, checked again (a row is data, not a promise)."""
+        """The recorded description, checked again (a row is data, not a promise): any
+        flaw in it is refused as an ``InvalidRequest`` naming the edit."""
+        try:
+            return cls._read(values)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise InvalidRequest("edit", f"is not a description this bot reads: {error}") from None
+
+    @classmethod
+    def _read(cls, values: Mapping[str, Any]) -> Edit:
         op = values.get("op")
         if op == "zoom":
             edit = cls.zoom(float(values["factor"]))

@@ -498,7 +498,7 @@ class DiffusersEngine:
 
     def _forget(self, loaded: LoadedModel) -> None:
         del self._loaded[loaded.model.model_id]
-        loaded.txt2img = loaded.img2img = None
+        loaded.txt2img = loaded.img2img = loaded.inpaint = None
         self.counts.dropped += 1
         self._schedulers = {
             k: v for k, v in self._schedulers.items() if k[0] != loaded.model.model_id

@@ -7,6 +7,7 @@ import math
 import secrets
 from typing import Any
 
+from generation.editing import Edit
 from generation.errors import InvalidRequest
 from generation.loras import LoraCatalogue, LoraChoice, LoraFile, recorded, take_tags
 from generation.model_info import ModelInfo
@@ -234,6 +235,25 @@ def _check_capabilities(request: GenerationRequest, model: ModelInfo, negative: 
         )
 
 
+def _check_edit(request: GenerationRequest, model: ModelInfo) -> None:
+    """An edit: of one image of a finished job, a description this bot reads, on a model
+    that paints into an image at more than one size."""
+    if request.edit is None or request.parent_image_index is None:
+        raise InvalidRequest("edit", "edits one image of a finished job: name both")
+    Edit.from_dict(request.edit)
+    if model.engine != "diffusers" or not (model.img2img and model.inpainting):
+        raise InvalidRequest("edit", f"{model.name} cannot paint into an image")
+    if model.fixed_size and (request.width, request.height) != (
+        model.native_width,
+        model.native_height,
+    ):
+        raise InvalidRequest(
+            "edit",
+            f"{model.name} draws {model.native_width}×{model.native_height} only: a Zoom Out "
+            "or a Vary (Region) keeps that size; Pan and Make Square do not",
+        )
+
+
 def is_resize_only(kind: str, strength: float | None) -> bool:
     """An upscale past what diffusion may make (or on a model that cannot start from an
     image): a Lanczos resize, recorded as strength 0, with no model call."""
@@ -358,6 +378,8 @@ def validate(
     _check_int("steps", steps, 1, limits.max_steps)
     guidance = model.default_guidance if request.guidance is None else request.guidance
     _check_float("guidance", guidance, 0.0, MAX_GUIDANCE)
+    if request.kind is JobKind.EDIT:  # before the size: its refusal is the clearer one
+        _check_edit(request, model)
     width, height, resize_only = _size(request, limits, model, base or model)
     count = limits.default_count if request.count is None else request.count
     _check_int("count", count, 1, limits.max_count)
@@ -365,10 +387,6 @@ def validate(
     if resize_only:  # past what diffusion may make: a Lanczos resize, recorded as strength 0
         strength = 0.0
     elif request.kind is JobKind.EDIT:
-        if request.edit is None or request.parent_image_index is None:
-            raise InvalidRequest("edit", "edits one image of a finished job: name both")
-        if not model.img2img or model.engine != "diffusers":
-            raise InvalidRequest("edit", f"{model.name} cannot paint into an image")
         strength = 1.0  # the masked area is painted anew; the rest is the parent's
     elif request.kind in IMAGE_KINDS:
         strength = limits.default_strength if strength is None else strength

@@ -407,8 +407,8 @@ class GenerationService:
         size the edit makes, on the parent's model and latent grid."""
         if edit is None:
             raise InvalidRequest("edit", "name the edit: zoom, square, pan or region")
-        model = self.models.get(recipe.model_id)
-        multiple = max(8, model.size_multiple) if model is not None else 8
+        model = self.models.get(recipe.model_id) or self.model  # the model it will run on
+        multiple = max(8, model.size_multiple)
         edit = dataclasses.replace(edit, multiple=multiple)
         width, height = output_size(edit, recipe.width, recipe.height, multiple)
         varied = self._derived_request(JobKind.VARIATION, recipe, image_index, user_id, seed=seed)
@@ -835,6 +835,7 @@ class GenerationService:
         negative_prompt: str | None = None,
         private: bool | None = None,
         edit: Edit | None = None,
+        again: JobRecord | None = None,
     ) -> Submission:
         """A job made from another: upscale, vary or edit (``edit``: Zoom Out, Make Square,
         Pan, Vary (Region)) image ``image_index``, or reroll the recipe.
@@ -842,7 +843,8 @@ class GenerationService:
         channel: a button pressed on a result that went elsewhere (a DM). ``prompt`` and
         ``negative_prompt``: the texts as edited in the remix form (a variation or reroll
         only), checked by the prompt filter like any prompt. ``private``: private mode asked
-        for (None: as its parent was)."""
+        for (None: as its parent was). ``again``: the edit job a reroll makes again (its
+        settings and texts are carried, not the presser's own)."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
             raise JobStateError(
@@ -871,6 +873,7 @@ class GenerationService:
                 else _unless(recipe.negative_prompt, source.negative_prompt),
                 private=recipe.private if private is None else private,
                 edit=Edit.from_dict(recipe.edit),
+                again=recipe if prompt is None and negative_prompt is None else None,
             )
         if kind is not JobKind.REROLL:
             indices = [image.index for image in parent.images]
@@ -888,6 +891,14 @@ class GenerationService:
             text = recipe.prompt if prompt is None else prompt
             negative = recipe.negative_prompt if negative_prompt is None else negative_prompt
             request = parameters.remix(request, text, negative)
+        if again is not None:  # the edit made again: its own settings, its texts not ours
+            request = dataclasses.replace(
+                request,
+                remixed=False,
+                steps=again.steps,
+                guidance=again.guidance,
+                sampler=again.sampler,
+            )
         init_image = None
         if request.kind is JobKind.IMG2IMG:
             if recipe.init_image_path is None or self.store is None:

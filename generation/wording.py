@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from generation.editing import Edit
+from generation.errors import InvalidRequest
 from generation.openai_engine import CONTENT_REFUSED
 from generation.samplers import familiar_name
 from storage.models import DeliveryState, JobKind
@@ -64,8 +65,12 @@ def what(job: JobRecord) -> str:
         return f"upscale of image {index} of job {job.parent_job_id}"
     if job.kind == JobKind.VARIATION:
         return f"variation of image {index} of job {job.parent_job_id}"
-    if job.kind == JobKind.EDIT and job.edit is not None:
-        return f"{Edit.from_dict(job.edit).describe()} of image {index} of job {job.parent_job_id}"
+    if job.kind == JobKind.EDIT:
+        try:
+            described = Edit.from_dict(job.edit or {}).describe()
+        except InvalidRequest:
+            described = "edit"
+        return f"{described} of image {index} of job {job.parent_job_id}"
     if job.kind == JobKind.REROLL:
         return f"reroll of job {job.parent_job_id}"
     return f"job {job.id}"

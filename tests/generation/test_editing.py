@@ -146,3 +146,35 @@ def test_the_engine_paints_the_mask_on_the_models_own_weights(engine: Any) -> No
     # The same call again is the same image: the edit is reproducible from its description.
     again = engine.render(spec)
     assert (_pixels(again[0]) == _pixels(painted[0])).all()
+
+
+def test_an_edit_request_is_refused_clearly_before_its_size(model: Any) -> None:
+    import dataclasses
+
+    from generation.requests import GenerationRequest, Limits, validate
+    from storage.models import JobKind
+
+    def edit_request(edit: dict[str, Any], width: int = 64) -> GenerationRequest:
+        return GenerationRequest(
+            "a red circle",
+            user_id=1,
+            kind=JobKind.EDIT,
+            parent_job_id=1,
+            parent_image_index=0,
+            width=width,
+            height=64,
+            edit=edit,
+        )
+
+    fixed = dataclasses.replace(model, fixed_size=True)
+    with pytest.raises(InvalidRequest, match="Pan and Make Square do not") as refused:
+        validate(edit_request(Edit.pan("right").to_dict(), width=96), Limits(), fixed)
+    assert refused.value.option == "edit"
+    assert validate(edit_request(Edit.zoom(2.0).to_dict()), Limits(), fixed).edit is not None
+    no_inpainting = dataclasses.replace(model, inpainting=False)
+    with pytest.raises(InvalidRequest, match="cannot paint into an image"):
+        validate(edit_request(Edit.zoom(2.0).to_dict()), Limits(), no_inpainting)
+    for broken in ({"op": "pan"}, {"op": "zoom", "factor": "lots"}, {"op": "region", "cells": 5}):
+        with pytest.raises(InvalidRequest) as refused:
+            validate(edit_request(broken), Limits(), model)
+        assert refused.value.option == "edit"
