@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from generation.editing import Edit
 from storage.models import JobKind, JobStatus
 from storage.records import JobRecord
 
@@ -27,9 +28,37 @@ class Action(enum.StrEnum):
     CANCEL = "c"
     RECIPE = "rc"  # ✉️ and ❌ as buttons: a private (ephemeral) result takes no reactions
     DELETE = "d"
+    # Edits under an upscale (generation.editing)
+    ZOOM_OUT_2 = "zo"
+    ZOOM_OUT_15 = "zh"
+    SQUARE = "sq"
+    PAN_LEFT = "pl"
+    PAN_RIGHT = "pr"
+    PAN_UP = "pu"
+    PAN_DOWN = "pd"
 
 
-EMOJIS = {Action.REROLL: REROLL_EMOJI, Action.RECIPE: "✉️", Action.DELETE: "❌"}
+# What each edit button asks for.
+EDITS = {
+    Action.ZOOM_OUT_2: Edit.zoom(2.0),
+    Action.ZOOM_OUT_15: Edit.zoom(1.5),
+    Action.SQUARE: Edit.square(),
+    Action.PAN_LEFT: Edit.pan("left"),
+    Action.PAN_RIGHT: Edit.pan("right"),
+    Action.PAN_UP: Edit.pan("up"),
+    Action.PAN_DOWN: Edit.pan("down"),
+}
+
+
+EMOJIS = {
+    Action.REROLL: REROLL_EMOJI,
+    Action.RECIPE: "✉️",
+    Action.DELETE: "❌",
+    Action.PAN_LEFT: "⬅️",
+    Action.PAN_RIGHT: "➡️",
+    Action.PAN_UP: "⬆️",
+    Action.PAN_DOWN: "⬇️",
+}
 
 # How far a variation may move from its image: "Vary (subtle)" and "Vary (strong)".
 SUBTLE_STRENGTH = 0.35
@@ -99,6 +128,13 @@ def _label(action: Action, index: int | None) -> str | None:
         Action.CANCEL: "Cancel",
         Action.RECIPE: "Recipe",
         Action.DELETE: "Delete",
+        Action.ZOOM_OUT_2: "Zoom Out 2×",
+        Action.ZOOM_OUT_15: "Zoom Out 1.5×",
+        Action.SQUARE: "Make Square",
+        Action.PAN_LEFT: None,
+        Action.PAN_RIGHT: None,
+        Action.PAN_UP: None,
+        Action.PAN_DOWN: None,
     }[action]
 
 
@@ -112,8 +148,8 @@ def result_view(
         return None
     view = discord.ui.View(timeout=None)
     if job.private:  # an ephemeral message takes no reactions: ✉️ and ❌ are buttons
-        view.add_item(JobButton(Action.RECIPE, job.id, row=2))
-        view.add_item(JobButton(Action.DELETE, job.id, row=2))
+        view.add_item(JobButton(Action.RECIPE, job.id, row=3))
+        view.add_item(JobButton(Action.DELETE, job.id, row=3))
     upscale, vary = JobKind.UPSCALE in offers, JobKind.VARIATION in offers
     if job.kind == JobKind.UPSCALE:
         if vary:
@@ -123,6 +159,12 @@ def result_view(
             button = JobButton(Action.UPSCALE, job.id, 0, row=0)
             button.item.label = "Upscale 2×"
             view.add_item(button)
+        if JobKind.EDIT in offers:  # Zoom Out, Make Square (if it is not), Pan
+            for action in (Action.ZOOM_OUT_2, Action.ZOOM_OUT_15, Action.SQUARE):
+                if action is not Action.SQUARE or job.width != job.height:
+                    view.add_item(JobButton(action, job.id, 0, row=1))
+            for action in (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN):
+                view.add_item(JobButton(action, job.id, 0, row=2))
         return view if view.children else None
     for index in indices if upscale else ():
         view.add_item(JobButton(Action.UPSCALE, job.id, index, row=0))

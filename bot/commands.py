@@ -17,7 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
-from bot.buttons import STRONG_STRENGTH, SUBTLE_STRENGTH, Action
+from bot.buttons import EDITS, STRONG_STRENGTH, SUBTLE_STRENGTH, Action
 from bot.limits import Message, Upload
 from bot.places import EditBudget
 from bot.preferences import REMIXABLE, RemixForm
@@ -716,6 +716,7 @@ class ImagineCog(commands.Cog):
             Action.VARY_SUBTLE: (JobKind.VARIATION, SUBTLE_STRENGTH),
             Action.VARY_STRONG: (JobKind.VARIATION, STRONG_STRENGTH),
             Action.REROLL: (JobKind.REROLL, None),
+            **dict.fromkeys(EDITS, (JobKind.EDIT, None)),
         }[action]
 
         nsfw, public = channel_flags(interaction.channel)
@@ -735,6 +736,8 @@ class ImagineCog(commands.Cog):
         }
         if edited is not None:  # the remix form's texts: the job records them
             derive["prompt"], derive["negative_prompt"] = edited
+        if action in EDITS:  # Zoom Out, Make Square, Pan
+            derive["edit"] = EDITS[action].to_dict()
         # Private as its parent was, or as the presser's own setting asks (or may ask).
         private = parent.job.private or prefs is None or prefs.private
         derive["private"] = private

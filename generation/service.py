@@ -392,6 +392,13 @@ class GenerationService:
             except InvalidRequest:
                 continue
             offered.add(kind)
+        if job.kind == JobKind.UPSCALE:  # edits under an upscale, as Midjourney offers them
+            try:
+                self.check(self._edit_request(job, 0, job.user_id, Edit.zoom(2.0)))
+            except InvalidRequest:
+                pass
+            else:
+                offered.add(JobKind.EDIT)
         return frozenset(offered)
 
     def _edit_request(

@@ -1,0 +1,63 @@
+"""Zoom Out, Make Square and Pan under an upscale, through the local Discord."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tests.bot.conftest import bot_settings, running_bot
+from tests.bot.test_imagine import png_of
+from tests.fakediscord.actions import LocalDiscord
+
+
+async def test_zoom_out_and_pan_under_an_upscale_keep_the_upscales_pixels(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    # The random-weight model draws any size (the trained one draws 64×64 only, so its
+    # upscales offer no edit: a Zoom Out keeps the size, which it cannot draw).
+    settings = bot_settings(server, tmp_path / "data", model="embedded-random", max_count=1)
+    async with running_bot(settings, engine):
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=5)
+        )
+        upscaled = await server.wait_for_result(
+            await server.click(int(grid["id"]), "U1", server.alice)
+        )
+        assert server.buttons(upscaled) == [
+            "Vary (subtle)",
+            "Vary (strong)",
+            "Upscale 2×",
+            "Zoom Out 2×",
+            "Zoom Out 1.5×",
+            "⬅️",
+            "➡️",
+            "⬆️",
+            "⬇️",
+        ], "no Make Square under a square image"
+        old = png_of(server, upscaled)
+        assert old.size == (128, 128)
+        parent = json.loads(old.text["imagine-bot"])["job_id"]
+        before = np.asarray(old.convert("RGB"), dtype=np.int16)
+
+        zoomed = await server.wait_for_result(
+            await server.click(int(upscaled["id"]), "Zoom Out 2×", server.alice)
+        )
+        made = png_of(server, zoomed)
+        recipe = json.loads(made.text["imagine-bot"])
+        assert (recipe["kind"], recipe["parent_job_id"], made.size) == ("edit", parent, (128, 128))
+        half = np.asarray(
+            old.convert("RGB").resize((64, 64), Image.Resampling.LANCZOS), dtype=np.int16
+        )
+        assert (np.asarray(made.convert("RGB"), dtype=np.int16)[32:96, 32:96] == half).all()
+
+        panned = await server.wait_for_result(
+            await server.click(int(upscaled["id"]), "➡️", server.alice)
+        )
+        made = png_of(server, panned)
+        assert made.size == (192, 128)
+        assert (np.asarray(made.convert("RGB"), dtype=np.int16)[:, :128] == before).all()
