@@ -20,7 +20,7 @@ from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
 from generation.loras import parse_choice
 from generation.model_info import ModelInfo
-from generation.presets import Preset, PresetBook
+from generation.presets import Preset
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
 from generation.service import GenerationService, JobView, Submission
@@ -102,19 +102,10 @@ def generate(
         snapshot = await service.presets.current()
 
         def model_of(name: str | None) -> ModelInfo:
-            preset = PresetBook.chosen(snapshot, name, None)
-            if preset is not None:
-                return service.preset_model(preset)
-            try:
-                return service.model_for(name)
-            except InvalidRequest:  # refused by the submit, naming what there is
-                return service.model
+            return service.model_of(name, snapshot, None)
 
         def preset_of(name: str | None) -> Preset | None:
-            try:
-                return PresetBook.chosen(snapshot, name, None)
-            except InvalidRequest:
-                return None
+            return service.preset_of(name, snapshot, None)
 
         # The user's /settings, where neither an option nor the prompt says otherwise.
         prefs = await service.preferences(user_id)

@@ -200,21 +200,12 @@ class ImagineCog(commands.Cog):
         return [info.name for info in self.service.host_models.values()]
 
     def _model_of(self, name: str | None, guild_id: int | None) -> ModelInfo:
-        """The model a request names (a preset's, a host model) as last read; the default
-        when it names none, or one that is refused later with the reason."""
-        snapshot = self.service.presets.snapshot
-        try:
-            preset = PresetBook.chosen(snapshot, name, guild_id)
-            return self.service.preset_model(preset) if preset else self.service.model_for(name)
-        except InvalidRequest:
-            return self.service.model
+        """The model a request names here, as last read (see ``GenerationService.model_of``)."""
+        return self.service.model_of(name, self.service.presets.snapshot, guild_id)
 
     def _preset_of(self, name: str | None, guild_id: int | None) -> Preset | None:
-        """The preset a job on ``name`` runs (its server's default when None), if any."""
-        try:
-            return PresetBook.chosen(self.service.presets.snapshot, name, guild_id)
-        except InvalidRequest:
-            return None
+        """The preset a job on ``name`` runs here, as last read, if any."""
+        return self.service.preset_of(name, self.service.presets.snapshot, guild_id)
 
     # -- /imagine ----------------------------------------------------------------------------
 

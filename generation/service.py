@@ -754,12 +754,33 @@ class GenerationService:
         async with self.db.uow() as uow:
             return await self._submission(uow, await self._get(uow, job_id))
 
+    def preset_of(
+        self, name: str | None, snapshot: Snapshot, guild_id: int | None
+    ) -> Preset | None:
+        """The preset a job on ``name`` runs in ``guild_id`` (its server's default when None),
+        if any; None too for one this server may not use (refused later, with the reason)."""
+        try:
+            return PresetBook.chosen(snapshot, name, guild_id)
+        except InvalidRequest:
+            return None
+
+    def model_of(self, name: str | None, snapshot: Snapshot, guild_id: int | None) -> ModelInfo:
+        """The model a request names (a preset's, a host model); the default when it names
+        none, or one that is refused later with the reason."""
+        preset = self.preset_of(name, snapshot, guild_id)
+        if preset is not None:
+            return self.preset_model(preset)
+        try:
+            return self.model_for(name)
+        except InvalidRequest:
+            return self.model
+
     def offered(self, name: str, snapshot: Snapshot, guild_id: int | None) -> bool:
         """Whether a model's name (a preset's or a host model's) may be used in ``guild_id``
         (None: a DM or the command line)."""
+        if self.preset_of(name, snapshot, guild_id) is not None:
+            return True
         try:
-            if PresetBook.chosen(snapshot, name, guild_id) is not None:
-                return True
             self.model_for(name)
         except InvalidRequest:
             return False
