@@ -103,7 +103,8 @@ class PlaceWatch:
         lasts; how many were edited."""
         waiting = [s for s in await self.service.waiting(None, limit=WATCHED) if s.position]
         self._forget({s.job.id for s in waiting})
-        changed = [s for s in waiting if self._due(s)]
+        shown = {s.job.id: messages.queued(s) for s in waiting}
+        changed = [s for s in waiting if self._due(s.job.id, shown[s.job.id].content)]
         if not changed:
             return 0
         deliveries = await self.outbox.for_jobs([s.job.id for s in changed])
@@ -121,15 +122,16 @@ class PlaceWatch:
                 continue
             if not self.budget.take():
                 break  # the rest in a later round, still changed
-            message = messages.queued(submission)
+            message = shown[submission.job.id]
             self.shown(submission.job.id, message.content)
             await self.edit(delivery, message)
             edited += 1
         return edited
 
-    def _due(self, submission: Submission) -> bool:
-        job_id = submission.job.id
-        if self._shown.get(job_id) == messages.queued(submission).content:
+    def _due(self, job_id: int, text: str) -> bool:
+        """Whether the job's message should say ``text`` now: changed, and not edited too
+        recently."""
+        if self._shown.get(job_id) == text:
             return False
         return time.monotonic() - self._edited.get(job_id, -1e9) >= self.interval
 
