@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
-from generation.editing import Edit
+from generation.editing import AREA_NAMES, CELL_NAMES, GRID, Edit
 from storage.models import JobKind, JobStatus
 from storage.records import JobRecord
 
@@ -25,6 +25,7 @@ class Action(enum.StrEnum):
     REROLL = "r"
     VARY_SUBTLE = "vs"
     VARY_STRONG = "vx"
+    VARY_REGION = "vr"  # opens the picker of cells (RegionSelect), then the prompt's form
     CANCEL = "c"
     RECIPE = "rc"  # ✉️ and ❌ as buttons: a private (ephemeral) result takes no reactions
     DELETE = "d"
@@ -125,6 +126,7 @@ def _label(action: Action, index: int | None) -> str | None:
         Action.REROLL: None,
         Action.VARY_SUBTLE: "Vary (subtle)",
         Action.VARY_STRONG: "Vary (strong)",
+        Action.VARY_REGION: "Vary (Region)",
         Action.CANCEL: "Cancel",
         Action.RECIPE: "Recipe",
         Action.DELETE: "Delete",
@@ -152,19 +154,7 @@ def result_view(
         view.add_item(JobButton(Action.DELETE, job.id, row=3))
     upscale, vary = JobKind.UPSCALE in offers, JobKind.VARIATION in offers
     if job.kind == JobKind.UPSCALE:
-        if vary:
-            view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0, row=0))
-            view.add_item(JobButton(Action.VARY_STRONG, job.id, 0, row=0))
-        if upscale:
-            button = JobButton(Action.UPSCALE, job.id, 0, row=0)
-            button.item.label = "Upscale 2×"
-            view.add_item(button)
-        if JobKind.EDIT in offers:  # Zoom Out, Make Square (if it is not), Pan
-            for action in (Action.ZOOM_OUT_2, Action.ZOOM_OUT_15, Action.SQUARE):
-                if action is not Action.SQUARE or job.width != job.height:
-                    view.add_item(JobButton(action, job.id, 0, row=1))
-            for action in (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN):
-                view.add_item(JobButton(action, job.id, 0, row=2))
+        _under_upscale(view, job, offers)
         return view if view.children else None
     for index in indices if upscale else ():
         view.add_item(JobButton(Action.UPSCALE, job.id, index, row=0))
@@ -173,6 +163,87 @@ def result_view(
     for index in indices if vary else ():
         view.add_item(JobButton(Action.VARY, job.id, index, row=1))
     return view if view.children else None
+
+
+def _under_upscale(view: discord.ui.View, job: JobRecord, offers: frozenset[JobKind]) -> None:
+    """Vary (subtle, strong, Region), Upscale 2×; Zoom Out, Make Square (if it is not), Pan."""
+    if JobKind.VARIATION in offers:
+        view.add_item(JobButton(Action.VARY_SUBTLE, job.id, 0, row=0))
+        view.add_item(JobButton(Action.VARY_STRONG, job.id, 0, row=0))
+    edits = JobKind.EDIT in offers
+    if edits:
+        view.add_item(JobButton(Action.VARY_REGION, job.id, 0, row=0))
+    if JobKind.UPSCALE in offers:
+        button = JobButton(Action.UPSCALE, job.id, 0, row=0)
+        button.item.label = "Upscale 2×"
+        view.add_item(button)
+    if not edits:
+        return
+    for action in (Action.ZOOM_OUT_2, Action.ZOOM_OUT_15, Action.SQUARE):
+        if action is not Action.SQUARE or job.width != job.height:
+            view.add_item(JobButton(action, job.id, 0, row=1))
+    for action in (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN):
+        view.add_item(JobButton(action, job.id, 0, row=2))
+
+
+class RegionSelect(
+    Served,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"imagine-region:(?P<what>cells|area):(?P<job>\d+):(?P<index>\d+)",
+):
+    """Vary (Region)'s picker: the cells of the 3×3 grid to paint anew, or a named area.
+    Choosing opens the form for the region's prompt (``RegionForm``)."""
+
+    def __init__(self, what: str, job_id: int, index: int, row: int | None = None) -> None:
+        if what == "cells":
+            options = [
+                discord.SelectOption(label=f"{number} · {name}", value=str(number))
+                for number, name in enumerate(CELL_NAMES, start=1)
+            ]
+            placeholder, most = "Cells to paint anew (numbered on the image)", GRID * GRID - 1
+        else:
+            options = [
+                discord.SelectOption(label=name, value=area) for area, name in AREA_NAMES.items()
+            ]
+            placeholder, most = "Or an area", 1
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"imagine-region:{what}:{job_id}:{index}",
+                placeholder=placeholder,
+                options=options,
+                min_values=1,
+                max_values=most,
+                row=row,
+            )
+        )
+        self.what = what
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> RegionSelect:
+        return cls(match["what"], int(match["job"]), int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        data = cast(dict[str, Any], interaction.data or {})
+        values = [str(value) for value in data.get("values") or ()]
+        await interaction.client.handlers.region_picked(
+            interaction, self.job_id, self.index, self.what, values
+        )
+
+
+def region_picker(job_id: int, index: int) -> discord.ui.View:
+    """The cells and areas of Vary (Region), under the guide to their numbers."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(RegionSelect("cells", job_id, index, row=0))
+    view.add_item(RegionSelect("area", job_id, index, row=1))
+    return view
 
 
 class QueuePageButton(

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import io
 import logging
 import re
 import time
@@ -15,12 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 from discord import app_commands
 from discord.ext import commands
+from PIL import Image
 
 from bot import messages
-from bot.buttons import EDITS, STRONG_STRENGTH, SUBTLE_STRENGTH, Action
+from bot.buttons import EDITS, STRONG_STRENGTH, SUBTLE_STRENGTH, Action, region_picker
 from bot.limits import Message, Upload
 from bot.places import EditBudget
-from bot.preferences import REMIXABLE, RemixForm
+from bot.preferences import REMIXABLE, RegionForm, RemixForm
 from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
 from generation import parameters, wording
@@ -32,6 +34,7 @@ from generation.access import (
     may_show_job,
     may_use_result,
 )
+from generation.editing import Edit, cell_guide
 from generation.errors import (
     GenerationError,
     InvalidRequest,
@@ -175,15 +178,26 @@ async def _say_overridden(
         await interaction.followup.send(**messages.plain(text).send_kwargs(), ephemeral=True)
 
 
-def carries_job(message: discord.Message | None, job_id: int) -> bool:
+def carries_job(message: discord.Message | None, job_id: int, *, picker: bool = False) -> bool:
     """Whether a message holds a button of the job (a form submitted from it was opened
-    there)."""
-    wanted = re.compile(rf"imagine:[a-z]+:{job_id}(?::\d+)?")
+    there); ``picker``: Vary (Region)'s picker of the job's cells."""
+    wanted = re.compile(
+        rf"imagine-region:[a-z]+:{job_id}:\d+" if picker else rf"imagine:[a-z]+:{job_id}(?::\d+)?"
+    )
     return message is not None and any(
         wanted.fullmatch(getattr(item, "custom_id", None) or "")
         for row in message.components
         for item in getattr(row, "children", ())
     )
+
+
+def _guide(data: bytes, multiple: int) -> bytes:
+    """An image's cells, numbered, as PNG (Vary (Region)'s picker)."""
+    with Image.open(io.BytesIO(data)) as image:
+        guide = cell_guide(image, multiple)
+    out = io.BytesIO()
+    guide.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _role_ids(user: discord.abc.User) -> tuple[int, ...]:
@@ -627,6 +641,9 @@ class ImagineCog(commands.Cog):
         if action is Action.DELETE:
             await self._delete_button(interaction, job_id)
             return
+        if action is Action.VARY_REGION:
+            await self._region_picker(interaction, job_id, index or 0)
+            return
         prefs = await self.bot.preferences.read(interaction.user.id)
         if action in REMIXABLE and prefs is not None and prefs.remix:
             await self._open_remix(interaction, action, job_id, index)
@@ -687,6 +704,85 @@ class ImagineCog(commands.Cog):
             interaction, action, job_id, index, prefs=prefs, edited=(prompt, negative)
         )
 
+    async def _region_picker(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int, index: int
+    ) -> None:
+        """Vary (Region): the image with its cells numbered, and the selects of cells and
+        areas, to the presser alone."""
+        parent = await self._parent(interaction, job_id)
+        if parent is None:
+            return
+        image = next((image for image in parent.images if image.index == index), None)
+        if image is None or self.service.store is None:
+            await refuse(interaction, f"job {job_id} has no image {index + 1} kept here")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        model = self.service.models.get(parent.job.model_id) or self.service.model
+        try:
+            data = await asyncio.to_thread(self.service.store.get, image.path)
+            guide = await asyncio.to_thread(_guide, data, max(8, model.size_multiple))
+        except Exception as error:  # a store away, an image unreadable: said, not raised
+            logger.warning("could not draw the cells of job %s: %s", job_id, error)
+            await refuse(interaction, f"Job {job_id}'s image cannot be read now: try again.")
+            return
+        message = Message(
+            content=messages.REGION_PICK,
+            view=region_picker(job_id, index),
+            uploads=[Upload("cells.png", guide)],
+        )
+        with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+            await interaction.edit_original_response(**message.edit_kwargs())
+
+    async def region_picked(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        job_id: int,
+        index: int,
+        what: str,
+        values: list[str],
+    ) -> None:
+        """Cells or an area chosen in the picker: the form for what goes there."""
+        try:
+            if what == "cells":
+                edit = Edit.region(cells=tuple(int(value) for value in values))
+            else:
+                edit = Edit.region(area=values[0] if values else "")
+        except (InvalidRequest, ValueError) as error:
+            await refuse(interaction, f"{error} Pick again.")
+            return
+        parent = await self._parent(interaction, job_id)
+        if parent is None:
+            return
+        job = parent.job
+        form = RegionForm(job_id, index, edit, job.prompt, job.negative_prompt)
+        await interaction.response.send_modal(form)
+
+    async def region(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        job_id: int,
+        index: int,
+        edit: Edit,
+        *,
+        prompt: str,
+        negative: str,
+    ) -> None:
+        """Vary (Region)'s form sent: the edit, with the region's prompt. Only from the
+        picker of that job (whatever the form's ``custom_id`` names)."""
+        if not carries_job(interaction.message, job_id, picker=True):
+            await refuse(interaction, "Open Vary (Region) from the job's own result.")
+            return
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        await self._derive(
+            interaction,
+            Action.VARY_REGION,
+            job_id,
+            index,
+            prefs=prefs,
+            edited=(prompt, negative),
+            edit=edit,
+        )
+
     async def _derive(
         self,
         interaction: discord.Interaction[ImagineBot],
@@ -696,8 +792,10 @@ class ImagineCog(commands.Cog):
         *,
         prefs: Preferences | None,
         edited: tuple[str, str] | None = None,
+        edit: Edit | None = None,
     ) -> None:
-        """``prefs``: the presser's settings as read (None: unread, taken as private mode)."""
+        """``prefs``: the presser's settings as read (None: unread, taken as private mode).
+        ``edit``: Vary (Region)'s region (the other edits are the button's own)."""
         parent = await self._parent(interaction, job_id)
         if parent is None:
             return
@@ -707,7 +805,7 @@ class ImagineCog(commands.Cog):
             Action.VARY_SUBTLE: (JobKind.VARIATION, SUBTLE_STRENGTH),
             Action.VARY_STRONG: (JobKind.VARIATION, STRONG_STRENGTH),
             Action.REROLL: (JobKind.REROLL, None),
-            **dict.fromkeys(EDITS, (JobKind.EDIT, None)),
+            **dict.fromkeys([*EDITS, Action.VARY_REGION], (JobKind.EDIT, None)),
         }[action]
 
         nsfw, public = channel_flags(interaction.channel)
@@ -729,6 +827,8 @@ class ImagineCog(commands.Cog):
             derive["prompt"], derive["negative_prompt"] = edited
         if action in EDITS:  # Zoom Out, Make Square, Pan
             derive["edit"] = EDITS[action].to_dict()
+        elif edit is not None:
+            derive["edit"] = edit.to_dict()
         # Private as its parent was, or as the presser's own setting asks (or may ask).
         private = parent.job.private or prefs is None or prefs.private
         derive["private"] = private

@@ -1,6 +1,7 @@
 """/settings: a member's own defaults, shown and changed as Midjourney shows them (selects for
 model, aspect and sampler; a remix toggle; steps and guidance in a form; reset), and the forms
-(modals) the bot opens: steps and guidance, and the remix form of the Vary and 🔄 buttons.
+(modals) the bot opens: steps and guidance, the remix form of the Vary and 🔄 buttons, and the
+prompt of a Vary (Region).
 
 Every component's ``custom_id`` says what it is, and a form's submission is read from its
 ``custom_id`` and values (``on_interaction``), not from an object kept in memory: a form opened
@@ -24,6 +25,7 @@ from discord.ext import commands
 from bot import messages
 from bot.buttons import Action, Served
 from bot.limits import Message, clip
+from generation.editing import Edit, region_of
 from generation.errors import GenerationError, InvalidRequest
 from generation.faults import is_transient
 from generation.preferences import ASPECTS, Preferences
@@ -43,6 +45,10 @@ UNSET = "-"  # a select's "not set" option (Discord needs a value for each optio
 SETTINGS = "imagine-settings"
 NUMBERS_FORM = "imagine-settings-numbers"
 REMIX_FORM = re.compile(r"imagine-remix:(?P<action>[a-z]+):(?P<job>\d+)(?::(?P<index>\d+))?$")
+# Vary (Region)'s prompt, for the cells ("1,2,5") or the area ("left") picked.
+REGION_FORM = re.compile(
+    r"imagine-region-form:(?P<job>\d+):(?P<index>\d+):(?P<where>[1-9](?:,[1-9]){0,8}|[a-z]+)$"
+)
 REMIXABLE = frozenset({Action.VARY, Action.VARY_SUBTLE, Action.VARY_STRONG, Action.REROLL})
 # The remix form's fields: a prompt and its parameters; a negative prompt.
 PROMPT_FIELD = MAX_PROMPT_LENGTH + 300
@@ -202,6 +208,40 @@ class RemixForm(discord.ui.Modal):
         self.add_item(
             discord.ui.TextInput(
                 label="Prompt",
+                custom_id="prompt",
+                style=discord.TextStyle.paragraph,
+                default=prompt[:PROMPT_FIELD],
+                required=True,
+                min_length=1,
+                max_length=PROMPT_FIELD,
+            )
+        )
+        self.add_item(
+            discord.ui.TextInput(
+                label="Negative prompt",
+                custom_id="negative",
+                style=discord.TextStyle.paragraph,
+                default=negative[:NEGATIVE_FIELD],
+                required=False,
+                max_length=NEGATIVE_FIELD,
+            )
+        )
+
+
+class RegionForm(discord.ui.Modal):
+    """Vary (Region)'s prompt: what goes in the cells or area picked (the job's own prompt to
+    start from, as Midjourney's remix does), and its negative prompt."""
+
+    def __init__(self, job_id: int, index: int, edit: Edit, prompt: str, negative: str) -> None:
+        where = edit.area or ",".join(map(str, edit.cells))
+        super().__init__(
+            title=clip(edit.describe(), 45),
+            custom_id=f"imagine-region-form:{job_id}:{index}:{where}",
+            timeout=900,
+        )
+        self.add_item(
+            discord.ui.TextInput(
+                label="Prompt for the region",
                 custom_id="prompt",
                 style=discord.TextStyle.paragraph,
                 default=prompt[:PROMPT_FIELD],
@@ -411,13 +451,17 @@ class PreferencesCog(commands.Cog):
         if interaction.type is not discord.InteractionType.modal_submit:
             return
         custom_id = str(_data(interaction).get("custom_id") or "")
-        if custom_id != NUMBERS_FORM and not REMIX_FORM.match(custom_id):
+        region = REGION_FORM.match(custom_id)
+        if custom_id != NUMBERS_FORM and not REMIX_FORM.match(custom_id) and not region:
             return
         if not await self.bot.admit(interaction):
             return
         values = form_values(interaction)
         if custom_id == NUMBERS_FORM:
             await self._numbers(interaction, values)
+            return
+        if region:
+            await self._region(interaction, region, values)
             return
         match = REMIX_FORM.match(custom_id)
         assert match is not None
@@ -432,6 +476,26 @@ class PreferencesCog(commands.Cog):
             action,
             int(match["job"]),
             None if index is None else int(index),
+            prompt=values.get("prompt", ""),
+            negative=values.get("negative", ""),
+        )
+
+    async def _region(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        match: re.Match[str],
+        values: dict[str, str],
+    ) -> None:
+        try:
+            edit = region_of(match["where"])
+        except InvalidRequest:  # no form of the bot's names it
+            logger.info("a region form named no region: %r", match.string)
+            return
+        await self.bot.handlers.region(
+            interaction,
+            int(match["job"]),
+            int(match["index"]),
+            edit,
             prompt=values.get("prompt", ""),
             negative=values.get("negative", ""),
         )

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageChops, ImageFilter, ImageStat
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont, ImageStat
 
 from generation.errors import InvalidRequest
 
@@ -25,6 +25,26 @@ GRID = 3  # Vary (Region) picks cells of a 3×3 grid, numbered 1-9 by rows from 
 # Regions by name: the halves, the centre cell and the border around it.
 AREAS = ("left", "right", "top", "bottom", "centre", "border")
 OPS = ("zoom", "square", "pan", "region")
+# How a member is shown the cells and areas (Discord's picker, the guide drawn on the image).
+CELL_NAMES = (
+    "top left",
+    "top centre",
+    "top right",
+    "middle left",
+    "centre",
+    "middle right",
+    "bottom left",
+    "bottom centre",
+    "bottom right",
+)
+AREA_NAMES = {
+    "left": "Left half",
+    "right": "Right half",
+    "top": "Top half",
+    "bottom": "Bottom half",
+    "centre": "Centre",
+    "border": "Border (all but the centre)",
+}
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom: pixels, right and bottom exclusive
 
@@ -118,6 +138,18 @@ class Edit:
             return f"Pan {self.direction}"
         where = self.area or "cells " + ", ".join(map(str, self.cells))
         return f"Vary (Region): {where}"
+
+
+def region_of(where: str) -> Edit:
+    """The region written as cells ("1,2,5") or an area ("left"), as Discord's region form
+    names it in its custom id."""
+    if where[:1].isdigit():
+        try:
+            cells = tuple(int(cell) for cell in where.split(","))
+        except ValueError:
+            raise InvalidRequest("cells", f"must be numbers 1-9, not {where!r}") from None
+        return Edit.region(cells=cells)
+    return Edit.region(area=where)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -233,3 +265,33 @@ def _feathered(mask: Image.Image, feather: int) -> Image.Image:
     width, height = mask.size
     soft = blurred.crop((margin, margin, margin + width, margin + height))
     return ImageChops.multiply(soft, mask)
+
+
+def cell_guide(image: Image.Image, multiple: int, side: int = 384) -> Image.Image:
+    """The image, at most ``side`` pixels on its long side, with the 3×3 grid of Vary
+    (Region) drawn over it (the cells' lines where the edit puts them) and each cell's
+    number in its middle: what the member picks from."""
+    image = image.convert("RGB")
+    width, height = image.size
+    scale = min(1.0, side / max(width, height))
+    shown = image.resize(
+        (max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.LANCZOS
+    )
+    draw = ImageDraw.Draw(shown)
+    font = ImageFont.load_default(size=max(12, round(min(shown.size) / 8)))
+    for number in range(1, GRID * GRID + 1):
+        left, top, right, bottom = (
+            round(value * scale)
+            for value in region_boxes(Edit("region", cells=(number,)), width, height, multiple)[0]
+        )
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255), width=2)
+        draw.text(
+            ((left + right) / 2, (top + bottom) / 2),
+            str(number),
+            fill=(255, 255, 255),
+            font=font,
+            anchor="mm",
+            stroke_width=3,
+            stroke_fill=(0, 0, 0),
+        )
+    return shown

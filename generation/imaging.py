@@ -96,6 +96,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "sampler": job.sampler,
         "vae_tiling": job.vae_tiling,
         "loras": job.loras,
+        "edit": job.edit,  # an edit's description: the canvas and mask, made again from it
         "preset": job.preset,
         "model_id": job.model_id,
         "model_revision": job.model_revision,

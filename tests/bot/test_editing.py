@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from generation.editing import Edit, region_boxes
 from tests.bot.conftest import bot_settings, running_bot
 from tests.bot.test_imagine import png_of
 from tests.fakediscord.actions import LocalDiscord
@@ -31,6 +32,7 @@ async def test_zoom_out_and_pan_under_an_upscale_keep_the_upscales_pixels(
         assert server.buttons(upscaled) == [
             "Vary (subtle)",
             "Vary (strong)",
+            "Vary (Region)",
             "Upscale 2×",
             "Zoom Out 2×",
             "Zoom Out 1.5×",
@@ -61,3 +63,63 @@ async def test_zoom_out_and_pan_under_an_upscale_keep_the_upscales_pixels(
         made = png_of(server, panned)
         assert made.size == (192, 128)
         assert (np.asarray(made.convert("RGB"), dtype=np.int16)[:, :128] == before).all()
+
+
+async def test_vary_region_picks_cells_on_a_numbered_guide_then_repaints_only_them(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(server, tmp_path / "data", model="embedded-random", max_count=1)
+    async with running_bot(settings, engine):
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=5)
+        )
+        upscaled = await server.wait_for_result(
+            await server.click(int(grid["id"]), "U1", server.alice)
+        )
+        old = png_of(server, upscaled)
+        parent = json.loads(old.text["imagine-bot"])["job_id"]
+
+        pressed = await server.click(int(upscaled["id"]), "Vary (Region)", server.alice)
+        picker = await server.wait_for(
+            lambda: (m := server.original(pressed)) and m["components"] and m,
+            what="the region picker",
+        )
+        assert picker["flags"] & 64, "the picker is the presser's alone"
+        assert [a["filename"] for a in picker["attachments"]] == ["cells.png"]
+        guide = png_of(server, picker)
+        assert guide.size == (128, 128)  # at most 384 on its long side, never enlarged
+
+        by_area = await server.choose(int(picker["id"]), "Or an area", ["Left half"], server.alice)
+        form = await server.wait_for(lambda: by_area.modal, what="the region's form")
+        assert form["title"] == "Vary (Region): left"
+
+        chosen = await server.choose(
+            int(picker["id"]),
+            "Cells to paint anew (numbered on the image)",
+            ["1 · top left", "2 · top centre"],
+            server.alice,
+        )
+        await server.wait_for(lambda: chosen.modal, what="the region's form")
+        assert server.modal_fields(chosen) == {
+            "Prompt for the region": "a red circle",
+            "Negative prompt": "",
+        }
+        sent = await server.submit_modal(chosen, {"Prompt for the region": "a blue square"})
+        edited = await server.wait_for_result(sent)
+        made = png_of(server, edited)
+        recipe = json.loads(made.text["imagine-bot"])
+        assert (recipe["kind"], recipe["parent_job_id"], recipe["prompt"]) == (
+            "edit",
+            parent,
+            "a blue square",
+        )
+        assert recipe["edit"]["op"] == "region" and recipe["edit"]["cells"] == [1, 2]
+        assert made.size == old.size
+        mask = np.zeros((128, 128), dtype=bool)
+        for left, top, right, bottom in region_boxes(Edit.region(cells=(1, 2)), 128, 128, 8):
+            mask[top:bottom, left:right] = True
+        new = np.asarray(made.convert("RGB"), dtype=np.int16)
+        before = np.asarray(old.convert("RGB"), dtype=np.int16)
+        assert (new[~mask] == before[~mask]).all(), "outside the cells, the parent's pixels"
+        assert (new[mask] != before[mask]).any(), "inside them, painted anew"

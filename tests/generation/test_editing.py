@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from generation.editing import Edit, composite, output_size, plan, region_boxes
+from generation.editing import (
+    Edit,
+    cell_guide,
+    composite,
+    output_size,
+    plan,
+    region_boxes,
+    region_of,
+)
 from generation.engine import RenderSpec
 from generation.errors import InvalidRequest
 
@@ -178,3 +186,26 @@ def test_an_edit_request_is_refused_clearly_before_its_size(model: Any) -> None:
         with pytest.raises(InvalidRequest) as refused:
             validate(edit_request(broken), Limits(), model)
         assert refused.value.option == "edit"
+
+
+def test_the_cell_guide_draws_the_cells_where_the_edit_puts_them_and_numbers_each() -> None:
+    black = Image.new("RGB", (768, 512))
+    guide = cell_guide(black, 8)
+    assert guide.size == (384, 256)  # at most 384 on the long side
+    pixels = np.asarray(guide)
+    for left, top, right, bottom in region_boxes(Edit.region(area="border"), 768, 512, 8):
+        # each cell's edges are drawn white, at half the edit's own boxes
+        assert (pixels[top // 2 : bottom // 2, left // 2] == 255).all()
+        assert (pixels[top // 2, left // 2 : right // 2] == 255).all()
+    centre = pixels[96:160, 160:224]  # cell 5's middle: its number, white on black
+    assert (centre == 255).any() and (centre == 0).any()
+    small = cell_guide(Image.new("RGB", (64, 64)), 8)
+    assert small.size == (64, 64), "a small image is not enlarged"
+
+
+def test_a_region_form_names_its_cells_or_area_and_nothing_else() -> None:
+    assert region_of("1,2,5") == Edit.region(cells=(1, 2, 5))
+    assert region_of("left") == Edit.region(area="left")
+    for bad in ("nowhere", "1,2,3,4,5,6,7,8,9"):
+        with pytest.raises(InvalidRequest):
+            region_of(bad)
