@@ -29,6 +29,7 @@ class Action(enum.StrEnum):
     CANCEL = "c"
     RECIPE = "rc"  # ✉️ and ❌ as buttons: a private (ephemeral) result takes no reactions
     DELETE = "d"
+    VIDEO = "vd"  # --video's animated WebP, to the presser
     # Edits under an upscale (generation.editing)
     ZOOM_OUT_2 = "zo"
     ZOOM_OUT_15 = "zh"
@@ -55,6 +56,7 @@ EMOJIS = {
     Action.REROLL: REROLL_EMOJI,
     Action.RECIPE: "✉️",
     Action.DELETE: "❌",
+    Action.VIDEO: "🎞️",
     Action.PAN_LEFT: "⬅️",
     Action.PAN_RIGHT: "➡️",
     Action.PAN_UP: "⬆️",
@@ -130,6 +132,7 @@ def _label(action: Action, index: int | None) -> str | None:
         Action.CANCEL: "Cancel",
         Action.RECIPE: "Recipe",
         Action.DELETE: "Delete",
+        Action.VIDEO: "Video",
         Action.ZOOM_OUT_2: "Zoom Out 2×",
         Action.ZOOM_OUT_15: "Zoom Out 1.5×",
         Action.SQUARE: "Make Square",
@@ -162,6 +165,8 @@ def result_view(
         view.add_item(JobButton(Action.REROLL, job.id, row=0))
     for index in indices if vary else ():
         view.add_item(JobButton(Action.VARY, job.id, index, row=1))
+    if job.video:  # asked with --video: its steps, as an animated WebP
+        view.add_item(JobButton(Action.VIDEO, job.id, row=1))
     return view if view.children else None
 
 

@@ -152,6 +152,8 @@ def _submit_and_report(settings: Settings, submit: Submit, no_wait: bool, as_jso
         click.echo(f"  image {image['index']}  seed {image['seed']}  {image['path']}")
     if result.get("grid"):
         click.echo(f"  grid     {result['grid']}")
+    if result.get("video_file"):
+        click.echo(f"  video    {result['video_file']}")
     if result.get("error"):
         click.echo(f"  error: {result['error']}")
     if result["status"] not in ("queued", "succeeded"):

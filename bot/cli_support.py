@@ -11,7 +11,7 @@ import click
 from bot.runtime import Runtime
 from generation.errors import GenerationError
 from generation.imaging import recipe_dict
-from generation.rendering import grid_key
+from generation.rendering import grid_key, video_key
 from generation.service import GenerationService, JobView, Submission
 from storage.records import DeliveryRecord
 
@@ -52,6 +52,9 @@ def job_json(runtime: Runtime, view: JobView) -> dict[str, Any]:
             for image in view.images
         ],
         "grid": store.location(grid_key(job.id, job.attempts)) if view.images else None,
+        "video_file": store.location(video_key(job.id, job.attempts))
+        if view.images and job.video and store.exists(video_key(job.id, job.attempts))
+        else None,
         "delivery": _delivery_json(view.delivery),
     }
 

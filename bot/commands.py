@@ -49,7 +49,7 @@ from generation.model_info import ModelInfo
 from generation.outbox import DeliveryTarget
 from generation.preferences import ASPECTS, Preferences
 from generation.presets import Preset, PresetBook
-from generation.rendering import grid_key
+from generation.rendering import grid_key, video_key
 from generation.requests import GenerationRequest
 from generation.samplers import SAMPLER_NAMES
 from generation.service import JobView, Submission
@@ -641,6 +641,9 @@ class ImagineCog(commands.Cog):
         if action is Action.DELETE:
             await self._delete_button(interaction, job_id)
             return
+        if action is Action.VIDEO:
+            await self._video_button(interaction, job_id)
+            return
         if action is Action.VARY_REGION:
             await self._region_picker(interaction, job_id, index or 0)
             return
@@ -847,6 +850,38 @@ class ImagineCog(commands.Cog):
             await refuse(interaction, str(error))
             return
         await answer(interaction, messages.recipe(view))
+
+    async def _video_button(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int
+    ) -> None:
+        """--video's animated WebP, to the presser alone (any member who may use the result)."""
+        try:
+            job = (await self._visible(interaction, job_id, on_message=True)).job
+        except GenerationError as error:
+            await refuse(interaction, str(error))
+            return
+        if self.service.store is None:
+            await refuse(interaction, f"Job {job_id}'s files are not kept here.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        key = video_key(job.id, job.attempts)
+        try:
+            data = await asyncio.to_thread(self.service.store.get, key)
+        except FileNotFoundError:
+            await refuse(interaction, messages.NO_VIDEO.format(job_id=job_id))
+            return
+        except Exception as error:  # the store away: said, not raised
+            logger.warning("could not read job %s's video: %s", job_id, error)
+            await refuse(interaction, f"Job {job_id}'s video cannot be read now: try again.")
+            return
+        if len(data) > interaction.filesize_limit:
+            await refuse(interaction, messages.NO_VIDEO.format(job_id=job_id))
+            return
+        message = Message(
+            content=f"Job {job_id}, step by step.", uploads=[Upload(f"job-{job_id}.webp", data)]
+        )
+        with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
+            await interaction.edit_original_response(**message.edit_kwargs())
 
     async def _delete_button(
         self, interaction: discord.Interaction[ImagineBot], job_id: int

@@ -47,6 +47,10 @@ BROKE = "Sorry, that failed on our side; the host's log has the details."
 AWAY = "The bot cannot reach its database just now, so nothing was done: try again in a minute."
 NOT_SERVED = "This bot serves only the servers its host chose; ask your server's admins."
 NO_DMS = "This bot takes commands in its servers, not in direct messages."
+NO_VIDEO = (
+    "Job {job_id} kept no video: its model showed no steps, or the file is too large to send "
+    "here. The images are as made."
+)
 REGION_PICK = (
     "**Vary (Region)**: pick the cells to paint anew (numbered on the image, by rows from the "
     "top left), or an area; then say what goes there. Everything outside stays as it is."

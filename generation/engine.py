@@ -161,6 +161,11 @@ class StepProgress:
     def has_preview(self) -> bool:
         return self._preview is not None
 
+    @property
+    def count(self) -> int:
+        """How many images the step made (the batch)."""
+        return int(self._latents.shape[0])
+
     def preview(self, index: int = 0) -> Image.Image | None:
         if self._preview is None:
             return None

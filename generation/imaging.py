@@ -97,6 +97,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "vae_tiling": job.vae_tiling,
         "loras": job.loras,
         "edit": job.edit,  # an edit's description: the canvas and mask, made again from it
+        "video": job.video,
         "preset": job.preset,
         "model_id": job.model_id,
         "model_revision": job.model_revision,
@@ -124,6 +125,43 @@ def encode_png(
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+# --video: frames at most this on their long side, each shown this long, the last held; the
+# file kept under Discord's smallest upload limit (10 MiB), with room for the message.
+VIDEO_SIDE = 512
+FRAME_MS = 120
+LAST_FRAME_MS = 2000
+VIDEO_BYTES = 8 * 2**20
+
+
+def encode_video(frames: Sequence[Image.Image], limit: int = VIDEO_BYTES) -> bytes:
+    """An animated WebP that loops: every frame at the last one's size (the finished grid,
+    at most ``VIDEO_SIDE`` on its long side; the earlier ones, the steps' small previews,
+    enlarged to it), made smaller until it fits in ``limit`` bytes. Every frame is kept."""
+    if not frames:
+        raise ValueError("a video needs a frame")
+    width, height = frames[-1].size
+    scale = min(1.0, VIDEO_SIDE / max(width, height))
+    durations = [FRAME_MS] * (len(frames) - 1) + [LAST_FRAME_MS]
+    while True:
+        size = (max(16, round(width * scale)), max(16, round(height * scale)))
+        shown = [frame.convert("RGB").resize(size, Image.Resampling.BILINEAR) for frame in frames]
+        buffer = io.BytesIO()
+        shown[0].save(
+            buffer,
+            format="WEBP",
+            save_all=True,
+            append_images=shown[1:],
+            duration=durations,
+            loop=0,
+            quality=80,
+            method=4,
+        )
+        data = buffer.getvalue()
+        if len(data) <= limit or max(size) <= 64:
+            return data
+        scale *= 0.75
 
 
 def read_recipe(data: bytes) -> dict[str, Any]:

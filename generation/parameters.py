@@ -36,7 +36,9 @@ PARAMETERS = {
     "sampler": "a sampler's name",
     "iw": "image weight with an attached image, 0-3: higher is closer to the image",
     "model": "a model's name",
+    "video": "no value: keep every step, offered as an animated WebP",
 }
+FLAGS = ("video",)  # parameters that take no value
 ALIASES = {"aspect": "ar", "negative": "no", "guidance": "cfg"}
 MAX_SEED = 2**32 - 1
 MAX_RATIO = 4.0  # 1:4 to 4:1; the size caps check the rest
@@ -105,6 +107,10 @@ def asks_aspect(prompt: str) -> bool:
 
 
 def _value(name: str, text: str) -> Any:
+    if name in FLAGS:
+        if text:
+            raise _refuse(f"--{name} takes no value, and parameters end the prompt: {text!r}")
+        return True
     if not text:
         raise _refuse(f"--{name} needs a value: {PARAMETERS[name]}")
     if name == "ar":
@@ -233,6 +239,7 @@ def apply(
         sampler=fallback("sampler", defaults.sampler),
         model=model,
         strength=strength,
+        video=request.video or bool(values.get("video")),
     )
     ratio = aspect if aspect is not None else (None if sized else values.get("ar"))
     model_info = model_of(changed.model)
@@ -327,4 +334,5 @@ def remix(request: GenerationRequest, text: str, negative: str) -> GenerationReq
         steps=values.get("steps", request.steps),
         guidance=values.get("cfg", request.guidance),
         sampler=values.get("sampler", request.sampler),
+        video=request.video or bool(values.get("video")),
     )

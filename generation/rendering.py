@@ -26,6 +26,11 @@ def grid_key(job_id: int, attempt: int) -> str:
     return f"images/{job_id}/{attempt}/{job_id}-grid.png"
 
 
+def video_key(job_id: int, attempt: int) -> str:
+    """--video's animated WebP: a frame per step, then the grid as made."""
+    return f"images/{job_id}/{attempt}/{job_id}-video.webp"
+
+
 def attempt_prefix(job_id: int, attempt: int) -> str:
     return f"images/{job_id}/{attempt}"
 

@@ -97,6 +97,8 @@ class GenerationRequest:
     remixed: bool = False
     # An edit of its parent image (generation.editing.Edit.to_dict), for kind EDIT.
     edit: dict[str, Any] | None = None
+    # --video: keep a frame per denoising step (a model drawn on this host shows its steps).
+    video: bool = False
 
     @property
     def filtered_text(self) -> str:
@@ -139,6 +141,7 @@ class Recipe:
     preset: str | None = None  # the preset it was asked through (its defaults are above)
     raw_prompt: str | None = None  # the prompt as typed, when parameters were taken out
     edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
+    video: bool = False  # --video: its steps kept as an animated WebP
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -213,6 +216,12 @@ def _scheduler(
 def _check_capabilities(request: GenerationRequest, model: ModelInfo, negative: str) -> None:
     """Refuse what this model's family cannot do, naming the option."""
     if model.engine != "diffusers":
+        if request.video:
+            raise InvalidRequest(
+                "prompt",
+                f"--video keeps the steps of a model drawn on this host; {model.name} is an "
+                "image service's, which shows none: leave --video out or choose another model",
+            )
         return
     if negative and not model.negative_prompt:
         raise InvalidRequest(
@@ -428,6 +437,7 @@ def validate(
         preset=preset.name if preset else request.preset,
         raw_prompt=request.raw_prompt,
         edit=request.edit,
+        video=request.video,
     )
 
 

@@ -16,7 +16,7 @@ import io
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
@@ -24,7 +24,7 @@ from PIL import Image
 from generation.errors import ModelLoadFailed, RenderCancelled, RenderHung, Unrunnable
 from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
 from generation.faults import backoff, is_transient, retrying
-from generation.imaging import encode_png, make_grid, pixel_sha256
+from generation.imaging import encode_png, encode_video, make_grid, pixel_sha256
 from generation.lease import LeaseKeeper
 from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
 from generation.rendering import (
@@ -35,6 +35,7 @@ from generation.rendering import (
     image_key,
     load_init_image,
     spec_for_job,
+    video_key,
 )
 from generation.requests import is_resize_only
 from generation.safety import SafetyChecker, checker_name
@@ -73,6 +74,7 @@ class _NoAnswer(Exception):
 class Rendered:
     images: list[Image.Image]
     gpu_seconds: float
+    frames: list[Image.Image] = dataclasses.field(default_factory=list)  # --video: a grid a step
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,13 +138,12 @@ class JobRun:
 
     # -- the render ------------------------------------------------------------------------
 
-    async def render(self) -> Rendered | JobStatus | None:  # noqa: PLR0911 - one return an end
-        """Run the pipeline; a cancel, failure or hand-back is recorded here, a success is left
-        to ``complete``. None when the job is no longer this worker's."""
-        job, state = self.job, self.progress
-        loop = asyncio.get_running_loop()
-
-        keeper = self.keeper
+    def _on_step(
+        self, loop: asyncio.AbstractEventLoop, frames: list[Image.Image]
+    ) -> Callable[[StepProgress], None]:
+        """What the pipeline thread calls after each step: stop if asked, note the progress,
+        publish it (with a preview every ``preview_interval`` s), keep --video's frame."""
+        job, state, keeper = self.job, self.progress, self.keeper
         preview_interval = self.settings.preview_interval
 
         def on_step(progress: StepProgress) -> None:  # runs in the pipeline thread
@@ -160,6 +161,18 @@ class JobRun:
                 preview = None if image is None else _png(image)
             event = JobProgress(job.id, progress.step, progress.total, preview)
             loop.call_soon_threadsafe(self.settings.events.publish, event)
+            if job.video and progress.has_preview:
+                shown = [progress.preview(index) for index in range(progress.count)]
+                frames.append(make_grid([image for image in shown if image is not None]))
+
+        return on_step
+
+    async def render(self) -> Rendered | JobStatus | None:  # noqa: PLR0911 - one return an end
+        """Run the pipeline; a cancel, failure or hand-back is recorded here, a success is left
+        to ``complete``. None when the job is no longer this worker's."""
+        job, state = self.job, self.progress
+        frames: list[Image.Image] = []  # --video: a grid of the step's previews, a step
+        on_step = self._on_step(asyncio.get_running_loop(), frames)
 
         started = time.perf_counter()
         try:
@@ -209,7 +222,7 @@ class JobRun:
             return await self.end(JobStatus.FAILED, _describe(error), 1.0)
         # Loading the model is not the job's GPU time (what ETAs and the hang budget measure).
         loading = getattr(self.settings.engine, "last_load_seconds", 0.0)
-        return Rendered(images, max(0.0, time.perf_counter() - started - loading))
+        return Rendered(images, max(0.0, time.perf_counter() - started - loading), frames)
 
     async def _watched(self, work: Awaitable[T], *, threaded: bool = True) -> T:
         """``work``, watched: stopped at its next step when the lease is lost or a cancel is
@@ -478,7 +491,9 @@ class JobRun:
             check = policy != "off"
             new_images = await self._watched(
                 self._write(
-                    lambda: asyncio.to_thread(self._write_files, ran, images, check=check),
+                    lambda: asyncio.to_thread(
+                        self._write_files, ran, images, check=check, frames=rendered.frames
+                    ),
                     "writing its images",
                 )
             )
@@ -561,10 +576,16 @@ class JobRun:
         }
 
     def _write_files(
-        self, job: JobRecord, images: list[Image.Image], *, check: bool
+        self,
+        job: JobRecord,
+        images: list[Image.Image],
+        *,
+        check: bool,
+        frames: Sequence[Image.Image] = (),
     ) -> list[NewImage]:
-        """The PNGs (with their recipe) into the store, each image checked first; runs in a
-        thread. A checker that fails flags the image for review rather than pass it."""
+        """The PNGs (with their recipe) into the store, each image checked first, and --video's
+        WebP (its last step's frame is the grid as made); runs in a thread. A checker that
+        fails flags the image for review rather than pass it."""
         settings, attempt = self.settings, self.lease.attempt
         model = settings.engine.models.get(job.model_id)
         name = model.name if model else job.model_id
@@ -596,9 +617,11 @@ class JobRun:
                     check_error=check_error,
                 )
             )
-        settings.store.put(
-            grid_key(job.id, attempt), encode_png(make_grid(images), job, None, name)
-        )
+        grid = make_grid(images)
+        settings.store.put(grid_key(job.id, attempt), encode_png(grid, job, None, name))
+        if frames:
+            video = encode_video([*frames[:-1], grid])
+            settings.store.put(video_key(job.id, attempt), video)
         return written
 
 

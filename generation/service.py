@@ -490,6 +490,7 @@ class GenerationService:
             channel_id=recipe.channel_id,
             channel_nsfw=recipe.channel_nsfw,
             channel_public=recipe.channel_public,
+            video=reroll and recipe.video,  # the same recipe made again: its steps kept again
         )
 
     async def submit(
@@ -1022,6 +1023,7 @@ class GenerationService:
                 role_ids=role_ids,
                 private=original.private if private is None else private,
                 edit=original.edit,
+                video=original.video,
             ),
             delivery,
         )

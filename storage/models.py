@@ -261,6 +261,8 @@ class Job(Base):
     # An edit's description (generation.editing.Edit): its canvas and mask are made from the
     # parent image and this alone.
     edit: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # --video: a frame kept per denoising step, offered as an animated WebP beside its images.
+    video: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

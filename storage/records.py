@@ -136,6 +136,7 @@ class JobRecord:
     # Private mode: its messages only its owner sees (and its server's moderators, here).
     private: bool = False
     edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
+    video: bool = False  # --video: its steps kept as an animated WebP (rendering.video_key)
 
     @property
     def is_terminal(self) -> bool:

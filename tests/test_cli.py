@@ -561,3 +561,44 @@ def test_zoom_pan_and_region_edit_an_image_keeping_its_pixels(tmp_path: Path) ->
 
     refused = imagine(data, "pan", job, "0", "--direction", "north", model="embedded-random")
     assert refused.returncode != 0 and "north" in refused.stderr
+
+
+def test_video_keeps_one_frame_per_step_ending_in_the_grid_as_made(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    data = tmp_path / "data"
+    made = ok_json(
+        imagine(
+            data,
+            "generate",
+            "a red circle --video",
+            "--count",
+            "2",
+            "--steps",
+            "5",
+            "--seed",
+            "3",
+            "--json",
+            model="embedded-random",
+        )
+    )
+    assert (made["prompt"], made["video"]) == ("a red circle", True)
+    with Image.open(made["video_file"]) as video, Image.open(made["grid"]) as grid:
+        assert (video.format, video.is_animated, video.n_frames) == ("WEBP", True, 5)
+        frames = [
+            np.asarray(f.convert("RGB"), dtype=np.int16) for f in ImageSequence.Iterator(video)
+        ]
+        assert video.size == grid.size  # the grid (128×64): under 512, kept at its size
+        made_grid = np.asarray(grid.convert("RGB"), dtype=np.int16)
+    apart = [np.abs(frame - made_grid).mean() for frame in frames]
+    # The last frame is the grid as made (WebP is lossy, and the random model's images are
+    # noise, its worst case); the steps' previews before it are far from it.
+    assert apart[-1] < min(apart[:-1]) / 3, apart
+
+    # A reroll asks for the video again.
+    again = ok_json(imagine(data, "reroll", str(made["job_id"]), "--json", model="embedded-random"))
+    assert again["video"] and again["video_file"]
+
+    refused = imagine(data, "generate", "a cat --video 3", model="embedded-random")
+    assert refused.returncode != 0 and "--video takes no value" in refused.stderr

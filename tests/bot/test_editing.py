@@ -123,3 +123,30 @@ async def test_vary_region_picks_cells_on_a_numbered_guide_then_repaints_only_th
         before = np.asarray(old.convert("RGB"), dtype=np.int16)
         assert (new[~mask] == before[~mask]).all(), "outside the cells, the parent's pixels"
         assert (new[mask] != before[mask]).any(), "inside them, painted anew"
+
+
+async def test_video_under_a_grid_sends_its_steps_as_an_animated_webp_to_the_presser(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(server, tmp_path / "data", model="embedded-random")
+    async with running_bot(settings, engine):
+        grid = await server.wait_for_result(
+            await server.invoke(
+                "imagine", server.alice, prompt="a red circle --video", seed=5, steps=3
+            )
+        )
+        assert "Video" in server.buttons(grid)
+        pressed = await server.click(int(grid["id"]), "Video", server.bob)  # any member
+        answer = await server.wait_for(
+            lambda: (m := server.original(pressed)) and m["attachments"] and m,
+            what="the video",
+        )
+        assert answer["flags"] & 64, "to the presser alone"
+        video = png_of(server, answer)
+        assert (video.format, video.n_frames) == ("WEBP", 3)
+
+        plain = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", steps=2)
+        )
+        assert "Video" not in server.buttons(plain)

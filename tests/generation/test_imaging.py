@@ -12,6 +12,7 @@ from PIL import Image
 from generation.imaging import (
     TooLargeToFit,
     encode_png,
+    encode_video,
     fit_file,
     infotext,
     make_grid,
@@ -159,3 +160,22 @@ def test_a_file_over_the_limit_becomes_a_webp_within_it_carrying_the_recipe(limi
 def test_a_limit_not_even_a_thumbnail_fits_is_said_so() -> None:
     with pytest.raises(TooLargeToFit):
         fit_file(_detailed_png(256), 50)
+
+
+def test_a_video_keeps_every_frame_and_shrinks_to_fit_its_limit() -> None:
+    rng = random.Random(4)
+    frames = [Image.frombytes("RGB", (64, 64), rng.randbytes(64 * 64 * 3)) for _ in range(5)] + [
+        Image.frombytes("RGB", (1024, 512), rng.randbytes(1024 * 512 * 3))
+    ]
+    video = Image.open(io.BytesIO(encode_video(frames)))
+    assert (video.format, video.n_frames, video.size) == ("WEBP", 6, (512, 256))
+    durations = []
+    for index in range(video.n_frames):
+        video.seek(index)
+        video.load()
+        durations.append(video.info["duration"])
+    assert durations == [120] * 5 + [2000], "steps shown briefly, the result held"
+    small = encode_video(frames, limit=60_000)  # noise: the worst case to compress
+    assert len(small) <= 60_000
+    shrunk = Image.open(io.BytesIO(small))
+    assert shrunk.n_frames == 6 and shrunk.size[0] < 512

@@ -251,3 +251,26 @@ def test_a_remix_sent_back_unchanged_is_not_the_members_text() -> None:
     assert not remix(parent, "a red circle", "green").remixed
     assert remix(parent, "a red circle", "green, blue").remixed
     assert remix(parent, "a red square", "green").remixed
+
+
+def test_video_is_a_flag_that_takes_no_value(model: ModelInfo) -> None:
+    assert parse("a cat --video").values == {"video": True}
+    assert parse("a cat --video --seed 3").values == {"video": True, "seed": 3}
+    with pytest.raises(InvalidRequest, match="--video takes no value"):
+        parse("a cat --video please")
+    asked, _ = apply(GenerationRequest("a cat --video", user_id=1), model_of=lambda n: model)
+    assert (asked.prompt, asked.video) == ("a cat", True)
+    plain, _ = apply(GenerationRequest("a cat", user_id=1), model_of=lambda n: model)
+    assert not plain.video
+    assert remix(plain, "a dog --video", "").video, "typed in a remix, it applies"
+
+
+def test_video_is_refused_on_an_image_service_that_shows_no_steps() -> None:
+    from generation.openai_engine import describe_api_model
+    from generation.requests import validate
+
+    dall_e_3 = describe_api_model("dall-e-3")
+    request = GenerationRequest("a cat", user_id=1, width=1024, height=1024, video=True)
+    with pytest.raises(InvalidRequest, match="--video keeps the steps"):
+        validate(request, Limits(), dall_e_3)
+    assert not validate(dataclasses.replace(request, video=False), Limits(), dall_e_3).video
