@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 
+from generation.comparing import KNOB_NAMES
 from generation.editing import AREA_NAMES, CELL_NAMES, GRID, Edit
 from storage.models import JobKind, JobStatus
 from storage.records import JobRecord
@@ -30,6 +31,7 @@ class Action(enum.StrEnum):
     RECIPE = "rc"  # ✉️ and ❌ as buttons: a private (ephemeral) result takes no reactions
     DELETE = "d"
     VIDEO = "vd"  # --video's animated WebP, to the presser
+    COMPARE = "cmp"  # opens the picker of a knob (CompareSelect), then the values' form
     # Edits under an upscale (generation.editing)
     ZOOM_OUT_2 = "zo"
     ZOOM_OUT_15 = "zh"
@@ -133,6 +135,7 @@ def _label(action: Action, index: int | None) -> str | None:
         Action.RECIPE: "Recipe",
         Action.DELETE: "Delete",
         Action.VIDEO: "Video",
+        Action.COMPARE: "Compare…",
         Action.ZOOM_OUT_2: "Zoom Out 2×",
         Action.ZOOM_OUT_15: "Zoom Out 1.5×",
         Action.SQUARE: "Make Square",
@@ -182,11 +185,15 @@ def _under_upscale(view: discord.ui.View, job: JobRecord, offers: frozenset[JobK
         button = JobButton(Action.UPSCALE, job.id, 0, row=0)
         button.item.label = "Upscale 2×"
         view.add_item(button)
+    if JobKind.COMPARE in offers and not edits:
+        view.add_item(JobButton(Action.COMPARE, job.id, 0, row=1))
     if not edits:
         return
     for action in (Action.ZOOM_OUT_2, Action.ZOOM_OUT_15, Action.SQUARE):
         if action is not Action.SQUARE or job.width != job.height:
             view.add_item(JobButton(action, job.id, 0, row=1))
+    if JobKind.COMPARE in offers:
+        view.add_item(JobButton(Action.COMPARE, job.id, 0, row=1))
     for action in (Action.PAN_LEFT, Action.PAN_RIGHT, Action.PAN_UP, Action.PAN_DOWN):
         view.add_item(JobButton(action, job.id, 0, row=2))
 
@@ -241,6 +248,52 @@ class RegionSelect(
         await interaction.client.handlers.region_picked(
             interaction, self.job_id, self.index, self.what, values
         )
+
+
+class CompareSelect(
+    Served,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"imagine-compare:(?P<job>\d+):(?P<index>\d+)",
+):
+    """Compare…'s picker: the knob to turn. Choosing opens the form of its values."""
+
+    def __init__(self, job_id: int, index: int, row: int | None = None) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"imagine-compare:{job_id}:{index}",
+                placeholder="What to compare",
+                options=[
+                    discord.SelectOption(label=name[:1].upper() + name[1:], value=knob)
+                    for knob, name in KNOB_NAMES.items()
+                ],
+                row=row,
+            )
+        )
+        self.job_id = job_id
+        self.index = index
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> CompareSelect:
+        return cls(int(match["job"]), int(match["index"]))
+
+    async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
+        data = cast(dict[str, Any], interaction.data or {})
+        values = [str(value) for value in data.get("values") or ()]
+        await interaction.client.handlers.compare_picked(
+            interaction, self.job_id, self.index, values[0] if values else ""
+        )
+
+
+def compare_picker(job_id: int, index: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CompareSelect(job_id, index, row=0))
+    return view
 
 
 def region_picker(job_id: int, index: int) -> discord.ui.View:

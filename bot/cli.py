@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from bot.cli_admin import admin
-from bot.cli_jobs import cancel, generate, pan, region, reroll, upscale, vary, zoom
+from bot.cli_jobs import cancel, compare, generate, pan, region, reroll, upscale, vary, zoom
 from bot.cli_queue import queue_command, quota
 from bot.cli_support import job_json, run_async
 from bot.runtime import open_runtime
@@ -373,6 +373,7 @@ for command in (
     zoom,
     pan,
     region,
+    compare,
     cancel,
     queue_command,
     quota,

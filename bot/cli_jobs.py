@@ -15,6 +15,7 @@ from bot.cli_support import CLI_USER_ID, Submit, job_json, run_async, wait_optio
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from generation import parameters
+from generation.comparing import Comparison
 from generation.editing import AREAS, DIRECTIONS, Edit
 from generation.errors import InvalidRequest
 from generation.events import JobEvent, JobProgress
@@ -394,6 +395,43 @@ def region(
     except InvalidRequest as error:
         raise click.BadParameter(error.message, param_hint=f"--{error.option}") from None
     _edit_and_report(settings, job_id, index, edit, user_id, seed, no_wait, as_json, prompt)
+
+
+@click.command()
+@click.argument("job_id", type=int)
+@click.argument("index", type=int)
+@click.option(
+    "--knob",
+    required=True,
+    help="What to turn: guidance, steps, sampler, seed, lora (its weight), or word:WORD "
+    "(a word of the prompt, swapped for each value).",
+)
+@click.option("--values", required=True, help="2 to 4 values, comma-separated, e.g. 3,5,7,9.")
+@wait_options
+@click.pass_obj
+def compare(
+    settings: Settings,
+    job_id: int,
+    index: int,
+    knob: str,
+    values: str,
+    user_id: int,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """A comparison grid: image INDEX (0-3) of JOB_ID (an upscale: the image it was made
+    from) made again at its seed, once per value of one knob, everything else equal. Each
+    image is its own recipe: upscale, vary or reproduce any of them."""
+    try:
+        comparison = Comparison.parse(knob, values)
+    except InvalidRequest as error:
+        raise click.BadParameter(error.message, param_hint=f"--{error.option}") from None
+    _submit_and_report(
+        settings,
+        lambda service: service.derive(JobKind.COMPARE, job_id, index, user_id, compare=comparison),
+        no_wait,
+        as_json,
+    )
 
 
 @click.command()

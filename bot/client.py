@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.admin import AdminCog
-from bot.buttons import AdminButton, JobButton, QueuePageButton, RegionSelect
+from bot.buttons import AdminButton, CompareSelect, JobButton, QueuePageButton, RegionSelect
 from bot.commands import RECEIVED, ImagineCog, refuse
 from bot.delivery import Deliveries
 from bot.preferences import PreferencesCog, SettingsButton, SettingsSelect
@@ -143,7 +143,13 @@ class ImagineBot(commands.Bot):
         self.preferences = PreferencesCog(self)
         await self.add_cog(self.preferences)
         self.add_dynamic_items(
-            JobButton, AdminButton, QueuePageButton, SettingsSelect, SettingsButton, RegionSelect
+            JobButton,
+            AdminButton,
+            QueuePageButton,
+            SettingsSelect,
+            SettingsButton,
+            RegionSelect,
+            CompareSelect,
         )
         self.tree.on_error = self._command_error  # type: ignore[method-assign]
         settings = self.runtime.settings

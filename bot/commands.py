@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,10 +20,17 @@ from discord.ext import commands
 from PIL import Image
 
 from bot import messages
-from bot.buttons import EDITS, STRONG_STRENGTH, SUBTLE_STRENGTH, Action, region_picker
+from bot.buttons import (
+    EDITS,
+    STRONG_STRENGTH,
+    SUBTLE_STRENGTH,
+    Action,
+    compare_picker,
+    region_picker,
+)
 from bot.limits import Message, Upload
 from bot.places import EditBudget
-from bot.preferences import REMIXABLE, RegionForm, RemixForm
+from bot.preferences import REMIXABLE, CompareForm, RegionForm, RemixForm
 from bot.routes import NETWORK_ERRORS
 from bot.uploads import check_attachment, read_start_image
 from generation import parameters, wording
@@ -34,6 +42,7 @@ from generation.access import (
     may_show_job,
     may_use_result,
 )
+from generation.comparing import KNOB_NAMES, Comparison
 from generation.editing import Edit, cell_guide
 from generation.errors import (
     GenerationError,
@@ -178,17 +187,31 @@ async def _say_overridden(
         await interaction.followup.send(**messages.plain(text).send_kwargs(), ephemeral=True)
 
 
-def carries_job(message: discord.Message | None, job_id: int, *, picker: bool = False) -> bool:
+def carries_job(message: discord.Message | None, job_id: int, *, picker: str = "") -> bool:
     """Whether a message holds a button of the job (a form submitted from it was opened
-    there); ``picker``: Vary (Region)'s picker of the job's cells."""
+    there); ``picker``: a picker's select of the job instead (``imagine-region``: Vary
+    (Region)'s cells; ``imagine-compare``: Compare…'s knob)."""
     wanted = re.compile(
-        rf"imagine-region:[a-z]+:{job_id}:\d+" if picker else rf"imagine:[a-z]+:{job_id}(?::\d+)?"
+        rf"{picker}(?::[a-z]+)?:{job_id}:\d+" if picker else rf"imagine:[a-z]+:{job_id}(?::\d+)?"
     )
     return message is not None and any(
         wanted.fullmatch(getattr(item, "custom_id", None) or "")
         for row in message.components
         for item in getattr(row, "children", ())
     )
+
+
+def _suggested(knob: str, job: JobRecord, max_steps: int) -> str:
+    """Values a comparison's form starts with, for its knob."""
+    if knob == "steps":
+        steps = [max(1, job.steps // 2), job.steps, job.steps * 3 // 2, job.steps * 2]
+        return ", ".join(str(n) for n in dict.fromkeys(min(n, max_steps) for n in steps))
+    return {
+        "guidance": "3, 5, 7, 9",
+        "sampler": "Euler, Euler a, DPM++ 2M Karras, UniPC",
+        "seed": ", ".join(str(secrets.randbelow(2**32)) for _ in range(4)),
+        "lora": "0.25, 0.5, 0.75, 1",
+    }.get(knob, "")
 
 
 def _guide(data: bytes, multiple: int) -> bytes:
@@ -632,20 +655,17 @@ class ImagineCog(commands.Cog):
     ) -> None:
         """U/V/🔄 and friends: a new job from the stored one, answered with a new message;
         with the member's remix mode on, a Vary or 🔄 opens the form to edit its prompt first."""
-        if action is Action.CANCEL:
-            await self._cancel(interaction, job_id)
-            return
-        if action is Action.RECIPE:
-            await self._recipe_button(interaction, job_id)
-            return
-        if action is Action.DELETE:
-            await self._delete_button(interaction, job_id)
-            return
-        if action is Action.VIDEO:
-            await self._video_button(interaction, job_id)
-            return
-        if action is Action.VARY_REGION:
-            await self._region_picker(interaction, job_id, index or 0)
+        # Buttons that answer by themselves, not with a new job (at once, at least).
+        own: dict[Action, Callable[[], Awaitable[None]]] = {
+            Action.CANCEL: lambda: self._cancel(interaction, job_id),
+            Action.RECIPE: lambda: self._recipe_button(interaction, job_id),
+            Action.DELETE: lambda: self._delete_button(interaction, job_id),
+            Action.VIDEO: lambda: self._video_button(interaction, job_id),
+            Action.COMPARE: lambda: self._compare_picker(interaction, job_id, index or 0),
+            Action.VARY_REGION: lambda: self._region_picker(interaction, job_id, index or 0),
+        }
+        if action in own:
+            await own[action]()
             return
         prefs = await self.bot.preferences.read(interaction.user.id)
         if action in REMIXABLE and prefs is not None and prefs.remix:
@@ -736,6 +756,51 @@ class ImagineCog(commands.Cog):
         with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
             await interaction.edit_original_response(**message.edit_kwargs())
 
+    async def _compare_picker(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int, index: int
+    ) -> None:
+        """Compare…: the knob to turn, to the presser alone."""
+        if await self._parent(interaction, job_id) is None:
+            return
+        message = Message(content=messages.COMPARE_PICK, view=compare_picker(job_id, index))
+        await answer(interaction, message)
+
+    async def compare_picked(
+        self, interaction: discord.Interaction[ImagineBot], job_id: int, index: int, knob: str
+    ) -> None:
+        """A knob chosen: the form of its values, filled in with some to start from."""
+        parent = await self._parent(interaction, job_id)
+        if parent is None:
+            return
+        if knob not in KNOB_NAMES:
+            await refuse(interaction, "Pick what to compare from the list.")
+            return
+        suggested = _suggested(knob, parent.job, self.service.limits.max_steps)
+        await interaction.response.send_modal(CompareForm(job_id, index, knob, suggested))
+
+    async def compare(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        job_id: int,
+        index: int,
+        knob: str,
+        values: str,
+    ) -> None:
+        """The comparison's form sent: the grid, a cell per value. Only from the picker of
+        that job (whatever the form's ``custom_id`` names)."""
+        if not carries_job(interaction.message, job_id, picker="imagine-compare"):
+            await refuse(interaction, "Open Compare… from the job's own result.")
+            return
+        try:
+            comparison = Comparison.parse(knob, values)
+        except InvalidRequest as error:
+            await refuse(interaction, f"{error} Nothing was made.")
+            return
+        prefs = await self.bot.preferences.read(interaction.user.id)
+        await self._derive(
+            interaction, Action.COMPARE, job_id, index, prefs=prefs, compare=comparison
+        )
+
     async def region_picked(
         self,
         interaction: discord.Interaction[ImagineBot],
@@ -772,7 +837,7 @@ class ImagineCog(commands.Cog):
     ) -> None:
         """Vary (Region)'s form sent: the edit, with the region's prompt. Only from the
         picker of that job (whatever the form's ``custom_id`` names)."""
-        if not carries_job(interaction.message, job_id, picker=True):
+        if not carries_job(interaction.message, job_id, picker="imagine-region"):
             await refuse(interaction, "Open Vary (Region) from the job's own result.")
             return
         prefs = await self.bot.preferences.read(interaction.user.id)
@@ -796,6 +861,7 @@ class ImagineCog(commands.Cog):
         prefs: Preferences | None,
         edited: tuple[str, str] | None = None,
         edit: Edit | None = None,
+        compare: Comparison | None = None,
     ) -> None:
         """``prefs``: the presser's settings as read (None: unread, taken as private mode).
         ``edit``: Vary (Region)'s region (the other edits are the button's own)."""
@@ -809,6 +875,7 @@ class ImagineCog(commands.Cog):
             Action.VARY_STRONG: (JobKind.VARIATION, STRONG_STRENGTH),
             Action.REROLL: (JobKind.REROLL, None),
             **dict.fromkeys([*EDITS, Action.VARY_REGION], (JobKind.EDIT, None)),
+            Action.COMPARE: (JobKind.COMPARE, None),
         }[action]
 
         nsfw, public = channel_flags(interaction.channel)
@@ -832,6 +899,8 @@ class ImagineCog(commands.Cog):
             derive["edit"] = EDITS[action].to_dict()
         elif edit is not None:
             derive["edit"] = edit.to_dict()
+        if compare is not None:
+            derive["compare"] = compare.to_dict()
         # Private as its parent was, or as the presser's own setting asks (or may ask).
         private = parent.job.private or prefs is None or prefs.private
         derive["private"] = private

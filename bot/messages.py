@@ -51,6 +51,10 @@ NO_VIDEO = (
     "Job {job_id} kept no video: its model showed no steps, or the file is too large to send "
     "here. The images are as made."
 )
+COMPARE_PICK = (
+    "**Compare…**: pick what to turn. The image is made again at its own seed, once for each "
+    "value you give, everything else equal; each image is its own recipe."
+)
 REGION_PICK = (
     "**Vary (Region)**: pick the cells to paint anew (numbered on the image, by rows from the "
     "top left), or an area; then say what goes there. Everything outside stays as it is."

@@ -25,6 +25,7 @@ from discord.ext import commands
 from bot import messages
 from bot.buttons import Action, Served
 from bot.limits import Message, clip
+from generation.comparing import KNOB_NAMES, MAX_VALUES, MAX_WORD, MIN_VALUES
 from generation.editing import Edit, region_of
 from generation.errors import GenerationError, InvalidRequest
 from generation.faults import is_transient
@@ -44,7 +45,12 @@ CACHE_SECONDS = 300.0  # how long settings read are trusted (this process writes
 UNSET = "-"  # a select's "not set" option (Discord needs a value for each option)
 SETTINGS = "imagine-settings"
 NUMBERS_FORM = "imagine-settings-numbers"
+NUMBERS_FORM_ID = re.compile(re.escape(NUMBERS_FORM) + "$")
 REMIX_FORM = re.compile(r"imagine-remix:(?P<action>[a-z]+):(?P<job>\d+)(?::(?P<index>\d+))?$")
+# A comparison's values, for the knob picked.
+COMPARE_FORM = re.compile(
+    r"imagine-compare-form:(?P<job>\d+):(?P<index>\d+):(?P<knob>guidance|steps|sampler|seed|lora|word)$"
+)
 # Vary (Region)'s prompt, for the cells ("1,2,5") or the area ("left") picked.
 REGION_FORM = re.compile(
     r"imagine-region-form:(?P<job>\d+):(?P<index>\d+):(?P<where>[1-9](?:,[1-9]){0,8}|[a-z]+)$"
@@ -262,6 +268,37 @@ class RegionForm(discord.ui.Modal):
         )
 
 
+class CompareForm(discord.ui.Modal):
+    """A comparison's values (and, to swap a word of the prompt, the word), for its knob;
+    filled in with values to start from."""
+
+    def __init__(self, job_id: int, index: int, knob: str, suggested: str) -> None:
+        title = "Compare a word of the prompt" if knob == "word" else f"Compare {KNOB_NAMES[knob]}"
+        super().__init__(
+            title=title, custom_id=f"imagine-compare-form:{job_id}:{index}:{knob}", timeout=900
+        )
+        if knob == "word":
+            self.add_item(
+                discord.ui.TextInput(
+                    label="The word of the prompt to swap",
+                    custom_id="word",
+                    required=True,
+                    min_length=1,
+                    max_length=MAX_WORD,
+                )
+            )
+        self.add_item(
+            discord.ui.TextInput(
+                label=f"{MIN_VALUES} to {MAX_VALUES} values, comma-separated",
+                custom_id="values",
+                default=suggested or None,
+                required=True,
+                min_length=1,
+                max_length=200,
+            )
+        )
+
+
 def _data(interaction: discord.Interaction[Any]) -> dict[str, Any]:
     """The interaction's ``data`` as Discord sent it (a component's values, a form's fields)."""
     return cast(dict[str, Any], interaction.data or {})
@@ -451,24 +488,30 @@ class PreferencesCog(commands.Cog):
         if interaction.type is not discord.InteractionType.modal_submit:
             return
         custom_id = str(_data(interaction).get("custom_id") or "")
-        region = REGION_FORM.match(custom_id)
-        if custom_id != NUMBERS_FORM and not REMIX_FORM.match(custom_id) and not region:
+        forms = (
+            (NUMBERS_FORM_ID, self._numbers),
+            (REMIX_FORM, self._remix),
+            (REGION_FORM, self._region),
+            (COMPARE_FORM, self._compare),
+        )
+        for pattern, handle in forms:
+            match = pattern.match(custom_id)
+            if match is None:
+                continue
+            if await self.bot.admit(interaction):
+                await handle(interaction, match, form_values(interaction))
             return
-        if not await self.bot.admit(interaction):
-            return
-        values = form_values(interaction)
-        if custom_id == NUMBERS_FORM:
-            await self._numbers(interaction, values)
-            return
-        if region:
-            await self._region(interaction, region, values)
-            return
-        match = REMIX_FORM.match(custom_id)
-        assert match is not None
+
+    async def _remix(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        match: re.Match[str],
+        values: dict[str, str],
+    ) -> None:
         try:
             action = Action(match["action"])
         except ValueError:  # no form of the bot's names it
-            logger.info("a remix form named an unknown action: %r", custom_id)
+            logger.info("a remix form named an unknown action: %r", match.string)
             return
         index = match["index"]
         await self.bot.handlers.remix(
@@ -478,6 +521,19 @@ class PreferencesCog(commands.Cog):
             None if index is None else int(index),
             prompt=values.get("prompt", ""),
             negative=values.get("negative", ""),
+        )
+
+    async def _compare(
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        match: re.Match[str],
+        values: dict[str, str],
+    ) -> None:
+        knob = match["knob"]
+        if knob == "word":
+            knob = f"word:{values.get('word', '').strip()}"
+        await self.bot.handlers.compare(
+            interaction, int(match["job"]), int(match["index"]), knob, values.get("values", "")
         )
 
     async def _region(
@@ -501,7 +557,10 @@ class PreferencesCog(commands.Cog):
         )
 
     async def _numbers(
-        self, interaction: discord.Interaction[ImagineBot], values: dict[str, str]
+        self,
+        interaction: discord.Interaction[ImagineBot],
+        match: re.Match[str],
+        values: dict[str, str],
     ) -> None:
         try:
             steps = _number(values.get("steps", ""), "steps", whole=True)

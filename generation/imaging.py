@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from generation.loras import tag
@@ -33,15 +33,46 @@ def pixel_sha256(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def make_grid(images: Sequence[Image.Image]) -> Image.Image:
-    """Tile images two to a row (a 2×2 grid for four), in index order."""
+def make_grid(images: Sequence[Image.Image], labels: Sequence[str] = ()) -> Image.Image:
+    """Tile images two to a row (a 2×2 grid for four), in index order; ``labels`` (a
+    comparison's values) written on a dark band along each image's foot."""
     columns = 1 if len(images) == 1 else 2
     rows = math.ceil(len(images) / columns)
     width, height = images[0].size
     grid = Image.new("RGB", (columns * width, rows * height))
     for index, image in enumerate(images):
         grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    if labels:
+        _label(grid, labels, columns, (width, height))
     return grid
+
+
+def _label(grid: Image.Image, labels: Sequence[str], columns: int, size: tuple[int, int]) -> None:
+    width, height = size
+    band = max(12, height // 8)
+    font = ImageFont.load_default(size=max(9, band * 3 // 4))
+    draw = ImageDraw.Draw(grid, "RGBA")
+    for index, label in enumerate(labels):
+        left, top = (index % columns) * width, (index // columns) * height
+        draw.rectangle(
+            (left, top + height - band, left + width - 1, top + height - 1), (0, 0, 0, 170)
+        )
+        draw.text(
+            (left + width / 2, top + height - band / 2),
+            label,
+            fill=(255, 255, 255),
+            font=font,
+            anchor="mm",
+        )
+
+
+def image_seed(job: JobRecord, index: int) -> int:
+    """The seed image ``index`` was made with: its cell's, in a comparison (each cell is its
+    own recipe); else the grid's seed + i."""
+    cells = (job.compare or {}).get("cells")
+    if cells:
+        return int(cells[index]["seed"])
+    return job.seed + index
 
 
 def _format_number(value: float) -> str:
@@ -98,6 +129,7 @@ def recipe_dict(job: JobRecord) -> dict[str, Any]:
         "loras": job.loras,
         "edit": job.edit,  # an edit's description: the canvas and mask, made again from it
         "video": job.video,
+        "compare": job.compare,
         "preset": job.preset,
         "model_id": job.model_id,
         "model_revision": job.model_revision,
@@ -114,7 +146,7 @@ def encode_png(
 ) -> bytes:
     """PNG bytes with a ``parameters`` infotext chunk and a JSON recipe chunk."""
     info = PngInfo()
-    seed = job.seed + (image_index or 0)
+    seed = job.seed if image_index is None else image_seed(job, image_index)
     info.add_text("parameters", infotext(job, seed, model_name))
     recipe = {
         **recipe_dict(job),

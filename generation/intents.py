@@ -19,6 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from generation.comparing import Comparison
 from generation.editing import Edit
 from generation.loras import LoraChoice
 from generation.outbox import DeliveryTarget
@@ -58,6 +59,8 @@ def decode_arguments(operation: str, arguments: Mapping[str, Any]) -> dict[str, 
         values["kind"] = JobKind(values["kind"])
         if values.get("edit") is not None:
             values["edit"] = Edit.from_dict(values["edit"])
+        if values.get("compare") is not None:
+            values["compare"] = Comparison.from_dict(values["compare"])
     return values
 
 

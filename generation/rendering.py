@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+from generation.comparing import cell
 from generation.editing import Edit, Plan, composite, plan
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -47,6 +48,17 @@ def edit_plan(job: JobRecord, init_image: Image.Image | None) -> Plan | None:
 def finished(images: list[Image.Image], edit: Plan | None) -> list[Image.Image]:
     """What the model made, with an edit's parent composited back outside its mask."""
     return images if edit is None else [composite(edit, image) for image in images]
+
+
+def render_plan(
+    job: JobRecord, init_image: Image.Image | None
+) -> tuple[list[RenderSpec], Plan | None]:
+    """Every pipeline call a job stands for, in order (one; a comparison's, one per cell,
+    as their settings differ), and an edit's plan, for ``finished``."""
+    if job.compare:
+        return [spec_for_job(cell(job, index), None) for index in range(job.count)], None
+    edit = edit_plan(job, init_image)
+    return [spec_for_job(job, init_image, edit)], edit
 
 
 def spec_for_job(

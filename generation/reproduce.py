@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from generation.errors import JobNotFound, JobStateError
 from generation.imaging import pixel_sha256
-from generation.rendering import load_init_image, spec_for_job
+from generation.rendering import finished, load_init_image, render_plan
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import JobStatus
@@ -117,7 +117,11 @@ async def reproduce(
             [note],
         )
     init_image = await load_init_image(db, store, job)
-    images = await engine.render_async(spec_for_job(job, init_image))
+    specs, edit = render_plan(job, init_image)
+    images = []
+    for spec in specs:
+        images += await engine.render_async(spec)
+    images = finished(images, edit)
     comparisons = [
         ImageComparison(
             record.index,

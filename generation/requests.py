@@ -99,6 +99,8 @@ class GenerationRequest:
     edit: dict[str, Any] | None = None
     # --video: keep a frame per denoising step (a model drawn on this host shows its steps).
     video: bool = False
+    # A comparison (generation.comparing.Comparison.to_dict), for kind COMPARE.
+    compare: dict[str, Any] | None = None
 
     @property
     def filtered_text(self) -> str:
@@ -142,6 +144,7 @@ class Recipe:
     raw_prompt: str | None = None  # the prompt as typed, when parameters were taken out
     edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
     video: bool = False  # --video: its steps kept as an animated WebP
+    compare: dict[str, Any] | None = None  # a comparison's knob, values and cells
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -361,6 +364,14 @@ def validate(
     ``base`` is the model an upscale's image was made with, when another model upscales it
     (its native size sets the upscale's caps); ``loras`` the host's LoRAs; ``preset`` the
     preset the request was asked through, whose defaults come before the model's."""
+    if request.compare is not None or request.kind is JobKind.COMPARE:
+        from generation.comparing import validate_comparison  # it validates each cell here
+
+        return validate_comparison(
+            request,
+            lambda cell: validate(cell, limits, model, base, loras=loras, preset=preset),
+            limits.max_count,
+        )
     if len(request.negative_prompt.strip()) > MAX_PROMPT_LENGTH:  # the member's own, alone
         raise InvalidRequest(
             "negative",

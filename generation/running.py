@@ -21,20 +21,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from PIL import Image
 
+from generation.comparing import Comparison, cell
 from generation.errors import ModelLoadFailed, RenderCancelled, RenderHung, Unrunnable
 from generation.events import EventBus, JobCancelled, JobFailed, JobProgress, JobSucceeded
 from generation.faults import backoff, is_transient, retrying
-from generation.imaging import encode_png, encode_video, make_grid, pixel_sha256
+from generation.imaging import encode_png, encode_video, image_seed, make_grid, pixel_sha256
 from generation.lease import LeaseKeeper
 from generation.openai_engine import CONTENT_REFUSED, ContentRefused, EngineBusy, EngineRefusedKey
 from generation.rendering import (
     attempt_prefix,
-    edit_plan,
     finished,
     grid_key,
     image_key,
     load_init_image,
-    spec_for_job,
+    render_plan,
     video_key,
 )
 from generation.requests import is_resize_only
@@ -182,10 +182,7 @@ class JobRun:
                     "reading its start image",
                 )
             )
-            edit = edit_plan(job, init_image)
-            spec = spec_for_job(job, init_image, edit)
-            render = self.settings.engine.render_async(spec, on_step)
-            images = finished(await self._watched(render, threaded=self.threaded), edit)
+            images = await self._images(init_image, on_step)
         except asyncio.CancelledError:
             # Shutting down mid-job: the pipeline thread stops at its next step, and the job
             # goes back to the queue at once instead of waiting out its lease.
@@ -223,6 +220,26 @@ class JobRun:
         # Loading the model is not the job's GPU time (what ETAs and the hang budget measure).
         loading = getattr(self.settings.engine, "last_load_seconds", 0.0)
         return Rendered(images, max(0.0, time.perf_counter() - started - loading), frames)
+
+    async def _images(
+        self, init_image: Image.Image | None, on_step: Callable[[StepProgress], None]
+    ) -> list[Image.Image]:
+        """The job's images: its pipeline calls one after another (a comparison's, a cell
+        each), their steps counted across them all; an edit's composited on its parent."""
+        specs, edit = render_plan(self.job, init_image)
+        total, done = sum(spec.steps for spec in specs), 0
+        images: list[Image.Image] = []
+        for spec in specs:
+
+            def shifted(progress: StepProgress, before: int = done) -> None:
+                if len(specs) > 1:
+                    progress.step, progress.total = progress.step + before, total
+                on_step(progress)
+
+            render = self.settings.engine.render_async(spec, shifted)
+            images += await self._watched(render, threaded=self.threaded)
+            done += spec.steps
+        return finished(images, edit)
 
     async def _watched(self, work: Awaitable[T], *, threaded: bool = True) -> T:
         """``work``, watched: stopped at its next step when the lease is lost or a cancel is
@@ -601,13 +618,14 @@ class JobRun:
                 except Exception as error:
                     logger.exception("job %s: the safety check failed on image %d", job.id, index)
                     check_error = _describe(error)
+            recipe = cell(job, index)  # a comparison's image carries its own recipe
             key = settings.store.put(
-                image_key(job.id, attempt, index), encode_png(image, job, index, name)
+                image_key(job.id, attempt, index), encode_png(image, recipe, index, name)
             )
             written.append(
                 NewImage(
                     index=index,
-                    seed=job.seed + index,
+                    seed=image_seed(job, index),
                     sha256=pixel_sha256(image),
                     path=key,
                     width=image.width,
@@ -617,7 +635,8 @@ class JobRun:
                     check_error=check_error,
                 )
             )
-        grid = make_grid(images)
+        labels = Comparison.from_dict(job.compare).labels() if job.compare else []
+        grid = make_grid(images, labels)
         settings.store.put(grid_key(job.id, attempt), encode_png(grid, job, None, name))
         if frames:
             video = encode_video([*frames[:-1], grid])

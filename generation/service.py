@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from generation import parameters
 from generation.access import Actor, hidden
+from generation.comparing import Comparison, cell
 from generation.editing import Edit, output_size
 from generation.errors import (
     InvalidRequest,
@@ -399,6 +400,9 @@ class GenerationService:
                 pass
             else:
                 offered.add(JobKind.EDIT)
+            base = self.models.get(job.model_id, self.model)
+            if base.engine == "diffusers" and base.family != "upscaler":
+                offered.add(JobKind.COMPARE)  # its image made again, one knob turned
         return frozenset(offered)
 
     def _edit_request(
@@ -427,6 +431,74 @@ class GenerationService:
             height=height,
             count=None,
             edit=edit.to_dict(),
+        )
+
+    async def _request_from(
+        self,
+        kind: JobKind,
+        recipe: JobRecord,
+        image_index: int | None,
+        user_id: int,
+        *,
+        seed: int | None,
+        strength: float | None,
+        edit: Edit | None,
+        compare: Comparison | None,
+    ) -> GenerationRequest:
+        """The request ``derive`` makes of ``recipe`` (its remix and settings aside)."""
+        if recipe.compare and kind not in (JobKind.REROLL, JobKind.COMPARE):
+            # A cell of a comparison is its own picture: its own recipe, not "seed + i".
+            assert image_index is not None
+            recipe = dataclasses.replace(cell(recipe, image_index), count=recipe.count)
+        if kind is JobKind.EDIT:
+            return self._edit_request(recipe, image_index, user_id, edit, seed=seed)
+        if kind is JobKind.COMPARE:
+            assert image_index is not None
+            return await self._compare_request(recipe, image_index, user_id, compare)
+        if kind is JobKind.REROLL and recipe.compare:  # the comparison with a new seed
+            return dataclasses.replace(
+                self._derived_request(kind, recipe, None, user_id, seed=seed),
+                kind=JobKind.COMPARE,
+                count=None,
+                compare=Comparison.from_dict(recipe.compare).to_dict(),
+            )
+        return self._derived_request(
+            kind, recipe, image_index, user_id, seed=seed, strength=strength
+        )
+
+    async def _compare_request(
+        self, job: JobRecord, image_index: int, user_id: int, compare: Comparison | None
+    ) -> GenerationRequest:
+        """Image ``image_index`` of ``job`` made again, a cell per value of the knob: the image
+        an upscale was made from, at its seed; a cell of a comparison, from its own recipe.
+        Only an image made from a prompt alone can be made again this way."""
+        if compare is None:
+            raise InvalidRequest("compare", "name the knob and its values")
+        source, index = job, image_index
+        while source.kind == JobKind.UPSCALE and source.parent_job_id is not None:
+            source, index = (
+                (await self.job(source.parent_job_id)).job,
+                source.parent_image_index or 0,
+            )
+        if source.compare:
+            source = cell(source, index)
+            seed = source.seed
+        elif source.kind in (JobKind.TXT2IMG, JobKind.REROLL) and source.strength is None:
+            seed = source.seed + index
+        else:
+            raise InvalidRequest(
+                "compare",
+                f"makes an image again from its prompt; image {index + 1} of job {source.id} "
+                f"was made from another image ({source.kind}): compare the image it came from",
+            )
+        base = self._derived_request(JobKind.REROLL, source, None, user_id, seed=seed)
+        return dataclasses.replace(
+            base,
+            kind=JobKind.COMPARE,
+            count=None,
+            parent_job_id=job.id,
+            parent_image_index=image_index,
+            compare=compare.to_dict(),
         )
 
     def _derived_request(
@@ -865,6 +937,7 @@ class GenerationService:
         private: bool | None = None,
         edit: Edit | None = None,
         again: JobRecord | None = None,
+        compare: Comparison | None = None,
     ) -> Submission:
         """A job made from another: upscale, vary or edit (``edit``: Zoom Out, Make Square,
         Pan, Vary (Region)) image ``image_index``, or reroll the recipe.
@@ -873,7 +946,8 @@ class GenerationService:
         ``negative_prompt``: the texts as edited in the remix form (a variation or reroll
         only), checked by the prompt filter like any prompt. ``private``: private mode asked
         for (None: as its parent was). ``again``: the edit job a reroll makes again (its
-        settings and texts are carried, not the presser's own)."""
+        settings and texts are carried, not the presser's own). ``compare``: the knob and
+        values of a comparison (kind COMPARE) of image ``image_index``."""
         parent = await self.job(parent_job_id)
         if parent.job.status != JobStatus.SUCCEEDED:
             raise JobStateError(
@@ -908,12 +982,19 @@ class GenerationService:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
                 raise InvalidRequest("image", f"must be one of {', '.join(map(str, indices))}")
-        if kind is JobKind.EDIT:
-            request = self._edit_request(recipe, image_index, user_id, edit, seed=seed)
-        else:
-            request = self._derived_request(
-                kind, recipe, image_index, user_id, seed=seed, strength=strength
-            )
+        request = await self._request_from(
+            kind,
+            recipe,
+            image_index,
+            user_id,
+            seed=seed,
+            strength=strength,
+            edit=edit,
+            compare=compare,
+        )
+        if recipe.compare and kind not in (JobKind.REROLL, JobKind.COMPARE):
+            assert image_index is not None
+            recipe = cell(recipe, image_index)  # a remix starts from the cell's own prompt
         if prompt is not None or negative_prompt is not None:
             if kind is JobKind.UPSCALE:
                 raise InvalidRequest("prompt", "an upscale keeps its parent's prompt")
@@ -1024,6 +1105,7 @@ class GenerationService:
                 private=original.private if private is None else private,
                 edit=original.edit,
                 video=original.video,
+                compare=original.compare,
             ),
             delivery,
         )

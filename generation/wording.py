@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from generation.comparing import Comparison
 from generation.editing import Edit
 from generation.errors import InvalidRequest
 from generation.openai_engine import CONTENT_REFUSED
@@ -71,6 +72,12 @@ def what(job: JobRecord) -> str:
         except InvalidRequest:
             described = "edit"
         return f"{described} of image {index} of job {job.parent_job_id}"
+    if job.kind == JobKind.COMPARE:
+        try:
+            described = Comparison.from_dict(job.compare or {}).describe()
+        except InvalidRequest:
+            described = "comparison"
+        return f"{described} of image {index} of job {job.parent_job_id}"
     if job.kind == JobKind.REROLL:
         return f"reroll of job {job.parent_job_id}"
     return f"job {job.id}"
@@ -107,6 +114,15 @@ def recipe_fields(view: JobView) -> list[tuple[str, str]]:
         ),
         ("sampler", _sampler(job)),
     ]
+    if job.compare:
+        try:
+            comparison = Comparison.from_dict(job.compare)
+        except InvalidRequest:
+            pass
+        else:  # each cell is its own recipe: the knob's value and its seed
+            seeds = ", ".join(str(cell["seed"]) for cell in job.compare.get("cells") or [])
+            fields[2] = ("seed", f"{job.seed}; each image's: {seeds}")
+            fields.append(("compare", comparison.describe()))
     for lora in job.loras:
         weight, sha256 = float(lora["weight"]), lora["sha256"]
         fields.append(("LoRA", f"{lora['name']} at {weight:g} (sha256 {sha256})"))

@@ -62,6 +62,7 @@ class JobKind(enum.StrEnum):
     UPSCALE = "upscale"
     REROLL = "reroll"
     EDIT = "edit"  # Zoom Out, Make Square, Pan or Vary (Region): see jobs.edit
+    COMPARE = "compare"  # one image made again, a cell per value of one knob: jobs.compare
 
 
 class JobStatus(enum.StrEnum):
@@ -263,6 +264,8 @@ class Job(Base):
     edit: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # --video: a frame kept per denoising step, offered as an animated WebP beside its images.
     video: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A comparison grid (generation.comparing): its knob, values and each cell's own recipe.
+    compare: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     model_id: Mapped[str] = mapped_column(String(300))
     model_revision: Mapped[str] = mapped_column(String(80))
     dtype: Mapped[str | None] = mapped_column(String(16))

@@ -137,6 +137,7 @@ class JobRecord:
     private: bool = False
     edit: dict[str, Any] | None = None  # an edit's description (generation.editing)
     video: bool = False  # --video: its steps kept as an animated WebP (rendering.video_key)
+    compare: dict[str, Any] | None = None  # a comparison's knob, values, cells (comparing)
 
     @property
     def is_terminal(self) -> bool:

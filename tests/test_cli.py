@@ -602,3 +602,47 @@ def test_video_keeps_one_frame_per_step_ending_in_the_grid_as_made(tmp_path: Pat
 
     refused = imagine(data, "generate", "a cat --video 3", model="embedded-random")
     assert refused.returncode != 0 and "--video takes no value" in refused.stderr
+
+
+def test_compare_swaps_a_word_each_cell_its_own_recipe_and_all_made_again(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    data = tmp_path / "data"
+
+    def run(*args: str) -> Any:
+        return ok_json(imagine(data, *args, "--json", model="embedded-random"))
+
+    parent = run("generate", "a red circle", "--count", "2", "--steps", "2", "--seed", "3")
+    job = str(parent["job_id"])
+    compared = run("compare", job, "1", "--knob", "word:red", "--values", "red,blue,green")
+    assert (compared["kind"], compared["parent_job_id"], compared["count"]) == (
+        "compare",
+        parent["job_id"],
+        3,
+    )
+    assert compared["compare"]["knob"] == "word" and compared["compare"]["word"] == "red"
+    prompts = []
+    for image in compared["images"]:
+        assert image["seed"] == 4  # image 2's seed, in every cell
+        with Image.open(image["path"]) as made:
+            recipe = json.loads(made.text["imagine-bot"])
+            prompts.append(recipe["prompt"])
+            assert recipe["image_seed"] == 4
+    assert prompts == ["a red circle", "a blue circle", "a green circle"]
+    # The red cell is image 2 of its parent, made again.
+    assert compared["images"][0]["sha256"] == parent["images"][1]["sha256"]
+
+    # Made again, the comparison is the same, cell by cell; so is an edit (its mask too).
+    assert run("reproduce", str(compared["job_id"]))["identical"]
+    zoomed = run("zoom", job, "0", "--factor", "2", "--seed", "4")
+    assert run("reproduce", str(zoomed["job_id"]))["identical"]
+
+    refused = imagine(
+        data,
+        "compare",
+        *(str(zoomed["job_id"]), "0", "--knob", "steps", "--values", "2,3"),
+        model="embedded-random",
+    )
+    assert refused.returncode != 0 and "made from another image" in refused.stderr

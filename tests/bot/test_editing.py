@@ -1,4 +1,5 @@
-"""Zoom Out, Make Square and Pan under an upscale, through the local Discord."""
+"""Editing and exploring an image through the local Discord: Zoom Out, Make Square, Pan and
+Vary (Region) under an upscale, --video's steps, and comparison grids."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ async def test_zoom_out_and_pan_under_an_upscale_keep_the_upscales_pixels(
             "Upscale 2×",
             "Zoom Out 2×",
             "Zoom Out 1.5×",
+            "Compare…",
             "⬅️",
             "➡️",
             "⬆️",
@@ -150,3 +152,66 @@ async def test_video_under_a_grid_sends_its_steps_as_an_animated_webp_to_the_pre
             await server.invoke("imagine", server.alice, prompt="a red circle", steps=2)
         )
         assert "Video" not in server.buttons(plain)
+
+
+async def test_compare_makes_a_labelled_grid_whose_cells_are_the_single_runs_they_stand_for(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(server, tmp_path / "data", model="embedded-random")
+    async with running_bot(settings, engine):
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=5, steps=2)
+        )
+        upscaled = await server.wait_for_result(
+            await server.click(int(grid["id"]), "U2", server.alice)
+        )
+        assert "Compare…" in server.buttons(upscaled)
+        pressed = await server.click(int(upscaled["id"]), "Compare…", server.alice)
+        picker = await server.wait_for(
+            lambda: (m := server.original(pressed)) and m["components"] and m,
+            what="the knob's picker",
+        )
+        assert picker["flags"] & 64
+        chosen = await server.choose(
+            int(picker["id"]), "What to compare", ["Guidance"], server.alice
+        )
+        await server.wait_for(lambda: chosen.modal, what="the values' form")
+        assert server.modal_fields(chosen) == {"2 to 4 values, comma-separated": "3, 5, 7, 9"}
+        sent = await server.submit_modal(chosen, {"2 to 4 values, comma-separated": "1, 2.5, 4, 6"})
+        compared = await server.wait_for_result(sent)
+        assert server.buttons(compared)[:5] == ["U1", "U2", "U3", "U4", "🔄"]
+        labelled = np.asarray(png_of(server, compared).convert("RGB"), dtype=np.int16)
+
+        job = json.loads(png_of(server, compared).text["imagine-bot"])["job_id"]
+        # Each cell is the single run of image 2 (seed 6) at its guidance, and says so.
+        for index, guidance in enumerate((1.0, 2.5, 4.0, 6.0)):
+            single = await server.wait_for_result(
+                await server.invoke(
+                    "imagine",
+                    server.alice,
+                    prompt="a red circle",
+                    seed=6,
+                    steps=2,
+                    guidance=guidance,
+                    count=1,
+                )
+            )
+            alone = np.asarray(png_of(server, single).convert("RGB"), dtype=np.int16)
+            image = Image.open(tmp_path / "data" / "images" / str(job) / "1" / f"{job}-{index}.png")
+            recipe = json.loads(image.text["imagine-bot"])
+            assert (recipe["image_seed"], recipe["guidance"]) == (6, guidance)
+            made = np.asarray(image.convert("RGB"), dtype=np.int16)
+            assert (made == alone).all(), f"cell {index + 1} is the single run at {guidance}"
+            # The grid shows it, with a band along its foot carrying its label.
+            top, left = (index // 2) * 64, (index % 2) * 64
+            assert (labelled[top : top + 48, left : left + 64] == made[:48]).all()
+            assert (labelled[top + 56 : top + 64, left : left + 64] != made[56:]).any()
+
+        # A cell's upscale starts from the cell's own recipe, not the grid's.
+        upscale = await server.wait_for_result(
+            await server.click(int(compared["id"]), "U3", server.alice)
+        )
+        recipe = json.loads(png_of(server, upscale).text["imagine-bot"])
+        assert (recipe["parent_job_id"], recipe["parent_image_index"]) == (job, 2)
+        assert (recipe["kind"], recipe["guidance"]) == ("upscale", 4.0)

@@ -1,10 +1,11 @@
-"""--video: a job asked with it keeps a frame per denoising step, offered as an animated WebP
+"""--video: a job asked with it keeps a frame per denoising step, offered as an animated WebP;
+comparison grids: a job of kind compare keeps its knob, values and each cell's own recipe
 
 Revision ID: 0021
 Revises: 0020
 Create Date: 2026-12-03 23:10:00
 
-Jobs from before asked for none: false. A plain ADD COLUMN with a server default.
+Jobs from before asked for no video (false) and compare nothing (NULL): plain ADD COLUMNs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def upgrade() -> None:
     op.add_column(
         "jobs", sa.Column("video", sa.Boolean(), server_default=sa.false(), nullable=False)
     )
+    op.add_column("jobs", sa.Column("compare", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "compare")
     op.drop_column("jobs", "video")
