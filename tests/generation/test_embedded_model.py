@@ -93,3 +93,52 @@ async def test_a_grid_then_a_variation_and_an_upscale_keep_red_on_blue(
         assert picture.size == (128, 128)
     found = _looks(store, big.path)
     assert (found.colour, found.background, found.shape) == ("red", "blue", "circle"), found
+
+
+async def test_vary_region_paints_the_new_prompt_inside_the_region_and_nothing_outside(
+    sqlite_url: str, tmp_path: Path, trained_engine: Any, trained_model: ModelInfo
+) -> None:
+    import numpy as np
+
+    from generation.editing import Edit, region_boxes
+    from generation.embedded.detector import nearest_colour
+
+    first = GenerationRequest("a red circle on a blue background", user_id=1, seed=7)
+    left = Edit.region(area="left")
+
+    def repaint(index: int) -> Any:
+        def call(service: GenerationService, jobs: list[Any]) -> Any:
+            return service.derive(
+                JobKind.EDIT,
+                jobs[0].job.id,
+                index,
+                user_id=1,
+                seed=20 + index,
+                edit=left,
+                prompt="a red circle on a green background",
+            )
+
+        return call
+
+    _, store, jobs = await _run(
+        sqlite_url, tmp_path, trained_engine, trained_model, [first, repaint(0), repaint(1)]
+    )
+    grid, *edits = jobs
+    assert [job.job.status for job in jobs] == ["succeeded"] * 3
+    ((x0, y0, x1, y1),) = region_boxes(left, 64, 64, 8)
+    inside = np.zeros((64, 64), dtype=bool)
+    inside[y0:y1, x0:x1] = True
+    core = np.zeros((64, 64), dtype=bool)
+    core[y0:y1, x0 : x1 - 4] = True  # clear of the band where the new blends into the old
+    greens = 0
+    for edit in edits:
+        with Image.open(store.path(grid.images[edit.job.parent_image_index].path)) as old:
+            before = np.asarray(old.convert("RGB"), dtype=np.int16)
+        for image in edit.images:
+            with Image.open(store.path(image.path)) as made:
+                after = np.asarray(made.convert("RGB"), dtype=np.int16)
+            assert (after[~inside] == before[~inside]).all(), "outside: the parent's pixels"
+            greens += nearest_colour(np.median(after[core], axis=0)) == "green"
+    samples = sum(len(edit.images) for edit in edits)
+    print(f"Vary (Region): green inside the left half on {greens} of {samples} images")
+    assert samples == 8 and greens >= 6
