@@ -198,6 +198,12 @@ def _under_upscale(view: discord.ui.View, job: JobRecord, offers: frozenset[JobK
         view.add_item(JobButton(action, job.id, 0, row=2))
 
 
+def chosen(interaction: discord.Interaction[Any]) -> list[str]:
+    """The values a select's interaction sent, as Discord sent them."""
+    data = cast(dict[str, Any], interaction.data or {})
+    return [str(value) for value in data.get("values") or ()]
+
+
 class RegionSelect(
     Served,
     discord.ui.DynamicItem[discord.ui.Select[Any]],
@@ -243,8 +249,7 @@ class RegionSelect(
         return cls(match["what"], int(match["job"]), int(match["index"]))
 
     async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        data = cast(dict[str, Any], interaction.data or {})
-        values = [str(value) for value in data.get("values") or ()]
+        values = chosen(interaction)
         await interaction.client.handlers.region_picked(
             interaction, self.job_id, self.index, self.what, values
         )
@@ -283,8 +288,7 @@ class CompareSelect(
         return cls(int(match["job"]), int(match["index"]))
 
     async def callback(self, interaction: discord.Interaction[ImagineBot]) -> None:  # type: ignore[override]
-        data = cast(dict[str, Any], interaction.data or {})
-        values = [str(value) for value in data.get("values") or ()]
+        values = chosen(interaction)
         await interaction.client.handlers.compare_picked(
             interaction, self.job_id, self.index, values[0] if values else ""
         )

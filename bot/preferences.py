@@ -200,6 +200,31 @@ class NumbersForm(discord.ui.Modal):
         )
 
 
+def _add_texts(form: discord.ui.Modal, label: str, prompt: str, negative: str) -> None:
+    """A form's prompt (required) and negative prompt, filled in with the job's own."""
+    form.add_item(
+        discord.ui.TextInput(
+            label=label,
+            custom_id="prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:PROMPT_FIELD],
+            required=True,
+            min_length=1,
+            max_length=PROMPT_FIELD,
+        )
+    )
+    form.add_item(
+        discord.ui.TextInput(
+            label="Negative prompt",
+            custom_id="negative",
+            style=discord.TextStyle.paragraph,
+            default=negative[:NEGATIVE_FIELD],
+            required=False,
+            max_length=NEGATIVE_FIELD,
+        )
+    )
+
+
 class RemixForm(discord.ui.Modal):
     """The prompt and negative prompt of a variation or reroll, to edit before it is made."""
 
@@ -211,27 +236,7 @@ class RemixForm(discord.ui.Modal):
         )
         title = "Remix" if index is None else f"Remix image {index + 1}"
         super().__init__(title=title, custom_id=custom_id, timeout=900)
-        self.add_item(
-            discord.ui.TextInput(
-                label="Prompt",
-                custom_id="prompt",
-                style=discord.TextStyle.paragraph,
-                default=prompt[:PROMPT_FIELD],
-                required=True,
-                min_length=1,
-                max_length=PROMPT_FIELD,
-            )
-        )
-        self.add_item(
-            discord.ui.TextInput(
-                label="Negative prompt",
-                custom_id="negative",
-                style=discord.TextStyle.paragraph,
-                default=negative[:NEGATIVE_FIELD],
-                required=False,
-                max_length=NEGATIVE_FIELD,
-            )
-        )
+        _add_texts(self, "Prompt", prompt, negative)
 
 
 class RegionForm(discord.ui.Modal):
@@ -245,27 +250,7 @@ class RegionForm(discord.ui.Modal):
             custom_id=f"imagine-region-form:{job_id}:{index}:{where}",
             timeout=900,
         )
-        self.add_item(
-            discord.ui.TextInput(
-                label="Prompt for the region",
-                custom_id="prompt",
-                style=discord.TextStyle.paragraph,
-                default=prompt[:PROMPT_FIELD],
-                required=True,
-                min_length=1,
-                max_length=PROMPT_FIELD,
-            )
-        )
-        self.add_item(
-            discord.ui.TextInput(
-                label="Negative prompt",
-                custom_id="negative",
-                style=discord.TextStyle.paragraph,
-                default=negative[:NEGATIVE_FIELD],
-                required=False,
-                max_length=NEGATIVE_FIELD,
-            )
-        )
+        _add_texts(self, "Prompt for the region", prompt, negative)
 
 
 class CompareForm(discord.ui.Modal):

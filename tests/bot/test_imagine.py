@@ -78,7 +78,9 @@ async def test_u2_v3_and_reroll_make_derived_jobs_answered_as_replies_to_the_gri
     upscaled, up = await _press(server, bot, grid, "U2")
     assert (up["kind"], up["parent_job_id"], up["parent_image_index"]) == ("upscale", job_id, 1)
     assert png_of(server, upscaled).size == (128, 128)
-    assert server.buttons(upscaled) == ["Vary (subtle)", "Vary (strong)", "Upscale 2×"]
+    # The trained model draws 64×64 only: no edit, which would paint at the upscale's size;
+    # a comparison remakes the 64×64 image it came from.
+    assert server.buttons(upscaled) == ["Vary (subtle)", "Vary (strong)", "Upscale 2×", "Compare…"]
 
     varied, vary = await _press(server, bot, grid, "V3")
     assert (vary["kind"], vary["parent_job_id"], vary["parent_image_index"]) == (
