@@ -82,6 +82,8 @@ PRIVATE = "private"  # in ``extras``: the job will be private, so its answer is 
 POST_RECORD_SECONDS = 60.0  # how long a /show post's record is tried through an outage
 SHOW_BURST = 3  # /show: a member posts this many results at once, ...
 SHOW_REFILL_SECONDS = 20.0  # ... then one more every this many seconds
+FILES_BURST = 5  # Vary (Region)'s guide and Video read a file: this many at once, ...
+FILES_REFILL_SECONDS = 10.0  # ... then one more every this many seconds, per member
 # A request answered but not stored before a crash is made at the next start while its answer
 # can still be edited (Discord keeps the token 15 minutes).
 RESUME_WINDOW = dt.timedelta(minutes=14)
@@ -201,17 +203,25 @@ def carries_job(message: discord.Message | None, job_id: int, *, picker: str = "
     )
 
 
-def _suggested(knob: str, job: JobRecord, max_steps: int) -> str:
-    """Values a comparison's form starts with, for its knob."""
+def _take(budgets: dict[int, EditBudget], user_id: int, burst: int, refill: float) -> bool:
+    """One from the member's bucket of ``budgets`` (``burst`` at once, then one every
+    ``refill`` seconds), if there is one."""
+    return budgets.setdefault(user_id, EditBudget(1 / refill, burst=burst)).take()
+
+
+def _suggested(knob: str, job: JobRecord, max_steps: int, max_count: int) -> str:
+    """Values a comparison's form starts with, for its knob (as many as the host makes)."""
     if knob == "steps":
         steps = [max(1, job.steps // 2), job.steps, job.steps * 3 // 2, job.steps * 2]
-        return ", ".join(str(n) for n in dict.fromkeys(min(n, max_steps) for n in steps))
-    return {
-        "guidance": "3, 5, 7, 9",
-        "sampler": "Euler, Euler a, DPM++ 2M Karras, UniPC",
-        "seed": ", ".join(str(secrets.randbelow(2**32)) for _ in range(4)),
-        "lora": "0.25, 0.5, 0.75, 1",
-    }.get(knob, "")
+        values = [str(n) for n in dict.fromkeys(min(n, max_steps) for n in steps)]
+    else:
+        values = {
+            "guidance": ["3", "5", "7", "9"],
+            "sampler": ["Euler", "Euler a", "DPM++ 2M Karras", "UniPC"],
+            "seed": [str(secrets.randbelow(2**32)) for _ in range(4)],
+            "lora": ["0.25", "0.5", "0.75", "1"],
+        }.get(knob, [])
+    return ", ".join(values[: max(2, max_count)])
 
 
 def _guide(data: bytes, multiple: int) -> bytes:
@@ -232,6 +242,7 @@ class ImagineCog(commands.Cog):
         self.bot = bot
         self.service = bot.runtime.service
         self._shows: dict[int, EditBudget] = {}  # /show's bucket, per member
+        self._files: dict[int, EditBudget] = {}  # the guide's and Video's, per member
 
     def _model_names(self) -> list[str]:
         return [info.name for info in self.service.host_models.values()]
@@ -739,6 +750,8 @@ class ImagineCog(commands.Cog):
         if image is None or self.service.store is None:
             await refuse(interaction, f"job {job_id} has no image {index + 1} kept here")
             return
+        if not await self._file_budget(interaction):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         model = self.service.models.get(parent.job.model_id) or self.service.model
         try:
@@ -775,7 +788,8 @@ class ImagineCog(commands.Cog):
         if knob not in KNOB_NAMES:
             await refuse(interaction, "Pick what to compare from the list.")
             return
-        suggested = _suggested(knob, parent.job, self.service.limits.max_steps)
+        limits = self.service.limits
+        suggested = _suggested(knob, parent.job, limits.max_steps, limits.max_count)
         await interaction.response.send_modal(CompareForm(job_id, index, knob, suggested))
 
     async def compare(
@@ -800,6 +814,17 @@ class ImagineCog(commands.Cog):
         await self._derive(
             interaction, Action.COMPARE, job_id, index, prefs=prefs, compare=comparison
         )
+
+    async def _file_budget(self, interaction: discord.Interaction[ImagineBot]) -> bool:
+        """Whether the member may have one more file read for them now (else told)."""
+        if _take(self._files, interaction.user.id, FILES_BURST, FILES_REFILL_SECONDS):
+            return True
+        await refuse(
+            interaction,
+            f"You opened {FILES_BURST} images or videos just now: one more every "
+            f"{FILES_REFILL_SECONDS:g} s.",
+        )
+        return False
 
     async def region_picked(
         self,
@@ -931,6 +956,8 @@ class ImagineCog(commands.Cog):
             return
         if self.service.store is None:
             await refuse(interaction, f"Job {job_id}'s files are not kept here.")
+            return
+        if not await self._file_budget(interaction):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         key = video_key(job.id, job.attempts)
@@ -1179,10 +1206,7 @@ class ImagineCog(commands.Cog):
         except GenerationError as error:
             await refuse(interaction, str(error))
             return
-        bucket = self._shows.setdefault(
-            interaction.user.id, EditBudget(1 / SHOW_REFILL_SECONDS, burst=SHOW_BURST)
-        )
-        if not bucket.take():
+        if not _take(self._shows, interaction.user.id, SHOW_BURST, SHOW_REFILL_SECONDS):
             await refuse(
                 interaction,
                 f"You showed {SHOW_BURST} results just now: one more every "

@@ -108,6 +108,18 @@ class Comparison:
                 "compare", f"is not a comparison this bot reads: {error}"
             ) from None
 
+    @property
+    def typed_words(self) -> str:
+        """The words a member typed into the prompt through this comparison (the word knob's
+        values): the prompt filter reads them as the member's own."""
+        return " ".join(map(str, self.values)) if self.knob == "word" else ""
+
+    def again(self) -> Comparison:
+        """The comparison a reroll makes: new seeds, where the seed is the knob."""
+        if self.knob != "seed":
+            return self
+        return Comparison.of("seed", [secrets.randbelow(MAX_SEED + 1) for _ in self.values])
+
     def labels(self) -> list[str]:
         """What each cell of the grid is labelled with."""
         short = {"guidance": "cfg ", "steps": "steps ", "seed": "seed ", "lora": "lora "}
@@ -129,8 +141,10 @@ class Comparison:
             return dataclasses.replace(request, guidance=value)
         if self.knob == "steps":
             return dataclasses.replace(request, steps=value)
-        if self.knob == "sampler":
-            return dataclasses.replace(request, sampler=value)
+        if self.knob == "sampler":  # its own scheduler (a recorded one is the source's)
+            return dataclasses.replace(
+                request, sampler=value, scheduler=None, scheduler_options=None
+            )
         if self.knob == "seed":
             return dataclasses.replace(request, seed=value)
         if self.knob == "lora":
@@ -145,7 +159,10 @@ class Comparison:
         pattern = re.compile(rf"(?<![\w'-]){re.escape(self.word)}(?![\w'-])", re.IGNORECASE)
         if not pattern.search(request.prompt):
             raise InvalidRequest("knob", f"the prompt has no word {self.word!r} to swap")
-        return dataclasses.replace(request, prompt=pattern.sub(str(value), request.prompt))
+        # A function, not a template: a value's backslashes are text.
+        return dataclasses.replace(
+            request, prompt=pattern.sub(lambda _: str(value), request.prompt)
+        )
 
 
 def _value(knob: str, value: Any) -> Any:
@@ -205,7 +222,5 @@ def validate_comparison(
         source,
         kind=JobKind.COMPARE,
         count=len(cells),
-        # Its price and ETA: the longest cell's steps for each (a steps knob may raise them).
-        steps=max(source.steps, *(recipe.steps for recipe in cells)),
         compare={**comparison.to_dict(), "cells": [cell_fields(recipe) for recipe in cells]},
     )

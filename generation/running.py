@@ -231,9 +231,12 @@ class JobRun:
         images: list[Image.Image] = []
         for spec in specs:
 
-            def shifted(progress: StepProgress, before: int = done) -> None:
-                if len(specs) > 1:
-                    progress.step, progress.total = progress.step + before, total
+            def shifted(
+                progress: StepProgress, before: int = done, steps: int = spec.steps
+            ) -> None:
+                if len(specs) > 1:  # counted in the cells' steps (a sampler may call more)
+                    within = round(progress.step * steps / max(1, progress.total))
+                    progress.step, progress.total = before + min(steps, within), total
                 on_step(progress)
 
             render = self.settings.engine.render_async(spec, shifted)
@@ -638,9 +641,11 @@ class JobRun:
         labels = Comparison.from_dict(job.compare).labels() if job.compare else []
         grid = make_grid(images, labels)
         settings.store.put(grid_key(job.id, attempt), encode_png(grid, job, None, name))
-        if frames:
-            video = encode_video([*frames[:-1], grid])
-            settings.store.put(video_key(job.id, attempt), video)
+        if frames:  # the video is an extra: without it, the images are still the job's
+            try:
+                settings.store.put(video_key(job.id, attempt), encode_video([*frames[:-1], grid]))
+            except Exception:
+                logger.exception("job %s: its video could not be written; kept without", job.id)
         return written
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from generation import parameters
 from generation.access import Actor, hidden
-from generation.comparing import Comparison, cell
+from generation.comparing import MIN_VALUES, Comparison, cell
 from generation.editing import Edit, output_size
 from generation.errors import (
     InvalidRequest,
@@ -401,7 +401,7 @@ class GenerationService:
             else:
                 offered.add(JobKind.EDIT)
             base = self.models.get(job.model_id, self.model)
-            if base.engine == "diffusers" and base.family != "upscaler":
+            if base.engine == "diffusers" and self.limits.max_count >= MIN_VALUES:
                 offered.add(JobKind.COMPARE)  # its image made again, one knob turned
         return frozenset(offered)
 
@@ -460,7 +460,7 @@ class GenerationService:
                 self._derived_request(kind, recipe, None, user_id, seed=seed),
                 kind=JobKind.COMPARE,
                 count=None,
-                compare=Comparison.from_dict(recipe.compare).to_dict(),
+                compare=Comparison.from_dict(recipe.compare).again().to_dict(),
             )
         return self._derived_request(
             kind, recipe, image_index, user_id, seed=seed, strength=strength
@@ -476,10 +476,14 @@ class GenerationService:
             raise InvalidRequest("compare", "name the knob and its values")
         source, index = job, image_index
         while source.kind == JobKind.UPSCALE and source.parent_job_id is not None:
-            source, index = (
-                (await self.job(source.parent_job_id)).job,
-                source.parent_image_index or 0,
-            )
+            # Made again only while it may be: not once deleted or held for review.
+            above = await self.job(source.parent_job_id)
+            if hidden(above.job, above.images):
+                raise JobStateError(
+                    f"job {above.job.id}, which image {index + 1} of job {job.id} was made "
+                    "from, was deleted or is held for review: it cannot be compared"
+                )
+            source, index = above.job, source.parent_image_index or 0
         if source.compare:
             source = cell(source, index)
             seed = source.seed
@@ -499,6 +503,7 @@ class GenerationService:
             parent_job_id=job.id,
             parent_image_index=image_index,
             compare=compare.to_dict(),
+            parameter_words=compare.typed_words,  # the filter reads them with the prompt
         )
 
     def _derived_request(
@@ -579,7 +584,13 @@ class GenerationService:
         rules = await self.servers.rules(request.guild_id)
         refuse_outside_age_restricted(rules, request)
         blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
-        if blocked is not None and request.made_from is not None and not request.remixed:
+        # A comparison's words (the word knob's values) are the member's own, as a remix is.
+        own = request.remixed or bool(
+            request.compare is not None
+            and request.parameter_words
+            and rules.check_prompt(request.parameter_words, "") is not None
+        )
+        if blocked is not None and request.made_from is not None and not own:
             # Made from another job: the prompt is that job's, not the presser's, so no
             # strike; the server blocked it since. (A remix's text is the presser's own: it
             # is refused, and struck, as any prompt.)
@@ -745,6 +756,16 @@ class GenerationService:
             return Submission(job, 0, None)
 
     def _cost(self, recipe: Recipe, upscaler: bool) -> float:
+        if recipe.compare:  # a comparison: each cell at its own steps and sampler
+            return sum(
+                self._cost(
+                    dataclasses.replace(
+                        recipe, kind=JobKind.TXT2IMG, count=1, compare=None, **fields
+                    ),
+                    upscaler,
+                )
+                for fields in recipe.compare["cells"]
+            )
         model = self.models.get(recipe.model_id)
         if model is not None and model.engine != "diffusers":
             from generation.openai_engine import api_job_cost

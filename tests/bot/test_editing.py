@@ -37,12 +37,11 @@ async def test_zoom_out_and_pan_under_an_upscale_keep_the_upscales_pixels(
             "Upscale 2×",
             "Zoom Out 2×",
             "Zoom Out 1.5×",
-            "Compare…",
             "⬅️",
             "➡️",
             "⬆️",
             "⬇️",
-        ], "no Make Square under a square image"
+        ], "no Make Square under a square image; no Compare… where a job makes one image"
         old = png_of(server, upscaled)
         assert old.size == (128, 128)
         parent = json.loads(old.text["imagine-bot"])["job_id"]
@@ -215,3 +214,73 @@ async def test_compare_makes_a_labelled_grid_whose_cells_are_the_single_runs_the
         recipe = json.loads(png_of(server, upscale).text["imagine-bot"])
         assert (recipe["parent_job_id"], recipe["parent_image_index"]) == (job, 2)
         assert (recipe["kind"], recipe["guidance"]) == ("upscale", 4.0)
+
+
+async def test_compare_words_are_the_members_own_and_its_form_works_only_on_its_job(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    settings = bot_settings(
+        server, tmp_path / "data", model="embedded-random", max_count=2, blocked_terms="dragon"
+    )
+    async with running_bot(settings, engine) as running:
+        grid = await server.wait_for_result(
+            await server.invoke(
+                "imagine", server.alice, prompt="a red circle --video", seed=5, steps=2
+            )
+        )
+        upscaled = await server.wait_for_result(
+            await server.click(int(grid["id"]), "U1", server.alice)
+        )
+
+        async def form(word: str, values: str) -> Any:
+            pressed = await server.click(int(upscaled["id"]), "Compare…", server.alice)
+            picker = await server.wait_for(
+                lambda: (m := server.original(pressed)) and m["components"] and m,
+                what="the knob's picker",
+            )
+            chosen = await server.choose(
+                int(picker["id"]), "What to compare", ["A word of the prompt"], server.alice
+            )
+            await server.wait_for(lambda: chosen.modal, what="the values' form")
+            return chosen, {
+                "The word of the prompt to swap": word,
+                "2 to 4 values, comma-separated": values,
+            }
+
+        # Words typed as values are the member's own: a blocked one is refused, and struck.
+        opened, values = await form("red", "dragon, blue")
+        sent = await server.submit_modal(opened, values)
+        refused = await server.wait_for(lambda: server.ephemeral_answer(sent), what="refusal")
+        assert "does not allow" in refused and "Strike 1 of 3" in refused
+
+        # A value is text, backslashes and all; the form names at most max_count values.
+        opened, values = await form("red", "blue\\, green")
+        compared = await server.wait_for_result(await server.submit_modal(opened, values))
+        recipe = json.loads(png_of(server, compared).text["imagine-bot"])
+        cells = recipe["compare"]["cells"]
+        assert [cell["prompt"] for cell in cells] == ["a blue\\ circle", "a green circle"]
+
+        # A form whose custom id names another job than its picker's is refused.
+        other = await server.wait_for_result(
+            await server.invoke("imagine", server.bob, prompt="a blue square", seed=1)
+        )
+        bobs = json.loads(png_of(server, other).text["imagine-bot"])["job_id"]
+        opened, values = await form("red", "blue, green")
+        assert opened.modal is not None
+        opened.modal["custom_id"] = f"imagine-compare-form:{bobs}:0:word"
+        sent = await server.submit_modal(opened, values)
+        refused = await server.wait_for(lambda: server.ephemeral_answer(sent), what="refusal")
+        assert "from the job's own result" in refused
+
+        # Each Video press reads a file: five at once, then one every 10 s.
+        for _ in range(5):
+            video = await server.click(int(grid["id"]), "Video", server.bob)
+            await server.wait_for(
+                lambda v=video: (m := server.original(v)) and m["attachments"], what="the video"
+            )
+        pressed = await server.click(int(grid["id"]), "Video", server.bob)
+        said = await server.wait_for(lambda: server.ephemeral_answer(pressed), what="refusal")
+        assert "You opened 5 images or videos just now" in said
+        events = await running.runtime.moderation.events(target_user_id=server.alice.id)
+        assert [e for e in events if e.kind == "prompt_blocked"], "the strike is on record"

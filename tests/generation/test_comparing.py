@@ -11,6 +11,7 @@ from generation.errors import InvalidRequest
 from generation.imaging import image_seed
 from generation.loras import LoraChoice
 from generation.requests import GenerationRequest, validate
+from generation.service import GenerationService
 from storage.models import JobKind
 from tests.generation.test_imaging import JOB
 from tests.generation.test_requests import LIMITS, MODEL
@@ -59,12 +60,17 @@ def test_each_knob_turns_only_its_own_setting() -> None:
     with pytest.raises(InvalidRequest, match="no word 'purple'"):
         Comparison.parse("word:purple", "a,b").request_for(base, 0)
     assert Comparison.parse("guidance", "1,2.5").labels() == ["cfg 1", "cfg 2.5"]
+    # Rerolled, a comparison of seeds takes new ones (the others keep their values).
+    seeds = Comparison.parse("seed", "1,2,3")
+    assert seeds.again().knob == "seed" and set(seeds.again().values).isdisjoint({1, 2, 3})
+    assert word.again() == word
+    assert word.typed_words == "blue green" and seeds.typed_words == ""
 
 
 def test_a_comparison_records_each_cell_as_validated_and_its_image_seeds() -> None:
     recipe = validate(asked(Comparison.parse("steps", "5, 20")), LIMITS, MODEL)
     assert (recipe.kind, recipe.count, recipe.seed) == (JobKind.COMPARE, 2, 7)
-    assert recipe.steps == 20, "priced at its longest cell"
+    assert recipe.steps == 10, "the image it remakes; each cell has its own"
     cells = recipe.compare["cells"]  # type: ignore[index]
     assert [(c["steps"], c["seed"]) for c in cells] == [(5, 7), (20, 7)]
     job = dataclasses.replace(
@@ -86,3 +92,36 @@ def test_a_comparison_records_each_cell_as_validated_and_its_image_seeds() -> No
         )
     with pytest.raises(InvalidRequest, match="steps: must be from 1 to 40, not 50"):
         validate(asked(Comparison.parse("steps", "5, 50")), LIMITS, MODEL)
+
+
+def test_a_comparison_costs_what_its_cells_cost(service: GenerationService) -> None:
+    recipe = service.check(asked(Comparison.parse("steps", "5, 20")))
+    cells = [
+        service.check(
+            dataclasses.replace(
+                GenerationRequest("a red circle on red", user_id=1), seed=7, steps=steps, count=1
+            )
+        )
+        for steps in (5, 20)
+    ]
+    assert service._cost(recipe, False) == pytest.approx(
+        sum(service._cost(cell, False) for cell in cells)
+    )
+    # A sampler that calls the model twice a step costs its cell twice as much.
+    samplers = service.check(asked(Comparison.parse("sampler", "Euler, Heun")))
+    euler, heun = (
+        service.check(
+            dataclasses.replace(
+                GenerationRequest("a red circle on red", user_id=1),
+                seed=7,
+                steps=10,
+                count=1,
+                sampler=name,
+            )
+        )
+        for name in ("Euler", "Heun")
+    )
+    assert service._cost(samplers, False) == pytest.approx(
+        service._cost(euler, False) + service._cost(heun, False)
+    )
+    assert service._cost(heun, False) > service._cost(euler, False)
