@@ -61,26 +61,26 @@ def describe_place(submission: Submission) -> str:
 
 def what(job: JobRecord) -> str:
     """ "job 12", or what it was made from: "upscale of image 2 of job 11"."""
-    index = (job.parent_image_index or 0) + 1
-    if job.kind == JobKind.UPSCALE:
-        return f"upscale of image {index} of job {job.parent_job_id}"
-    if job.kind == JobKind.VARIATION:
-        return f"variation of image {index} of job {job.parent_job_id}"
-    if job.kind == JobKind.EDIT:
-        try:
-            described = Edit.from_dict(job.edit or {}).describe()
-        except InvalidRequest:
-            described = "edit"
-        return f"{described} of image {index} of job {job.parent_job_id}"
-    if job.kind == JobKind.COMPARE:
-        try:
-            described = Comparison.from_dict(job.compare or {}).describe()
-        except InvalidRequest:
-            described = "comparison"
-        return f"{described} of image {index} of job {job.parent_job_id}"
     if job.kind == JobKind.REROLL:
         return f"reroll of job {job.parent_job_id}"
+    if job.kind == JobKind.COMPARE and job.parent_image_index is None:  # rerolled
+        return f"{_described(job)}, again, from job {job.parent_job_id}"
+    if job.kind in (JobKind.UPSCALE, JobKind.VARIATION, JobKind.EDIT, JobKind.COMPARE):
+        index = (job.parent_image_index or 0) + 1
+        return f"{_described(job)} of image {index} of job {job.parent_job_id}"
     return f"job {job.id}"
+
+
+def _described(job: JobRecord) -> str:
+    """What a derived job did to its image, in a few words."""
+    try:
+        if job.kind == JobKind.EDIT:
+            return Edit.from_dict(job.edit or {}).describe()
+        if job.kind == JobKind.COMPARE:
+            return Comparison.from_dict(job.compare or {}).describe()
+    except InvalidRequest:  # a row is data, not a promise
+        return str(job.kind)
+    return "upscale" if job.kind == JobKind.UPSCALE else "variation"
 
 
 def public_failure(job: JobRecord) -> str:
