@@ -790,7 +790,8 @@ class ImagineCog(commands.Cog):
             return
         limits = self.service.limits
         suggested = _suggested(knob, parent.job, limits.max_steps, limits.max_count)
-        await interaction.response.send_modal(CompareForm(job_id, index, knob, suggested))
+        form = CompareForm(job_id, index, knob, suggested, limits.max_count)
+        await interaction.response.send_modal(form)
 
     async def compare(
         self,

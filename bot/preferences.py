@@ -257,11 +257,13 @@ class CompareForm(discord.ui.Modal):
     """A comparison's values (and, to swap a word of the prompt, the word), for its knob;
     filled in with values to start from."""
 
-    def __init__(self, job_id: int, index: int, knob: str, suggested: str) -> None:
+    def __init__(self, job_id: int, index: int, knob: str, suggested: str, most: int) -> None:
         title = "Compare a word of the prompt" if knob == "word" else f"Compare {KNOB_NAMES[knob]}"
         super().__init__(
             title=title, custom_id=f"imagine-compare-form:{job_id}:{index}:{knob}", timeout=900
         )
+        most = min(MAX_VALUES, most)
+        how_many = f"{MIN_VALUES} to {most}" if most > MIN_VALUES else str(MIN_VALUES)
         if knob == "word":
             self.add_item(
                 discord.ui.TextInput(
@@ -274,7 +276,7 @@ class CompareForm(discord.ui.Modal):
             )
         self.add_item(
             discord.ui.TextInput(
-                label=f"{MIN_VALUES} to {MAX_VALUES} values, comma-separated",
+                label=f"{how_many} values, comma-separated",
                 custom_id="values",
                 default=suggested or None,
                 required=True,

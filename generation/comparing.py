@@ -108,12 +108,6 @@ class Comparison:
                 "compare", f"is not a comparison this bot reads: {error}"
             ) from None
 
-    @property
-    def typed_words(self) -> str:
-        """The words a member typed into the prompt through this comparison (the word knob's
-        values): the prompt filter reads them as the member's own."""
-        return " ".join(map(str, self.values)) if self.knob == "word" else ""
-
     def again(self) -> Comparison:
         """The comparison a reroll makes: new seeds, where the seed is the knob."""
         if self.knob != "seed":
@@ -215,9 +209,18 @@ def validate_comparison(
         request, kind=JobKind.TXT2IMG, compare=None, count=1, seed=seed, video=False
     )
     source = validate(base)
-    cells = [
-        validate(comparison.request_for(base, index)) for index in range(len(comparison.values))
-    ]
+    # Made again (/reproduce): each cell's scheduler as it ran, not as its sampler maps today.
+    recorded = request.compare.get("cells") if request.reproduces_job_id is not None else None
+    cells = []
+    for index in range(len(comparison.values)):
+        asked = comparison.request_for(base, index)
+        if recorded and index < len(recorded) and recorded[index].get("scheduler"):
+            asked = dataclasses.replace(
+                asked,
+                scheduler=recorded[index]["scheduler"],
+                scheduler_options=dict(recorded[index].get("scheduler_options") or {}),
+            )
+        cells.append(validate(asked))
     return dataclasses.replace(
         source,
         kind=JobKind.COMPARE,

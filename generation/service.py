@@ -456,6 +456,7 @@ class GenerationService:
             assert image_index is not None
             return await self._compare_request(recipe, image_index, user_id, compare)
         if kind is JobKind.REROLL and recipe.compare:  # the comparison with a new seed
+            await self._check_ancestors(recipe)
             return dataclasses.replace(
                 self._derived_request(kind, recipe, None, user_id, seed=seed),
                 kind=JobKind.COMPARE,
@@ -474,15 +475,10 @@ class GenerationService:
         Only an image made from a prompt alone can be made again this way."""
         if compare is None:
             raise InvalidRequest("compare", "name the knob and its values")
+        await self._check_ancestors(job)
         source, index = job, image_index
         while source.kind == JobKind.UPSCALE and source.parent_job_id is not None:
-            # Made again only while it may be: not once deleted or held for review.
             above = await self.job(source.parent_job_id)
-            if hidden(above.job, above.images):
-                raise JobStateError(
-                    f"job {above.job.id}, which image {index + 1} of job {job.id} was made "
-                    "from, was deleted or is held for review: it cannot be compared"
-                )
             source, index = above.job, source.parent_image_index or 0
         if source.compare:
             source = cell(source, index)
@@ -503,8 +499,20 @@ class GenerationService:
             parent_job_id=job.id,
             parent_image_index=image_index,
             compare=compare.to_dict(),
-            parameter_words=compare.typed_words,  # the filter reads them with the prompt
         )
+
+    async def _check_ancestors(self, job: JobRecord) -> None:
+        """A comparison makes an image of the jobs above it again, at its seed: only while
+        none of them was deleted or is held for the moderators' review."""
+        parent_id, looked = job.parent_job_id, 0
+        while parent_id is not None and looked < 100:  # a lineage is short; a loop is not
+            above = await self.job(parent_id)
+            if hidden(above.job, above.images):
+                raise JobStateError(
+                    f"job {above.job.id}, which job {job.id} comes from, was deleted or is "
+                    "held for the moderators' review: its images are not made again"
+                )
+            parent_id, looked = above.job.parent_job_id, looked + 1
 
     def _derived_request(
         self,
@@ -584,12 +592,17 @@ class GenerationService:
         rules = await self.servers.rules(request.guild_id)
         refuse_outside_age_restricted(rules, request)
         blocked = rules.check_prompt(request.filtered_text, request.negative_prompt)
-        # A comparison's words (the word knob's values) are the member's own, as a remix is.
-        own = request.remixed or bool(
-            request.compare is not None
-            and request.parameter_words
-            and rules.check_prompt(request.parameter_words, "") is not None
-        )
+        own = request.remixed
+        if blocked is None and recipe.compare:  # each cell's prompt, as the model reads it
+            for fields in recipe.compare["cells"]:
+                blocked = rules.check_prompt(fields["prompt"], request.negative_prompt)
+                if blocked is not None:
+                    # A new comparison's words, put in its image's prompt, are the member's
+                    # own (a reroll or a reproduce makes another's again); the strike
+                    # records the cell's prompt.
+                    own = request.parent_image_index is not None and not request.reproduces_job_id
+                    request = dataclasses.replace(request, raw_prompt=fields["prompt"])
+                    break
         if blocked is not None and request.made_from is not None and not own:
             # Made from another job: the prompt is that job's, not the presser's, so no
             # strike; the server blocked it since. (A remix's text is the presser's own: it
@@ -1140,6 +1153,8 @@ class GenerationService:
                 f"job {original.id} was made with {original.model_id}, which this host no "
                 "longer offers: it cannot be made again here"
             )
+        if original.compare:
+            await self._check_ancestors(original)
         if original.parent_job_id is not None and original.parent_image_index is not None:
             parent = await self.job(original.parent_job_id)
             if hidden(parent.job, parent.images):

@@ -245,7 +245,7 @@ async def test_compare_words_are_the_members_own_and_its_form_works_only_on_its_
             await server.wait_for(lambda: chosen.modal, what="the values' form")
             return chosen, {
                 "The word of the prompt to swap": word,
-                "2 to 4 values, comma-separated": values,
+                "2 values, comma-separated": values,
             }
 
         # Words typed as values are the member's own: a blocked one is refused, and struck.

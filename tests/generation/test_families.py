@@ -231,8 +231,11 @@ async def test_upscales_past_twice_the_native_size_are_resizes_and_stop_at_the_c
     expected = parent.convert("RGB").resize((256, 256), Image.Resampling.LANCZOS)
     assert resized.images[0].sha256 == pixel_sha256(expected)
     # 512 would pass the host's cap: no Upscale 2× (nor a Vary at 256, past diffusion's cap,
-    # nor a reroll: text-to-image at 256 is past IMAGINE_MAX_WIDTH). A comparison remakes
-    # the 64×64 image the upscales came from, so it is offered.
+    # nor a reroll: text-to-image at 256 is past IMAGINE_MAX_WIDTH), nor a comparison: the
+    # host makes one image a job. With two, a comparison remakes the 64×64 image they came
+    # from, so it is offered.
+    assert service.offers(resized.job) == frozenset()
+    service.limits = dataclasses.replace(service.limits, max_count=2)
     assert service.offers(resized.job) == frozenset({JobKind.COMPARE})
     with pytest.raises(InvalidRequest, match="at most 256 pixels"):
         await service.derive(JobKind.UPSCALE, second.job.id, 0, user_id=1)
