@@ -17,6 +17,7 @@ from bot.cli_admin import admin
 from bot.cli_jobs import cancel, compare, generate, pan, region, reroll, upscale, vary, zoom
 from bot.cli_queue import queue_command, quota
 from bot.cli_support import job_json, run_async
+from bot.cli_web import web
 from bot.runtime import open_runtime
 from bot.settings import Settings
 from generation.reproduce import reproduce
@@ -378,5 +379,6 @@ for command in (
     queue_command,
     quota,
     admin,
+    web,
 ):
     main.add_command(command)

@@ -177,6 +177,25 @@ class Settings(BaseSettings):
     safety_threshold: float = Field(default=0.5, gt=0, le=1)
     # Where the bot tells moderators about withheld images (a channel id); empty: nowhere.
     moderation_channel_id: int | None = None
+    # The web console (imagine-bot web). Its public address: Discord sends the login back to
+    # <web_base_url>/auth/callback (register it under OAuth2 → Redirects), and its cookies
+    # are Secure when it is https. The OAuth2 client secret of the bot's own application
+    # (its client id is the application's id, or web_client_id); the key that signs the
+    # console's cookies (32 random bytes or more: `python -c "import secrets;
+    # print(secrets.token_urlsafe(32))"`).
+    web_base_url: str = "http://127.0.0.1:8080"
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=1, le=65535)
+    web_client_id: str | None = None
+    web_client_secret: SecretStr | None = None
+    web_session_secret: SecretStr | None = None
+    # Behind a reverse proxy: its addresses, whose X-Forwarded-For/-Proto headers are trusted
+    # (comma-separated); empty: none are.
+    web_trusted_proxies: str = ""
+    # A logged-in user's roles are read again (with the bot's token) this often, so a demoted
+    # moderator loses access within it.
+    web_recheck_seconds: float = Field(default=300.0, ge=0)
+    discord_oauth_url: str = "https://discord.com/oauth2/authorize"
     log_level: str = "WARNING"
 
     @field_validator("guild_ids", "admin_user_ids", "admin_role_ids", mode="before")

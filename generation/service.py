@@ -1209,10 +1209,16 @@ class GenerationService:
         return JobView(job, images, delivery, reproduced)
 
     async def recent(
-        self, *, user_id: int | None = None, status: str | None = None, limit: int = 20
+        self,
+        *,
+        user_id: int | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        before: int | None = None,
     ) -> list[JobView]:
+        """Newest first (``before``: older than that job id, a page by its key)."""
         async with self.db.uow() as uow:
-            jobs = await uow.jobs.recent(user_id=user_id, status=status, limit=limit)
+            jobs = await uow.jobs.recent(user_id=user_id, status=status, limit=limit, before=before)
             ids = [job.id for job in jobs]
             images = await uow.images.for_jobs(ids)
             deliveries = await uow.deliveries.for_jobs(ids)

@@ -646,3 +646,60 @@ def test_compare_swaps_a_word_each_cell_its_own_recipe_and_all_made_again(
         model="embedded-random",
     )
     assert refused.returncode != 0 and "made from another image" in refused.stderr
+
+
+def test_the_web_console_refuses_to_start_without_what_it_needs(tmp_path: Path) -> None:
+    result = imagine(tmp_path / "data", "web", "--port", "0", model="embedded-random")
+    assert result.returncode == 1
+    assert "IMAGINE_WEB_CLIENT_SECRET, IMAGINE_WEB_SESSION_SECRET" in result.stderr
+
+
+def test_the_web_console_serves_until_sigterm(tmp_path: Path) -> None:
+    import http.client
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {
+        **os.environ,
+        "IMAGINE_DATA_DIR": str(tmp_path / "data"),
+        "IMAGINE_MODEL": "embedded-random",
+        "HF_HUB_OFFLINE": "1",
+        "IMAGINE_DISCORD_TOKEN": "a-token",
+        "IMAGINE_WEB_CLIENT_ID": "123",
+        "IMAGINE_WEB_CLIENT_SECRET": "a-secret",
+        "IMAGINE_WEB_SESSION_SECRET": "k" * 40,
+        "IMAGINE_GUILD_IDS": "1",
+    }
+    environment.pop("IMAGINE_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot", "web", "--port", str(port)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    body = json.loads(r.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert body == {"database": "ok", "store": "ok"}, (
+            process.stderr.read() if process.poll() is not None else "no answer"
+        )
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/")
+        answer = connection.getresponse()
+        assert (answer.status, answer.getheader("location")) == (303, "/login?next=%2F")
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert process.returncode == 0

@@ -1,4 +1,5 @@
-"""Layers run one way: bot → generation → storage; Discord stops at bot/, torch before storage/."""
+"""Layers run one way: bot and web → generation → storage; Discord stops at bot/, torch before
+storage/, and the web console never imports the bot."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "generation": {"discord", "bot"},
-    "storage": {"discord", "bot", "generation", "torch", "diffusers", "transformers"},
+    "web": {"discord", "bot"},
+    "generation": {"discord", "bot", "web"},
+    "storage": {"discord", "bot", "generation", "web", "torch", "diffusers", "transformers"},
 }
 
 

@@ -16,12 +16,14 @@ import json
 import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from tests.fakediscord import rules
+from tests.fakediscord.oauth import OAuth
 from tests.fakediscord.payloads import (
     ADMINISTRATOR,
     FORUM,
@@ -215,6 +217,7 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.base = ""
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.oauth = OAuth(self)  # the web console's login (tests.fakediscord.oauth)
         self._route_table()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -222,6 +225,7 @@ class FakeDiscord:
     async def __aenter__(self) -> FakeDiscord:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/oauth2/authorize", self.oauth.authorize)  # a browser's page
         app.router.add_route("*", "/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -476,8 +480,10 @@ class FakeDiscord:
             return self._cdn(request)
         call = await self._read(request)
         self.calls.append(call)
-        if not TOKEN_ROUTE.match(request.path) and (
-            request.headers.get("Authorization") != f"Bot {TOKEN}"
+        if (
+            not TOKEN_ROUTE.match(request.path)
+            and not self._user_route(request)
+            and (request.headers.get("Authorization") != f"Bot {TOKEN}")
         ):
             call.status = 401
             return api_error(401, 0, "401: Unauthorized")
@@ -511,6 +517,14 @@ class FakeDiscord:
         call.status = 404
         return api_error(404, 0, f"the local Discord does not implement {request.path}")
 
+    def _user_route(self, request: web.Request) -> bool:
+        """OAuth2's routes: the token exchange (the client authenticates in its form), and a
+        user's own with their bearer token (an unknown one is refused as Discord does)."""
+        if request.path == "/api/v10/oauth2/token":
+            return True
+        bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+        return bearer and request.path in ("/api/v10/users/@me", "/api/v10/users/@me/guilds")
+
     @staticmethod
     def _injected(injection: Injection) -> web.Response:
         if injection.status == 429:
@@ -537,6 +551,8 @@ class FakeDiscord:
                 else:
                     data = await part.read()  # type: ignore[union-attr]
                     files.append((part.filename or "", bytes(data)))  # type: ignore[union-attr]
+        elif request.content_type == "application/x-www-form-urlencoded":  # OAuth2's token
+            body = dict(urllib.parse.parse_qsl((await request.read()).decode()))
         elif request.can_read_body:
             raw = await request.read()
             body = json.loads(raw) if raw else None
@@ -584,6 +600,10 @@ class FakeDiscord:
     def _route_table(self) -> None:
         snow = r"(?P<{}>\d+)"
         self._route("GET", "/users/@me", self._me)
+        self._route("GET", "/users/@me/guilds", self._my_guilds)
+        self._route("POST", "/oauth2/token", self._token)
+        self._route("GET", r"/guilds/(?P<guild>\d+)/members/(?P<user>\d+)", self._member)
+        self._route("GET", r"/guilds/(?P<guild>\d+)", self._get_guild)
         self._route("GET", "/oauth2/applications/@me", self._application)
         self._route("GET", "/users/" + snow.format("user"), self._user)
         self._route("PUT", r"/applications/\d+/commands", self._sync)
@@ -604,7 +624,37 @@ class FakeDiscord:
         self._route("POST", "/users/@me/channels", self._open_dm)
 
     async def _me(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        if request.headers.get("Authorization", "").startswith("Bearer "):
+            user = self.oauth.bearer(request)
+            if user is None:
+                return api_error(401, 0, "401: Unauthorized")
+            return json_response(user.payload())
         return json_response(self.bot.payload())
+
+    async def _my_guilds(self, request: web.Request, *_: Any) -> web.Response:
+        user = self.oauth.bearer(request)
+        if user is None:
+            return api_error(401, 0, "401: Unauthorized")
+        return json_response(self.oauth.my_guilds(user))
+
+    async def _token(self, request: web.Request, *_: Any) -> web.Response:
+        return await self.oauth.token(request)
+
+    async def _member(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
+        guild_id, user = int(match["guild"]), self.users.get(int(match["user"]))
+        if guild_id not in (self.guild_id, self.other_guild_id):
+            raise ApiError(404, 10004, "Unknown Guild")
+        if user is None or self.home.get(user.id) != guild_id:
+            raise ApiError(404, 10007, "Unknown Member")
+        return json_response(user.member())
+
+    async def _get_guild(
+        self, request: web.Request, call: Call, match: re.Match[str]
+    ) -> web.Response:
+        guild_id = int(match["guild"])
+        if guild_id not in (self.guild_id, self.other_guild_id):
+            raise ApiError(404, 10004, "Unknown Guild")
+        return json_response(self._guild() if guild_id == self.guild_id else self._other_guild())
 
     async def _application(self, *_: Any) -> web.Response:
         return json_response(

@@ -1,0 +1,250 @@
+"""The web console over HTTP: logging in with Discord's OAuth2 (PKCE and state) against the
+local Discord, and who sees what, route by role, decided by the bot's own access rules."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from bot.cli_web import console_app
+from bot.runtime import open_runtime
+from generation.requests import GenerationRequest
+from tests.bot.conftest import bot_settings, worker_for
+from tests.fakediscord.actions import LocalDiscord
+from tests.fakediscord.oauth import CLIENT_SECRET
+from tests.fakediscord.payloads import FakeUser
+
+BASE = "http://console.test"
+SCRIPT = "<script>alert(1)</script> a red circle"
+
+
+@dataclasses.dataclass
+class Console:
+    server: LocalDiscord
+    app: Any
+    runtime: Any
+    jobs: dict[str, int]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE)
+
+    async def log_in(
+        self, client: httpx.AsyncClient, user: FakeUser, next_path: str = "/"
+    ) -> httpx.Response:
+        """The browser's round trip: the console, Discord's consent page, back."""
+        self.server.oauth.signed_in = user
+        started = await client.get("/login", params={"next": next_path})
+        assert started.status_code == 303
+        async with (
+            aiohttp.ClientSession() as browser,
+            browser.get(started.headers["location"], allow_redirects=False) as page,
+        ):
+            assert page.status == 302, await page.text()
+            back = page.headers["Location"]
+        assert back.startswith(f"{BASE}/auth/callback?")
+        return await client.get(back[len(BASE) :])
+
+
+@contextlib.asynccontextmanager
+async def console_for(
+    server: LocalDiscord, data: Path, engine: Any, **overrides: Any
+) -> AsyncIterator[Console]:
+    settings = bot_settings(
+        server,
+        data,
+        model="embedded-random",
+        guild_ids=[server.guild_id, server.other_guild_id],
+        admin_role_ids=[server.admin_role, server.other_admin_role],
+        admin_user_ids=[server.host.id],
+        web_base_url=BASE,
+        web_client_id=str(server.application_id),
+        web_client_secret=CLIENT_SECRET,
+        web_session_secret="s" * 40,
+        discord_oauth_url=f"{server.base}/oauth2/authorize",
+        max_count=1,
+        **overrides,
+    )
+    server.oauth.redirect_uris.add(f"{BASE}/auth/callback")
+    async with open_runtime(settings) as runtime:
+        service = runtime.service
+        made = {}
+        asked = {
+            "public": (server.alice, server.guild_id, server.channel_id, False, SCRIPT),
+            "private": (server.alice, server.guild_id, server.channel_id, True, "a blue square"),
+            "other": (
+                server.carol,
+                server.other_guild_id,
+                server.other_channel_id,
+                False,
+                "a green circle",
+            ),
+        }
+        for name, (user, guild, channel, private, prompt) in asked.items():
+            submission = await service.submit(
+                GenerationRequest(
+                    prompt,
+                    user_id=user.id,
+                    guild_id=guild,
+                    channel_id=channel,
+                    channel_public=True,
+                    channel_nsfw=False,
+                    private=private,
+                    steps=2,
+                    seed=3,
+                )
+            )
+            made[name] = submission.job.id
+        worker = worker_for(runtime, settings, engine)
+        assert await worker.run(burst=True) == 3
+        yield Console(server, console_app(settings, runtime), runtime, made)
+
+
+@pytest.fixture
+async def console(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> AsyncIterator[Console]:
+    async with console_for(local_discord, tmp_path / "data", engine) as built:
+        yield built
+
+
+async def test_a_visitor_is_sent_to_log_in_and_sees_nothing(console: Console) -> None:
+    async with console.client() as client:
+        home = await client.get("/")
+        assert home.status_code == 303 and home.headers["location"] == "/login?next=%2F"
+        job = await client.get(f"/jobs/{console.jobs['public']}")
+        assert job.status_code == 303 and "next=%2Fjobs%2F" in job.headers["location"]
+        assert (await client.get(f"/images/{console.jobs['public']}/0")).status_code == 401
+        # A forged or altered session cookie is nobody.
+        client.cookies.set("imagine_session", "eyJ1IjoiMSJ9.forged.signature")
+        assert (await client.get("/")).status_code == 303
+        health = await client.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"database": "ok", "store": "ok"}
+
+
+async def test_login_is_pkce_and_state_and_goes_back_to_the_consoles_own_paths_only(
+    console: Console,
+) -> None:
+    server = console.server
+    async with console.client() as client:
+        landed = await console.log_in(
+            client, server.alice, next_path=f"/jobs/{console.jobs['public']}"
+        )
+        assert (
+            landed.status_code == 303
+            and landed.headers["location"] == f"/jobs/{console.jobs['public']}"
+        )
+        asked = server.oauth.authorized[-1]
+        assert (asked["code_challenge_method"], asked["response_type"]) == ("S256", "code")
+        assert asked["scope"] == "identify guilds" and asked["state"]
+        cookie = landed.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=lax" in cookie
+        for evil in (
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "javascript:alert(1)",
+        ):
+            async with console.client() as other:
+                back = await console.log_in(other, server.alice, next_path=evil)
+                assert back.headers["location"] == "/", evil
+    # A callback whose state is not this browser's is refused.
+    async with console.client() as client:
+        await client.get("/login")
+        refused = await client.get("/auth/callback", params={"code": "x", "state": "not-it"})
+        assert refused.status_code == 400 and "Log in again" in refused.text
+
+
+async def test_the_gallery_shows_a_members_own_jobs_escaped(console: Console) -> None:
+    async with console.client() as client:
+        await console.log_in(client, console.server.alice)
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; a red circle" in page.text
+        assert "<script>alert(1)</script>" not in page.text
+        assert "a blue square" in page.text and "a green circle" not in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+# Who may open each job's page and its image: the bot's rules (owner; moderators of its server;
+# members of its server for a public job; host admins everything).
+TABLE = {
+    "alice": {"public", "private"},
+    "bob": {"public"},
+    "carol": {"other"},
+    "admin": {"public", "private"},
+    "dave": {"other"},
+    "host": {"public", "private", "other"},
+}
+
+
+@pytest.mark.parametrize("who", sorted(TABLE))
+async def test_no_route_shows_a_job_to_someone_who_could_not_see_it_in_discord(
+    console: Console, who: str
+) -> None:
+    user = getattr(console.server, who)
+    async with console.client() as client:
+        await console.log_in(client, user)
+        for name, job_id in console.jobs.items():
+            allowed = name in TABLE[who]
+            page = await client.get(f"/jobs/{job_id}")
+            image = await client.get(f"/images/{job_id}/0")
+            thumb = await client.get(f"/images/{job_id}/0/thumb")
+            expected = 200 if allowed else 404
+            assert (page.status_code, image.status_code, thumb.status_code) == (expected,) * 3, (
+                who,
+                name,
+            )
+            if allowed:
+                stored = console.runtime.store.get(
+                    (await console.runtime.service.job(job_id)).images[0].path
+                )
+                assert image.content == stored, "the full-size PNG, byte for byte"
+                assert thumb.headers["content-type"] == "image/webp"
+
+
+async def test_deleting_needs_the_forms_token_and_the_right_person(console: Console) -> None:
+    job = console.jobs["public"]
+    async with console.client() as bob, console.client() as alice:
+        await console.log_in(bob, console.server.bob)
+        await console.log_in(alice, console.server.alice)
+        page = await alice.get(f"/jobs/{job}")
+        token = page.text.split('name="csrf" value="')[1].split('"')[0]
+        refused = await alice.post(f"/jobs/{job}/delete", data={"csrf": "wrong"})
+        assert refused.status_code == 403
+        bobs = (await bob.get(f"/jobs/{job}")).text.split('name="csrf" value="')[1].split('"')[0]
+        assert (await bob.post(f"/jobs/{job}/delete", data={"csrf": bobs})).status_code == 404
+        done = await alice.post(f"/jobs/{job}/delete", data={"csrf": token})
+        assert done.status_code == 303
+        assert (await console.runtime.service.job(job)).job.status == "deleted"
+        assert (await bob.get(f"/jobs/{job}")).status_code == 404
+
+
+async def test_a_demoted_moderator_loses_access_at_the_next_look(
+    local_discord: LocalDiscord,
+    tmp_path: Path,
+    engine: Any,
+) -> None:
+    server = local_discord
+    # Roles are looked at again on every request here (every 5 minutes by default).
+    async with (
+        console_for(server, tmp_path / "data", engine, web_recheck_seconds=0) as built,
+        built.client() as client,
+    ):
+        await built.log_in(client, server.admin)
+        private = built.jobs["private"]
+        assert (await client.get(f"/jobs/{private}")).status_code == 200
+        server.users[server.admin.id] = dataclasses.replace(server.admin, roles=())
+        assert (await client.get(f"/jobs/{private}")).status_code == 404
+        # Discord away: the console sees them as a member for now, never as more.
+        server.users[server.admin.id] = server.admin
+        assert (await client.get(f"/jobs/{private}")).status_code == 200
+        server.outage_until = float("inf")
+        assert (await client.get(f"/jobs/{private}")).status_code == 404
+        server.outage_until = 0.0

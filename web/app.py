@@ -1,0 +1,427 @@
+"""The console's routes: login with Discord, a member's gallery, a job's page, its images
+through an authorised route, and health.
+
+Who may see what is ``generation.access``'s decision, as in the bot: the logged-in user is an
+``Actor`` in the job's server (their roles and permission bits there, read with the bot's token
+at login and every ``recheck_seconds``). Anything they may not see answers 404, as if it did
+not exist; an anonymous visitor is sent to log in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from generation import wording
+from generation.access import Access, Actor, may_moderate_job, may_see_job
+from generation.errors import GenerationError, JobNotFound
+from generation.moderation import Moderation
+from generation.service import GenerationService, JobView
+from storage.image_store import ImageStore
+from storage.models import Review
+from storage.records import ImageRecord
+from web.oauth import DiscordOAuth, LoginFailed, pkce
+from web.sessions import LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, Login, Signer, new_csrf
+
+logger = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"  # vendored: no CDN
+GALLERY_PAGE = 24
+THUMB_SIDE = 256
+HIDDEN = frozenset({Review.PENDING, Review.DELETED})  # images only moderators open
+
+
+@dataclasses.dataclass
+class WebContext:
+    """What the console is given by the composition root."""
+
+    service: GenerationService
+    moderation: Moderation
+    store: ImageStore
+    access: Access
+    oauth: DiscordOAuth
+    signer: Signer
+    serves: Callable[[int], bool]  # whether the bot serves that server
+    secure: bool  # behind HTTPS: cookies are Secure
+    recheck_seconds: float = 300.0
+
+
+def safe_next(path: str | None) -> str:
+    """Where to go after login: one of the console's own paths, never another site."""
+    if not path or not path.startswith("/") or path.startswith(("//", "/\\")):
+        return "/"
+    if any(ch in path for ch in "\\\r\n") or ":" in path.split("?")[0]:
+        return "/"
+    return path
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+
+class Console:
+    """The routes, with what they share."""
+
+    def __init__(self, context: WebContext) -> None:
+        self.context = context
+        self.templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES),
+            autoescape=True,  # every value shown is escaped: prompts and names are user text
+            undefined=jinja2.StrictUndefined,
+        )
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def page(
+        self, name: str, login: Login | None, status: int = 200, **values: Any
+    ) -> HTMLResponse:
+        html = self.templates.get_template(name).render(login=login, **values)
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    def _cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            httponly=True,
+            secure=self.context.secure,
+            samesite="lax",
+            path="/",
+        )
+
+    async def login_of(self, request: Request) -> tuple[Login | None, bool]:
+        """The logged-in user (None: nobody), their roles looked at again when due; and
+        whether the cookie must be written again."""
+        login = self.context.signer.read_session(request.cookies.get(SESSION_COOKIE))
+        if login is None or time.time() - login.checked_at < self.context.recheck_seconds:
+            return login, False
+        try:
+            servers = await self._memberships(login.user_id, list(login.servers))
+        except LoginFailed as error:
+            # Discord unreachable: this request sees what a member sees, no more.
+            logger.warning("could not check user %s's roles: %s", login.user_id, error)
+            weakened = {
+                guild: dataclasses.replace(m, roles=(), permissions=0)
+                for guild, m in login.servers.items()
+            }
+            return dataclasses.replace(login, servers=weakened), False
+        return dataclasses.replace(login, servers=servers, checked_at=time.time()), True
+
+    async def _memberships(self, user_id: int, guild_ids: list[int]) -> dict[int, Any]:
+        found = {}
+        for guild_id in guild_ids:
+            membership = await self.context.oauth.membership(guild_id, user_id)
+            if membership is not None:  # None: they left the server
+                found[guild_id] = membership
+        return found
+
+    def actor(self, login: Login, guild_id: int | None) -> Actor:
+        membership = login.servers.get(guild_id) if guild_id is not None else None
+        if membership is None:  # not a member there: only what is their own
+            return self.context.access.actor(login.user_id, None)
+        return self.context.access.actor(
+            login.user_id, guild_id, membership.roles, membership.permissions
+        )
+
+    def to_login(self, request: Request) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+
+    def missing(self, login: Login | None) -> HTMLResponse:
+        return self.page(
+            "message.html", login, 404, title="Not found", text="There is nothing here."
+        )
+
+    async def visible(self, login: Login, job_id: int) -> JobView | None:
+        try:
+            view = await self.context.service.job(job_id)
+        except JobNotFound:
+            return None
+        if may_see_job(self.actor(login, view.job.guild_id), view.job, view.images):
+            return view
+        return None
+
+    # -- login -------------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        state = secrets.token_urlsafe(24)
+        verifier, challenge = pkce()
+        next_path = safe_next(request.query_params.get("next"))
+        response = RedirectResponse(
+            self.context.oauth.authorize_url(state, challenge), status_code=303
+        )
+        cookie = self.context.signer.login(state, verifier, next_path)
+        self._cookie(response, LOGIN_COOKIE, cookie, LOGIN_SECONDS)
+        return response
+
+    async def callback(self, request: Request) -> Response:
+        pending = self.context.signer.read_login(request.cookies.get(LOGIN_COOKIE))
+        state = request.query_params.get("state", "")
+        if pending is None or not secrets.compare_digest(pending["state"], state):
+            return self.page(
+                "message.html",
+                None,
+                400,
+                title="Login failed",
+                text="This login link is not the one this browser started, or it is too old. "
+                "Log in again.",
+            )
+        code = request.query_params.get("code")
+        if not code:
+            said = request.query_params.get("error", "no code")
+            return self.page(
+                "message.html",
+                None,
+                400,
+                title="Login failed",
+                text=f"Discord said: {said}. Log in again.",
+            )
+        try:
+            token = await self.context.oauth.exchange(code, pending["verifier"])
+            user_id, name, guilds = await self.context.oauth.who(token)
+            served = [guild for guild in guilds if self.context.serves(guild)]
+            servers = await self._memberships(user_id, served)
+        except LoginFailed as error:
+            return self.page(
+                "message.html", None, 502, title="Login failed", text=f"{error}. Try again."
+            )
+        login = Login(user_id, name, servers, time.time(), new_csrf())
+        response = RedirectResponse(safe_next(pending["next"]), status_code=303)
+        self._cookie(
+            response,
+            SESSION_COOKIE,
+            self.context.signer.session(login),
+            self.context.signer.max_age,
+        )
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        login, _ = await self.login_of(request)
+        form = await request.form()
+        if login is not None and not login.checks(str(form.get("csrf", ""))):
+            return self.page(
+                "message.html",
+                login,
+                403,
+                title="Refused",
+                text="That form is out of date: reload the page.",
+            )
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    # -- members -------------------------------------------------------------------------------
+
+    async def gallery(self, request: Request) -> Response:
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        before = _int(request.query_params.get("before"))
+        views = await self.context.service.recent(
+            user_id=login.user_id, limit=GALLERY_PAGE + 1, before=before
+        )
+        more = len(views) > GALLERY_PAGE
+        views = views[:GALLERY_PAGE]
+        jobs = [
+            {
+                "view": view,
+                "what": wording.what(view.job),
+                "shown": [i for i in view.images if i.review not in HIDDEN],
+            }
+            for view in views
+        ]
+        older = views[-1].job.id if more and views else None
+        response = self.page("gallery.html", login, jobs=jobs, older=older)
+        return self._renewed(response, login, renew)
+
+    async def job(self, request: Request) -> Response:
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        view = await self.visible(login, int(request.path_params["job_id"]))
+        if view is None:
+            return self.missing(login)
+        actor = self.actor(login, view.job.guild_id)
+        moderator = may_moderate_job(actor, view.job)
+        parent, children = await self.context.service.lineage(view.job.id)
+        shown = [i for i in view.images if moderator or i.review not in HIDDEN]
+        response = self.page(
+            "job.html",
+            login,
+            view=view,
+            what=wording.what(view.job),
+            recipe=wording.recipe_fields(view),
+            images=shown,
+            parent=parent,
+            children=children,
+            may_delete=view.job.user_id == login.user_id or moderator,
+        )
+        return self._renewed(response, login, renew)
+
+    async def delete(self, request: Request) -> Response:
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        form = await request.form()
+        if not login.checks(str(form.get("csrf", ""))):
+            return self.page(
+                "message.html",
+                login,
+                403,
+                title="Refused",
+                text="That form is out of date: reload the page.",
+            )
+        view = await self.visible(login, int(request.path_params["job_id"]))
+        if view is None:
+            return self.missing(login)
+        moderator = may_moderate_job(self.actor(login, view.job.guild_id), view.job)
+        if view.job.user_id != login.user_id and not moderator:
+            return self.missing(login)
+        try:  # the same call as ❌ in Discord and `admin delete`: the same event on record
+            await self.context.moderation.delete_job(
+                login.user_id,
+                view.job.id,
+                is_admin=moderator,
+                reason="web console",
+                guild_id=view.job.guild_id,
+            )
+        except GenerationError as error:
+            return self.page("message.html", login, 409, title="Not deleted", text=str(error))
+        return self._renewed(RedirectResponse("/", status_code=303), login, renew)
+
+    async def thumb(self, request: Request) -> Response:
+        return await self.image(request, thumb=True)
+
+    async def image(self, request: Request, *, thumb: bool = False) -> Response:
+        """A job's image: the PNG as stored (``?download=1``: as a file to save), or its
+        thumbnail, a WebP made once and kept. Only for whoever may see the job."""
+        login, _ = await self.login_of(request)
+        if login is None:
+            return Response(status_code=401)
+        view = await self.visible(login, int(request.path_params["job_id"]))
+        index = int(request.path_params["index"])
+        image = _image(view, index) if view is not None else None
+        if view is None or image is None:
+            return Response(status_code=404)
+        moderator = may_moderate_job(self.actor(login, view.job.guild_id), view.job)
+        if image.review in HIDDEN and not moderator:
+            return Response(status_code=404)
+        store = self.context.store
+        headers = {"Cache-Control": "private, max-age=300"}
+        if thumb:
+            data = await asyncio.to_thread(_thumbnail, store, image)
+            return Response(data, media_type="image/webp", headers=headers)
+        data = await asyncio.to_thread(store.get, image.path)
+        if request.query_params.get("download"):
+            headers["Content-Disposition"] = (
+                f'attachment; filename="job-{view.job.id}-{index + 1}.png"'
+            )
+        return Response(data, media_type="image/png", headers=headers)
+
+    def _renewed(self, response: Response, login: Login, renew: bool) -> Response:
+        if renew:
+            self._cookie(
+                response,
+                SESSION_COOKIE,
+                self.context.signer.session(login),
+                self.context.signer.max_age,
+            )
+        return response
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        """The database and the image store answer (503 naming what does not)."""
+        problems = {}
+        try:
+            async with asyncio.timeout(5):
+                async with self.context.service.db.uow() as uow:
+                    await uow.now()
+        except Exception as error:
+            problems["database"] = type(error).__name__
+        try:
+            async with asyncio.timeout(5):
+                await asyncio.to_thread(self.context.store.exists, "healthz")
+        except Exception as error:
+            problems["store"] = type(error).__name__
+        body = {"database": problems.get("database", "ok"), "store": problems.get("store", "ok")}
+        return JSONResponse(body, status_code=503 if problems else 200)
+
+
+def _image(view: JobView, index: int) -> ImageRecord | None:
+    return next((image for image in view.images if image.index == index), None)
+
+
+def _thumbnail(store: ImageStore, image: ImageRecord) -> bytes:
+    """A WebP at most THUMB_SIDE on its long side, made once and kept beside the image."""
+    key = f"thumbs/{image.job_id}/{image.index}-{image.sha256[:16]}.webp"
+    if store.exists(key):
+        return store.get(key)
+    with Image.open(io.BytesIO(store.get(image.path))) as stored:
+        picture = stored.convert("RGB")
+    picture.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    picture.save(out, format="WEBP", quality=80)
+    data = out.getvalue()
+    store.put(key, data)
+    return data
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _quote(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="")
+
+
+def create_app(context: WebContext) -> Starlette:
+    console = Console(context)
+    routes: list[BaseRoute] = [
+        Route("/", console.gallery),
+        Route("/login", console.login),
+        Route("/auth/callback", console.callback),
+        Route("/logout", console.logout, methods=["POST"]),
+        Route("/jobs/{job_id:int}", console.job),
+        Route("/jobs/{job_id:int}/delete", console.delete, methods=["POST"]),
+        Route("/images/{job_id:int}/{index:int}", console.image),
+        Route("/images/{job_id:int}/{index:int}/thumb", console.thumb),
+        Route("/healthz", console.healthz),
+    ]
+    routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
+    return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])
