@@ -274,6 +274,10 @@ class Console:
         actor = self.actor(login, view.job.guild_id)
         moderator = may_moderate_job(actor, view.job)
         parent, children = await self.context.service.lineage(view.job.id)
+        # Only the relatives they could see themselves: a private or hidden one, or another
+        # server's, is not named.
+        parent = parent if parent is not None and await self.visible(login, parent.id) else None
+        children = [child for child in children if await self.visible(login, child.id)]
         shown = [i for i in view.images if moderator or i.review not in HIDDEN]
         response = self.page(
             "job.html",

@@ -16,6 +16,7 @@ import pytest
 from bot.cli_web import console_app
 from bot.runtime import open_runtime
 from generation.requests import GenerationRequest
+from storage.models import JobKind
 from tests.bot.conftest import bot_settings, worker_for
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.oauth import CLIENT_SECRET
@@ -103,6 +104,12 @@ async def console_for(
             made[name] = submission.job.id
         worker = worker_for(runtime, settings, engine)
         assert await worker.run(burst=True) == 3
+        # Alice's private variation of her public job: its child, for the lineage.
+        child = await service.derive(
+            JobKind.VARIATION, made["public"], 0, server.alice.id, private=True
+        )
+        made["child"] = child.job.id
+        assert await worker.run(burst=True) == 1
         yield Console(server, console_app(settings, runtime), runtime, made)
 
 
@@ -175,12 +182,12 @@ async def test_the_gallery_shows_a_members_own_jobs_escaped(console: Console) ->
 # Who may open each job's page and its image: the bot's rules (owner; moderators of its server;
 # members of its server for a public job; host admins everything).
 TABLE = {
-    "alice": {"public", "private"},
+    "alice": {"public", "private", "child"},
     "bob": {"public"},
     "carol": {"other"},
-    "admin": {"public", "private"},
+    "admin": {"public", "private", "child"},
     "dave": {"other"},
-    "host": {"public", "private", "other"},
+    "host": {"public", "private", "other", "child"},
 }
 
 
@@ -201,6 +208,9 @@ async def test_no_route_shows_a_job_to_someone_who_could_not_see_it_in_discord(
                 who,
                 name,
             )
+            if name == "public" and allowed:  # its private child is named only to who sees it
+                named = f"/jobs/{console.jobs['child']}" in page.text
+                assert named == ("child" in TABLE[who]), (who, "the lineage")
             if allowed:
                 stored = console.runtime.store.get(
                     (await console.runtime.service.job(job_id)).images[0].path
