@@ -19,6 +19,7 @@ from generation.errors import (
     JobStateError,
     NotAllowed,
 )
+from generation.rendering import thumbs_prefix
 from generation.service import JobView
 from storage.db import Database
 from storage.image_store import ImageStore
@@ -197,6 +198,7 @@ class Moderation:
             deleted = await uow.jobs.get(job_id)
         if is_admin and actor_id != job.user_id:
             await asyncio.to_thread(self.store.delete_tree, f"images/{job_id}")
+            await asyncio.to_thread(self.store.delete_tree, thumbs_prefix(job_id))
         assert deleted is not None
         return deleted
 

@@ -32,6 +32,11 @@ def video_key(job_id: int, attempt: int) -> str:
     return f"images/{job_id}/{attempt}/{job_id}-video.webp"
 
 
+def thumbs_prefix(job_id: int) -> str:
+    """The web console's thumbnails of a job's images (made once, removed with its images)."""
+    return f"thumbs/{job_id}"
+
+
 def attempt_prefix(job_id: int, attempt: int) -> str:
     return f"images/{job_id}/{attempt}"
 

@@ -33,12 +33,23 @@ from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
 from generation.errors import GenerationError, JobNotFound
 from generation.moderation import Moderation
+from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import Review
 from storage.records import ImageRecord
-from web.oauth import DiscordOAuth, LoginFailed, pkce
-from web.sessions import LOGIN_COOKIE, LOGIN_SECONDS, SESSION_COOKIE, Login, Signer, new_csrf
+from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
+from web.sessions import (
+    LOGIN_COOKIE,
+    LOGIN_SECONDS,
+    MAX_SERVERS,
+    SESSION_COOKIE,
+    Login,
+    Membership,
+    Signer,
+    cookie_name,
+    new_csrf,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +58,7 @@ STATIC = Path(__file__).parent / "static"  # vendored: no CDN
 GALLERY_PAGE = 24
 THUMB_SIDE = 256
 HIDDEN = frozenset({Review.PENDING, Review.DELETED})  # images only moderators open
+RETRY_SECONDS = 60.0  # a failed look at a user's roles is tried again after this
 
 
 @dataclasses.dataclass
@@ -93,6 +105,11 @@ class Console:
 
     def __init__(self, context: WebContext) -> None:
         self.context = context
+        self.session_cookie = cookie_name(SESSION_COOKIE, context.secure)
+        self.login_cookie = cookie_name(LOGIN_COOKIE, context.secure)
+        # The last look at each user's roles (None: it failed), shared by their requests.
+        self._looked: dict[int, tuple[float, dict[int, Membership] | None]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
             autoescape=True,  # every value shown is escaped: prompts and names are user text
@@ -120,28 +137,42 @@ class Console:
 
     async def login_of(self, request: Request) -> tuple[Login | None, bool]:
         """The logged-in user (None: nobody), their roles looked at again when due; and
-        whether the cookie must be written again."""
-        login = self.context.signer.read_session(request.cookies.get(SESSION_COOKIE))
+        whether the cookie must be written again. A user's requests at once (a gallery's
+        thumbnails) share one look; a look that failed is not tried again for RETRY_SECONDS,
+        and meanwhile they count as a plain member, never as more."""
+        login = self.context.signer.read_session(request.cookies.get(self.session_cookie))
         if login is None or time.time() - login.checked_at < self.context.recheck_seconds:
             return login, False
-        try:
-            servers = await self._memberships(login.user_id, list(login.servers))
-        except LoginFailed as error:
-            # Discord unreachable: this request sees what a member sees, no more.
-            logger.warning("could not check user %s's roles: %s", login.user_id, error)
-            weakened = {
-                guild: dataclasses.replace(m, roles=(), permissions=0)
-                for guild, m in login.servers.items()
-            }
-            return dataclasses.replace(login, servers=weakened), False
-        return dataclasses.replace(login, servers=servers, checked_at=time.time()), True
+        async with self._locks.setdefault(login.user_id, asyncio.Lock()):
+            at, servers = self._looked.get(login.user_id, (0.0, None))
+            fresh = at > login.checked_at and time.time() - at < self.context.recheck_seconds
+            if not fresh or (servers is None and time.time() - at >= RETRY_SECONDS):
+                at = time.time()
+                try:
+                    servers = await self._memberships(login.user_id, list(login.servers))
+                except LoginFailed as error:
+                    logger.warning("could not check user %s's roles: %s", login.user_id, error)
+                    servers = None
+                self._looked[login.user_id] = (at, servers)
+        if servers is None:  # Discord unreachable: a plain member until it answers
+            weakened = {guild: Membership() for guild in login.servers}
+            retry_at = at - self.context.recheck_seconds + RETRY_SECONDS
+            return dataclasses.replace(login, servers=weakened, checked_at=retry_at), True
+        return dataclasses.replace(login, servers=servers, checked_at=at), True
 
-    async def _memberships(self, user_id: int, guild_ids: list[int]) -> dict[int, Any]:
+    async def _memberships(self, user_id: int, guild_ids: list[int]) -> dict[int, Membership]:
+        """Their standing in each server now. Only what the access rules read is kept (the
+        moderator roles they hold, and Administrator), so the cookie stays small."""
         found = {}
-        for guild_id in guild_ids:
+        moderator_roles = self.context.access.moderator_role_ids
+        for guild_id in guild_ids[:MAX_SERVERS]:
             membership = await self.context.oauth.membership(guild_id, user_id)
-            if membership is not None:  # None: they left the server
-                found[guild_id] = membership
+            if membership is None:  # they left, or the bot is not in that server
+                continue
+            found[guild_id] = Membership(
+                tuple(role for role in membership.roles if role in moderator_roles),
+                membership.permissions & ADMINISTRATOR,
+            )
         return found
 
     def actor(self, login: Login, guild_id: int | None) -> Actor:
@@ -180,11 +211,11 @@ class Console:
             self.context.oauth.authorize_url(state, challenge), status_code=303
         )
         cookie = self.context.signer.login(state, verifier, next_path)
-        self._cookie(response, LOGIN_COOKIE, cookie, LOGIN_SECONDS)
+        self._cookie(response, self.login_cookie, cookie, LOGIN_SECONDS)
         return response
 
     async def callback(self, request: Request) -> Response:
-        pending = self.context.signer.read_login(request.cookies.get(LOGIN_COOKIE))
+        pending = self.context.signer.read_login(request.cookies.get(self.login_cookie))
         state = request.query_params.get("state", "")
         if pending is None or not secrets.compare_digest(pending["state"], state):
             return self.page(
@@ -214,30 +245,29 @@ class Console:
             return self.page(
                 "message.html", None, 502, title="Login failed", text=f"{error}. Try again."
             )
-        login = Login(user_id, name, servers, time.time(), new_csrf())
+        now = time.time()
+        login = Login(user_id, name, servers, now, new_csrf(), issued_at=now)
         response = RedirectResponse(safe_next(pending["next"]), status_code=303)
-        self._cookie(
-            response,
-            SESSION_COOKIE,
-            self.context.signer.session(login),
-            self.context.signer.max_age,
-        )
-        response.delete_cookie(LOGIN_COOKIE, path="/")
+        self._renewed(response, login, renew=True)
+        response.delete_cookie(self.login_cookie, path="/", secure=self.context.secure)
         return response
+
+    def stale_form(self, login: Login) -> HTMLResponse:
+        return self.page(
+            "message.html",
+            login,
+            403,
+            title="Refused",
+            text="That form is out of date: reload the page.",
+        )
 
     async def logout(self, request: Request) -> Response:
         login, _ = await self.login_of(request)
         form = await request.form()
         if login is not None and not login.checks(str(form.get("csrf", ""))):
-            return self.page(
-                "message.html",
-                login,
-                403,
-                title="Refused",
-                text="That form is out of date: reload the page.",
-            )
+            return self.stale_form(login)
         response = RedirectResponse("/", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        response.delete_cookie(self.session_cookie, path="/", secure=self.context.secure)
         return response
 
     # -- members -------------------------------------------------------------------------------
@@ -298,13 +328,7 @@ class Console:
             return self.to_login(request)
         form = await request.form()
         if not login.checks(str(form.get("csrf", ""))):
-            return self.page(
-                "message.html",
-                login,
-                403,
-                title="Refused",
-                text="That form is out of date: reload the page.",
-            )
+            return self.stale_form(login)
         view = await self.visible(login, int(request.path_params["job_id"]))
         if view is None:
             return self.missing(login)
@@ -329,9 +353,13 @@ class Console:
     async def image(self, request: Request, *, thumb: bool = False) -> Response:
         """A job's image: the PNG as stored (``?download=1``: as a file to save), or its
         thumbnail, a WebP made once and kept. Only for whoever may see the job."""
-        login, _ = await self.login_of(request)
+        login, renew = await self.login_of(request)
         if login is None:
             return Response(status_code=401)
+        response = await self._image(request, login, thumb)
+        return self._renewed(response, login, renew)
+
+    async def _image(self, request: Request, login: Login, thumb: bool) -> Response:
         view = await self.visible(login, int(request.path_params["job_id"]))
         index = int(request.path_params["index"])
         image = _image(view, index) if view is not None else None
@@ -341,11 +369,16 @@ class Console:
         if image.review in HIDDEN and not moderator:
             return Response(status_code=404)
         store = self.context.store
-        headers = {"Cache-Control": "private, max-age=300"}
-        if thumb:
-            data = await asyncio.to_thread(_thumbnail, store, image)
-            return Response(data, media_type="image/webp", headers=headers)
-        data = await asyncio.to_thread(store.get, image.path)
+        # Kept by the browser, but asked again each time: after a logout or a deletion, no.
+        headers = {"Cache-Control": "private, no-cache"}
+        try:
+            if thumb:  # a held image's is made for the moderator, never kept
+                keep = image.review not in HIDDEN
+                data = await asyncio.to_thread(_thumbnail, store, image, keep=keep)
+                return Response(data, media_type="image/webp", headers=headers)
+            data = await asyncio.to_thread(store.get, image.path)
+        except FileNotFoundError:  # removed by a moderator: its record stays
+            return Response(status_code=404)
         if request.query_params.get("download"):
             headers["Content-Disposition"] = (
                 f'attachment; filename="job-{view.job.id}-{index + 1}.png"'
@@ -356,7 +389,7 @@ class Console:
         if renew:
             self._cookie(
                 response,
-                SESSION_COOKIE,
+                self.session_cookie,
                 self.context.signer.session(login),
                 self.context.signer.max_age,
             )
@@ -372,12 +405,14 @@ class Console:
                 async with self.context.service.db.uow() as uow:
                     await uow.now()
         except Exception as error:
-            problems["database"] = type(error).__name__
+            logger.warning("healthz: the database does not answer: %s", error)
+            problems["database"] = "unreachable"
         try:
             async with asyncio.timeout(5):
                 await asyncio.to_thread(self.context.store.exists, "healthz")
         except Exception as error:
-            problems["store"] = type(error).__name__
+            logger.warning("healthz: the image store does not answer: %s", error)
+            problems["store"] = "unreachable"
         body = {"database": problems.get("database", "ok"), "store": problems.get("store", "ok")}
         return JSONResponse(body, status_code=503 if problems else 200)
 
@@ -386,10 +421,11 @@ def _image(view: JobView, index: int) -> ImageRecord | None:
     return next((image for image in view.images if image.index == index), None)
 
 
-def _thumbnail(store: ImageStore, image: ImageRecord) -> bytes:
-    """A WebP at most THUMB_SIDE on its long side, made once and kept beside the image."""
-    key = f"thumbs/{image.job_id}/{image.index}-{image.sha256[:16]}.webp"
-    if store.exists(key):
+def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool) -> bytes:
+    """A WebP at most THUMB_SIDE on its long side, made once and kept (``keep``) under the
+    job's thumbnails, which go with its images."""
+    key = f"{thumbs_prefix(image.job_id)}/{image.index}-{image.sha256[:16]}.webp"
+    if keep and store.exists(key):
         return store.get(key)
     with Image.open(io.BytesIO(store.get(image.path))) as stored:
         picture = stored.convert("RGB")
@@ -397,7 +433,8 @@ def _thumbnail(store: ImageStore, image: ImageRecord) -> bytes:
     out = io.BytesIO()
     picture.save(out, format="WEBP", quality=80)
     data = out.getvalue()
-    store.put(key, data)
+    if keep:
+        store.put(key, data)
     return data
 
 

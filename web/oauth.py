@@ -125,9 +125,10 @@ class DiscordOAuth:
 
 
 async def _get(http: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
-    """JSON of a GET; None on 404 (an unknown member); an error for anything else."""
+    """JSON of a GET; None on 404 (an unknown member or server) or 403 (a server the bot is
+    not in: Missing Access); an error for anything else."""
     async with http.get(url, headers=headers) as response:
-        if response.status == 404:
+        if response.status in (403, 404):
             return None
         if response.status != 200:
             raise LoginFailed(f"Discord answered {response.status} to {url.rsplit('/', 2)[-2:]}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import secrets
+import time
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -18,6 +19,12 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 SESSION_COOKIE = "imagine_session"
 LOGIN_COOKIE = "imagine_login"  # the OAuth2 state and PKCE verifier, while Discord asks
 LOGIN_SECONDS = 600
+MAX_SERVERS = 100  # servers kept in a session: the cookie stays within a browser's 4 KB
+
+
+def cookie_name(name: str, secure: bool) -> str:
+    """Behind HTTPS, the ``__Host-`` prefix: a sibling subdomain cannot set or shadow it."""
+    return f"__Host-{name}" if secure else name
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -35,6 +42,7 @@ class Login:
     servers: dict[int, Membership]
     checked_at: float  # time.time() of the last look at their servers and roles
     csrf: str
+    issued_at: float = 0.0  # time.time() of the login: a session ends max_age after it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +53,7 @@ class Login:
             },
             "c": self.checked_at,
             "x": self.csrf,
+            "i": self.issued_at,
         }
 
     @classmethod
@@ -53,7 +62,14 @@ class Login:
             int(guild): Membership(tuple(int(r) for r in roles), int(permissions))
             for guild, (roles, permissions) in data["s"].items()
         }
-        return cls(int(data["u"]), str(data["n"]), servers, float(data["c"]), str(data["x"]))
+        return cls(
+            int(data["u"]),
+            str(data["n"]),
+            servers,
+            float(data["c"]),
+            str(data["x"]),
+            float(data["i"]),
+        )
 
     def checks(self, token: str | None) -> bool:
         """Whether a form's CSRF token is this session's (in constant time)."""
@@ -79,9 +95,11 @@ class Signer:
         if not text:
             return None
         try:
-            return Login.from_dict(self._sessions.loads(text, max_age=self.max_age))
+            login = Login.from_dict(self._sessions.loads(text, max_age=self.max_age))
         except (BadSignature, KeyError, TypeError, ValueError):
             return None  # forged, altered, expired or from an older format: nobody
+        # Renewed (its roles looked at again) or not, a session ends max_age after its login.
+        return login if time.time() - login.issued_at <= self.max_age else None
 
     def login(self, state: str, verifier: str, next_path: str) -> str:
         return self._logins.dumps({"state": state, "verifier": verifier, "next": next_path})

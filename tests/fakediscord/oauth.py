@@ -67,6 +67,7 @@ class OAuth:
         self.codes: dict[str, Grant] = {}
         self.tokens: dict[str, int] = {}  # bearer token -> user id
         self.authorized: list[dict[str, str]] = []  # each /authorize's query, as sent
+        self.elsewhere: dict[int, list[int]] = {}  # user id -> servers without the bot
 
     @property
     def client_id(self) -> str:
@@ -158,7 +159,7 @@ class OAuth:
         """The servers the user is in: their own, and the first for its owner."""
         server = self.server
         home = server.home.get(user.id)
-        return [home] if home is not None else []
+        return ([home] if home is not None else []) + self.elsewhere.get(user.id, [])
 
     def permissions(self, user: FakeUser, guild_id: int) -> int:
         """What Discord computes for a member: its owner has every permission; anyone else,

@@ -642,8 +642,8 @@ class FakeDiscord:
 
     async def _member(self, request: web.Request, call: Call, match: re.Match[str]) -> web.Response:
         guild_id, user = int(match["guild"]), self.users.get(int(match["user"]))
-        if guild_id not in (self.guild_id, self.other_guild_id):
-            raise ApiError(404, 10004, "Unknown Guild")
+        if guild_id not in (self.guild_id, self.other_guild_id):  # a server the bot is not in
+            raise ApiError(403, 50001, "Missing Access")
         if user is None or self.home.get(user.id) != guild_id:
             raise ApiError(404, 10007, "Unknown Member")
         return json_response(user.member())
@@ -652,8 +652,8 @@ class FakeDiscord:
         self, request: web.Request, call: Call, match: re.Match[str]
     ) -> web.Response:
         guild_id = int(match["guild"])
-        if guild_id not in (self.guild_id, self.other_guild_id):
-            raise ApiError(404, 10004, "Unknown Guild")
+        if guild_id not in (self.guild_id, self.other_guild_id):  # a server the bot is not in
+            raise ApiError(403, 50001, "Missing Access")
         return json_response(self._guild() if guild_id == self.guild_id else self._other_guild())
 
     async def _application(self, *_: Any) -> web.Response:

@@ -258,3 +258,35 @@ async def test_a_demoted_moderator_loses_access_at_the_next_look(
         server.outage_until = float("inf")
         assert (await client.get(f"/jobs/{private}")).status_code == 404
         server.outage_until = 0.0
+
+
+async def test_servers_without_the_bot_are_passed_over_and_the_cookie_stays_small(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    server = local_discord
+    server.oauth.elsewhere[server.admin.id] = [111, 222, 333]  # servers the bot is not in
+    async with (
+        console_for(server, tmp_path / "data", engine, open_to_all_servers=True) as built,
+        built.client() as client,
+    ):
+        landed = await built.log_in(client, server.admin)
+        assert landed.status_code == 303, landed.text
+        cookie = landed.headers["set-cookie"].split(";")[0]
+        assert len(cookie) < 600, "only what the access rules read: moderator roles, Administrator"
+        assert (await client.get(f"/jobs/{built.jobs['private']}")).status_code == 200
+
+
+async def test_a_moderators_deletion_takes_the_thumbnails_with_the_images(console: Console) -> None:
+    job = console.jobs["other"]
+    store = console.runtime.store
+    async with console.client() as host:
+        await console.log_in(host, console.server.host)
+        assert (await host.get(f"/images/{job}/0/thumb")).status_code == 200
+        kept = (await console.runtime.service.job(job)).images
+        key = f"thumbs/{job}/0-{kept[0].sha256[:16]}.webp"
+        assert store.exists(key), "made once, kept"
+        token = (await host.get(f"/jobs/{job}")).text.split('name="csrf" value="')[1].split('"')[0]
+        assert (await host.post(f"/jobs/{job}/delete", data={"csrf": token})).status_code == 303
+        assert not store.exists(key), "gone with the images"
+        assert (await host.get(f"/images/{job}/0/thumb")).status_code == 404
+        assert (await host.get(f"/images/{job}/0")).status_code == 404
