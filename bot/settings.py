@@ -192,6 +192,8 @@ class Settings(BaseSettings):
     # Behind a reverse proxy: its addresses, whose X-Forwarded-For/-Proto headers are trusted
     # (comma-separated); empty: none are.
     web_trusted_proxies: str = ""
+    # /metrics answers localhost; from elsewhere, a request bearing this token.
+    web_metrics_token: SecretStr | None = None
     # A logged-in user's roles are read again (with the bot's token) this often, so a demoted
     # moderator loses access within it.
     web_recheck_seconds: float = Field(default=300.0, ge=0)

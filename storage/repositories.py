@@ -289,6 +289,34 @@ class JobRepository:
         rows = [to_record(JobRecord, row) for row in await self._session.scalars(query)]
         return rows[::-1] if after is not None else rows
 
+    async def in_queue(self) -> list[tuple[str, str, int, dt.datetime | None]]:
+        """Per model: how many jobs are waiting and running, and since when the oldest (its
+        created_at), through the status index."""
+        rows = await self._session.execute(
+            select(Job.model_id, Job.status, func.count(), func.min(Job.created_at))
+            .where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+            .group_by(Job.model_id, Job.status)
+        )
+        return [(str(m), str(s), int(n), oldest) for m, s, n, oldest in rows]
+
+    async def latest_started(self, limit: int) -> list[tuple[int, dt.datetime, dt.datetime | None]]:
+        """The newest ``limit`` jobs' user, created_at and started_at (by the primary key,
+        never a scan): what waits are measured on."""
+        rows = await self._session.execute(
+            select(Job.user_id, Job.created_at, Job.started_at).order_by(Job.id.desc()).limit(limit)
+        )
+        return [(int(u), created, started) for u, created, started in rows]
+
+    async def latest_failures(self, limit: int) -> list[tuple[str | None, dt.datetime | None]]:
+        """The newest ``limit`` failed jobs' errors and when they ended (status index)."""
+        rows = await self._session.execute(
+            select(Job.error, Job.finished_at)
+            .where(Job.status == JobStatus.FAILED)
+            .order_by(Job.id.desc())
+            .limit(limit)
+        )
+        return [(error, finished) for error, finished in rows]
+
     async def standing(
         self, since: dt.datetime, *, user_id: int | None = None, guild_id: int | None = None
     ) -> tuple[int, int]:
@@ -584,6 +612,15 @@ class DeliveryRepository:
             .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING)
             .values(attempts=Delivery.attempts + 1, last_error=error, next_try_at=next_try_at)
         )
+
+    async def open_counts(self) -> dict[str, int]:
+        """How many results are still to go (pending) or could not go (undeliverable)."""
+        rows = await self._session.execute(
+            select(Delivery.state, func.count())
+            .where(Delivery.state != DeliveryState.DELIVERED)
+            .group_by(Delivery.state)
+        )
+        return {str(state): int(count) for state, count in rows}
 
     async def due(self, now: dt.datetime, limit: int = 50) -> list[DeliveryRecord]:
         """Pending results that are due (their job ended; their backoff is over), oldest due

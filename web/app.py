@@ -21,6 +21,7 @@ from typing import Any
 
 import jinja2
 from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -32,12 +33,14 @@ from starlette.staticfiles import StaticFiles
 from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
 from generation.errors import GenerationError, JobNotFound
+from generation.health import read_health
 from generation.moderation import Moderation
 from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import Review
 from storage.records import ImageRecord
+from web.metrics import exposition
 from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
 from web.sessions import (
     LOGIN_COOKIE,
@@ -59,6 +62,7 @@ GALLERY_PAGE = 24
 THUMB_SIDE = 256
 HIDDEN = frozenset({Review.PENDING, Review.DELETED})  # images only moderators open
 RETRY_SECONDS = 60.0  # a failed look at a user's roles is tried again after this
+LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 
 
 @dataclasses.dataclass
@@ -74,6 +78,7 @@ class WebContext:
     serves: Callable[[int], bool]  # whether the bot serves that server
     secure: bool  # behind HTTPS: cookies are Secure
     recheck_seconds: float = 300.0
+    metrics_token: str | None = None  # /metrics from elsewhere than localhost
 
 
 def safe_next(path: str | None) -> str:
@@ -395,6 +400,32 @@ class Console:
             )
         return response
 
+    # -- hosts ---------------------------------------------------------------------------------
+
+    async def status(self, request: Request) -> Response:
+        """The queue's health, for host admins (anyone else: as if there were no page)."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        if not self.actor(login, None).host:
+            return self.missing(login)
+        health = await read_health(self.context.service.db)
+        response = self.page("status.html", login, health=health, waits=health.waits[:50])
+        return self._renewed(response, login, renew)
+
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus' text: from localhost, or with the metrics token."""
+        local = request.client is not None and request.client.host in LOCAL_ADDRESSES
+        token = self.context.metrics_token
+        given = request.headers.get("authorization", "")
+        allowed = local or (
+            token is not None and secrets.compare_digest(given.encode(), f"Bearer {token}".encode())
+        )
+        if not allowed:
+            return Response("metrics: from localhost, or with the token\n", status_code=403)
+        health = await read_health(self.context.service.db)
+        return Response(exposition(health), media_type=CONTENT_TYPE_LATEST)
+
     # -- health --------------------------------------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
@@ -463,6 +494,8 @@ def create_app(context: WebContext) -> Starlette:
         Route("/images/{job_id:int}/{index:int}", console.image),
         Route("/images/{job_id:int}/{index:int}/thumb", console.thumb),
         Route("/healthz", console.healthz),
+        Route("/status", console.status),
+        Route("/metrics", console.metrics),
     ]
     routes.append(Mount("/static", StaticFiles(directory=STATIC), name="static"))
     return Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)])

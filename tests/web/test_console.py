@@ -70,6 +70,7 @@ async def console_for(
         web_session_secret="s" * 40,
         discord_oauth_url=f"{server.base}/oauth2/authorize",
         max_count=1,
+        web_metrics_token="m" * 24,
         **overrides,
     )
     server.oauth.redirect_uris.add(f"{BASE}/auth/callback")
@@ -290,3 +291,37 @@ async def test_a_moderators_deletion_takes_the_thumbnails_with_the_images(consol
         assert not store.exists(key), "gone with the images"
         assert (await host.get(f"/images/{job}/0/thumb")).status_code == 404
         assert (await host.get(f"/images/{job}/0")).status_code == 404
+
+
+async def test_hosts_see_the_queues_health_and_prometheus_reads_it_without_user_labels(
+    console: Console,
+) -> None:
+    server = console.server
+    waiting = await console.runtime.service.submit(
+        GenerationRequest("still waiting", user_id=server.bob.id, guild_id=server.guild_id)
+    )
+    async with console.client() as host, console.client() as alice:
+        await console.log_in(host, server.host)
+        await console.log_in(alice, server.alice)
+        page = await host.get("/status")
+        assert page.status_code == 200
+        queue = page.text.split('id="queue"')[1].split("</table>")[0]
+        assert "<td>embedded-random</td><td>1</td><td>0</td>" in queue
+        assert "pending 0, undeliverable 0" in page.text
+        assert (await alice.get("/status")).status_code == 404
+    assert waiting.job.status == "queued"
+
+    async with console.client() as local:  # the test client comes from 127.0.0.1
+        metrics = await local.get("/metrics")
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert 'imagine_jobs_waiting{model="embedded-random"} 1.0' in text
+    assert 'imagine_wait_seconds{quantile="0.95"}' in text
+    assert str(server.bob.id) not in text and str(server.alice.id) not in text
+    remote = httpx.ASGITransport(app=console.app, client=("10.1.2.3", 5555))
+    async with httpx.AsyncClient(transport=remote, base_url=BASE) as elsewhere:
+        assert (await elsewhere.get("/metrics")).status_code == 403
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await elsewhere.get("/metrics", headers=wrong)).status_code == 403
+        right = {"Authorization": "Bearer " + "m" * 24}
+        assert (await elsewhere.get("/metrics", headers=right)).status_code == 200
