@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from PIL import Image
+from PIL import Image, ImageFilter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,11 +34,11 @@ from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
 from generation.errors import GenerationError, JobNotFound
 from generation.health import read_health
-from generation.moderation import Moderation
+from generation.moderation import Flagged, Moderation
 from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
-from storage.models import Review
+from storage.models import JobStatus, Review
 from storage.records import ImageRecord
 from web.metrics import exposition
 from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
@@ -61,6 +61,7 @@ STATIC = Path(__file__).parent / "static"  # vendored: no CDN
 GALLERY_PAGE = 24
 THUMB_SIDE = 256
 HIDDEN = frozenset({Review.PENDING, Review.DELETED})  # images only moderators open
+REVIEW_PAGE = 50  # flagged images on the review page
 RETRY_SECONDS = 60.0  # a failed look at a user's roles is tried again after this
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 
@@ -355,16 +356,19 @@ class Console:
     async def thumb(self, request: Request) -> Response:
         return await self.image(request, thumb=True)
 
-    async def image(self, request: Request, *, thumb: bool = False) -> Response:
+    async def blurred(self, request: Request) -> Response:
+        return await self.image(request, thumb=True, blur=True)
+
+    async def image(self, request: Request, *, thumb: bool = False, blur: bool = False) -> Response:
         """A job's image: the PNG as stored (``?download=1``: as a file to save), or its
         thumbnail, a WebP made once and kept. Only for whoever may see the job."""
         login, renew = await self.login_of(request)
         if login is None:
             return Response(status_code=401)
-        response = await self._image(request, login, thumb)
+        response = await self._image(request, login, thumb, blur)
         return self._renewed(response, login, renew)
 
-    async def _image(self, request: Request, login: Login, thumb: bool) -> Response:
+    async def _image(self, request: Request, login: Login, thumb: bool, blur: bool) -> Response:
         view = await self.visible(login, int(request.path_params["job_id"]))
         index = int(request.path_params["index"])
         image = _image(view, index) if view is not None else None
@@ -378,8 +382,8 @@ class Console:
         headers = {"Cache-Control": "private, no-cache"}
         try:
             if thumb:  # a held image's is made for the moderator, never kept
-                keep = image.review not in HIDDEN
-                data = await asyncio.to_thread(_thumbnail, store, image, keep=keep)
+                keep = image.review not in HIDDEN and not blur
+                data = await asyncio.to_thread(_thumbnail, store, image, keep=keep, blur=blur)
                 return Response(data, media_type="image/webp", headers=headers)
             data = await asyncio.to_thread(store.get, image.path)
         except FileNotFoundError:  # removed by a moderator: its record stays
@@ -399,6 +403,94 @@ class Console:
                 self.context.signer.max_age,
             )
         return response
+
+    # -- moderators ------------------------------------------------------------------------
+
+    def moderated(self, login: Login) -> list[int | None]:
+        """The servers whose review queue they see ([None]: a host admin's, every one)."""
+        if self.actor(login, None).host:
+            return [None]
+        return [guild for guild in login.servers if self.actor(login, guild).moderator]
+
+    async def review(self, request: Request) -> Response:
+        """Flagged images waiting for a moderator, oldest first, blurred until opened."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        servers = self.moderated(login)
+        if not servers:
+            return self.missing(login)
+        flagged: list[Flagged] = []
+        for guild_id in servers:
+            flagged += await self.context.moderation.flagged(REVIEW_PAGE, guild_id)
+        flagged = sorted(flagged, key=lambda f: f.image.id)[:REVIEW_PAGE]
+        said = request.query_params.get("done", "")
+        response = self.page("review.html", login, flagged=flagged, done=said[:200])
+        return self._renewed(response, login, renew)
+
+    async def review_action(self, request: Request) -> Response:
+        """One card's action (``one``: approve, delete or ban with its image id), or the
+        selected cards' (``action`` on every ``selected`` image id): the same calls as the
+        review buttons in Discord, each leaving its event."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        form = await request.form()
+        if not login.checks(str(form.get("csrf", ""))):
+            return self.stale_form(login)
+        one = str(form.get("one", ""))
+        if one:
+            action, _, image = one.partition(":")
+            targets = [_int(image)]
+        else:
+            action = str(form.get("action", ""))
+            targets = [_int(str(value)) for value in form.getlist("selected")][:REVIEW_PAGE]
+        if action not in ("approve", "delete", "ban"):
+            return self.page("message.html", login, 400, title="Refused", text="No such action.")
+        done = 0
+        for image_id in dict.fromkeys(t for t in targets if t is not None):
+            if await self._review_one(login, action, image_id):
+                done += 1
+        verb = {"approve": "approved", "delete": "deleted", "ban": "banned"}[action]
+        back = RedirectResponse(f"/review?done={done}+{verb}", status_code=303)
+        return self._renewed(back, login, renew)
+
+    async def _review_one(self, login: Login, action: str, image_id: int) -> bool:
+        """The action on one flagged image, if this moderator moderates its job's server."""
+        moderation = self.context.moderation
+        try:
+            job_id = await moderation.job_of_image(image_id)
+            view = await self.context.service.job(job_id)
+        except GenerationError:
+            return False
+        actor = self.actor(login, view.job.guild_id)
+        if not may_moderate_job(actor, view.job):
+            return False
+        try:
+            if action == "approve":
+                await moderation.approve(login.user_id, image_id, guild_id=view.job.guild_id)
+            elif action == "delete":
+                if view.job.status == JobStatus.DELETED:
+                    return False
+                await moderation.delete_job(
+                    login.user_id,
+                    job_id,
+                    is_admin=True,
+                    reason="from the web console's review",
+                    guild_id=view.job.guild_id,
+                )
+            else:  # a server's moderator bans in their server; a host admin everywhere
+                await moderation.ban(
+                    login.user_id,
+                    view.job.user_id,
+                    reason=f"from the web console's review of job {job_id}",
+                    guild_id=view.job.guild_id,
+                    in_server=not actor.host,
+                )
+        except GenerationError as error:
+            logger.info("review %s of image %s: %s", action, image_id, error)
+            return False
+        return True
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -452,7 +544,7 @@ def _image(view: JobView, index: int) -> ImageRecord | None:
     return next((image for image in view.images if image.index == index), None)
 
 
-def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool) -> bytes:
+def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool, blur: bool = False) -> bytes:
     """A WebP at most THUMB_SIDE on its long side, made once and kept (``keep``) under the
     job's thumbnails, which go with its images."""
     key = f"{thumbs_prefix(image.job_id)}/{image.index}-{image.sha256[:16]}.webp"
@@ -461,6 +553,11 @@ def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool) -> bytes:
     with Image.open(io.BytesIO(store.get(image.path))) as stored:
         picture = stored.convert("RGB")
     picture.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    if blur:  # the review queue: nothing recognisable until the moderator opens it
+        picture = picture.resize((16, 16), Image.Resampling.BOX).resize(
+            picture.size, Image.Resampling.BILINEAR
+        )
+        picture = picture.filter(ImageFilter.GaussianBlur(8))
     out = io.BytesIO()
     picture.save(out, format="WEBP", quality=80)
     data = out.getvalue()
@@ -493,6 +590,9 @@ def create_app(context: WebContext) -> Starlette:
         Route("/jobs/{job_id:int}/delete", console.delete, methods=["POST"]),
         Route("/images/{job_id:int}/{index:int}", console.image),
         Route("/images/{job_id:int}/{index:int}/thumb", console.thumb),
+        Route("/images/{job_id:int}/{index:int}/blurred", console.blurred),
+        Route("/review", console.review),
+        Route("/review/act", console.review_action, methods=["POST"]),
         Route("/healthz", console.healthz),
         Route("/status", console.status),
         Route("/metrics", console.metrics),

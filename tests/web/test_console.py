@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from bot.cli_web import console_app
 from bot.runtime import open_runtime
 from generation.requests import GenerationRequest
-from storage.models import JobKind
+from storage.models import JobKind, Review
 from tests.bot.conftest import bot_settings, worker_for
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.oauth import CLIENT_SECRET
@@ -325,3 +328,69 @@ async def test_hosts_see_the_queues_health_and_prometheus_reads_it_without_user_
         assert (await elsewhere.get("/metrics", headers=wrong)).status_code == 403
         right = {"Authorization": "Bearer " + "m" * 24}
         assert (await elsewhere.get("/metrics", headers=right)).status_code == 200
+
+
+async def _flag(console: Console, name: str) -> int:
+    """Hold job ``name``'s image for review, as the safety check does (the test's data)."""
+    (image,) = (await console.runtime.service.job(console.jobs[name])).images
+    async with console.runtime.db.uow() as uow:
+        await uow.images.set_review(image.id, Review.PENDING)
+        await uow.commit()
+    return image.id
+
+
+def _csrf(page: httpx.Response) -> str:
+    return page.text.split('name="csrf" value="')[1].split('"')[0]
+
+
+async def test_moderators_review_their_servers_flagged_images_blurred_and_act_in_one_click(
+    console: Console,
+) -> None:
+    server = console.server
+    mine, theirs = await _flag(console, "public"), await _flag(console, "other")
+    async with console.client() as admin, console.client() as dave, console.client() as alice:
+        await console.log_in(admin, server.admin)
+        await console.log_in(dave, server.dave)
+        await console.log_in(alice, server.alice)
+        page = await admin.get("/review")
+        assert page.status_code == 200
+        assert f'id="image-{mine}"' in page.text and f'id="image-{theirs}"' not in page.text
+        assert "&lt;script&gt;" in page.text, "the prompt, escaped"
+        assert f'id="image-{theirs}"' in (await dave.get("/review")).text
+        assert (await alice.get("/review")).status_code == 404
+        public = console.jobs["public"]
+        # Blurred for the review; the clear image only when opened; neither to its owner now.
+        blurred = await admin.get(f"/images/{public}/0/blurred")
+        clear = await admin.get(f"/images/{public}/0/thumb")
+        assert blurred.status_code == clear.status_code == 200
+        spread = np.asarray(Image.open(io.BytesIO(blurred.content)).convert("L"), dtype=float).std()
+        sharp = np.asarray(Image.open(io.BytesIO(clear.content)).convert("L"), dtype=float).std()
+        assert spread < sharp / 2, (spread, sharp)
+        assert (await alice.get(f"/images/{public}/0")).status_code == 404
+        assert (await alice.get(f"/images/{public}/0/blurred")).status_code == 404
+
+        token = _csrf(page)
+        assert (
+            await admin.post("/review/act", data={"csrf": "x", "one": f"approve:{mine}"})
+        ).status_code == 403
+        # Another server's image is not theirs to judge, whatever the form says.
+        forged = await admin.post("/review/act", data={"csrf": token, "one": f"approve:{theirs}"})
+        assert forged.headers["location"] == "/review?done=0+approved"
+        done = await admin.post("/review/act", data={"csrf": token, "one": f"approve:{mine}"})
+        assert done.headers["location"] == "/review?done=1+approved"
+        events = await console.runtime.moderation.events(target_user_id=server.alice.id)
+        assert [e.kind for e in events if e.actor_id == server.admin.id] == ["image_approved"]
+        assert (await alice.get(f"/images/{public}/0")).status_code == 200, "approved: shown"
+
+        # dave bans carol in his server, then deletes in bulk.
+        dave_token = _csrf(await dave.get("/review"))
+        banned = await dave.post("/review/act", data={"csrf": dave_token, "one": f"ban:{theirs}"})
+        assert banned.headers["location"] == "/review?done=1+banned"
+        async with console.runtime.db.uow() as uow:
+            assert await uow.users.guild_ban(server.other_guild_id, server.carol.id) is not None
+        bulk = await dave.post(
+            "/review/act", data={"csrf": dave_token, "action": "delete", "selected": [str(theirs)]}
+        )
+        assert bulk.headers["location"] == "/review?done=1+deleted"
+        assert (await console.runtime.service.job(console.jobs["other"])).job.status == "deleted"
+        assert f'id="image-{theirs}"' not in (await dave.get("/review")).text
