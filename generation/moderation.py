@@ -229,6 +229,10 @@ class Moderation:
                 raise InvalidRequest("image", f"{image_id} is not a flagged image")
             job = await uow.jobs.get(image.job_id)
             assert job is not None
+            if image.review != Review.PENDING or job.status == JobStatus.DELETED:
+                # Judged already, or its job deleted (its owner's files kept for review):
+                # approving it would show it again.
+                raise InvalidRequest("image", f"{image_id} is not waiting for review")
             await uow.images.set_review(image_id, Review.APPROVED)
             unsettled = [i for i in await uow.images.for_job(job.id) if i.review in HIDDEN_REVIEWS]
             if not unsettled and job.status == JobStatus.SUCCEEDED:

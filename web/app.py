@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
 from generation.errors import GenerationError, JobNotFound
-from generation.health import read_health
+from generation.health import Health, read_health
 from generation.moderation import Flagged, Moderation
 from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
@@ -64,6 +64,9 @@ HIDDEN = frozenset({Review.PENDING, Review.DELETED})  # images only moderators o
 REVIEW_PAGE = 50  # flagged images on the review page
 RETRY_SECONDS = 60.0  # a failed look at a user's roles is tried again after this
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+HEALTH_SECONDS = 10.0  # /status and /metrics share one read of the health this long
+VERBS = {"approve": "approved", "delete": "deleted", "ban": "banned"}
 
 
 @dataclasses.dataclass
@@ -116,6 +119,8 @@ class Console:
         # The last look at each user's roles (None: it failed), shared by their requests.
         self._looked: dict[int, tuple[float, dict[int, Membership] | None]] = {}
         self._locks: dict[int, asyncio.Lock] = {}
+        self._health: tuple[float, Health] | None = None
+        self._health_lock = asyncio.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES),
             autoescape=True,  # every value shown is escaped: prompts and names are user text
@@ -379,7 +384,9 @@ class Console:
             return Response(status_code=404)
         store = self.context.store
         # Kept by the browser, but asked again each time: after a logout or a deletion, no.
-        headers = {"Cache-Control": "private, no-cache"}
+        # A held image is never kept by the browser at all.
+        cache = "no-store" if image.review in HIDDEN else "private, no-cache"
+        headers = {"Cache-Control": cache}
         try:
             if thumb:  # a held image's is made for the moderator, never kept
                 keep = image.review not in HIDDEN and not blur
@@ -424,8 +431,10 @@ class Console:
         for guild_id in servers:
             flagged += await self.context.moderation.flagged(REVIEW_PAGE, guild_id)
         flagged = sorted(flagged, key=lambda f: f.image.id)[:REVIEW_PAGE]
-        said = request.query_params.get("done", "")
-        response = self.page("review.html", login, flagged=flagged, done=said[:200])
+        # What the last action did: a count and one of the actions' own words, nothing typed.
+        count, verb = _int(request.query_params.get("done")), request.query_params.get("what")
+        done = f"{count} {VERBS[verb]}" if count is not None and verb in VERBS else ""
+        response = self.page("review.html", login, flagged=flagged, done=done)
         return self._renewed(response, login, renew)
 
     async def review_action(self, request: Request) -> Response:
@@ -445,14 +454,13 @@ class Console:
         else:
             action = str(form.get("action", ""))
             targets = [_int(str(value)) for value in form.getlist("selected")][:REVIEW_PAGE]
-        if action not in ("approve", "delete", "ban"):
+        if action not in VERBS:
             return self.page("message.html", login, 400, title="Refused", text="No such action.")
         done = 0
         for image_id in dict.fromkeys(t for t in targets if t is not None):
             if await self._review_one(login, action, image_id):
                 done += 1
-        verb = {"approve": "approved", "delete": "deleted", "ban": "banned"}[action]
-        back = RedirectResponse(f"/review?done={done}+{verb}", status_code=303)
+        back = RedirectResponse(f"/review?done={done}&what={action}", status_code=303)
         return self._renewed(back, login, renew)
 
     async def _review_one(self, login: Login, action: str, image_id: int) -> bool:
@@ -464,8 +472,10 @@ class Console:
         except GenerationError:
             return False
         actor = self.actor(login, view.job.guild_id)
-        if not may_moderate_job(actor, view.job):
-            return False
+        image = next((i for i in view.images if i.id == image_id), None)
+        waiting = image is not None and image.review == Review.PENDING
+        if not may_moderate_job(actor, view.job) or not waiting:
+            return False  # not theirs, or judged already: nothing is done twice
         try:
             if action == "approve":
                 await moderation.approve(login.user_id, image_id, guild_id=view.job.guild_id)
@@ -501,13 +511,17 @@ class Console:
             return self.to_login(request)
         if not self.actor(login, None).host:
             return self.missing(login)
-        health = await read_health(self.context.service.db)
+        health = await self.health()
         response = self.page("status.html", login, health=health, waits=health.waits[:50])
         return self._renewed(response, login, renew)
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus' text: from localhost, or with the metrics token."""
-        local = request.client is not None and request.client.host in LOCAL_ADDRESSES
+        # A request a proxy forwarded is not local, whichever address it came from.
+        forwarded = any(h in request.headers for h in FORWARDING_HEADERS)
+        local = (
+            not forwarded and request.client is not None and request.client.host in LOCAL_ADDRESSES
+        )
         token = self.context.metrics_token
         given = request.headers.get("authorization", "")
         allowed = local or (
@@ -515,8 +529,16 @@ class Console:
         )
         if not allowed:
             return Response("metrics: from localhost, or with the token\n", status_code=403)
-        health = await read_health(self.context.service.db)
-        return Response(exposition(health), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(await self.health()), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(self) -> Health:
+        """The queue's health, read at most once every HEALTH_SECONDS whoever asks."""
+        async with self._health_lock:
+            cached = self._health
+            if cached is None or time.monotonic() - cached[0] >= HEALTH_SECONDS:
+                cached = (time.monotonic(), await read_health(self.context.service.db))
+                self._health = cached
+        return cached[1]
 
     # -- health --------------------------------------------------------------------------------
 

@@ -316,6 +316,9 @@ async def test_hosts_see_the_queues_health_and_prometheus_reads_it_without_user_
 
     async with console.client() as local:  # the test client comes from 127.0.0.1
         metrics = await local.get("/metrics")
+        # ... but a request a proxy on this host forwarded is not local.
+        proxied = await local.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert proxied.status_code == 403
     assert metrics.status_code == 200
     text = metrics.text
     assert 'imagine_jobs_waiting{model="embedded-random"} 1.0' in text
@@ -375,9 +378,14 @@ async def test_moderators_review_their_servers_flagged_images_blurred_and_act_in
         ).status_code == 403
         # Another server's image is not theirs to judge, whatever the form says.
         forged = await admin.post("/review/act", data={"csrf": token, "one": f"approve:{theirs}"})
-        assert forged.headers["location"] == "/review?done=0+approved"
+        assert forged.headers["location"] == "/review?done=0&what=approve"
         done = await admin.post("/review/act", data={"csrf": token, "one": f"approve:{mine}"})
-        assert done.headers["location"] == "/review?done=1+approved"
+        assert done.headers["location"] == "/review?done=1&what=approve"
+        assert "1 approved." in (await admin.get(done.headers["location"])).text
+        again = await admin.post("/review/act", data={"csrf": token, "one": f"approve:{mine}"})
+        assert again.headers["location"] == "/review?done=0&what=approve", "judged once"
+        said = await admin.get("/review", params={"done": "log in at evil.example", "what": "x"})
+        assert "evil.example" not in said.text
         events = await console.runtime.moderation.events(target_user_id=server.alice.id)
         assert [e.kind for e in events if e.actor_id == server.admin.id] == ["image_approved"]
         assert (await alice.get(f"/images/{public}/0")).status_code == 200, "approved: shown"
@@ -385,12 +393,12 @@ async def test_moderators_review_their_servers_flagged_images_blurred_and_act_in
         # dave bans carol in his server, then deletes in bulk.
         dave_token = _csrf(await dave.get("/review"))
         banned = await dave.post("/review/act", data={"csrf": dave_token, "one": f"ban:{theirs}"})
-        assert banned.headers["location"] == "/review?done=1+banned"
+        assert banned.headers["location"] == "/review?done=1&what=ban"
         async with console.runtime.db.uow() as uow:
             assert await uow.users.guild_ban(server.other_guild_id, server.carol.id) is not None
         bulk = await dave.post(
             "/review/act", data={"csrf": dave_token, "action": "delete", "selected": [str(theirs)]}
         )
-        assert bulk.headers["location"] == "/review?done=1+deleted"
+        assert bulk.headers["location"] == "/review?done=1&what=delete"
         assert (await console.runtime.service.job(console.jobs["other"])).job.status == "deleted"
         assert f'id="image-{theirs}"' not in (await dave.get("/review")).text
