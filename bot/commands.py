@@ -1003,6 +1003,7 @@ class ImagineCog(commands.Cog):
         with contextlib.suppress(discord.HTTPException, *NETWORK_ERRORS):
             await interaction.delete_original_response()  # the message the button is on
         await self.bot.deliveries.routes.remove_all(await self.service.job(job_id))
+        await self.bot.deliveries.withdrawn(job_id)  # removed here: the sweep need not
 
     async def _end_job(self, job_id: int, user_id: int, *, is_admin: bool) -> None:
         """Cancel the job if it has not ended (nothing more is posted for it), else delete
@@ -1113,6 +1114,7 @@ class ImagineCog(commands.Cog):
         await self.bot.deliveries.routes.remove_all(
             view, also=(payload.channel_id, payload.message_id)
         )
+        await self.bot.deliveries.withdrawn(job_id)  # removed here: the sweep need not
 
     # -- /queue /quota /job /reproduce -------------------------------------------------------
 

@@ -92,6 +92,7 @@ class Deliveries:
         self._silent: set[int] = set()  # jobs whose token stopped answering progress edits
         self._tasks: set[asyncio.Task[Any]] = set()
         self._delivering: dict[int, asyncio.Task[None]] = {}  # delivery tasks under way
+        self._removing: set[int] = set()  # jobs whose messages are being removed
         # Results Discord took whose delivery is not yet written down (the database was away).
         self._sent: dict[int, tuple[Way, int | None, DeliveryRecord, JobView]] = {}
         self._unexpected: collections.Counter[int] = collections.Counter()
@@ -166,6 +167,9 @@ class Deliveries:
                 due = await self.outbox.due(SWEEP_BATCH + len(self._delivering))
                 for delivery in due:
                     self.start_delivery(delivery.job_id)
+                # Jobs deleted anywhere (the web console, the command line): their messages.
+                for delivery in await self.outbox.withdrawals(SWEEP_BATCH):
+                    self.remove_messages(delivery.job_id)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
@@ -174,12 +178,28 @@ class Deliveries:
 
     def remove_messages(self, job_id: int) -> None:
         """Every message of the job goes, in the background (a moderator's answer does not
-        wait on several Discord calls)."""
+        wait on several Discord calls); then its delivery says so, so the sweep does not
+        remove them again. One removal of a job at a time."""
+        if job_id in self._removing:
+            return
 
         async def remove() -> None:
-            await self.routes.remove_all(await self.service.job(job_id))
+            try:
+                await self.routes.remove_all(await self.service.job(job_id))
+                await self.withdrawn(job_id)
+            finally:
+                self._removing.discard(job_id)
 
+        self._removing.add(job_id)
         self._spawn(remove(), f"remove-{job_id}")
+
+    async def withdrawn(self, job_id: int) -> None:
+        """Its messages were removed: written down, so the sweep does not remove them again
+        (if it cannot be written now, the sweep removes them again later: harmless)."""
+        try:
+            await self.outbox.withdrawn(job_id)
+        except Exception as error:
+            logger.warning("job %s: could not note its messages removed: %s", job_id, error)
 
     def start_delivery(self, job_id: int) -> None:
         """Deliver the job's result in its own task, if it is due and not under way."""

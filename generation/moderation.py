@@ -181,6 +181,8 @@ class Moderation:
             await uow.deliveries.give_up(
                 job_id, "the job was deleted before its result went out", tried=False
             )
+            # Its messages go, whichever front door deleted it (the bot's sweep removes them).
+            await uow.deliveries.withdraw(job_id, await uow.now())
             moderator = is_admin and actor_id != job.user_id
             if moderator and job.init_image_path is not None:
                 await self._forget_upload(uow, job.init_image_path)

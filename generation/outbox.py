@@ -118,6 +118,17 @@ class Outbox:
         async with self.db.uow() as uow:
             return await uow.deliveries.due(await uow.now(), limit)
 
+    async def withdrawals(self, limit: int = 50) -> list[DeliveryRecord]:
+        """Deleted jobs whose messages are still to remove, due now."""
+        async with self.db.uow() as uow:
+            return await uow.deliveries.withdrawals(await uow.now(), limit)
+
+    async def withdrawn(self, job_id: int) -> None:
+        """Its messages are gone (best effort: one Discord would not delete stays)."""
+        async with self.db.uow() as uow:
+            await uow.deliveries.withdrawn(job_id)
+            await uow.commit()
+
     async def claim(self, job_id: int, hold: float) -> bool:
         """Take a due result for one try, for ``hold`` seconds at most; False if it is not due
         (another process has it, its backoff is not over) or no longer pending."""

@@ -164,6 +164,9 @@ def delivery(
         return f"delivered {via}{at}".replace("  ", " ")
     if record.state == DeliveryState.UNDELIVERABLE:
         return f"could not be delivered: {text(record.last_error or 'no reason recorded')}"
+    if record.state in (DeliveryState.WITHDRAW, DeliveryState.WITHDRAWN):
+        gone = "removed" if record.state == DeliveryState.WITHDRAWN else "being removed"
+        return f"deleted: its messages {gone}"
     if not job.is_terminal:
         return None
     if record.attempts == 0:

@@ -358,6 +358,9 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     UNDELIVERABLE = "undeliverable"  # every way was refused: last_error says why
+    # Its job was deleted (from any front door): the bot removes its messages, then WITHDRAWN.
+    WITHDRAW = "withdraw"
+    WITHDRAWN = "withdrawn"
 
 
 class Delivery(Base):

@@ -583,6 +583,37 @@ class DeliveryRepository:
         )
         return bool(getattr(result, "rowcount", 0))
 
+    async def withdraw(self, job_id: int, now: dt.datetime) -> bool:
+        """Its job was deleted: its messages are to go (the bot's sweep removes them)."""
+        result = await self._session.execute(
+            update(Delivery)
+            .where(
+                Delivery.job_id == job_id,
+                Delivery.state.in_((DeliveryState.DELIVERED, DeliveryState.UNDELIVERABLE)),
+            )
+            .values(state=DeliveryState.WITHDRAW, next_try_at=now)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def withdrawals(self, now: dt.datetime, limit: int) -> list[DeliveryRecord]:
+        """Deleted jobs whose messages are still to remove, through the (state, next_try_at)
+        index."""
+        rows = await self._session.scalars(
+            select(Delivery)
+            .where(Delivery.state == DeliveryState.WITHDRAW, Delivery.next_try_at <= now)
+            .order_by(Delivery.next_try_at, Delivery.job_id)
+            .limit(limit)
+        )
+        return [to_record(DeliveryRecord, row) for row in rows]
+
+    async def withdrawn(self, job_id: int) -> None:
+        """Its messages are gone."""
+        await self._session.execute(
+            update(Delivery)
+            .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.WITHDRAW)
+            .values(state=DeliveryState.WITHDRAWN, next_try_at=None)
+        )
+
     async def claim(self, job_id: int, now: dt.datetime, until: dt.datetime) -> bool:
         """Take a due delivery for one try: not due again before ``until`` (so another process,
         or this one after a lost write, does not send it meanwhile); False if it is not due or

@@ -181,9 +181,14 @@ async def test_a_job_deleted_before_its_result_went_out_ends_its_delivery(
     await Moderation(db, store).delete_job(1, job.id, is_admin=False)
     ended = await outbox.get(job.id)
     assert ended is not None
-    assert (ended.state, ended.attempts) == (DeliveryState.UNDELIVERABLE, 0)
+    # Never delivered, and its request's own message ("queued") is to go too.
+    assert (ended.state, ended.attempts) == (DeliveryState.WITHDRAW, 0)
     assert ended.last_error == "the job was deleted before its result went out"
     assert await _due(outbox) == []
+    assert [d.job_id for d in await outbox.withdrawals()] == [job.id]
+    await outbox.withdrawn(job.id)
+    assert await outbox.withdrawals() == []
+    assert (await outbox.get(job.id)).state == DeliveryState.WITHDRAWN  # type: ignore[union-attr]
 
 
 async def test_a_refused_request_stores_no_delivery(

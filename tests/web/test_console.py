@@ -402,3 +402,41 @@ async def test_moderators_review_their_servers_flagged_images_blurred_and_act_in
         assert bulk.headers["location"] == "/review?done=1&what=delete"
         assert (await console.runtime.service.job(console.jobs["other"])).job.status == "deleted"
         assert f'id="image-{theirs}"' not in (await dave.get("/review")).text
+
+
+async def test_a_job_deleted_in_the_console_leaves_discord_too(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any
+) -> None:
+    from tests.bot.conftest import running_bot
+
+    server = local_discord
+    settings = bot_settings(
+        server,
+        tmp_path / "data",
+        model="embedded-random",
+        max_count=1,
+        delivery_sweep_interval=0.2,
+        web_base_url=BASE,
+        web_client_id=str(server.application_id),
+        web_client_secret=CLIENT_SECRET,
+        web_session_secret="s" * 40,
+        discord_oauth_url=f"{server.base}/oauth2/authorize",
+    )
+    server.oauth.redirect_uris.add(f"{BASE}/auth/callback")
+    async with running_bot(settings, engine) as running:
+        result = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a red circle", seed=2, steps=2)
+        )
+        job_id = (await running.runtime.service.recent(user_id=server.alice.id, limit=1))[0].job.id
+        console = Console(server, console_app(settings, running.runtime), running.runtime, {})
+        async with console.client() as alice:
+            await console.log_in(alice, server.alice)
+            token = _csrf(await alice.get(f"/jobs/{job_id}"))
+            assert (
+                await alice.post(f"/jobs/{job_id}/delete", data={"csrf": token})
+            ).status_code == 303
+        await server.wait_for(
+            lambda: int(result["id"]) in server.deleted, what="the result gone from Discord"
+        )
+        delivery = (await running.runtime.service.job(job_id)).delivery
+        assert delivery is not None and delivery.state == "withdrawn"
