@@ -162,11 +162,14 @@ def delivery(
         via = DELIVERED_VIA.get(record.delivered_via or "", "")
         at = f" {moment(record.delivered_at)}" if record.delivered_at else ""
         return f"delivered {via}{at}".replace("  ", " ")
-    if record.state == DeliveryState.UNDELIVERABLE:
-        return f"could not be delivered: {text(record.last_error or 'no reason recorded')}"
-    if record.state in (DeliveryState.WITHDRAW, DeliveryState.WITHDRAWN):
-        gone = "removed" if record.state == DeliveryState.WITHDRAWN else "being removed"
-        return f"deleted: its messages {gone}"
+    ended = {
+        DeliveryState.UNDELIVERABLE: "could not be delivered: "
+        + text(record.last_error or "no reason recorded"),
+        DeliveryState.WITHDRAW: "deleted: its messages being removed",
+        DeliveryState.WITHDRAWN: "deleted: its messages removed",
+    }
+    if record.state in ended:
+        return ended[DeliveryState(record.state)]
     if not job.is_terminal:
         return None
     if record.attempts == 0:
