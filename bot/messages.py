@@ -146,26 +146,29 @@ def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{math.ceil(size / 1024)} KiB"
 
 
-def _full_file_note(job: JobRecord, size: str) -> str:
+def _full_file_note(job: JobRecord, size: str, page: str | None = None) -> str:
+    if page is not None:  # the web console's job page: full-size downloads
+        return f"The full PNG ({size}) is on its page: <{page}>"
     return (
         f"The full PNG ({size}) is kept: `/job id:{job.id} full:True` sends it where Discord "
         "takes a file that size; the host has it too."
     )
 
 
-def _reduced_note(job: JobRecord, fitted: FittedFile) -> str:
+def _reduced_note(job: JobRecord, fitted: FittedFile, page: str | None) -> str:
     width, height = fitted.size
     full_width, full_height = fitted.original_size
+    full = _full_file_note(job, _mib(fitted.original_bytes), page)
     return (
         f"\n📉 Reduced to fit Discord's upload limit here: WebP {width}×{height} of "
-        f"{full_width}×{full_height}. {_full_file_note(job, _mib(fitted.original_bytes))}"
+        f"{full_width}×{full_height}. {full}"
     )
 
 
-def _unattached_note(job: JobRecord) -> str:
+def _unattached_note(job: JobRecord, page: str | None) -> str:
     return (
         "\n📎 The image could not be attached within Discord's upload limit here. "
-        + _full_file_note(job, "the original")
+        + _full_file_note(job, "the original", page)
     )
 
 
@@ -191,9 +194,11 @@ def result(
     unattached: bool = False,
     by_dm: bool = False,
     offers: frozenset[JobKind] = frozenset(JobKind),
+    page: str | None = None,
 ) -> Message:
     """A finished job: its grid (or image) with U/V/🔄, or what happened to it; ``unattached``
-    when its file could not be made to fit; ``by_dm`` when the channel would not take it."""
+    when its file could not be made to fit; ``by_dm`` when the channel would not take it;
+    ``page``: its page on the web console (where a file that did not fit is, full size)."""
     job = view.job
     text = result_text(job, mention) + _safety_note(action)
     if view.reproduced is not None:  # at most three reasons: the line shares the message
@@ -209,9 +214,9 @@ def result(
         prefix = "SPOILER_" if action == "spoiler" else ""
         uploads.append(Upload(f"{prefix}imagine-{job.id}.{fitted.extension}", fitted.data))
         if fitted.reduced:
-            text += _reduced_note(job, fitted)
+            text += _reduced_note(job, fitted, page)
     elif unattached:
-        text += _unattached_note(job)
+        text += _unattached_note(job, page)
     indices = [image.index for image in view.images]
     buttons = None if action == "withhold" else result_view(job, indices, offers)
     return Message(content=text, view=buttons, uploads=uploads)

@@ -310,6 +310,7 @@ class ResultRoutes:
                 by_dm=by_dm,
                 # In a thread: judging a LoRA job's buttons may read its files.
                 offers=await asyncio.to_thread(self.offers, view.job),
+                page=self.job_page(view.job.id),
             )
             try:
                 return await send(result)
@@ -323,6 +324,14 @@ class ResultRoutes:
                 )
                 limit = len(fitted.data) // 2
         raise AssertionError("unreachable: the last try sends no file")
+
+    def job_page(self, job_id: int) -> str | None:
+        """The job's page on the web console, where the host runs one (its OAuth2 client
+        secret is set); None otherwise."""
+        settings = self.bot.runtime.settings
+        if settings.web_client_secret is None:
+            return None
+        return f"{settings.web_base_url.rstrip('/')}/jobs/{job_id}"
 
     async def _file_bytes(self, view: JobView, action: str | None) -> bytes | None:
         """The grid (or the one image) as stored, if the result shows one; None (the result

@@ -299,3 +299,24 @@ async def test_a_failed_job_is_told_in_plain_words_and_moderators_see_the_error(
         assert "cuDNN failure" in report["content"]
         whole = attachment(server, report).decode()
         assert "RuntimeError: cuDNN failure in /opt/host/secret/kernels.cu line 7" in whole
+
+
+async def test_a_reduced_file_links_to_the_full_one_on_the_web_console_where_there_is_one(
+    local_discord: LocalDiscord, tmp_path: Path, trained_engine: Any
+) -> None:
+    server = local_discord
+    server.attachment_size_limit = 8 * 1024
+    settings = bot_settings(
+        server,
+        tmp_path / "data",
+        web_base_url="https://imagine.example/",
+        web_client_secret="a-secret",
+    )
+    async with running_bot(settings, trained_engine) as running:
+        grid = await server.wait_for_result(
+            await server.invoke("imagine", server.alice, prompt="a green square on white")
+        )
+        job = (await running.runtime.service.recent())[0].job
+    assert "Reduced to fit Discord's upload limit" in grid["content"]
+    assert f"<https://imagine.example/jobs/{job.id}>" in grid["content"]
+    assert "/job id:" not in grid["content"], "the console's page instead"
