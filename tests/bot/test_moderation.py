@@ -147,7 +147,10 @@ async def test_only_moderators_may_use_admin_commands_and_buttons_and_each_actio
                 done = await server.invoke(f"admin {name}", server.host, **options(values))
                 assert await _answer(server, done) not in (NOT_ALLOWED, HOST_ONLY), name
         assert (await running.runtime.service.job(1)).job.status == "deleted"
-        assert asked.original_id in server.deleted, "the result message went with the job"
+        # The moderator's answer does not wait on the removal: it runs in the background.
+        await server.wait_for(
+            lambda: asked.original_id in server.deleted, what="the result gone with the job"
+        )
         assert not running.runtime.store.exists("images/1/1/1-0.png")
 
         actions = [
