@@ -4,6 +4,8 @@ is built here and handed to ``web.app``, which never imports the bot)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -84,9 +86,6 @@ def _application_id(settings: Settings) -> str | None:
     """A bot token's first part is its application's id, base64 (Discord's own format)."""
     if settings.discord_token is None:
         return None
-    import base64
-    import binascii
-
     head = settings.discord_token.get_secret_value().split(".")[0]
     try:
         decoded = base64.b64decode(head + "=" * (-len(head) % 4)).decode()

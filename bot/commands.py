@@ -43,7 +43,7 @@ from generation.access import (
     may_use_result,
 )
 from generation.comparing import KNOB_NAMES, Comparison
-from generation.editing import Edit, cell_guide
+from generation.editing import Edit, cell_guide, region_of
 from generation.errors import (
     GenerationError,
     InvalidRequest,
@@ -837,11 +837,8 @@ class ImagineCog(commands.Cog):
     ) -> None:
         """Cells or an area chosen in the picker: the form for what goes there."""
         try:
-            if what == "cells":
-                edit = Edit.region(cells=tuple(int(value) for value in values))
-            else:
-                edit = Edit.region(area=values[0] if values else "")
-        except (InvalidRequest, ValueError) as error:
+            edit = region_of(",".join(values) if what == "cells" else "".join(values[:1]))
+        except InvalidRequest as error:
             await refuse(interaction, f"{error} Pick again.")
             return
         parent = await self._parent(interaction, job_id)

@@ -446,10 +446,6 @@ class GenerationService:
         compare: Comparison | None,
     ) -> GenerationRequest:
         """The request ``derive`` makes of ``recipe`` (its remix and settings aside)."""
-        if recipe.compare and kind not in (JobKind.REROLL, JobKind.COMPARE):
-            # A cell of a comparison is its own picture: its own recipe, not "seed + i".
-            assert image_index is not None
-            recipe = dataclasses.replace(cell(recipe, image_index), count=recipe.count)
         if kind is JobKind.EDIT:
             return self._edit_request(recipe, image_index, user_id, edit, seed=seed)
         if kind is JobKind.COMPARE:
@@ -1016,6 +1012,11 @@ class GenerationService:
             indices = [image.index for image in parent.images]
             if image_index not in indices:
                 raise InvalidRequest("image", f"must be one of {', '.join(map(str, indices))}")
+        if recipe.compare and kind not in (JobKind.REROLL, JobKind.COMPARE):
+            # A cell of a comparison is its own picture: its own recipe (its prompt too, for a
+            # remix), not "seed + i".
+            assert image_index is not None
+            recipe = dataclasses.replace(cell(recipe, image_index), count=recipe.count)
         request = await self._request_from(
             kind,
             recipe,
@@ -1026,9 +1027,6 @@ class GenerationService:
             edit=edit,
             compare=compare,
         )
-        if recipe.compare and kind not in (JobKind.REROLL, JobKind.COMPARE):
-            assert image_index is not None
-            recipe = cell(recipe, image_index)  # a remix starts from the cell's own prompt
         if prompt is not None or negative_prompt is not None:
             if kind is JobKind.UPSCALE:
                 raise InvalidRequest("prompt", "an upscale keeps its parent's prompt")

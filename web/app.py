@@ -15,6 +15,7 @@ import io
 import logging
 import secrets
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -596,9 +597,7 @@ def _int(text: str | None) -> int | None:
 
 
 def _quote(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(path, safe="")
+    return urllib.parse.quote(path, safe="")
 
 
 def create_app(context: WebContext) -> Starlette:
