@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from generation.access import HIDDEN_REVIEWS
@@ -265,10 +265,15 @@ class Moderation:
         per_page: int = 10,
         before: int | None = None,
         after: int | None = None,
+        guild_ids: Sequence[int] | None = None,
+        until: dt.datetime | None = None,
+        status: str | None = None,
+        model_id: str | None = None,
+        search: str | None = None,
     ) -> LogPage:
         """One page of jobs, newest first, filtered: the first, or the one older than job
         ``before``, or the one newer than job ``after`` (keys, not offsets: a page costs the
-        same on page 1 and page 10,000)."""
+        same on page 1 and page 10,000). ``search``: prompts holding every word of it."""
         async with self.db.uow() as uow:
             jobs = await uow.jobs.recent(
                 user_id=user_id,
@@ -278,6 +283,11 @@ class Moderation:
                 limit=per_page + 1,
                 before=before,
                 after=after,
+                guild_ids=guild_ids,
+                until=until,
+                status=status,
+                model_id=model_id,
+                search=search,
             )
             if after is not None:  # going back: older ones are where we came from
                 has_previous = len(jobs) > per_page
@@ -312,7 +322,25 @@ class Moderation:
         return [Flagged(image, jobs[image.job_id]) for image in images]
 
     async def events(
-        self, *, target_user_id: int | None = None, limit: int = 50
+        self,
+        *,
+        target_user_id: int | None = None,
+        limit: int = 50,
+        guild_ids: Sequence[int] | None = None,
+        kind: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before: int | None = None,
     ) -> list[ModerationEventRecord]:
+        """Moderation events, newest first, filtered (``guild_ids``: these servers' only);
+        ``before``: older than that event id."""
         async with self.db.uow() as uow:
-            return await uow.events.recent(target_user_id=target_user_id, limit=limit)
+            return await uow.events.recent(
+                target_user_id=target_user_id,
+                limit=limit,
+                guild_ids=guild_ids,
+                kind=kind,
+                since=since,
+                until=until,
+                before=before,
+            )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Integer, delete, func, literal_column, select, text, update
+from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -265,11 +267,16 @@ class JobRepository:
         flagged: bool = False,
         before: int | None = None,
         after: int | None = None,
+        guild_ids: Sequence[int] | None = None,
+        until: dt.datetime | None = None,
+        model_id: str | None = None,
+        search: str | None = None,
     ) -> list[JobRecord]:
         """Newest first, filtered; a page by its keys (``before``: older than this job id;
         ``after``: the ``limit`` newer than it), through the id, (user, id) or (guild, id)
         index, never an offset. ``flagged``: only jobs with an image the safety check
-        flagged."""
+        flagged; ``guild_ids``: only these servers' jobs; ``search``: prompts holding every
+        word of it, each word or one it begins (the full-text index of migration 0022)."""
         query = select(Job).limit(limit)
         if after is not None:
             query = query.where(Job.id > after).order_by(Job.id)
@@ -278,16 +285,45 @@ class JobRepository:
             if before is not None:
                 query = query.where(Job.id < before)
         query = _owned(query, user_id, guild_id)
+        if guild_ids is not None:
+            query = query.where(Job.guild_id.in_(guild_ids))
         if status is not None:
             query = query.where(Job.status == status)
+        if model_id is not None:
+            query = query.where(Job.model_id == model_id)
         if since is not None:
             query = query.where(Job.created_at >= since)
+        if until is not None:
+            query = query.where(Job.created_at < until)
+        if search is not None:
+            query = self._matching(query, search)
         if flagged:
             query = query.where(
                 Job.id.in_(select(Image.job_id).where(Image.review.is_not(None)).distinct())
             )
         rows = [to_record(JobRecord, row) for row in await self._session.scalars(query)]
         return rows[::-1] if after is not None else rows
+
+    def _matching(self, query: Any, search: str) -> Any:
+        """Jobs whose prompt holds every word of ``search`` (a word, or one it begins: "cat"
+        finds "cats"). Only letters and digits are read, so nothing typed is query syntax."""
+        words = search_words(search)
+        if not words:
+            return query
+        bind = self._session.bind
+        if bind is not None and bind.dialect.name == "postgresql":
+            terms = " & ".join(f"{word}:*" for word in words)
+            # The expression is the index's own (migration 0022), so the index is used.
+            return query.where(
+                func.to_tsvector(literal_column("'simple'"), Job.prompt).op("@@")(
+                    func.to_tsquery(literal_column("'simple'"), terms)
+                )
+            )
+        terms = " ".join(f'"{word}"*' for word in words)
+        matches = text("SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH :terms").bindparams(
+            terms=terms
+        )
+        return query.where(Job.id.in_(matches.columns(sql_column("rowid", Integer))))
 
     async def in_queue(self) -> list[tuple[str, str, int, dt.datetime | None]]:
         """Per model: how many jobs are waiting and running, and since when the oldest (its
@@ -385,6 +421,15 @@ class JobRepository:
     async def update_recipe(self, job_id: int, **fields: Any) -> None:
         """Change stored recipe fields (admin correction; also how tests tamper with a recipe)."""
         await self._session.execute(update(Job).where(Job.id == job_id).values(**fields))
+
+
+SEARCH_WORDS = 8  # the words of a search that are read
+
+
+def search_words(text: str) -> list[str]:
+    """The words a prompt search looks for: letters and digits only, lower case, at most
+    SEARCH_WORDS of them, each at most 64 characters."""
+    return [word[:64] for word in re.findall(r"[^\W_]+", text.lower())][:SEARCH_WORDS]
 
 
 def _owned(query: Any, user_id: int | None, guild_id: int | None) -> Any:
@@ -735,11 +780,31 @@ class ModerationEventRepository:
         return [to_record(ModerationEventRecord, row) for row in rows]
 
     async def recent(
-        self, *, target_user_id: int | None = None, limit: int = 50
+        self,
+        *,
+        target_user_id: int | None = None,
+        limit: int = 50,
+        guild_ids: Sequence[int] | None = None,
+        kind: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before: int | None = None,
     ) -> list[ModerationEventRecord]:
+        """Newest first, filtered; ``before``: older than this event id (a page by its key,
+        through the (guild, id) or (target, id) index)."""
         query = select(ModerationEvent).order_by(ModerationEvent.id.desc()).limit(limit)
         if target_user_id is not None:
             query = query.where(ModerationEvent.target_user_id == target_user_id)
+        if guild_ids is not None:
+            query = query.where(ModerationEvent.guild_id.in_(guild_ids))
+        if kind is not None:
+            query = query.where(ModerationEvent.kind == kind)
+        if since is not None:
+            query = query.where(ModerationEvent.created_at >= since)
+        if until is not None:
+            query = query.where(ModerationEvent.created_at < until)
+        if before is not None:
+            query = query.where(ModerationEvent.id < before)
         rows = await self._session.scalars(query)
         return [to_record(ModerationEventRecord, row) for row in rows]
 

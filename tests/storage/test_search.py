@@ -1,0 +1,68 @@
+"""Full-text search over prompts (the logs' filter): PostgreSQL's tsvector index and SQLite's
+FTS5 table answer the same way, every word must match (as a word or its beginning), what is
+typed is never query syntax, and an edited or removed prompt is found as it is now."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.db import Database
+from storage.repositories import search_words
+from tests.storage.helpers import add_job
+
+
+async def _found(db: Database, search: str, **filters: object) -> list[int]:
+    async with db.uow() as uow:
+        jobs = await uow.jobs.recent(search=search, limit=50, **filters)  # type: ignore[arg-type]
+    return [job.id for job in jobs]
+
+
+async def test_every_word_must_match_as_a_word_or_its_beginning(db: Database) -> None:
+    cat = (await add_job(db, prompt="A red cat on a mat")).id
+    cats = (await add_job(db, prompt="two CATS, sleeping")).id
+    async with db.uow() as uow:
+        await uow.guilds.ensure(7)
+        await uow.commit()
+    dog = (await add_job(db, prompt="a red dog", guild_id=7)).id
+    await add_job(db, prompt="concatenate the scatter")  # "cat" inside a word: not a match
+    assert await _found(db, "cat") == [cats, cat]
+    assert await _found(db, "red cat") == [cat]
+    assert await _found(db, "RED") == [dog, cat]
+    assert await _found(db, "red", guild_ids=[7]) == [dog]
+    assert await _found(db, "red", before=dog) == [cat]
+    assert await _found(db, "unicorn") == []
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "cat' OR 1=1 --",
+        'cat" OR "dog',
+        "cat & !dog | (mat:*)",
+        "cat NEAR(dog) NOT mat",
+        "cat\\",
+        "prompt:cat",
+    ],
+)
+async def test_query_syntax_typed_is_read_as_words(db: Database, typed: str) -> None:
+    # Every word typed must still be in it: what is typed is read as those words.
+    cat = (await add_job(db, prompt="a cat near 1 dog or not, on a mat in a prompt")).id
+    await add_job(db, prompt="a dog alone")
+    assert await _found(db, typed) == [cat]
+
+
+async def test_nothing_searchable_matches_everything_and_edits_are_found(db: Database) -> None:
+    first = (await add_job(db, prompt="a castle")).id
+    second = (await add_job(db, prompt="a lighthouse")).id
+    assert await _found(db, "!!! ---") == [second, first]
+    async with db.uow() as uow:
+        await uow.jobs.update_recipe(first, prompt="a windmill")
+        await uow.commit()
+    assert await _found(db, "castle") == []
+    assert await _found(db, "windmill") == [first]
+
+
+def test_search_words_are_bounded() -> None:
+    assert search_words("Émile's  ünïcode_words 42") == ["émile", "s", "ünïcode", "words", "42"]
+    assert len(search_words(" ".join(["w"] * 50))) == 8
+    assert search_words("x" * 500) == ["x" * 64]
