@@ -191,7 +191,8 @@ async def open_runtime(
             loras=settings.lora_catalogue(),
             models_dir=settings.models_dir,
         )
-        runtime = Runtime(settings, db, store, events, model, service, Moderation(db, store))
+        moderation = Moderation(db, store, strikes=settings.strike_policy())
+        runtime = Runtime(settings, db, store, events, model, service, moderation)
         yield runtime
     finally:
         if runtime is not None and runtime.reaper is not None:

@@ -21,6 +21,7 @@ from generation.errors import (
 )
 from generation.rendering import thumbs_prefix
 from generation.service import JobView
+from generation.strikes import StrikePolicy, manual_strike
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus, Review, utcnow
@@ -79,10 +80,12 @@ class Moderation:
         db: Database,
         store: ImageStore,
         clock: Callable[[], dt.datetime] = utcnow,
+        strikes: StrikePolicy | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.clock = clock
+        self.strikes = strikes or StrikePolicy()
 
     async def _event(self, uow: UnitOfWork, kind: EventKind, **fields: Any) -> None:
         await uow.events.add(kind=kind, created_at=self.clock(), **fields)
@@ -123,6 +126,34 @@ class Moderation:
             user = await uow.users.ensure(user_id)
             await uow.commit()
         return user
+
+    async def strike(
+        self,
+        actor_id: int | None,
+        user_id: int,
+        *,
+        reason: str,
+        guild_id: int | None,
+        job_id: int | None = None,
+    ) -> tuple[int, dt.datetime | None]:
+        """A moderator's strike against a user in a server (``guild_id`` None: host-wide),
+        counted with their blocked prompts: at the policy's limit within its window it bans
+        them there for a while. Returns their strikes in the window and the ban's end (None:
+        no ban came of it)."""
+        async with self.db.uow() as uow:
+            await uow.users.ensure(user_id)
+            counted = await manual_strike(
+                uow,
+                self.strikes,
+                actor_id=actor_id,
+                user_id=user_id,
+                guild_id=guild_id,
+                reason=reason or "no reason given",
+                job_id=job_id,
+                now=self.clock(),
+            )
+            await uow.commit()
+        return counted
 
     async def unban(
         self,

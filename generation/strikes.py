@@ -1,4 +1,5 @@
-"""Strikes: a blocked prompt is one; enough within a window ban the user for a while."""
+"""Strikes: a blocked prompt is one, and so is a moderator's; enough within a window ban the
+user for a while."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from generation.prompt_filter import Blocked
 from storage.models import EventKind
 from storage.unit_of_work import UnitOfWork
 
+STRIKE_KINDS = (EventKind.PROMPT_BLOCKED, EventKind.STRIKE)  # what counts as a strike
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StrikePolicy:
-    """``strikes_to_ban`` blocked prompts within ``window`` ban the user for ``ban_for``."""
+    """``strikes_to_ban`` strikes within ``window`` ban the user for ``ban_for``."""
 
     strikes_to_ban: int = 3
     window: dt.timedelta = dt.timedelta(hours=24)
@@ -47,12 +50,46 @@ async def strike(
         },
         created_at=now,
     )
+    strikes, until = await _ban_at_the_limit(uow, policy, user_id, guild_id, now)
+    return PromptBlocked(blocked.option, strikes, policy.strikes_to_ban, until)
+
+
+async def manual_strike(
+    uow: UnitOfWork,
+    policy: StrikePolicy,
+    *,
+    actor_id: int | None,
+    user_id: int,
+    guild_id: int | None,
+    reason: str,
+    job_id: int | None,
+    now: dt.datetime,
+) -> tuple[int, dt.datetime | None]:
+    """A moderator's strike: counted with blocked prompts, banning at the same limit. Returns
+    the strikes within the window and, if this one banned them, until when."""
+    await uow.events.add(
+        kind=EventKind.STRIKE,
+        actor_id=actor_id,
+        guild_id=guild_id,
+        target_user_id=user_id,
+        job_id=job_id,
+        reason=reason,
+        details={},
+        created_at=now,
+    )
+    return await _ban_at_the_limit(uow, policy, user_id, guild_id, now)
+
+
+async def _ban_at_the_limit(
+    uow: UnitOfWork, policy: StrikePolicy, user_id: int, guild_id: int | None, now: dt.datetime
+) -> tuple[int, dt.datetime | None]:
+    """The user's strikes within the window, and the ban they brought (None: not yet)."""
     # Strikes count, and ban, in the server they were made in (host-wide outside any server).
     strikes = await uow.events.count(
-        EventKind.PROMPT_BLOCKED, user_id, now - policy.window, guild_id, per_server=True
+        STRIKE_KINDS, user_id, now - policy.window, guild_id, per_server=True
     )
     if strikes < policy.strikes_to_ban:
-        return PromptBlocked(blocked.option, strikes, policy.strikes_to_ban)
+        return strikes, None
     until = now + policy.ban_for
     reason = f"automatic: {strikes} blocked prompts within {_span(policy.window)}"
     if guild_id is not None:
@@ -68,7 +105,7 @@ async def strike(
         details={"until": until.isoformat(), "automatic": True},
         created_at=now,
     )
-    return PromptBlocked(blocked.option, strikes, policy.strikes_to_ban, until)
+    return strikes, until
 
 
 def _span(delta: dt.timedelta) -> str:

@@ -341,6 +341,7 @@ class EventKind(enum.StrEnum):
     """What a moderation event records."""
 
     PROMPT_BLOCKED = "prompt_blocked"
+    STRIKE = "strike"  # a moderator's strike (a blocked prompt is one too)
     CONTENT_REFUSED = "content_refused"  # an image API refused the request
     IMAGE_FLAGGED = "image_flagged"
     IMAGE_APPROVED = "image_approved"

@@ -751,17 +751,19 @@ class ModerationEventRepository:
 
     async def count(
         self,
-        kind: str,
+        kind: str | Sequence[str],
         target_user_id: int,
         since: dt.datetime,
         guild_id: int | None = None,
         *,
         per_server: bool = False,
     ) -> int:
-        """Events of a kind about a user since a time: in one server with ``guild_id``; with
-        ``per_server``, those made outside any server when ``guild_id`` is None."""
+        """Events of a kind (or kinds) about a user since a time: in one server with
+        ``guild_id``; with ``per_server``, those made outside any server when ``guild_id`` is
+        None."""
+        kinds = [kind] if isinstance(kind, str) else list(kind)
         query = select(func.count()).where(
-            ModerationEvent.kind == kind,
+            ModerationEvent.kind.in_(kinds),
             ModerationEvent.target_user_id == target_user_id,
             ModerationEvent.created_at >= since,
         )

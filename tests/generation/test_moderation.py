@@ -89,6 +89,34 @@ async def test_strikes_outside_the_window_do_not_count(
     assert (refused.value.strikes, refused.value.banned_until) == (1, None)
 
 
+async def test_a_moderators_strike_counts_with_blocked_prompts_in_its_server(
+    strict: GenerationService, db: Database, store: ImageStore, clock: Clock
+) -> None:
+    """Two blocked prompts and a moderator's strike in the same server ban at the limit of 3,
+    there only; a strike in another server counts there."""
+    async with db.uow() as uow:
+        for guild in (10, 11):
+            await uow.guilds.ensure(guild)
+        await uow.commit()
+    moderation = Moderation(db, store, clock, strikes=strict.strikes)
+    for _ in range(2):
+        with pytest.raises(PromptBlocked):
+            await strict.submit(GenerationRequest("gore", user_id=12, guild_id=10))
+    assert await moderation.strike(99, 12, reason="spam", guild_id=11) == (1, None)
+    strikes, until = await moderation.strike(99, 12, reason="evading", guild_id=10, job_id=None)
+    assert (strikes, until) == (3, clock.now + dt.timedelta(hours=2))
+    with pytest.raises(UserBanned, match="automatic: 3"):
+        await strict.submit(GenerationRequest("a red circle", user_id=12, guild_id=10))
+    await strict.submit(GenerationRequest("a red circle", user_id=12, guild_id=11))
+    assert await _events(db, 12) == [
+        ("prompt_blocked", None),
+        ("prompt_blocked", None),
+        ("strike", 99),
+        ("strike", 99),
+        ("ban", None),
+    ]
+
+
 async def test_ban_unban_and_quota_by_a_moderator_are_on_record(
     db: Database, store: ImageStore, strict: GenerationService, clock: Clock
 ) -> None:
