@@ -21,11 +21,17 @@ from generation.errors import (
 )
 from generation.rendering import thumbs_prefix
 from generation.service import JobView
-from generation.strikes import StrikePolicy, manual_strike
+from generation.strikes import STRIKE_KINDS, StrikePolicy, manual_strike
 from storage.db import Database
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus, Review, utcnow
-from storage.records import ImageRecord, JobRecord, ModerationEventRecord, UserRecord
+from storage.records import (
+    GuildBanRecord,
+    ImageRecord,
+    JobRecord,
+    ModerationEventRecord,
+    UserRecord,
+)
 from storage.unit_of_work import UnitOfWork
 
 MAX_DURATION = dt.timedelta(weeks=520)  # ten years: longer is "until further notice"
@@ -70,6 +76,17 @@ class JobReport:
 class Flagged:
     image: ImageRecord
     job: JobRecord
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """A user as a moderator sees them: their record (None: never seen), their bans in the
+    servers asked about, and their strikes within the strike window there."""
+
+    user: UserRecord | None
+    server_bans: list[GuildBanRecord]
+    strikes: int
+    window: dt.timedelta
 
 
 class Moderation:
@@ -154,6 +171,20 @@ class Moderation:
             )
             await uow.commit()
         return counted
+
+    async def standing(self, user_id: int, guild_ids: Sequence[int] | None) -> Standing:
+        """Their record, bans and recent strikes, in these servers (None: everywhere)."""
+        since = self.clock() - self.strikes.window
+        async with self.db.uow() as uow:
+            user = await uow.users.get(user_id)
+            bans = await uow.users.guild_bans(user_id, guild_ids)
+            if guild_ids is None:
+                strikes = await uow.events.count(STRIKE_KINDS, user_id, since)
+            else:
+                strikes = 0
+                for guild_id in guild_ids:
+                    strikes += await uow.events.count(STRIKE_KINDS, user_id, since, guild_id)
+        return Standing(user, bans, strikes, self.strikes.window)
 
     async def unban(
         self,

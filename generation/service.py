@@ -62,6 +62,7 @@ UPLOAD_SECONDS = 15.0
 # A worker heard from within this long (and not stopped) counts as running the models it
 # announced; a job of a model none runs is told so.
 SERVED_WITHIN = dt.timedelta(hours=1)
+FAMILY_LIMIT = 200  # the jobs of one lineage shown (a busy image may have hundreds of variations)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -1191,6 +1192,50 @@ class GenerationService:
             parent = await uow.jobs.get(job.parent_job_id) if job.parent_job_id else None
             children = await uow.jobs.children(job_id)
         return parent, children
+
+    async def family(self, job_id: int, limit: int = FAMILY_LIMIT) -> list[tuple[int, JobRecord]]:
+        """A job's whole lineage: its first ancestor, then every job derived from it at any
+        depth, each with its depth (0: the first ancestor), in tree order; at most ``limit``
+        jobs, one query a level."""
+        async with self.db.uow() as uow:
+            root = await self._get(uow, job_id)
+            for _ in range(limit):  # up to the original (a cycle cannot be made, but bounded)
+                if root.parent_job_id is None:
+                    break
+                parent = await uow.jobs.get(root.parent_job_id)
+                if parent is None:
+                    break
+                root = parent
+            below: dict[int, list[JobRecord]] = {}
+            level, count = [root], 1
+            while level and count < limit:
+                found = await uow.jobs.children_of([job.id for job in level])
+                for child in found[: limit - count]:
+                    below.setdefault(child.parent_job_id or 0, []).append(child)
+                count += min(len(found), limit - count)
+                level = found
+        ordered: list[tuple[int, JobRecord]] = []
+        stack = [(0, root)]
+        while stack:
+            depth, job = stack.pop()
+            ordered.append((depth, job))
+            stack += [(depth + 1, child) for child in reversed(below.get(job.id, []))]
+        return ordered
+
+    async def set_private(self, job_id: int, user_id: int, private: bool) -> JobRecord:
+        """Its owner makes a job private (seen only by them and their server's moderators) or
+        not, as their server's private mode allows."""
+        async with self.db.uow() as uow:
+            job = await self._get(uow, job_id)
+            if job.user_id != user_id:
+                raise NotAllowed(f"job {job_id} is not yours")
+            rules = await self.servers.rules(job.guild_id)
+            if rules.private(private) != private:
+                mode = "always private" if private is False else "never private"
+                raise InvalidRequest("private", f"jobs in this server are {mode}")
+            await uow.jobs.update_recipe(job_id, private=private)
+            await uow.commit()
+            return await self._get(uow, job_id)
 
     async def job(self, job_id: int) -> JobView:
         async with self.db.uow() as uow:

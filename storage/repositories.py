@@ -161,6 +161,15 @@ class UserRepository:
             )
         )
 
+    async def guild_bans(
+        self, user_id: int, guild_ids: Sequence[int] | None = None
+    ) -> list[GuildBanRecord]:
+        """The user's bans in these servers (None: in every server)."""
+        query = select(GuildBan).where(GuildBan.user_id == user_id).order_by(GuildBan.guild_id)
+        if guild_ids is not None:
+            query = query.where(GuildBan.guild_id.in_(guild_ids))
+        return [to_record(GuildBanRecord, row) for row in await self._session.scalars(query)]
+
     async def clear_guild_ban(self, guild_id: int, user_id: int) -> bool:
         result = await self._session.execute(
             delete(GuildBan).where(GuildBan.guild_id == guild_id, GuildBan.user_id == user_id)
@@ -415,6 +424,13 @@ class JobRepository:
     async def children(self, job_id: int) -> list[JobRecord]:
         rows = await self._session.scalars(
             select(Job).where(Job.parent_job_id == job_id).order_by(Job.id)
+        )
+        return [to_record(JobRecord, row) for row in rows]
+
+    async def children_of(self, job_ids: Sequence[int]) -> list[JobRecord]:
+        """The jobs made from any of these, oldest first (the parent index)."""
+        rows = await self._session.scalars(
+            select(Job).where(Job.parent_job_id.in_(job_ids)).order_by(Job.id)
         )
         return [to_record(JobRecord, row) for row in rows]
 

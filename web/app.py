@@ -27,20 +27,27 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
-from generation.errors import GenerationError, JobNotFound
+from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.health import Health, read_health
-from generation.moderation import Flagged, Moderation
+from generation.moderation import Flagged, Moderation, parse_duration
 from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
-from storage.models import JobStatus, Review
+from storage.models import EventKind, JobStatus, Review
 from storage.records import ImageRecord
+from web.logs import FORMATS, BadFilter, LogQuery, export, read_page
 from web.metrics import exposition
 from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
 from web.sessions import (
@@ -67,7 +74,14 @@ RETRY_SECONDS = 60.0  # a failed look at a user's roles is tried again after thi
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "::1"})
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 HEALTH_SECONDS = 10.0  # /status and /metrics share one read of the health this long
-VERBS = {"approve": "approved", "delete": "deleted", "ban": "banned"}
+VERBS = {"approve": "approved", "delete": "deleted", "ban": "banned", "strike": "struck"}
+USER_VERBS = {
+    "ban": "banned",
+    "unban": "unbanned",
+    "strike": "given a strike",
+    "limits": "given new limits",
+}
+USER_JOBS = 24  # a user page's newest jobs (the logs page has the rest)
 
 
 @dataclasses.dataclass
@@ -133,7 +147,10 @@ class Console:
     def page(
         self, name: str, login: Login | None, status: int = 200, **values: Any
     ) -> HTMLResponse:
-        html = self.templates.get_template(name).render(login=login, **values)
+        nav = {"moderator": False, "host": False}
+        if login is not None:
+            nav = {"moderator": bool(self.moderated(login)), "host": self.actor(login, None).host}
+        html = self.templates.get_template(name).render(login=login, nav=nav, **values)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def _cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
@@ -315,11 +332,14 @@ class Console:
             return self.missing(login)
         actor = self.actor(login, view.job.guild_id)
         moderator = may_moderate_job(actor, view.job)
-        parent, children = await self.context.service.lineage(view.job.id)
-        # Only the relatives they could see themselves: a private or hidden one, or another
-        # server's, is not named.
-        parent = parent if parent is not None and await self.visible(login, parent.id) else None
-        children = [child for child in children if await self.visible(login, child.id)]
+        # The lineage: only the relatives they could see themselves (a private or hidden
+        # one, or another server's, is not named).
+        family = [
+            (depth, job)
+            for depth, job in await self.context.service.family(view.job.id)
+            if job.id == view.job.id or await self.visible(login, job.id)
+        ]
+        report = await self.context.moderation.report(view.job.id) if moderator else None
         shown = [i for i in view.images if moderator or i.review not in HIDDEN]
         response = self.page(
             "job.html",
@@ -328,9 +348,12 @@ class Console:
             what=wording.what(view.job),
             recipe=wording.recipe_fields(view),
             images=shown,
-            parent=parent,
-            children=children,
+            family=family,
+            events=report.events if report is not None else [],
+            moderator=moderator,
+            owner=view.job.user_id == login.user_id,
             may_delete=view.job.user_id == login.user_id or moderator,
+            done=_done(request, {"private": "made private", "public": "made public"}),
         )
         return self._renewed(response, login, renew)
 
@@ -357,7 +380,64 @@ class Console:
             )
         except GenerationError as error:
             return self.page("message.html", login, 409, title="Not deleted", text=str(error))
-        return self._renewed(RedirectResponse("/", status_code=303), login, renew)
+        kept = await self._delete_below(login, view.job.id) if form.get("tree") else 0
+        response: Response = RedirectResponse("/", status_code=303)
+        if kept:
+            text = (
+                f"Job {view.job.id} is deleted, and what was made from it, except "
+                f"{kept} job(s) still running or not yours to delete."
+            )
+            response = self.page("message.html", login, 200, title="Deleted", text=text)
+        return self._renewed(response, login, renew)
+
+    async def _delete_below(self, login: Login, job_id: int) -> int:
+        """Delete every job made from this one, at any depth, that they may delete (their
+        own; a moderator's: any in the servers they moderate): each the same call, with its
+        event. Returns how many were left (still running, or not theirs)."""
+        family = await self.context.service.family(job_id)
+        start = next(i for i, (_, job) in enumerate(family) if job.id == job_id)
+        depth = family[start][0]
+        kept = 0
+        for below, job in family[start + 1 :]:
+            if below <= depth:
+                break
+            if job.status == JobStatus.DELETED:
+                continue
+            moderator = may_moderate_job(self.actor(login, job.guild_id), job)
+            if job.user_id != login.user_id and not moderator:
+                kept += 1
+                continue
+            try:
+                await self.context.moderation.delete_job(
+                    login.user_id,
+                    job.id,
+                    is_admin=moderator,
+                    reason=f"web console: made from job {job_id}, deleted with it",
+                    guild_id=job.guild_id,
+                )
+            except GenerationError:
+                kept += 1
+        return kept
+
+    async def private(self, request: Request) -> Response:
+        """Its owner makes a job private, or not (as their server allows)."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        form = await request.form()
+        if not login.checks(str(form.get("csrf", ""))):
+            return self.stale_form(login)
+        view = await self.visible(login, int(request.path_params["job_id"]))
+        if view is None or view.job.user_id != login.user_id:
+            return self.missing(login)
+        wanted = form.get("private") == "1"
+        try:
+            await self.context.service.set_private(view.job.id, login.user_id, wanted)
+        except GenerationError as error:
+            return self.page("message.html", login, 409, title="Not changed", text=str(error))
+        done = "private" if wanted else "public"
+        back = RedirectResponse(f"/jobs/{view.job.id}?done={done}", status_code=303)
+        return self._renewed(back, login, renew)
 
     async def thumb(self, request: Request) -> Response:
         return await self.image(request, thumb=True)
@@ -490,6 +570,14 @@ class Console:
                     reason="from the web console's review",
                     guild_id=view.job.guild_id,
                 )
+            elif action == "strike":  # counted in the server it was made in
+                await moderation.strike(
+                    login.user_id,
+                    view.job.user_id,
+                    reason=f"from the web console's review of job {job_id}",
+                    guild_id=view.job.guild_id,
+                    job_id=job_id,
+                )
             else:  # a server's moderator bans in their server; a host admin everywhere
                 await moderation.ban(
                     login.user_id,
@@ -502,6 +590,175 @@ class Console:
             logger.info("review %s of image %s: %s", action, image_id, error)
             return False
         return True
+
+    def scope(self, login: Login, server: int | None) -> list[int] | None:
+        """The servers whose logs they read, narrowed to ``server`` if given: a host admin's,
+        any (None: all); a moderator's, theirs ([]: not theirs)."""
+        servers = self.moderated(login)
+        if servers == [None]:
+            return None if server is None else [server]
+        theirs = [guild for guild in servers if guild is not None]
+        if server is None:
+            return theirs
+        return [server] if server in theirs else []
+
+    def _query(
+        self, request: Request, login: Login
+    ) -> tuple[LogQuery, list[int] | None] | Response:
+        """The logs' filter and the servers it reads, or the page refusing it."""
+        if not self.moderated(login):
+            return self.missing(login)
+        try:
+            query = LogQuery.read(request.query_params)
+        except BadFilter as error:
+            text = f"The filter {error}. Change it and search again."
+            return self.page("message.html", login, 400, title="Refused", text=text)
+        guild_ids = self.scope(login, query.server)
+        if guild_ids == []:
+            return self.missing(login)
+        return query, guild_ids
+
+    async def logs(self, request: Request) -> Response:
+        """Every job, or every moderation event, in the servers they moderate: filtered,
+        searched, a page at a time by its keys."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        read = self._query(request, login)
+        if isinstance(read, Response):
+            return read
+        query, guild_ids = read
+        page = await read_page(self.context.moderation, query, guild_ids)
+        response = self.page(
+            "logs.html",
+            login,
+            query=query,
+            page=page,
+            servers=[g for g in self.moderated(login) if g is not None],
+            statuses=list(JobStatus),
+            kinds=list(EventKind),
+        )
+        return self._renewed(response, login, renew)
+
+    async def export_logs(self, request: Request) -> Response:
+        """The logs the filter matches, all of them, as CSV or JSON Lines (streamed)."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        read = self._query(request, login)
+        if isinstance(read, Response):
+            return read
+        query, guild_ids = read
+        form = request.query_params.get("format", "csv")
+        if form not in FORMATS:
+            return self.page(
+                "message.html", login, 400, title="Refused", text="format: csv or jsonl."
+            )
+        name = f"imagine-{query.what}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.{form}"
+        response = StreamingResponse(
+            export(self.context.moderation, query, guild_ids, form),
+            media_type=FORMATS[form],
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Cache-Control": "no-store",
+            },
+        )
+        return self._renewed(response, login, renew)
+
+    async def user(self, request: Request) -> Response:
+        """A user as their moderators see them: bans, strikes, limits, their jobs and the
+        events about them, in the servers these moderators moderate."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        servers = self.moderated(login)
+        if not servers:
+            return self.missing(login)
+        user_id = int(request.path_params["user_id"])
+        guild_ids = self.scope(login, None)
+        standing = await self.context.moderation.standing(user_id, guild_ids)
+        usage = await self.context.service.usage(user_id) if standing.user else None
+        moderation = self.context.moderation
+        jobs = await read_page(moderation, LogQuery(user=user_id), guild_ids, USER_JOBS)
+        events = await read_page(
+            moderation, LogQuery(what="events", user=user_id), guild_ids, USER_JOBS
+        )
+        response = self.page(
+            "user.html",
+            login,
+            user_id=user_id,
+            standing=standing,
+            usage=usage,
+            jobs=jobs,
+            events=events.events,
+            servers=[g for g in servers if g is not None],
+            host=servers == [None],
+            done=_done(request, USER_VERBS),
+        )
+        return self._renewed(response, login, renew)
+
+    async def user_action(self, request: Request) -> Response:
+        """Ban, unban, strike (in one of their servers; a host admin: also everywhere), and
+        a host admin's limits: the same calls as /admin in Discord, each with its event."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        form = await request.form()
+        if not login.checks(str(form.get("csrf", ""))):
+            return self.stale_form(login)
+        servers = self.moderated(login)
+        user_id = int(request.path_params["user_id"])
+        action = str(form.get("action", ""))
+        server = _int(str(form.get("server", "")))
+        host = servers == [None]
+        if not servers or action not in USER_VERBS or (action == "limits" and not host):
+            return self.missing(login)
+        if not host and server not in servers:  # a moderator acts in a server of theirs
+            return self.missing(login)
+        try:
+            await self._act_on_user(login.user_id, user_id, action, server, form)
+        except GenerationError as error:
+            return self.page("message.html", login, 400, title="Refused", text=str(error))
+        back = RedirectResponse(f"/users/{user_id}?done={action}", status_code=303)
+        return self._renewed(back, login, renew)
+
+    async def _act_on_user(
+        self, actor_id: int, user_id: int, action: str, server: int | None, form: Any
+    ) -> None:
+        moderation = self.context.moderation
+        reason = str(form.get("reason", "")).strip()[:500]
+        if action == "ban":
+            duration = str(form.get("duration", "")).strip()
+            await moderation.ban(
+                actor_id,
+                user_id,
+                reason=reason,
+                duration=parse_duration(duration) if duration else None,
+                guild_id=server,
+                in_server=server is not None,
+            )
+        elif action == "unban":
+            await moderation.unban(
+                actor_id, user_id, reason=reason, guild_id=server, in_server=server is not None
+            )
+        elif action == "strike":
+            await moderation.strike(actor_id, user_id, reason=reason, guild_id=server)
+        else:
+            overrides = {
+                name: number
+                for name in ("queued_per_user", "images_per_user_day")
+                if (number := _int(str(form.get(name, "")))) is not None
+            }
+            weight = _float(str(form.get("weight", "")))
+            reset = bool(form.get("reset"))
+            await self.context.service.set_limits(
+                user_id,
+                weight=weight,
+                clear_weight=reset,
+                overrides=overrides,
+                clear=("queued_per_user", "images_per_user_day") if reset else (),
+                actor_id=actor_id,
+            )
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -596,6 +853,18 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def _float(text: str) -> float | None:
+    try:
+        return float(text) if text.strip() else None
+    except ValueError:
+        raise InvalidRequest("weight", f"must be a number, not {text[:20]!r}") from None
+
+
+def _done(request: Request, verbs: dict[str, str]) -> str:
+    """What the last action did, in the action's own words (never text from the URL)."""
+    return verbs.get(request.query_params.get("done", ""), "")
+
+
 def _quote(path: str) -> str:
     return urllib.parse.quote(path, safe="")
 
@@ -609,6 +878,11 @@ def create_app(context: WebContext) -> Starlette:
         Route("/logout", console.logout, methods=["POST"]),
         Route("/jobs/{job_id:int}", console.job),
         Route("/jobs/{job_id:int}/delete", console.delete, methods=["POST"]),
+        Route("/jobs/{job_id:int}/private", console.private, methods=["POST"]),
+        Route("/logs", console.logs),
+        Route("/logs/export", console.export_logs),
+        Route("/users/{user_id:int}", console.user),
+        Route("/users/{user_id:int}/act", console.user_action, methods=["POST"]),
         Route("/images/{job_id:int}/{index:int}", console.image),
         Route("/images/{job_id:int}/{index:int}/thumb", console.thumb),
         Route("/images/{job_id:int}/{index:int}/blurred", console.blurred),

@@ -4,8 +4,10 @@ local Discord, and who sees what, route by role, decided by the bot's own access
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -440,3 +442,154 @@ async def test_a_job_deleted_in_the_console_leaves_discord_too(
         )
         delivery = (await running.runtime.service.job(job_id)).delivery
         assert delivery is not None and delivery.state == "withdrawn"
+
+
+async def test_logs_filter_search_and_export_only_the_servers_a_moderator_moderates(
+    console: Console,
+) -> None:
+    server = console.server
+    public, other = console.jobs["public"], console.jobs["other"]
+    async with console.client() as admin, console.client() as host, console.client() as bob:
+        await console.log_in(admin, server.admin)
+        await console.log_in(host, server.host)
+        await console.log_in(bob, server.bob)
+        assert (await bob.get("/logs")).status_code == 404, "members read no logs"
+        assert (await bob.get("/logs/export")).status_code == 404
+        page = await admin.get("/logs")
+        assert page.status_code == 200
+        assert f'id="job-{public}"' in page.text and f'id="job-{other}"' not in page.text
+        assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
+        # Another server's logs are not theirs, whatever the query string says.
+        forged = await admin.get("/logs", params={"server": server.other_guild_id})
+        assert forged.status_code == 404
+        assert (
+            await admin.get("/logs/export", params={"server": server.other_guild_id})
+        ).status_code == 404
+        everywhere = (await host.get("/logs")).text
+        assert f'id="job-{public}"' in everywhere and f'id="job-{other}"' in everywhere
+        found = (await host.get("/logs", params={"q": "circ"})).text
+        assert f'id="job-{public}"' in found and f'id="job-{other}"' in found
+        assert f'id="job-{console.jobs["private"]}"' not in found, "a blue square"
+        narrowed = await host.get("/logs", params={"q": "red circle", "status": "succeeded"})
+        assert f'id="job-{public}"' in narrowed.text and f'id="job-{other}"' not in narrowed.text
+        bad = await host.get("/logs", params={"since": "yesterday"})
+        assert bad.status_code == 400 and "since: a date" in bad.text
+        assert (await host.get("/logs", params={"status": "nope"})).status_code == 400
+
+        csv_export = await admin.get("/logs/export", params={"format": "csv"})
+        assert csv_export.status_code == 200
+        assert "attachment" in csv_export.headers["content-disposition"]
+        rows = list(csv.DictReader(io.StringIO(csv_export.text)))
+        assert sorted(int(r["id"]) for r in rows) == sorted(
+            console.jobs[n] for n in ("public", "private", "child")
+        )
+        lines = (await host.get("/logs/export", params={"format": "jsonl", "q": "green"})).text
+        assert [json.loads(line)["id"] for line in lines.splitlines()] == [other]
+
+
+async def test_exported_text_is_never_a_spreadsheet_formula(console: Console) -> None:
+    server = console.server
+    formula = '=HYPERLINK("http://evil.example","click")'
+    await console.runtime.service.submit(
+        GenerationRequest(formula, user_id=server.alice.id, guild_id=server.guild_id)
+    )
+    async with console.client() as admin:
+        await console.log_in(admin, server.admin)
+        text = (await admin.get("/logs/export", params={"format": "csv", "q": "hyperlink"})).text
+    (row,) = list(csv.DictReader(io.StringIO(text)))
+    assert row["prompt"] == "'" + formula
+
+
+async def test_a_user_page_shows_and_changes_their_standing_in_the_moderators_servers(
+    console: Console,
+) -> None:
+    server = console.server
+    alice = server.alice.id
+    async with console.client() as admin, console.client() as host, console.client() as bob:
+        await console.log_in(admin, server.admin)
+        await console.log_in(host, server.host)
+        await console.log_in(bob, server.bob)
+        assert (await bob.get(f"/users/{alice}")).status_code == 404
+        page = await admin.get(f"/users/{alice}")
+        assert page.status_code == 200 and "0 strike(s)" in page.text
+        assert f"/jobs/{console.jobs['public']}" in page.text
+        token = _csrf(page)
+        act = f"/users/{alice}/act"
+        common = {"csrf": token, "server": str(server.guild_id)}
+        assert (
+            await admin.post(act, data={**common, "csrf": "x", "action": "strike"})
+        ).status_code == 403
+        # Not in a server of theirs; not host-wide; no limits: those are the host's.
+        for forged in (
+            {**common, "action": "ban", "server": str(server.other_guild_id)},
+            {**common, "action": "ban", "server": ""},
+            {**common, "action": "limits", "weight": "9"},
+        ):
+            assert (await admin.post(act, data=forged)).status_code == 404, forged
+        struck = await admin.post(act, data={**common, "action": "strike", "reason": "<b>spam</b>"})
+        assert struck.headers["location"] == f"/users/{alice}?done=strike"
+        bad = await admin.post(act, data={**common, "action": "ban", "duration": "soon"})
+        assert bad.status_code == 400 and "duration" in bad.text
+        banned = await admin.post(act, data={**common, "action": "ban", "duration": "2d"})
+        assert banned.status_code == 303
+        after = (await admin.get(f"/users/{alice}")).text
+        assert "1 strike(s)" in after and f"Banned in server {server.guild_id}" in after
+        assert "&lt;b&gt;spam&lt;/b&gt;" in after
+        limits = {"csrf": _csrf(await host.get(f"/users/{alice}")), "action": "limits"}
+        assert (await host.post(act, data={**limits, "weight": "2.5"})).status_code == 303
+        assert "Weight 2.5" in (await host.get(f"/users/{alice}")).text
+    kinds = [
+        (e.kind, e.actor_id)
+        for e in reversed(await console.runtime.moderation.events(target_user_id=alice))
+    ]
+    assert kinds == [
+        ("strike", server.admin.id),
+        ("ban", server.admin.id),
+        ("quota", server.host.id),
+    ]
+
+
+async def test_a_strike_from_the_review_counts_in_the_images_server(console: Console) -> None:
+    server = console.server
+    image = await _flag(console, "public")
+    async with console.client() as admin:
+        await console.log_in(admin, server.admin)
+        token = _csrf(await admin.get("/review"))
+        done = await admin.post("/review/act", data={"csrf": token, "one": f"strike:{image}"})
+        assert done.headers["location"] == "/review?done=1&what=strike"
+        events = (await admin.get("/logs", params={"what": "events", "kind": "strike"})).text
+        assert f"/jobs/{console.jobs['public']}" in events
+    standing = await console.runtime.moderation.standing(server.alice.id, [server.guild_id])
+    assert standing.strikes == 1
+    assert (
+        await console.runtime.moderation.standing(server.alice.id, [server.other_guild_id])
+    ).strikes == 0
+
+
+async def test_the_owner_toggles_private_and_deletes_a_job_with_everything_made_from_it(
+    console: Console,
+) -> None:
+    server = console.server
+    public, child = console.jobs["public"], console.jobs["child"]
+    async with console.client() as alice, console.client() as bob:
+        await console.log_in(alice, server.alice)
+        await console.log_in(bob, server.bob)
+        page = await alice.get(f"/jobs/{child}")
+        lineage = page.text.split('class="lineage"')[1].split("</ul>")[0]
+        assert f'href="/jobs/{public}"' in lineage and f"<strong>job {child}</strong>" in lineage
+        token = _csrf(page)
+        # bob may not change alice's job, even one he can see.
+        bobs = _csrf(await bob.get(f"/jobs/{public}"))
+        assert (
+            await bob.post(f"/jobs/{public}/private", data={"csrf": bobs, "private": "1"})
+        ).status_code == 404
+        made = await alice.post(f"/jobs/{public}/private", data={"csrf": token, "private": "1"})
+        assert made.headers["location"] == f"/jobs/{public}?done=private"
+        assert (await bob.get(f"/jobs/{public}")).status_code == 404, "private now"
+        await alice.post(f"/jobs/{public}/private", data={"csrf": token, "private": "0"})
+        assert (await bob.get(f"/jobs/{public}")).status_code == 200
+        gone = await alice.post(f"/jobs/{public}/delete", data={"csrf": token, "tree": "1"})
+        assert gone.status_code == 303
+    for job_id in (public, child):
+        assert (await console.runtime.service.job(job_id)).job.status == "deleted"
+    assert (await console.runtime.service.job(console.jobs["private"])).job.status == "succeeded"
