@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
 import logging
 import secrets
 import time
@@ -41,6 +42,7 @@ from generation import wording
 from generation.access import Access, Actor, may_moderate_job, may_see_job
 from generation.errors import GenerationError, InvalidRequest, JobNotFound
 from generation.health import Health, read_health
+from generation.imaging import recipe_dict
 from generation.moderation import Flagged, Moderation, parse_duration
 from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
@@ -141,6 +143,7 @@ class Console:
             autoescape=True,  # every value shown is escaped: prompts and names are user text
             undefined=jinja2.StrictUndefined,
         )
+        self.templates.filters["score"] = _score
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -347,6 +350,7 @@ class Console:
             view=view,
             what=wording.what(view.job),
             recipe=wording.recipe_fields(view),
+            recipe_json=json.dumps(recipe_dict(view.job), indent=2, ensure_ascii=False),
             images=shown,
             family=family,
             events=report.events if report is not None else [],
@@ -851,6 +855,15 @@ def _int(text: str | None) -> int | None:
         return int(text) if text else None
     except ValueError:
         return None
+
+
+def _score(flags: dict[str, Any]) -> str:
+    """The safety check's highest score on an image, as "LABEL 0.91"."""
+    scores = flags.get("safety") or {}
+    if not isinstance(scores, dict) or not scores:
+        return "no score recorded"
+    label, value = max(scores.items(), key=lambda item: float(item[1]))
+    return f"{label} {float(value):.2f}"
 
 
 def _float(text: str) -> float | None:

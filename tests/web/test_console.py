@@ -60,8 +60,9 @@ class Console:
 
 @contextlib.asynccontextmanager
 async def console_for(
-    server: LocalDiscord, data: Path, engine: Any, **overrides: Any
+    server: LocalDiscord, data: Path, engine: Any, base: str = BASE, **overrides: Any
 ) -> AsyncIterator[Console]:
+    """A console on the local Discord at ``base``, with four jobs made (see ``asked``)."""
     settings = bot_settings(
         server,
         data,
@@ -69,7 +70,7 @@ async def console_for(
         guild_ids=[server.guild_id, server.other_guild_id],
         admin_role_ids=[server.admin_role, server.other_admin_role],
         admin_user_ids=[server.host.id],
-        web_base_url=BASE,
+        web_base_url=base,
         web_client_id=str(server.application_id),
         web_client_secret=CLIENT_SECRET,
         web_session_secret="s" * 40,
@@ -78,7 +79,7 @@ async def console_for(
         web_metrics_token="m" * 24,
         **overrides,
     )
-    server.oauth.redirect_uris.add(f"{BASE}/auth/callback")
+    server.oauth.redirect_uris.add(f"{base}/auth/callback")
     async with open_runtime(settings) as runtime:
         service = runtime.service
         made = {}
