@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from generation.access import HIDDEN_REVIEWS
@@ -171,6 +171,11 @@ class Moderation:
             )
             await uow.commit()
         return counted
+
+    async def user_names(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The names the bot last saw these users under, for the moderators' pages."""
+        async with self.db.uow() as uow:
+            return await uow.users.names(user_ids)
 
     async def standing(self, user_id: int, guild_ids: Sequence[int] | None) -> Standing:
         """Their record, bans and recent strikes, in these servers (None: everywhere)."""

@@ -67,6 +67,16 @@ class UserRepository:
         row = await self._session.get(User, user_id)
         return to_record(UserRecord, row) if row else None
 
+    async def names(self, user_ids: Iterable[int]) -> dict[int, str]:
+        """The names the bot last saw these users under (those it has seen, with one)."""
+        ids = list(set(user_ids))
+        if not ids:
+            return {}
+        rows = await self._session.execute(
+            select(User.id, User.name).where(User.id.in_(ids), User.name != "")
+        )
+        return {int(user_id): str(name) for user_id, name in rows}
+
     async def _make(self, user_id: int, name: str) -> None:
         """The user's row, inserted on first sight (two first requests never collide)."""
         await _insert_if_missing(

@@ -519,7 +519,8 @@ class Console:
         # What the last action did: a count and one of the actions' own words, nothing typed.
         count, verb = _int(request.query_params.get("done")), request.query_params.get("what")
         done = f"{count} {VERBS[verb]}" if count is not None and verb in VERBS else ""
-        response = self.page("review.html", login, flagged=flagged, done=done)
+        names = await self.context.moderation.user_names(f.job.user_id for f in flagged)
+        response = self.page("review.html", login, flagged=flagged, done=done, names=names)
         return self._renewed(response, login, renew)
 
     async def review_action(self, request: Request) -> Response:
@@ -633,11 +634,15 @@ class Console:
             return read
         query, guild_ids = read
         page = await read_page(self.context.moderation, query, guild_ids)
+        people = [view.job.user_id for view in page.jobs]
+        for event in page.events:
+            people += [event.actor_id or 0, event.target_user_id or 0]
         response = self.page(
             "logs.html",
             login,
             query=query,
             page=page,
+            names=await self.context.moderation.user_names(people),
             servers=[g for g in self.moderated(login) if g is not None],
             statuses=list(JobStatus),
             kinds=list(EventKind),
@@ -695,6 +700,7 @@ class Console:
             usage=usage,
             jobs=jobs,
             events=events.events,
+            names=await moderation.user_names(e.actor_id or 0 for e in events.events),
             servers=[g for g in servers if g is not None],
             host=servers == [None],
             done=_done(request, USER_VERBS),

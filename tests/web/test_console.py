@@ -456,9 +456,13 @@ async def test_logs_filter_search_and_export_only_the_servers_a_moderator_modera
         await console.log_in(bob, server.bob)
         assert (await bob.get("/logs")).status_code == 404, "members read no logs"
         assert (await bob.get("/logs/export")).status_code == 404
+        async with console.runtime.db.uow() as uow:  # the name the bot last saw
+            await uow.users.ensure(server.alice.id, "<i>alice</i>")
+            await uow.commit()
         page = await admin.get("/logs")
         assert page.status_code == 200
         assert f'id="job-{public}"' in page.text and f'id="job-{other}"' not in page.text
+        assert f'href="/users/{server.alice.id}">&lt;i&gt;alice&lt;/i&gt;</a>' in page.text
         assert "&lt;script&gt;" in page.text and "<script>alert" not in page.text
         # Another server's logs are not theirs, whatever the query string says.
         forged = await admin.get("/logs", params={"server": server.other_guild_id})
