@@ -1194,33 +1194,38 @@ class GenerationService:
         return parent, children
 
     async def family(self, job_id: int, limit: int = FAMILY_LIMIT) -> list[tuple[int, JobRecord]]:
-        """A job's whole lineage: its first ancestor, then every job derived from it at any
-        depth, each with its depth (0: the first ancestor), in tree order; at most ``limit``
-        jobs, one query a level."""
+        """A job's lineage: its ancestors from the first, the job, then every job derived from
+        it at any depth, each with its depth (0: the first ancestor), in tree order. At most
+        ``limit`` descendants (the nearest first) and as many ancestors; one query a level."""
         async with self.db.uow() as uow:
-            root = await self._get(uow, job_id)
-            for _ in range(limit):  # up to the original (a cycle cannot be made, but bounded)
-                if root.parent_job_id is None:
-                    break
-                parent = await uow.jobs.get(root.parent_job_id)
+            job = await self._get(uow, job_id)
+            chain = [job]
+            while chain[0].parent_job_id is not None and len(chain) <= limit:
+                parent = await uow.jobs.get(chain[0].parent_job_id)
                 if parent is None:
                     break
-                root = parent
+                chain.insert(0, parent)
             below: dict[int, list[JobRecord]] = {}
-            level, count = [root], 1
-            while level and count < limit:
-                found = await uow.jobs.children_of([job.id for job in level])
-                for child in found[: limit - count]:
+            level, left = [job], limit
+            while level and left > 0:
+                level = await uow.jobs.children_of([j.id for j in level], limit=left)
+                left -= len(level)
+                for child in level:
                     below.setdefault(child.parent_job_id or 0, []).append(child)
-                count += min(len(found), limit - count)
-                level = found
-        ordered: list[tuple[int, JobRecord]] = []
-        stack = [(0, root)]
+        ordered = list(enumerate(chain[:-1]))
+        stack = [(len(chain) - 1, job)]
         while stack:
-            depth, job = stack.pop()
-            ordered.append((depth, job))
-            stack += [(depth + 1, child) for child in reversed(below.get(job.id, []))]
+            depth, current = stack.pop()
+            ordered.append((depth, current))
+            stack += [(depth + 1, child) for child in reversed(below.get(current.id, []))]
         return ordered
+
+    async def views(self, job_ids: Sequence[int]) -> dict[int, JobView]:
+        """Several jobs with their images, in one transaction (for deciding who sees them)."""
+        async with self.db.uow() as uow:
+            jobs = await uow.jobs.get_many(job_ids)
+            images = await uow.images.for_jobs(list(jobs))
+        return {job_id: JobView(job, images[job_id]) for job_id, job in jobs.items()}
 
     async def set_private(self, job_id: int, user_id: int, private: bool) -> JobRecord:
         """Its owner makes a job private (seen only by them and their server's moderators) or

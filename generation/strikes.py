@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from generation.errors import PromptBlocked
+from generation.errors import InvalidRequest, PromptBlocked
 from generation.prompt_filter import Blocked
 from storage.models import EventKind
 from storage.unit_of_work import UnitOfWork
@@ -66,7 +66,13 @@ async def manual_strike(
     now: dt.datetime,
 ) -> tuple[int, dt.datetime | None]:
     """A moderator's strike: counted with blocked prompts, banning at the same limit. Returns
-    the strikes within the window and, if this one banned them, until when."""
+    the strikes within the window and, if this one banned them, until when. One strike a job:
+    a second one for the same job (a double click, every flagged image of one job) is
+    refused."""
+    if job_id is not None and any(
+        event.kind == EventKind.STRIKE for event in await uow.events.for_job(job_id)
+    ):
+        raise InvalidRequest("strike", f"job {job_id} has had its strike already")
     await uow.events.add(
         kind=EventKind.STRIKE,
         actor_id=actor_id,
@@ -77,13 +83,20 @@ async def manual_strike(
         details={},
         created_at=now,
     )
-    return await _ban_at_the_limit(uow, policy, user_id, guild_id, now)
+    return await _ban_at_the_limit(uow, policy, user_id, guild_id, now, what="strikes")
 
 
 async def _ban_at_the_limit(
-    uow: UnitOfWork, policy: StrikePolicy, user_id: int, guild_id: int | None, now: dt.datetime
+    uow: UnitOfWork,
+    policy: StrikePolicy,
+    user_id: int,
+    guild_id: int | None,
+    now: dt.datetime,
+    *,
+    what: str = "blocked prompts",
 ) -> tuple[int, dt.datetime | None]:
-    """The user's strikes within the window, and the ban they brought (None: not yet)."""
+    """The user's strikes within the window, and the ban they brought (None: not yet, or a
+    ban as long or longer holds already: a strike never shortens a moderator's ban)."""
     # Strikes count, and ban, in the server they were made in (host-wide outside any server).
     strikes = await uow.events.count(
         STRIKE_KINDS, user_id, now - policy.window, guild_id, per_server=True
@@ -91,7 +104,9 @@ async def _ban_at_the_limit(
     if strikes < policy.strikes_to_ban:
         return strikes, None
     until = now + policy.ban_for
-    reason = f"automatic: {strikes} blocked prompts within {_span(policy.window)}"
+    if await _banned_until(uow, user_id, guild_id, now, until):
+        return strikes, None
+    reason = f"automatic: {strikes} {what} within {_span(policy.window)}"
     if guild_id is not None:
         await uow.users.set_guild_ban(guild_id, user_id, reason=reason, until=until)
     else:
@@ -106,6 +121,19 @@ async def _ban_at_the_limit(
         created_at=now,
     )
     return strikes, until
+
+
+async def _banned_until(
+    uow: UnitOfWork, user_id: int, guild_id: int | None, now: dt.datetime, until: dt.datetime
+) -> bool:
+    """Whether a ban there (in the server; host-wide outside one) lasts at least to ``until``."""
+    if guild_id is not None:
+        ban = await uow.users.guild_ban(guild_id, user_id)
+        return ban is not None and ban.active(now) and (ban.until is None or ban.until >= until)
+    user = await uow.users.get(user_id)
+    if user is None or not user.banned:
+        return False
+    return user.banned_until is None or user.banned_until >= until
 
 
 def _span(delta: dt.timedelta) -> str:

@@ -437,10 +437,10 @@ class JobRepository:
         )
         return [to_record(JobRecord, row) for row in rows]
 
-    async def children_of(self, job_ids: Sequence[int]) -> list[JobRecord]:
-        """The jobs made from any of these, oldest first (the parent index)."""
+    async def children_of(self, job_ids: Sequence[int], limit: int) -> list[JobRecord]:
+        """The oldest ``limit`` jobs made from any of these (the parent index)."""
         rows = await self._session.scalars(
-            select(Job).where(Job.parent_job_id.in_(job_ids)).order_by(Job.id)
+            select(Job).where(Job.parent_job_id.in_(job_ids)).order_by(Job.id).limit(limit)
         )
         return [to_record(JobRecord, row) for row in rows]
 

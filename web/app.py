@@ -84,6 +84,9 @@ USER_VERBS = {
     "limits": "given new limits",
 }
 USER_JOBS = 24  # a user page's newest jobs (the logs page has the rest)
+TREE_DELETE_LIMIT = 10_000  # jobs made from one that "delete with everything" reaches
+ROW_IDS = 2**31  # job and image ids are 32-bit on PostgreSQL
+DISCORD_IDS = 2**63  # snowflakes are 64-bit signed in the database
 
 
 @dataclasses.dataclass
@@ -225,13 +228,18 @@ class Console:
         )
 
     async def visible(self, login: Login, job_id: int) -> JobView | None:
+        if not 0 < job_id < ROW_IDS:  # no such row: not a question for the database
+            return None
         try:
             view = await self.context.service.job(job_id)
         except JobNotFound:
             return None
-        if may_see_job(self.actor(login, view.job.guild_id), view.job, view.images):
-            return view
-        return None
+        return view if self.sees(login, view) else None
+
+    def sees(self, login: Login, view: JobView | None) -> bool:
+        if view is None:
+            return False
+        return may_see_job(self.actor(login, view.job.guild_id), view.job, view.images)
 
     # -- login -------------------------------------------------------------------------------
 
@@ -308,7 +316,7 @@ class Console:
         login, renew = await self.login_of(request)
         if login is None:
             return self.to_login(request)
-        before = _int(request.query_params.get("before"))
+        before = _int(request.query_params.get("before"), ROW_IDS)
         views = await self.context.service.recent(
             user_id=login.user_id, limit=GALLERY_PAGE + 1, before=before
         )
@@ -337,10 +345,12 @@ class Console:
         moderator = may_moderate_job(actor, view.job)
         # The lineage: only the relatives they could see themselves (a private or hidden
         # one, or another server's, is not named).
+        family = await self.context.service.family(view.job.id)
+        relatives = await self.context.service.views([job.id for _, job in family])
         family = [
             (depth, job)
-            for depth, job in await self.context.service.family(view.job.id)
-            if job.id == view.job.id or await self.visible(login, job.id)
+            for depth, job in family
+            if job.id == view.job.id or self.sees(login, relatives.get(job.id))
         ]
         report = await self.context.moderation.report(view.job.id) if moderator else None
         shown = [i for i in view.images if moderator or i.review not in HIDDEN]
@@ -398,13 +408,10 @@ class Console:
         """Delete every job made from this one, at any depth, that they may delete (their
         own; a moderator's: any in the servers they moderate): each the same call, with its
         event. Returns how many were left (still running, or not theirs)."""
-        family = await self.context.service.family(job_id)
+        family = await self.context.service.family(job_id, limit=TREE_DELETE_LIMIT)
         start = next(i for i, (_, job) in enumerate(family) if job.id == job_id)
-        depth = family[start][0]
         kept = 0
-        for below, job in family[start + 1 :]:
-            if below <= depth:
-                break
+        for _, job in family[start + 1 :]:  # after the job itself: what was made from it
             if job.status == JobStatus.DELETED:
                 continue
             moderator = may_moderate_job(self.actor(login, job.guild_id), job)
@@ -536,10 +543,11 @@ class Console:
         one = str(form.get("one", ""))
         if one:
             action, _, image = one.partition(":")
-            targets = [_int(image)]
+            targets = [_int(image, ROW_IDS)]
         else:
             action = str(form.get("action", ""))
-            targets = [_int(str(value)) for value in form.getlist("selected")][:REVIEW_PAGE]
+            selected = form.getlist("selected")[:REVIEW_PAGE]
+            targets = [_int(str(value), ROW_IDS) for value in selected]
         if action not in VERBS:
             return self.page("message.html", login, 400, title="Refused", text="No such action.")
         done = 0
@@ -684,9 +692,13 @@ class Console:
         if not servers:
             return self.missing(login)
         user_id = int(request.path_params["user_id"])
+        if user_id >= DISCORD_IDS:
+            return self.missing(login)
         guild_ids = self.scope(login, None)
+        host = servers == [None]
         standing = await self.context.moderation.standing(user_id, guild_ids)
-        usage = await self.context.service.usage(user_id) if standing.user else None
+        # Their host-wide ban and their use of the bot everywhere: the host's to see.
+        usage = await self.context.service.usage(user_id) if host and standing.user else None
         moderation = self.context.moderation
         jobs = await read_page(moderation, LogQuery(user=user_id), guild_ids, USER_JOBS)
         events = await read_page(
@@ -702,7 +714,7 @@ class Console:
             events=events.events,
             names=await moderation.user_names(e.actor_id or 0 for e in events.events),
             servers=[g for g in servers if g is not None],
-            host=servers == [None],
+            host=host,
             done=_done(request, USER_VERBS),
         )
         return self._renewed(response, login, renew)
@@ -721,9 +733,14 @@ class Console:
         action = str(form.get("action", ""))
         server = _int(str(form.get("server", "")))
         host = servers == [None]
-        if not servers or action not in USER_VERBS or (action == "limits" and not host):
-            return self.missing(login)
-        if not host and server not in servers:  # a moderator acts in a server of theirs
+        allowed = (
+            bool(servers)
+            and user_id < DISCORD_IDS
+            and action in USER_VERBS
+            and (action != "limits" or host)
+            and (host or server in servers)  # a moderator acts in a server of theirs
+        )
+        if not allowed:
             return self.missing(login)
         try:
             await self._act_on_user(login.user_id, user_id, action, server, form)
@@ -856,11 +873,13 @@ def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool, blur: bool 
     return data
 
 
-def _int(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
+def _int(text: str | None, below: int = DISCORD_IDS) -> int | None:
+    """A whole number from 0 up to ``below`` (a Discord id by default; ROW_IDS for a row's
+    id), else None."""
+    if not text or not text.isascii() or not text.isdigit():
         return None
+    value = int(text)
+    return value if value < below else None
 
 
 def _score(flags: dict[str, Any]) -> str:

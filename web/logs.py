@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import io
 import json
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -21,7 +22,11 @@ from generation.service import JobView
 from storage.models import EventKind, JobStatus
 from storage.records import ModerationEventRecord
 
+logger = logging.getLogger(__name__)
+
 LOG_PAGE = 50
+ROW_IDS = 2**31  # job and event ids are 32-bit on PostgreSQL
+DISCORD_IDS = 2**63  # snowflakes are 64-bit signed in the database
 EXPORT_BATCH = 500
 WHAT = ("jobs", "events")
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
@@ -193,13 +198,19 @@ async def export(
     def read(changed: LogQuery) -> Awaitable[Page]:
         return read_page(moderation, changed, guild_ids, EXPORT_BATCH)
 
-    page = await read(dataclasses.replace(query, after=None))
-    while True:
-        rows = [_job_row(v) for v in page.jobs] + [_event_row(e) for e in page.events]
-        yield "".join(line(row) for row in rows).encode()
-        if page.older is None:
-            return
-        page = await read(dataclasses.replace(query, before=page.older, after=None))
+    try:
+        page = await read(dataclasses.replace(query, after=None))
+        while True:
+            rows = [_job_row(v) for v in page.jobs] + [_event_row(e) for e in page.events]
+            yield "".join(line(row) for row in rows).encode()
+            if page.older is None:
+                return
+            page = await read(dataclasses.replace(query, before=page.older, after=None))
+    except Exception:  # the status line has gone: the file itself must say it is cut short
+        logger.exception("the export stopped")
+        marker = dict.fromkeys(columns, "")
+        marker[columns[0]] = "EXPORT INCOMPLETE: the database failed; export again"
+        yield line(marker).encode()
 
 
 def _job_row(view: JobView) -> dict[str, Any]:
@@ -240,12 +251,14 @@ def _cell(value: Any) -> str:
 
 
 def _id(params: Mapping[str, str], field: str) -> int | None:
+    """A Discord id, or a job's or event's number (a key past every row: the last row)."""
     text = (params.get(field) or "").strip()
     if not text:
         return None
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or int(text) >= DISCORD_IDS:
         raise BadFilter(field, "a number (a Discord id, or a job or event number)")
-    return int(text)
+    value = int(text)
+    return min(value, ROW_IDS - 1) if field in ("before", "after") else value
 
 
 def _day(params: Mapping[str, str], field: str) -> dt.date | None:
@@ -253,9 +266,12 @@ def _day(params: Mapping[str, str], field: str) -> dt.date | None:
     if not text:
         return None
     try:
-        return dt.date.fromisoformat(text)
+        day = dt.date.fromisoformat(text)
     except ValueError:
         raise BadFilter(field, "a date such as 2026-12-04") from None
+    if not 2000 <= day.year <= 9000:
+        raise BadFilter(field, "a date between the years 2000 and 9000")
+    return day
 
 
 def _midnight(day: dt.date) -> dt.datetime:

@@ -14,7 +14,7 @@ from tests.storage.helpers import add_job
 GUILD = 77
 
 
-async def test_the_family_is_every_relative_in_tree_order_and_bounded(
+async def test_the_family_is_the_ancestors_and_descendants_in_tree_order_and_bounded(
     db: Database, service: GenerationService
 ) -> None:
     root = (await add_job(db)).id
@@ -22,10 +22,16 @@ async def test_the_family_is_every_relative_in_tree_order_and_bounded(
     second = (await add_job(db, parent_job_id=root)).id
     grandchild = (await add_job(db, parent_job_id=first)).id
     await add_job(db)  # a stranger
-    tree = [(depth, job.id) for depth, job in await service.family(grandchild)]
+    tree = [(depth, job.id) for depth, job in await service.family(root)]
     assert tree == [(0, root), (1, first), (2, grandchild), (1, second)]
-    assert [job.id for _, job in await service.family(second)] == [root, first, grandchild, second]
-    assert len(await service.family(root, limit=2)) == 2
+    # Its ancestors, itself, what was made from it: not its siblings.
+    assert [(d, job.id) for d, job in await service.family(grandchild)] == [
+        (0, root),
+        (1, first),
+        (2, grandchild),
+    ]
+    assert [job.id for _, job in await service.family(second)] == [root, second]
+    assert [job.id for _, job in await service.family(root, limit=2)] == [root, first, second]
 
 
 @pytest.mark.parametrize(

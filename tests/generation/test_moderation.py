@@ -117,6 +117,26 @@ async def test_a_moderators_strike_counts_with_blocked_prompts_in_its_server(
     ]
 
 
+async def test_one_strike_a_job_and_a_strike_never_shortens_a_ban(
+    strict: GenerationService, db: Database, store: ImageStore, clock: Clock
+) -> None:
+    async with db.uow() as uow:
+        await uow.guilds.ensure(10)
+        await uow.commit()
+    moderation = Moderation(db, store, clock, strikes=strict.strikes)
+    job = await _finished_job(strict, db, flagged=True)
+    assert await moderation.strike(99, 8, reason="a", guild_id=10, job_id=job) == (1, None)
+    with pytest.raises(InvalidRequest, match="already"):
+        await moderation.strike(99, 8, reason="twice", guild_id=10, job_id=job)
+    await moderation.ban(99, 8, reason="for good", guild_id=10, in_server=True)
+    for _ in range(2):
+        strikes, until = await moderation.strike(99, 8, reason="more", guild_id=10)
+    assert (strikes, until) == (3, None), "the ban for good holds"
+    async with db.uow() as uow:
+        ban = await uow.users.guild_ban(10, 8)
+    assert ban is not None and ban.until is None and ban.reason == "for good"
+
+
 async def test_ban_unban_and_quota_by_a_moderator_are_on_record(
     db: Database, store: ImageStore, strict: GenerationService, clock: Clock
 ) -> None:

@@ -598,3 +598,39 @@ async def test_the_owner_toggles_private_and_deletes_a_job_with_everything_made_
     for job_id in (public, child):
         assert (await console.runtime.service.job(job_id)).job.status == "deleted"
     assert (await console.runtime.service.job(console.jobs["private"])).job.status == "succeeded"
+
+
+async def test_odd_numbers_and_dates_are_refused_never_an_error(console: Console) -> None:
+    server = console.server
+    huge = "9" * 20
+    async with console.client() as host:
+        await console.log_in(host, server.host)
+        for params, field in (
+            ({"user": "²"}, "user"),
+            ({"user": huge}, "user"),
+            ({"until": "9999-12-31"}, "until"),
+            ({"since": "0001-01-01"}, "since"),
+        ):
+            refused = await host.get("/logs", params=params)
+            assert refused.status_code == 400 and f"{field}:" in refused.text, params
+        # A key past every row is the last row: the first page.
+        assert (await host.get("/logs", params={"before": "3" * 12})).status_code == 200
+        for path in (f"/users/{huge}", "/jobs/3000000000", f"/images/{huge}/0"):
+            assert (await host.get(path)).status_code in (401, 404), path
+        token = _csrf(await host.get("/review"))
+        acted = await host.post("/review/act", data={"csrf": token, "one": f"approve:{huge}"})
+        assert acted.headers["location"] == "/review?done=0&what=approve"
+
+
+async def test_a_servers_moderator_does_not_see_the_hosts_side_of_a_user(
+    console: Console,
+) -> None:
+    server = console.server
+    await console.runtime.moderation.ban(server.host.id, server.alice.id, reason="host-wide")
+    async with console.client() as admin, console.client() as host:
+        await console.log_in(admin, server.admin)
+        await console.log_in(host, server.host)
+        theirs = (await admin.get(f"/users/{server.alice.id}")).text
+        hosts = (await host.get(f"/users/{server.alice.id}")).text
+    assert "host-wide" not in theirs and "images today" not in theirs
+    assert "Banned on every server" in hosts and "images today" in hosts
