@@ -8,8 +8,19 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Integer, delete, func, literal_column, select, text, update
+from sqlalchemy import (
+    Integer,
+    any_,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import column as sql_column
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -314,35 +325,60 @@ class JobRepository:
             query = query.where(Job.created_at >= since)
         if until is not None:
             query = query.where(Job.created_at < until)
-        if search is not None:
-            query = self._matching(query, search)
         if flagged:
             query = query.where(
                 Job.id.in_(select(Image.job_id).where(Image.review.is_not(None)).distinct())
             )
-        rows = [to_record(JobRecord, row) for row in await self._session.scalars(query)]
+        words = search_words(search or "")
+        bind = self._session.bind
+        if words and bind is not None and bind.dialect.name == "postgresql":
+            found = await self._searched(query, words, limit, before=before, after=after)
+        else:
+            if words:  # SQLite: the FTS5 table's matches (migration 0022)
+                terms = " ".join(f'"{word}"*' for word in words)
+                matches = text("SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH :terms")
+                matching = matches.bindparams(terms=terms).columns(sql_column("rowid", Integer))
+                query = query.where(Job.id.in_(matching))
+            found = list(await self._session.scalars(query))
+        rows = [to_record(JobRecord, row) for row in found]
         return rows[::-1] if after is not None else rows
 
-    def _matching(self, query: Any, search: str) -> Any:
-        """Jobs whose prompt holds every word of ``search`` (a word, or one it begins: "cat"
-        finds "cats"). Only letters and digits are read, so nothing typed is query syntax."""
-        words = search_words(search)
-        if not words:
-            return query
-        bind = self._session.bind
-        if bind is not None and bind.dialect.name == "postgresql":
-            terms = " & ".join(f"{word}:*" for word in words)
-            # The expression is the index's own (migration 0022), so the index is used.
-            return query.where(
-                func.to_tsvector(literal_column("'simple'"), Job.prompt).op("@@")(
-                    func.to_tsquery(literal_column("'simple'"), terms)
-                )
+    async def _searched(
+        self, query: Any, words: list[str], limit: int, *, before: int | None, after: int | None
+    ) -> list[Job]:
+        """PostgreSQL: the jobs of ``query`` whose prompt holds every word (or a word it
+        begins). The planner cannot tell a word in every prompt from a word in one, and
+        either of its plans is slow for the other (down the ids, filtering each prompt; or
+        every match through the full-text index, sorted), so each is bounded: first the
+        SEARCH_WINDOW jobs next to the key, in id order, the index kept out of it (enough for
+        a word in many prompts); only if they hold too few, the index's matches (at most
+        SEARCH_MATCHES, the nearest the key), then those rows."""
+        terms = func.to_tsquery(literal_column("'simple'"), " & ".join(f"{w}:*" for w in words))
+        if after is not None:
+            near = Job.id <= after + SEARCH_WINDOW
+        else:
+            top = (
+                before
+                if before is not None
+                else await self._session.scalar(select(func.max(Job.id)))
             )
-        terms = " ".join(f'"{word}"*' for word in words)
-        matches = text("SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH :terms").bindparams(
-            terms=terms
-        )
-        return query.where(Job.id.in_(matches.columns(sql_column("rowid", Integer))))
+            near = Job.id >= (top or 0) - SEARCH_WINDOW
+        # Not the index's expression (|| ''): this part reads the window only, row by row.
+        scanned = func.to_tsvector(literal_column("'simple'"), Job.prompt.concat(""))
+        found = list(await self._session.scalars(query.where(scanned.op("@@")(terms), near)))
+        if len(found) >= limit:
+            return found
+        # The index's own expression (migration 0022): its matches, few by now.
+        indexed = func.to_tsvector(literal_column("'simple'"), Job.prompt)
+        ids = sorted(await self._session.scalars(select(Job.id).where(indexed.op("@@")(terms))))
+        if after is not None:  # the page's side of the key, nearest first
+            ids = [i for i in ids if i > after][:SEARCH_MATCHES]
+        else:
+            ids = [i for i in ids if before is None or i < before][-SEARCH_MATCHES:]
+        if not ids:
+            return []
+        candidates = bindparam("matches", value=ids, type_=postgresql.ARRAY(Integer))
+        return list(await self._session.scalars(query.where(Job.id == any_(candidates))))
 
     async def in_queue(self) -> list[tuple[str, str, int, dt.datetime | None]]:
         """Per model: how many jobs are waiting and running, and since when the oldest (its
@@ -450,6 +486,8 @@ class JobRepository:
 
 
 SEARCH_WORDS = 8  # the words of a search that are read
+SEARCH_WINDOW = 5_000  # jobs next to the page's key read in order before the index is asked
+SEARCH_MATCHES = 20_000  # a search's matches nearest the key that the index's answer keeps
 
 
 def search_words(text: str) -> list[str]:

@@ -66,3 +66,34 @@ def test_search_words_are_bounded() -> None:
     assert search_words("Émile's  ünïcode_words 42") == ["émile", "s", "ünïcode", "words", "42"]
     assert len(search_words(" ".join(["w"] * 50))) == 8
     assert search_words("x" * 500) == ["x" * 64]
+
+
+async def test_past_the_window_the_index_finds_the_same_pages(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads the jobs next to the key first, then asks the index: with a window of
+    one job every page comes from the index, and is the same."""
+    from storage import repositories
+
+    ids = [(await add_job(db, prompt=f"a red cat, number {i}")).id for i in range(6)]
+    await add_job(db, prompt="a dog")
+    expected = {
+        "first": ids[::-1][:4],
+        "older": ids[::-1][4:],
+        "newer": ids[1:5][::-1],  # newest first, as every page
+    }
+
+    async def pages() -> dict[str, list[int]]:
+        async with db.uow() as uow:
+            first = await uow.jobs.recent(search="cat", limit=4)
+            older = await uow.jobs.recent(search="cat", limit=4, before=first[-1].id)
+            newer = await uow.jobs.recent(search="red cat", limit=4, after=ids[0])
+        return {name: [j.id for j in jobs] for name, jobs in
+                (("first", first), ("older", older), ("newer", newer))}  # fmt: skip
+
+    assert await pages() == expected
+    monkeypatch.setattr(repositories, "SEARCH_WINDOW", 1)
+    assert await pages() == expected
+    if db.dialect == "postgresql":  # the nearest the key are kept
+        monkeypatch.setattr(repositories, "SEARCH_MATCHES", 2)
+        assert (await pages())["first"] == ids[::-1][:2]
