@@ -48,7 +48,7 @@ from generation.rendering import thumbs_prefix
 from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus, Review
-from storage.records import ImageRecord
+from storage.records import ImageRecord, JobRecord
 from web.logs import FORMATS, BadFilter, LogQuery, export, read_page
 from web.metrics import exposition
 from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
@@ -292,6 +292,17 @@ class Console:
         response.delete_cookie(self.login_cookie, path="/", secure=self.context.secure)
         return response
 
+    async def posted(self, request: Request) -> tuple[Login, bool, Any] | Response:
+        """A form's sender, logged in, with the form's CSRF token checked; else the answer
+        (log in, or the form is out of date)."""
+        login, renew = await self.login_of(request)
+        if login is None:
+            return self.to_login(request)
+        form = await request.form()
+        if not login.checks(str(form.get("csrf", ""))):
+            return self.stale_form(login)
+        return login, renew, form
+
     def stale_form(self, login: Login) -> HTMLResponse:
         return self.page(
             "message.html",
@@ -372,28 +383,19 @@ class Console:
         return self._renewed(response, login, renew)
 
     async def delete(self, request: Request) -> Response:
-        login, renew = await self.login_of(request)
-        if login is None:
-            return self.to_login(request)
-        form = await request.form()
-        if not login.checks(str(form.get("csrf", ""))):
-            return self.stale_form(login)
+        sent = await self.posted(request)
+        if isinstance(sent, Response):
+            return sent
+        login, renew, form = sent
         view = await self.visible(login, int(request.path_params["job_id"]))
         if view is None:
             return self.missing(login)
         moderator = may_moderate_job(self.actor(login, view.job.guild_id), view.job)
         if view.job.user_id != login.user_id and not moderator:
             return self.missing(login)
-        try:  # the same call as ❌ in Discord and `admin delete`: the same event on record
-            await self.context.moderation.delete_job(
-                login.user_id,
-                view.job.id,
-                is_admin=moderator,
-                reason="web console",
-                guild_id=view.job.guild_id,
-            )
-        except GenerationError as error:
-            return self.page("message.html", login, 409, title="Not deleted", text=str(error))
+        refused = await self._delete_as(login, view.job, moderator, "web console")
+        if refused is not None:
+            return self.page("message.html", login, 409, title="Not deleted", text=refused)
         kept = await self._delete_below(login, view.job.id) if form.get("tree") else 0
         response: Response = RedirectResponse("/", status_code=303)
         if kept:
@@ -418,26 +420,30 @@ class Console:
             if job.user_id != login.user_id and not moderator:
                 kept += 1
                 continue
-            try:
-                await self.context.moderation.delete_job(
-                    login.user_id,
-                    job.id,
-                    is_admin=moderator,
-                    reason=f"web console: made from job {job_id}, deleted with it",
-                    guild_id=job.guild_id,
-                )
-            except GenerationError:
+            reason = f"web console: made from job {job_id}, deleted with it"
+            if await self._delete_as(login, job, moderator, reason) is not None:
                 kept += 1
         return kept
 
+    async def _delete_as(
+        self, login: Login, job: JobRecord, moderator: bool, reason: str
+    ) -> str | None:
+        """The same call as ❌ in Discord and `admin delete`, with the same event; None when
+        done, else why not."""
+        try:
+            await self.context.moderation.delete_job(
+                login.user_id, job.id, is_admin=moderator, reason=reason, guild_id=job.guild_id
+            )
+        except GenerationError as error:
+            return str(error)
+        return None
+
     async def private(self, request: Request) -> Response:
         """Its owner makes a job private, or not (as their server allows)."""
-        login, renew = await self.login_of(request)
-        if login is None:
-            return self.to_login(request)
-        form = await request.form()
-        if not login.checks(str(form.get("csrf", ""))):
-            return self.stale_form(login)
+        sent = await self.posted(request)
+        if isinstance(sent, Response):
+            return sent
+        login, renew, form = sent
         view = await self.visible(login, int(request.path_params["job_id"]))
         if view is None or view.job.user_id != login.user_id:
             return self.missing(login)
@@ -534,12 +540,10 @@ class Console:
         """One card's action (``one``: approve, delete or ban with its image id), or the
         selected cards' (``action`` on every ``selected`` image id): the same calls as the
         review buttons in Discord, each leaving its event."""
-        login, renew = await self.login_of(request)
-        if login is None:
-            return self.to_login(request)
-        form = await request.form()
-        if not login.checks(str(form.get("csrf", ""))):
-            return self.stale_form(login)
+        sent = await self.posted(request)
+        if isinstance(sent, Response):
+            return sent
+        login, renew, form = sent
         one = str(form.get("one", ""))
         if one:
             action, _, image = one.partition(":")
@@ -722,12 +726,10 @@ class Console:
     async def user_action(self, request: Request) -> Response:
         """Ban, unban, strike (in one of their servers; a host admin: also everywhere), and
         a host admin's limits: the same calls as /admin in Discord, each with its event."""
-        login, renew = await self.login_of(request)
-        if login is None:
-            return self.to_login(request)
-        form = await request.form()
-        if not login.checks(str(form.get("csrf", ""))):
-            return self.stale_form(login)
+        sent = await self.posted(request)
+        if isinstance(sent, Response):
+            return sent
+        login, renew, form = sent
         servers = self.moderated(login)
         user_id = int(request.path_params["user_id"])
         action = str(form.get("action", ""))

@@ -31,7 +31,7 @@ from storage.models import Review
 from tests.ci import in_ci
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.payloads import FakeUser
-from tests.web.test_console import SCRIPT, Console, console_for
+from tests.web.test_console import SCRIPT, Console, _flag, console_for
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -174,14 +174,6 @@ async def _until(check: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"waited {WAIT:g} s for: {what}")
-
-
-async def _flag(console: Console, name: str) -> int:
-    (image,) = (await console.runtime.service.job(console.jobs[name])).images
-    async with console.runtime.db.uow() as uow:
-        await uow.images.set_review(image.id, Review.PENDING)
-        await uow.commit()
-    return image.id
 
 
 async def test_moderators_and_members_use_the_console_in_a_real_browser(
