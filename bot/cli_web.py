@@ -75,6 +75,7 @@ def console_app(settings: Settings, runtime: Runtime) -> Starlette:
         serves=serves,
         secure=base.startswith("https://"),
         recheck_seconds=settings.web_recheck_seconds,
+        presign_seconds=settings.web_presign_seconds,
         metrics_token=(
             settings.web_metrics_token.get_secret_value() if settings.web_metrics_token else None
         ),

@@ -197,6 +197,9 @@ class Settings(BaseSettings):
     # A logged-in user's roles are read again (with the bot's token) this often, so a demoted
     # moderator loses access within it.
     web_recheck_seconds: float = Field(default=300.0, ge=0)
+    # With an object store (S3): a full-size image the console has authorised is fetched
+    # from the store itself through a presigned URL valid this long; 0: through the console.
+    web_presign_seconds: int = Field(default=300, ge=0, le=7 * 24 * 3600)
     discord_oauth_url: str = "https://discord.com/oauth2/authorize"
     log_level: str = "WARNING"
 

@@ -58,6 +58,11 @@ class ImageStore:
         """Remove one file, if it is there."""
         self.path(key).unlink(missing_ok=True)
 
+    def signed_url(self, key: str, seconds: int, filename: str | None = None) -> str | None:
+        """A URL that reads the file without us for ``seconds`` (as ``filename``, a
+        download): None here, a local folder has none (its files go through the console)."""
+        return None
+
     def delete_tree(self, prefix: str) -> None:
         """Remove every file under ``prefix`` (a folder key)."""
         shutil.rmtree(self.path(prefix), ignore_errors=True)
@@ -111,6 +116,15 @@ class ObjectImageStore(ImageStore):
 
     def location(self, key: str) -> str:
         return f"{self.url}/{key}"
+
+    def signed_url(self, key: str, seconds: int, filename: str | None = None) -> str | None:
+        """A presigned GET (S3 and the stores whose file system signs), or None."""
+        extra = {"ResponseContentDisposition": f'attachment; filename="{filename}"'}
+        try:
+            url = self.fs.sign(self._key(key), expiration=seconds, **(extra if filename else {}))
+        except NotImplementedError:
+            return None
+        return str(url)
 
 
 def open_store(location: str | Path, options: dict[str, Any] | None = None) -> ImageStore:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -134,3 +135,30 @@ def limits() -> Limits:
 @pytest.fixture
 def service(db: Database, model: ModelInfo, limits: Limits) -> GenerationService:
     return GenerationService(db, model, limits)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, str]]:
+    """An S3-compatible server (moto's, on 127.0.0.1) with a bucket ``imagine``."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "eu-west-1"},
+    }
+    import s3fs
+
+    s3fs.S3FileSystem(**options).mkdir("imagine")
+    yield options  # type: ignore[misc]
+    server.stop()

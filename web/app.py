@@ -103,6 +103,7 @@ class WebContext:
     secure: bool  # behind HTTPS: cookies are Secure
     recheck_seconds: float = 300.0
     metrics_token: str | None = None  # /metrics from elsewhere than localhost
+    presign_seconds: int = 300  # an object store's full-size images: presigned, this long
 
 
 def safe_next(path: str | None) -> str:
@@ -485,18 +486,26 @@ class Console:
         # A held image is never kept by the browser at all.
         cache = "no-store" if image.review in HIDDEN else "private, no-cache"
         headers = {"Cache-Control": cache}
+        name = (
+            f"job-{view.job.id}-{index + 1}.png" if request.query_params.get("download") else None
+        )
         try:
             if thumb:  # a held image's is made for the moderator, never kept
                 keep = image.review not in HIDDEN and not blur
                 data = await asyncio.to_thread(_thumbnail, store, image, keep=keep, blur=blur)
                 return Response(data, media_type="image/webp", headers=headers)
+            seconds = self.context.presign_seconds
+            if seconds and image.review not in HIDDEN:  # an object store's own URL, if it signs
+                url = await asyncio.to_thread(store.signed_url, image.path, seconds, name)
+                if url is not None:
+                    return RedirectResponse(
+                        url, status_code=303, headers={"Cache-Control": "no-store"}
+                    )
             data = await asyncio.to_thread(store.get, image.path)
         except FileNotFoundError:  # removed by a moderator: its record stays
             return Response(status_code=404)
-        if request.query_params.get("download"):
-            headers["Content-Disposition"] = (
-                f'attachment; filename="job-{view.job.id}-{index + 1}.png"'
-            )
+        if name is not None:
+            headers["Content-Disposition"] = f'attachment; filename="{name}"'
         return Response(data, media_type="image/png", headers=headers)
 
     def _renewed(self, response: Response, login: Login, renew: bool) -> Response:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,32 +12,6 @@ from generation.service import GenerationService
 from generation.worker import Worker, WorkerConfig
 from storage.db import Database
 from storage.image_store import ObjectImageStore, open_store
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, str]]:
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    options = {
-        "endpoint_url": f"http://127.0.0.1:{port}",
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"region_name": "eu-west-1"},
-    }
-    import s3fs
-
-    s3fs.S3FileSystem(**options).mkdir("imagine")
-    yield options  # type: ignore[misc]
-    server.stop()
 
 
 def test_put_get_exists_size_delete_and_location(
@@ -59,6 +31,26 @@ def test_put_get_exists_size_delete_and_location(
     assert not store.exists("images/1/1/1-0.png")
     with pytest.raises(ValueError, match="outside"):
         store.put("../escape.png", b"")
+
+
+def test_a_presigned_url_reads_the_file_and_expires_when_asked(
+    s3_options: dict[str, str], tmp_path: Path
+) -> None:
+    import time
+    import urllib.parse
+    import urllib.request
+
+    store = open_store("s3://imagine/site-c", s3_options)
+    store.put("images/9/0.png", b"the png")
+    url = store.signed_url("images/9/0.png", 60, filename="job-9-1.png")
+    assert url is not None and "Expires=" in url and "Signature=" in url
+    with urllib.request.urlopen(url) as answer:
+        assert answer.read() == b"the png"
+        assert 'filename="job-9-1.png"' in answer.headers["Content-Disposition"]
+    # moto does not refuse an expired URL (S3 does): the expiry asked for is checked instead.
+    expires = int(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["Expires"][0])
+    assert abs(expires - (time.time() + 60)) < 5
+    assert open_store(tmp_path).signed_url("images/9/0.png", 60) is None, "a folder: none"
 
 
 async def test_a_worker_writes_its_images_to_the_object_store(

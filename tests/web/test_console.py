@@ -634,3 +634,30 @@ async def test_a_servers_moderator_does_not_see_the_hosts_side_of_a_user(
         hosts = (await host.get(f"/users/{server.alice.id}")).text
     assert "host-wide" not in theirs and "images today" not in theirs
     assert "Banned on every server" in hosts and "images today" in hosts
+
+
+async def test_an_object_stores_images_go_out_presigned_once_authorised(
+    local_discord: LocalDiscord, tmp_path: Path, engine: Any, s3_options: dict[str, str]
+) -> None:
+    server = local_discord
+    store = {"image_store": "s3://imagine/console", "image_store_options": s3_options}
+    async with (
+        console_for(server, tmp_path / "data", engine, **store) as built,
+        built.client() as alice,
+        built.client() as carol,
+    ):
+        await built.log_in(alice, server.alice)
+        await built.log_in(carol, server.carol)
+        job = built.jobs["private"]
+        assert (await carol.get(f"/images/{job}/0")).status_code == 404, "authorised first"
+        sent = await alice.get(f"/images/{job}/0", params={"download": "1"})
+        assert sent.status_code == 303 and sent.headers["cache-control"] == "no-store"
+        url = sent.headers["location"]
+        assert url.startswith(s3_options["endpoint_url"]) and "Signature=" in url
+        async with httpx.AsyncClient() as browser:
+            fetched = await browser.get(url)
+        (image,) = (await built.runtime.service.job(job)).images
+        assert fetched.content == built.runtime.store.get(image.path)
+        assert f'filename="job-{job}-1.png"' in fetched.headers["content-disposition"]
+        thumb = await alice.get(f"/images/{job}/0/thumb")  # thumbnails: through the console
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
