@@ -226,6 +226,36 @@ async def test_no_route_shows_a_job_to_someone_who_could_not_see_it_in_discord(
                 assert thumb.headers["content-type"] == "image/webp"
 
 
+# The moderators' and hosts' pages, by role (anything else answers 404, as if there were none).
+PAGES = {
+    "alice": set(),
+    "bob": set(),
+    "carol": set(),
+    "admin": {"/review", "/logs", "/logs/export", "/users/alice"},
+    "dave": {"/review", "/logs", "/logs/export", "/users/alice"},
+    "host": {"/review", "/logs", "/logs/export", "/users/alice", "/status"},
+}
+
+
+@pytest.mark.parametrize("who", sorted(PAGES))
+async def test_the_moderators_and_hosts_pages_answer_only_their_roles(
+    console: Console, who: str
+) -> None:
+    server = console.server
+    async with console.client() as client:
+        await console.log_in(client, getattr(server, who))
+        for page in ("/review", "/logs", "/logs/export", "/users/alice", "/status"):
+            path = page.replace("alice", str(server.alice.id))
+            answer = await client.get(path)
+            assert answer.status_code == (200 if page in PAGES[who] else 404), (who, page)
+            if page == "/logs/export" and page in PAGES[who]:
+                other = str(console.jobs["other"]) + ","
+                moderates_other = who in ("dave", "host")
+                assert any(line.startswith(other) for line in answer.text.splitlines()) == (
+                    moderates_other
+                ), (who, "another server's job in the export")
+
+
 async def test_deleting_needs_the_forms_token_and_the_right_person(console: Console) -> None:
     job = console.jobs["public"]
     async with console.client() as bob, console.client() as alice:
