@@ -69,6 +69,7 @@ async def manual_strike(
     the strikes within the window and, if this one banned them, until when. One strike a job:
     a second one for the same job (a double click, every flagged image of one job) is
     refused."""
+    await uow.users.lock(user_id)  # two strikes at once (a double click) take turns
     if job_id is not None and any(
         event.kind == EventKind.STRIKE for event in await uow.events.for_job(job_id)
     ):

@@ -351,11 +351,12 @@ class JobRepository:
         either of its plans is slow for the other (down the ids, filtering each prompt; or
         every match through the full-text index, sorted), so each is bounded: first the
         SEARCH_WINDOW jobs next to the key, in id order, the index kept out of it (enough for
-        a word in many prompts); only if they hold too few, the index's matches (at most
-        SEARCH_MATCHES, the nearest the key), then those rows."""
+        a word in many prompts); only if they hold too few, the page's ids among every job
+        matching the words and the filters (found through the indexes, ordered by ``id + 0``
+        so the planner cannot walk down the ids instead), then those rows."""
         terms = func.to_tsquery(literal_column("'simple'"), " & ".join(f"{w}:*" for w in words))
         if after is not None:
-            near = Job.id <= after + SEARCH_WINDOW
+            near = Job.id <= min(after + SEARCH_WINDOW, ROW_ID_MAX)
         else:
             top = (
                 before
@@ -368,13 +369,11 @@ class JobRepository:
         found = list(await self._session.scalars(query.where(scanned.op("@@")(terms), near)))
         if len(found) >= limit:
             return found
-        # The index's own expression (migration 0022): its matches, few by now.
+        # The index's own expression (migration 0022), with every other filter of the page.
         indexed = func.to_tsvector(literal_column("'simple'"), Job.prompt)
-        ids = sorted(await self._session.scalars(select(Job.id).where(indexed.op("@@")(terms))))
-        if after is not None:  # the page's side of the key, nearest first
-            ids = [i for i in ids if i > after][:SEARCH_MATCHES]
-        else:
-            ids = [i for i in ids if before is None or i < before][-SEARCH_MATCHES:]
+        key = (Job.id + 0).asc() if after is not None else (Job.id + 0).desc()
+        page = query.with_only_columns(Job.id).where(indexed.op("@@")(terms))
+        ids = list(await self._session.scalars(page.order_by(None).order_by(key)))
         if not ids:
             return []
         candidates = bindparam("matches", value=ids, type_=postgresql.ARRAY(Integer))
@@ -487,7 +486,7 @@ class JobRepository:
 
 SEARCH_WORDS = 8  # the words of a search that are read
 SEARCH_WINDOW = 5_000  # jobs next to the page's key read in order before the index is asked
-SEARCH_MATCHES = 20_000  # a search's matches nearest the key that the index's answer keeps
+ROW_ID_MAX = 2**31 - 1  # job ids are 32-bit on PostgreSQL
 
 
 def search_words(text: str) -> list[str]:

@@ -375,6 +375,8 @@ class Console:
             recipe_json=json.dumps(recipe_dict(view.job), indent=2, ensure_ascii=False),
             images=shown,
             family=family,
+            # Jobs made from it: after it in the tree (its ancestors come before it).
+            made_from_it=family[-1][1].id != view.job.id,
             events=report.events if report is not None else [],
             moderator=moderator,
             owner=view.job.user_id == login.user_id,

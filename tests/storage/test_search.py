@@ -94,6 +94,12 @@ async def test_past_the_window_the_index_finds_the_same_pages(
     assert await pages() == expected
     monkeypatch.setattr(repositories, "SEARCH_WINDOW", 1)
     assert await pages() == expected
-    if db.dialect == "postgresql":  # the nearest the key are kept
-        monkeypatch.setattr(repositories, "SEARCH_MATCHES", 2)
-        assert (await pages())["first"] == ids[::-1][:2]
+    # The index's answer takes the page's other filters with it: one user's matches, all
+    # of them reachable however many others match.
+    others = [(await add_job(db, user_id=2, prompt=f"a red cat {i}")).id for i in range(5)]
+    async with db.uow() as uow:
+        mine = await uow.jobs.recent(search="cat", limit=4, user_id=1)
+        older = await uow.jobs.recent(search="cat", limit=4, user_id=1, before=mine[-1].id)
+        far = await uow.jobs.recent(search="cat", limit=4, after=2**31 - 2)
+    assert [j.id for j in mine + older] == ids[::-1] and others
+    assert far == []

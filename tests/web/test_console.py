@@ -610,6 +610,8 @@ async def test_the_owner_toggles_private_and_deletes_a_job_with_everything_made_
         await console.log_in(alice, server.alice)
         await console.log_in(bob, server.bob)
         page = await alice.get(f"/jobs/{child}")
+        assert "everything made from it" not in page.text, "nothing is made from the child"
+        assert "everything made from it" in (await alice.get(f"/jobs/{public}")).text
         lineage = page.text.split('class="lineage"')[1].split("</ul>")[0]
         assert f'href="/jobs/{public}"' in lineage and f"<strong>job {child}</strong>" in lineage
         token = _csrf(page)
