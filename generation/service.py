@@ -907,6 +907,18 @@ class GenerationService:
             await uow.commit()
         return preferences
 
+    async def sign_out(self, user_id: int) -> None:
+        """They logged out of the web console: every session of theirs issued until now ends
+        (in every browser, a copied cookie too)."""
+        async with self.db.uow() as uow:
+            await uow.users.ensure(user_id)
+            await uow.users.sign_out(user_id, self.clock())
+            await uow.commit()
+
+    async def signed_out_at(self, user_id: int) -> dt.datetime | None:
+        async with self.db.uow() as uow:
+            return await uow.users.signed_out_at(user_id)
+
     async def usage(self, user_id: int) -> Usage:
         """The user's limits (with overrides) and where they stand against them."""
         async with self.db.uow() as uow:

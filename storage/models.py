@@ -122,6 +122,8 @@ class User(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # The member's own defaults from /settings (see generation.preferences); None: none set.
     preferences: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When they last logged out of the web console: its sessions issued before are refused.
+    signed_out_at: Mapped[dt.datetime | None]
 
 
 class GuildBan(Base):

@@ -23,6 +23,7 @@ class UserRecord:
     bucket_updated_at: dt.datetime | None
     created_at: dt.datetime
     preferences: dict[str, Any] | None = None
+    signed_out_at: dt.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

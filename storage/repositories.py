@@ -78,6 +78,16 @@ class UserRepository:
         row = await self._session.get(User, user_id)
         return to_record(UserRecord, row) if row else None
 
+    async def sign_out(self, user_id: int, at: dt.datetime) -> None:
+        await self._session.execute(update(User).where(User.id == user_id).values(signed_out_at=at))
+
+    async def signed_out_at(self, user_id: int) -> dt.datetime | None:
+        """When they last logged out of the web console (None: never): one primary key read."""
+        at: dt.datetime | None = await self._session.scalar(
+            select(User.signed_out_at).where(User.id == user_id)
+        )
+        return at
+
     async def names(self, user_ids: Iterable[int]) -> dict[int, str]:
         """The names the bot last saw these users under (those it has seen, with one)."""
         ids = list(set(user_ids))

@@ -177,7 +177,12 @@ class Console:
         thumbnails) share one look; a look that failed is not tried again for RETRY_SECONDS,
         and meanwhile they count as a plain member, never as more."""
         login = self.context.signer.read_session(request.cookies.get(self.session_cookie))
-        if login is None or time.time() - login.checked_at < self.context.recheck_seconds:
+        if login is None:
+            return None, False
+        out = await self.context.service.signed_out_at(login.user_id)
+        if out is not None and login.issued_at <= out.timestamp():
+            return None, False  # issued before they logged out: a copy of it is nobody too
+        if time.time() - login.checked_at < self.context.recheck_seconds:
             return login, False
         async with self._locks.setdefault(login.user_id, asyncio.Lock()):
             at, servers = self._looked.get(login.user_id, (0.0, None))
@@ -318,6 +323,8 @@ class Console:
         form = await request.form()
         if login is not None and not login.checks(str(form.get("csrf", ""))):
             return self.stale_form(login)
+        if login is not None:  # every session of theirs ends, a copied cookie's too
+            await self.context.service.sign_out(login.user_id)
         response = RedirectResponse("/", status_code=303)
         response.delete_cookie(self.session_cookie, path="/", secure=self.context.secure)
         return response

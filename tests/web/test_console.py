@@ -26,6 +26,7 @@ from tests.bot.conftest import bot_settings, worker_for
 from tests.fakediscord.actions import LocalDiscord
 from tests.fakediscord.oauth import CLIENT_SECRET
 from tests.fakediscord.payloads import FakeUser
+from web.sessions import SESSION_COOKIE
 
 BASE = "http://console.test"
 SCRIPT = "<script>alert(1)</script> a red circle"
@@ -693,3 +694,18 @@ async def test_an_object_stores_images_go_out_presigned_once_authorised(
         assert f'filename="job-{job}-1.png"' in fetched.headers["content-disposition"]
         thumb = await alice.get(f"/images/{job}/0/thumb")  # thumbnails: through the console
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
+
+
+async def test_logging_out_ends_every_copy_of_the_session(console: Console) -> None:
+    server = console.server
+    async with console.client() as browser, console.client() as thief:
+        await console.log_in(browser, server.alice)
+        thief.cookies.set(SESSION_COOKIE, browser.cookies[SESSION_COOKIE])  # a copied cookie
+        assert (await thief.get("/")).status_code == 200
+        token = _csrf(await browser.get("/"))
+        out = await browser.post("/logout", data={"csrf": token})
+        assert out.status_code == 303
+        assert (await thief.get("/")).status_code == 303, "the copy is nobody now"
+        assert (await thief.get(f"/images/{console.jobs['public']}/0")).status_code == 401
+        await console.log_in(browser, server.alice)  # a new login is a new session
+        assert (await browser.get("/")).status_code == 200
