@@ -319,13 +319,22 @@ class Console:
         )
 
     async def logout(self, request: Request) -> Response:
-        login, _ = await self.login_of(request)
+        # The cookie itself, not login_of: logging out needs no database read to succeed.
+        login = self.context.signer.read_session(request.cookies.get(self.session_cookie))
         form = await request.form()
         if login is not None and not login.checks(str(form.get("csrf", ""))):
             return self.stale_form(login)
+        response: Response = RedirectResponse("/", status_code=303)
         if login is not None:  # every session of theirs ends, a copied cookie's too
-            await self.context.service.sign_out(login.user_id)
-        response = RedirectResponse("/", status_code=303)
+            try:
+                await self.context.service.sign_out(login.user_id)
+            except Exception:  # this browser's cookie goes all the same
+                logger.exception("could not record user %s's sign-out", login.user_id)
+                text = (
+                    "This browser is logged out, but the database did not answer: another "
+                    "copy of the session lasts until it expires. Log in and out again later."
+                )
+                response = self.page("message.html", None, 503, title="Logged out", text=text)
         response.delete_cookie(self.session_cookie, path="/", secure=self.context.secure)
         return response
 

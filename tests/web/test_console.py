@@ -709,3 +709,13 @@ async def test_logging_out_ends_every_copy_of_the_session(console: Console) -> N
         assert (await thief.get(f"/images/{console.jobs['public']}/0")).status_code == 401
         await console.log_in(browser, server.alice)  # a new login is a new session
         assert (await browser.get("/")).status_code == 200
+
+        async def away(user_id: int) -> None:
+            raise ConnectionError("the database is away")
+
+        service = console.runtime.service
+        service.sign_out = away  # type: ignore[method-assign]
+        token = _csrf(await browser.get("/"))
+        failed = await browser.post("/logout", data={"csrf": token})
+        assert failed.status_code == 503 and "Log in and out again later" in failed.text
+        assert "max-age=0" in failed.headers["set-cookie"].lower(), "this browser's cookie goes"

@@ -26,5 +26,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch_op:
-        batch_op.drop_column("signed_out_at")
+    # In place (SQLite 3.35+ drops a column itself): rebuilding users in batch mode would
+    # drop a table that jobs and usage point at, which SQLite's foreign keys refuse.
+    op.drop_column("users", "signed_out_at")
