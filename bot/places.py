@@ -12,6 +12,7 @@ ones left out this round are edited in a later one.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -104,11 +105,11 @@ class PlaceWatch:
         waiting = [s for s in await self.service.waiting(None, limit=WATCHED) if s.position]
         self._forget({s.job.id for s in waiting})
         shown = {s.job.id: messages.queued(s) for s in waiting}
-        changed = [s for s in waiting if self._due(s.job.id, shown[s.job.id].content)]
+        now = utcnow()
+        changed = [s for s in waiting if self._due(s.job, shown[s.job.id].content, now)]
         if not changed:
             return 0
         deliveries = await self.outbox.for_jobs([s.job.id for s in changed])
-        now = utcnow()
         edited = 0
         for submission in self._longest_stale(changed):
             delivery = deliveries.get(submission.job.id)
@@ -128,12 +129,16 @@ class PlaceWatch:
             edited += 1
         return edited
 
-    def _due(self, job_id: int, text: str) -> bool:
+    def _due(self, job: JobRecord, text: str, now: dt.datetime) -> bool:
         """Whether the job's message should say ``text`` now: changed, and not edited too
-        recently."""
-        if self._shown.get(job_id) == text:
+        recently. A job not seen yet is left ``interval`` after it was made: its own
+        acknowledgement is on its way with its place (an edit then would say it twice)."""
+        if self._shown.get(job.id) == text:
             return False
-        return time.monotonic() - self._edited.get(job_id, -1e9) >= self.interval
+        edited = self._edited.get(job.id)
+        if edited is None:
+            return (now - job.created_at).total_seconds() >= self.interval
+        return time.monotonic() - edited >= self.interval
 
     def _longest_stale(self, changed: Sequence[Submission]) -> list[Submission]:
         """The messages edited longest ago first (front of the line first among equals):
