@@ -398,9 +398,10 @@ class Moderation:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         before: int | None = None,
+        job_id: int | None = None,
     ) -> list[ModerationEventRecord]:
-        """Moderation events, newest first, filtered (``guild_ids``: these servers' only);
-        ``before``: older than that event id."""
+        """Moderation events, newest first, filtered (``guild_ids``: these servers' only;
+        ``job_id``: one job's); ``before``: older than that event id."""
         async with self.db.uow() as uow:
             return await uow.events.recent(
                 target_user_id=target_user_id,
@@ -410,4 +411,5 @@ class Moderation:
                 since=since,
                 until=until,
                 before=before,
+                job_id=job_id,
             )

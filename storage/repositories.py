@@ -716,13 +716,7 @@ class DeliveryRepository:
     async def withdrawals(self, now: dt.datetime, limit: int) -> list[DeliveryRecord]:
         """Deleted jobs whose messages are still to remove, through the (state, next_try_at)
         index."""
-        rows = await self._session.scalars(
-            select(Delivery)
-            .where(Delivery.state == DeliveryState.WITHDRAW, Delivery.next_try_at <= now)
-            .order_by(Delivery.next_try_at, Delivery.job_id)
-            .limit(limit)
-        )
-        return [to_record(DeliveryRecord, row) for row in rows]
+        return await self._due_in(DeliveryState.WITHDRAW, now, limit)
 
     async def withdrawn(self, job_id: int) -> None:
         """Its messages are gone."""
@@ -775,9 +769,12 @@ class DeliveryRepository:
     async def due(self, now: dt.datetime, limit: int = 50) -> list[DeliveryRecord]:
         """Pending results that are due (their job ended; their backoff is over), oldest due
         first, through the (state, next_try_at) index."""
+        return await self._due_in(DeliveryState.PENDING, now, limit)
+
+    async def _due_in(self, state: str, now: dt.datetime, limit: int) -> list[DeliveryRecord]:
         rows = await self._session.scalars(
             select(Delivery)
-            .where(Delivery.state == DeliveryState.PENDING, Delivery.next_try_at <= now)
+            .where(Delivery.state == state, Delivery.next_try_at <= now)
             .order_by(Delivery.next_try_at, Delivery.job_id)
             .limit(limit)
         )
@@ -864,10 +861,13 @@ class ModerationEventRepository:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         before: int | None = None,
+        job_id: int | None = None,
     ) -> list[ModerationEventRecord]:
         """Newest first, filtered; ``before``: older than this event id (a page by its key,
-        through the (guild, id) or (target, id) index)."""
+        through the (guild, id) or (target, id) index); ``job_id``: one job's (its index)."""
         query = select(ModerationEvent).order_by(ModerationEvent.id.desc()).limit(limit)
+        if job_id is not None:
+            query = query.where(ModerationEvent.job_id == job_id)
         if target_user_id is not None:
             query = query.where(ModerationEvent.target_user_id == target_user_id)
         if guild_ids is not None:

@@ -49,7 +49,16 @@ from generation.service import GenerationService, JobView
 from storage.image_store import ImageStore
 from storage.models import EventKind, JobStatus, Review
 from storage.records import ImageRecord, JobRecord
-from web.logs import FORMATS, BadFilter, LogQuery, export, read_page
+from web.logs import (
+    DISCORD_IDS,
+    FORMATS,
+    ROW_IDS,
+    BadFilter,
+    LogQuery,
+    export,
+    number,
+    read_page,
+)
 from web.metrics import exposition
 from web.oauth import ADMINISTRATOR, DiscordOAuth, LoginFailed, pkce
 from web.sessions import (
@@ -85,8 +94,6 @@ USER_VERBS = {
 }
 USER_JOBS = 24  # a user page's newest jobs (the logs page has the rest)
 TREE_DELETE_LIMIT = 10_000  # jobs made from one that "delete with everything" reaches
-ROW_IDS = 2**31  # job and image ids are 32-bit on PostgreSQL
-DISCORD_IDS = 2**63  # snowflakes are 64-bit signed in the database
 
 
 @dataclasses.dataclass
@@ -344,7 +351,7 @@ class Console:
         login, renew = await self.login_of(request)
         if login is None:
             return self.to_login(request)
-        before = _int(request.query_params.get("before"), ROW_IDS)
+        before = number(request.query_params.get("before"), ROW_IDS)
         views = await self.context.service.recent(
             user_id=login.user_id, limit=GALLERY_PAGE + 1, before=before
         )
@@ -380,7 +387,8 @@ class Console:
             for depth, job in family
             if job.id == view.job.id or self.sees(login, relatives.get(job.id))
         ]
-        report = await self.context.moderation.report(view.job.id) if moderator else None
+        # A moderator's: the job's moderation events, oldest first (the rest is in ``view``).
+        events = await self.context.moderation.events(job_id=view.job.id) if moderator else []
         shown = [i for i in view.images if moderator or i.review not in HIDDEN]
         response = self.page(
             "job.html",
@@ -393,7 +401,7 @@ class Console:
             family=family,
             # Jobs made from it: after it in the tree (its ancestors come before it).
             made_from_it=family[-1][1].id != view.job.id,
-            events=report.events if report is not None else [],
+            events=events[::-1],
             moderator=moderator,
             owner=view.job.user_id == login.user_id,
             may_delete=view.job.user_id == login.user_id or moderator,
@@ -557,7 +565,7 @@ class Console:
             flagged += await self.context.moderation.flagged(REVIEW_PAGE, guild_id)
         flagged = sorted(flagged, key=lambda f: f.image.id)[:REVIEW_PAGE]
         # What the last action did: a count and one of the actions' own words, nothing typed.
-        count, verb = _int(request.query_params.get("done")), request.query_params.get("what")
+        count, verb = number(request.query_params.get("done")), request.query_params.get("what")
         done = f"{count} {VERBS[verb]}" if count is not None and verb in VERBS else ""
         names = await self.context.moderation.user_names(f.job.user_id for f in flagged)
         response = self.page("review.html", login, flagged=flagged, done=done, names=names)
@@ -574,11 +582,11 @@ class Console:
         one = str(form.get("one", ""))
         if one:
             action, _, image = one.partition(":")
-            targets = [_int(image, ROW_IDS)]
+            targets = [number(image, ROW_IDS)]
         else:
             action = str(form.get("action", ""))
             selected = form.getlist("selected")[:REVIEW_PAGE]
-            targets = [_int(str(value), ROW_IDS) for value in selected]
+            targets = [number(str(value), ROW_IDS) for value in selected]
         if action not in VERBS:
             return self.page("message.html", login, 400, title="Refused", text="No such action.")
         done = 0
@@ -760,7 +768,7 @@ class Console:
         servers = self.moderated(login)
         user_id = int(request.path_params["user_id"])
         action = str(form.get("action", ""))
-        server = _int(str(form.get("server", "")))
+        server = number(str(form.get("server", "")))
         host = servers == [None]
         allowed = (
             bool(servers)
@@ -801,9 +809,9 @@ class Console:
             await moderation.strike(actor_id, user_id, reason=reason, guild_id=server)
         else:
             overrides = {
-                name: number
+                name: limit
                 for name in ("queued_per_user", "images_per_user_day")
-                if (number := _int(str(form.get(name, "")))) is not None
+                if (limit := number(str(form.get(name, "")))) is not None
             }
             weight = _float(str(form.get("weight", "")))
             reset = bool(form.get("reset"))
@@ -900,15 +908,6 @@ def _thumbnail(store: ImageStore, image: ImageRecord, *, keep: bool, blur: bool 
     if keep:
         store.put(key, data)
     return data
-
-
-def _int(text: str | None, below: int = DISCORD_IDS) -> int | None:
-    """A whole number from 0 up to ``below`` (a Discord id by default; ROW_IDS for a row's
-    id), else None."""
-    if not text or not text.isascii() or not text.isdigit():
-        return None
-    value = int(text)
-    return value if value < below else None
 
 
 def _score(flags: dict[str, Any]) -> str:

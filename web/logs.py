@@ -250,14 +250,23 @@ def _cell(value: Any) -> str:
     return text
 
 
+def number(text: str | None, below: int = DISCORD_IDS) -> int | None:
+    """A whole number from 0 up to ``below`` (a Discord id by default; ROW_IDS for a row's
+    id), else None."""
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value < below else None
+
+
 def _id(params: Mapping[str, str], field: str) -> int | None:
     """A Discord id, or a job's or event's number (a key past every row: the last row)."""
     text = (params.get(field) or "").strip()
     if not text:
         return None
-    if not (text.isascii() and text.isdigit()) or int(text) >= DISCORD_IDS:
+    value = number(text)
+    if value is None:
         raise BadFilter(field, "a number (a Discord id, or a job or event number)")
-    value = int(text)
     return min(value, ROW_IDS - 1) if field in ("before", "after") else value
 
 
